@@ -1,0 +1,29 @@
+"""cheapconv: make trained convolutional networks cheap without redesigning them.
+
+>>> import cheapconv
+>>> teacher = cheapconv.create_model("wrn_40_2")
+>>> student = cheapconv.cheapen(teacher, "G(4)")
+>>> cheapconv.count_params(student, "paper")
+825210
+
+``import cheapconv`` imports torch only; torchvision and timm are imported when a model name needs them.
+"""
+
+__version__ = "0.1.0"
+
+from .blocks import BLOCK_REGISTRY, BlockSpec, parse_block
+from .counting import count_macs, count_params
+from .errors import CheapconvError, PolicyMatchError, PolicySyntaxError, TraceError, UsageError
+from .io import load, read_recipe, save
+from .models import WideResNet, create_model
+from .plan import Plan, PlanEntry, plan
+from .policy import Policy, Rule, Selector, parse_policy
+from .rewrite import cheapen
+from .taps import Tap, find_stages, record
+
+__all__ = [
+    "BLOCK_REGISTRY", "BlockSpec", "CheapconvError", "Plan", "PlanEntry", "Policy", "PolicyMatchError",
+    "PolicySyntaxError", "Rule", "Selector", "Tap", "TraceError", "UsageError", "WideResNet", "__version__",
+    "cheapen", "count_macs", "count_params", "create_model", "find_stages", "load", "parse_block",
+    "parse_policy", "plan", "read_recipe", "record", "save",
+]

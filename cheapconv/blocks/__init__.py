@@ -1,0 +1,18 @@
+"""The cheap-block library: one parametrised spec class per family, registered under the paper's notation.
+
+>>> from cheapconv.blocks import parse_block
+>>> str(parse_block("BG(2, M/4)"))
+'BG(2,M/4)'
+"""
+
+from .base import BLOCK_ALIASES, BLOCK_REGISTRY, BlockSpec, ConvGeometry, GroupCount, register_alias, register_block
+from .bottleneck import Bottleneck, BottleneckSpec, GroupedBottleneckSpec
+from .grammar import parse_block, valid_block_names
+from .grouped import Grouped, GroupedPointwise
+from .standard import Dilated2x2, Standard
+
+__all__ = [
+    "BLOCK_ALIASES", "BLOCK_REGISTRY", "BlockSpec", "Bottleneck", "BottleneckSpec", "ConvGeometry", "Dilated2x2",
+    "GroupCount", "Grouped", "GroupedBottleneckSpec", "GroupedPointwise", "Standard", "parse_block",
+    "register_alias", "register_block", "valid_block_names",
+]

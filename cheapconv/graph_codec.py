@@ -1,0 +1,243 @@
+"""A data-only description of an fx GraphModule, so a student loads without unpickling any code.
+
+The description is JSON: the graph's nodes (op, target, arguments) and, for every leaf module the graph
+calls, its type (from an allow-list: ``torch.nn`` layers and cheapconv's blocks) and constructor arguments.
+Tensors (weights, buffers, ``get_attr`` parameters) travel separately in the state dict.
+
+Decoding resolves functions only from an allow-list of modules (``torch``, ``torch.nn.functional``,
+``operator``, ``math``, and ``getattr``), and only objects defined there, so a crafted file cannot name
+``torch.load``, ``os.system`` or any other callable with side effects. Anything the encoder cannot describe
+this way raises :class:`NotDescribable`; the caller then falls back to another storage kind.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import inspect
+import math
+import operator
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+FORMAT = 1
+
+
+class NotDescribable(ValueError):
+    """The module or graph uses something outside the allow-lists."""
+
+
+# --- modules ----------------------------------------------------------------------------------------------
+def _module_types() -> dict[str, type[nn.Module]]:
+    from .blocks import Bottleneck, GroupedPointwise
+    from .taps import Tap
+
+    types: dict[str, type[nn.Module]] = {}
+    for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d,
+                nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d, nn.LocalResponseNorm, nn.ReLU, nn.ReLU6, nn.SiLU,
+                nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.Mish,
+                nn.PReLU, nn.SELU, nn.CELU, nn.Softmax, nn.Identity, nn.Dropout, nn.Dropout2d, nn.AlphaDropout,
+                nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.ZeroPad2d,
+                nn.Upsample, nn.ChannelShuffle, nn.Unflatten):
+        types[f"torch.nn.{cls.__name__}"] = cls
+    for cls in (GroupedPointwise, Bottleneck, Tap):
+        types[f"cheapconv.{cls.__name__}"] = cls
+    return types
+
+
+_JSON_SCALARS = (bool, int, float, str, type(None))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, _JSON_SCALARS):
+        return value
+    if isinstance(value, (tuple, list, torch.Size)):
+        return [_plain(v) for v in value]
+    raise NotDescribable(f"constructor value of type {type(value).__name__}")
+
+
+def _constructor_args(module: nn.Module) -> dict[str, Any]:
+    if hasattr(module, "init_args"):  # cheapconv blocks record their own
+        return {k: _plain(v) for k, v in module.init_args.items()}
+    args = {}
+    for name, param in inspect.signature(type(module).__init__).parameters.items():
+        if name in ("self", "device", "dtype") or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if name == "bias" and (getattr(module, "bias", None) is None or isinstance(module.bias, torch.Tensor)):
+            args[name] = getattr(module, "bias", None) is not None
+        elif hasattr(module, name):
+            args[name] = _plain(getattr(module, name))
+    return args
+
+
+def describe_module(module: nn.Module) -> dict[str, Any]:
+    types = _module_types()
+    key = next((k for k, cls in types.items() if type(module) is cls), None)
+    if key is None:
+        raise NotDescribable(f"module type {type(module).__module__}.{type(module).__qualname__}")
+    spec = {"type": key, "args": _constructor_args(module)}
+    rebuilt = build_module(spec)
+    # The rebuilt module must be indistinguishable: same repr and the same tensors by name and shape.
+    same_tensors = {k: v.shape for k, v in rebuilt.state_dict().items()} == \
+                   {k: v.shape for k, v in module.state_dict().items()}
+    if rebuilt.extra_repr() != module.extra_repr() or not same_tensors:
+        raise NotDescribable(f"module {key} cannot be rebuilt from its constructor arguments")
+    return spec
+
+
+def build_module(spec: dict[str, Any]) -> nn.Module:
+    types = _module_types()
+    cls = types.get(spec.get("type"))
+    if cls is None:
+        raise NotDescribable(f"unknown module type {spec.get('type')!r}")
+    args = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["args"].items()}
+    return cls(**args)
+
+
+# --- functions ----------------------------------------------------------------------------------------------
+_FUNCTION_MODULES = {"torch", "torch.nn.functional", "operator", "math", "torch._C._nn", "torch.functional",
+                     "torch._C._VariableFunctions", "torch._C._fft", "torch._C._linalg", "torch._C._special"}
+_OBJECT_MODULES = _FUNCTION_MODULES | {"torch._C", "_operator", None}
+_BUILTINS = {"getattr": builtins.getattr}
+
+
+def encode_function(fn: Any) -> str:
+    if fn is builtins.getattr:
+        return "builtins.getattr"
+    name = getattr(fn, "__name__", None)
+    for mod_name in ("operator", "math", "torch.nn.functional", "torch"):
+        mod = {"operator": operator, "math": math, "torch": torch,
+               "torch.nn.functional": torch.nn.functional}[mod_name]
+        if name and getattr(mod, name, None) is fn:
+            return f"{mod_name}.{name}"
+    qual = fx.node._get_qualified_name(fn)
+    resolve_function(qual)  # raises NotDescribable if it would not decode
+    return qual
+
+
+def resolve_function(qualified: str) -> Any:
+    mod_name, _, attr = qualified.rpartition(".")
+    if mod_name == "builtins":
+        if attr not in _BUILTINS:
+            raise NotDescribable(f"builtin {attr!r} is not allowed")
+        return _BUILTINS[attr]
+    if mod_name not in _FUNCTION_MODULES or attr.startswith("__"):
+        raise NotDescribable(f"function {qualified!r} is outside the allow-list")
+    obj = getattr(importlib.import_module(mod_name), attr, None)
+    if obj is None or not callable(obj) or isinstance(obj, type) or inspect.ismodule(obj):
+        raise NotDescribable(f"{qualified!r} is not an allowed function")
+    if getattr(obj, "__module__", None) not in _OBJECT_MODULES:
+        raise NotDescribable(f"{qualified!r} is defined in {obj.__module__!r}, outside the allow-list")
+    return obj
+
+
+# --- arguments ----------------------------------------------------------------------------------------------
+def _encode_arg(a: Any) -> Any:
+    if isinstance(a, fx.Node):
+        return {"node": a.name}
+    if isinstance(a, _JSON_SCALARS):
+        return a if not (isinstance(a, float) and not math.isfinite(a)) else {"float": repr(a)}
+    if isinstance(a, tuple):
+        return {"tuple": [_encode_arg(v) for v in a]}
+    if isinstance(a, list):
+        return [_encode_arg(v) for v in a]
+    if isinstance(a, dict):
+        return {"dict": [[k, _encode_arg(v)] for k, v in a.items()]}
+    if isinstance(a, slice):
+        return {"slice": [_encode_arg(a.start), _encode_arg(a.stop), _encode_arg(a.step)]}
+    if a is Ellipsis:
+        return {"ellipsis": True}
+    if isinstance(a, torch.dtype):
+        return {"dtype": str(a).removeprefix("torch.")}
+    if isinstance(a, torch.device):
+        return {"device": str(a)}
+    if isinstance(a, torch.memory_format):
+        return {"memory_format": str(a).removeprefix("torch.")}
+    raise NotDescribable(f"graph argument of type {type(a).__name__}")
+
+
+def _decode_arg(a: Any, env: dict[str, fx.Node]) -> Any:
+    if isinstance(a, list):
+        return [_decode_arg(v, env) for v in a]
+    if not isinstance(a, dict):
+        return a
+    (kind, value), = a.items()
+    if kind == "node":
+        return env[value]
+    if kind == "tuple":
+        return tuple(_decode_arg(v, env) for v in value)
+    if kind == "dict":
+        return {k: _decode_arg(v, env) for k, v in value}
+    if kind == "slice":
+        return slice(*(_decode_arg(v, env) for v in value))
+    if kind == "ellipsis":
+        return Ellipsis
+    if kind == "float":
+        return float(value)
+    if kind in ("dtype", "memory_format"):
+        obj = getattr(torch, value, None)
+        if not isinstance(obj, (torch.dtype, torch.memory_format)):
+            raise NotDescribable(f"unknown {kind} {value!r}")
+        return obj
+    if kind == "device":
+        return torch.device(value)
+    raise NotDescribable(f"unknown argument kind {kind!r}")
+
+
+# --- whole graphs -------------------------------------------------------------------------------------------
+def describe_graph_module(gm: fx.GraphModule) -> dict[str, Any]:
+    """JSON-able description of ``gm`` (raises :class:`NotDescribable`)."""
+    state = gm.state_dict(keep_vars=True)
+    modules, attrs, nodes = {}, {}, []
+    for node in gm.graph.nodes:
+        target = node.target
+        if node.op == "call_module":
+            if target not in modules:
+                modules[target] = describe_module(gm.get_submodule(target))
+        elif node.op == "call_function":
+            target = encode_function(target)
+        elif node.op == "get_attr":
+            value = state.get(target)
+            if value is None:
+                raise NotDescribable(f"get_attr {target!r} is not a parameter or buffer")
+            attrs[target] = {"shape": list(value.shape), "dtype": str(value.dtype).removeprefix("torch."),
+                             "parameter": isinstance(value, nn.Parameter), "requires_grad": value.requires_grad}
+        elif node.op == "call_method" and (not isinstance(target, str) or target.startswith("_")):
+            raise NotDescribable(f"method {target!r}")
+        nodes.append({"name": node.name, "op": node.op, "target": target,
+                      "args": _encode_arg(node.args), "kwargs": _encode_arg(node.kwargs)})
+    return {"format": FORMAT, "class_name": type(gm).__name__, "modules": modules, "attrs": attrs, "nodes": nodes}
+
+
+def build_graph_module(desc: dict[str, Any]) -> fx.GraphModule:
+    """Rebuild a GraphModule (random weights: load the state dict afterwards)."""
+    if desc.get("format") != FORMAT:
+        raise NotDescribable(f"graph description format {desc.get('format')!r} (this cheapconv reads {FORMAT})")
+    root: dict[str, Any] = {name: build_module(spec) for name, spec in desc["modules"].items()}
+    for name, a in desc["attrs"].items():
+        dtype = getattr(torch, a["dtype"], None)
+        if not isinstance(dtype, torch.dtype):
+            raise NotDescribable(f"unknown dtype {a['dtype']!r}")
+        t = torch.zeros(a["shape"], dtype=dtype)
+        root[name] = nn.Parameter(t, requires_grad=a["requires_grad"]) if a["parameter"] else t
+    graph = fx.Graph()
+    env: dict[str, fx.Node] = {}
+    for n in desc["nodes"]:
+        op, target = n["op"], n["target"]
+        if op not in ("placeholder", "get_attr", "call_function", "call_method", "call_module", "output"):
+            raise NotDescribable(f"unknown node op {op!r}")
+        if op == "call_function":
+            target = resolve_function(target)
+        if op == "call_method" and (not isinstance(target, str) or target.startswith("_")
+                                    or not hasattr(torch.Tensor, target)):
+            raise NotDescribable(f"method {target!r} is not a tensor method")
+        args = _decode_arg(n["args"], env)
+        kwargs = _decode_arg(n["kwargs"], env)
+        node = graph.create_node(op, target, tuple(args) if isinstance(args, list) else args, kwargs,
+                                 name=n["name"])
+        env[n["name"]] = node
+    graph.lint()
+    class_name = "".join(ch for ch in str(desc.get("class_name", "Student")) if ch.isalnum() or ch == "_")
+    return fx.GraphModule(root, graph, class_name or "Student")

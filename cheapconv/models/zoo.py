@@ -1,0 +1,193 @@
+"""Model names -> modules: built-in WRNs, torchvision classification models, timm models, saved files.
+
+Accepted names:
+
+* ``wrn_<depth>_<width>`` (also ``wrn-40-2``): the built-in pre-activation Wide ResNet for 32×32 input;
+* ``torchvision:<name>`` or a bare torchvision classification name (``resnet34``);
+* ``timm:<name>``;
+* a path to a file written by cheapconv (loaded safely, see :func:`cheapconv.load`).
+
+``pretrained`` is False, True (the hub's weights: needs network) or a local weights file (works offline).
+torchvision and timm are imported only when a name needs them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import UnknownModelError, UsageError
+from .wrn import WideResNet
+
+_WRN = re.compile(r"wrn[_-](\d+)[_-](\d+)$")
+
+
+def canonical_name(name: str) -> str:
+    """The unambiguous spelling recorded in recipes: ``wrn_40_2``, ``torchvision:resnet34``, ``timm:...``."""
+    m = _WRN.fullmatch(name)
+    if m:
+        return f"wrn_{m.group(1)}_{m.group(2)}"
+    if name.startswith(("torchvision:", "timm:")):
+        return name
+    return f"torchvision:{name}"
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _timm_names() -> list[str]:
+    import timm
+
+    return timm.list_models()
+
+
+def _suggest(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=3, cutoff=0.6)
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _unknown(name: str, detail: str = "") -> UnknownModelError:
+    return UnknownModelError(
+        f"Unknown model {name!r}.{detail} Use wrn_<depth>_<width> (e.g. wrn_40_2), a torchvision "
+        "classification model (resnet34 or torchvision:resnet34), a timm model (timm:resnet50), or the path "
+        "of a file saved by cheapconv."
+    )
+
+
+def load_weights_file(model: nn.Module, path: str | Path) -> None:
+    """Load a local state dict (``.safetensors``, or a torch file read with ``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"The weights file {str(path)!r} does not exist. Pass the path of a state dict saved "
+                         "with torch.save(model.state_dict(), ...) or a .safetensors file.")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any failure means: not a plain state dict
+            raise UsageError(f"Cannot read {str(path)!r} as a plain state dict ({type(e).__name__}). "
+                             "cheapconv reads weights with weights_only=True so no code in the file runs; "
+                             "save the weights with torch.save(model.state_dict(), path).") from None
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise UsageError(f"The weights in {str(path)!r} do not fit the model: {first[0] if first else e} "
+                         "Check the model name and --num-classes.") from None
+
+
+def create_model(name: str, *, num_classes: int | None = None, pretrained: bool | str | Path = False,
+                 **kwargs) -> nn.Module:
+    """Build a model by name (see the module docstring for the accepted names).
+
+    The model remembers where it came from (``cheapconv_source``, ``cheapconv_source_kwargs``) so that a
+    student cheapened from it can be rebuilt from its recipe.
+
+    >>> m = create_model("wrn_16_2", num_classes=100)
+    >>> m.fc.out_features, m.cheapconv_source
+    (100, 'wrn_16_2')
+    """
+    model = _create_model(name, num_classes=num_classes, pretrained=pretrained, **kwargs)
+    if not hasattr(model, "cheapconv_source") or getattr(model, "cheapconv_recipe", None) is None:
+        model.cheapconv_source = canonical_name(name)
+        model.cheapconv_source_kwargs = dict(kwargs, **({"num_classes": num_classes} if num_classes else {}))
+    return model
+
+
+def _create_model(name: str, *, num_classes: int | None = None, pretrained: bool | str | Path = False,
+                  **kwargs) -> nn.Module:
+    path = Path(name)
+    if path.suffix in (".pt", ".pth", ".ckpt") or path.is_file():
+        if not path.is_file():
+            raise UsageError(f"The model file {name!r} does not exist. Check the path.")
+        from ..io import load
+
+        return load(path)
+    m = _WRN.fullmatch(name)
+    if m:
+        depth, width = int(m.group(1)), int(m.group(2))
+        try:
+            model = WideResNet(depth, width, num_classes=num_classes or 10, **kwargs)
+        except ValueError as e:
+            raise UsageError(f"Cannot build {name!r}: {e}.") from None
+        if pretrained is True:
+            raise UsageError(f"There are no hub weights for the built-in {name!r}; pass a local weights file "
+                             "(pretrained=PATH, --weights PATH) or train one with `cheapconv train`.")
+        if pretrained:
+            load_weights_file(model, pretrained)
+        return model
+    if name.startswith("timm:"):
+        return _create_timm(name[5:], num_classes, pretrained, **kwargs)
+    tv_name = name[len("torchvision:"):] if name.startswith("torchvision:") else name
+    return _create_torchvision(name, tv_name, num_classes, pretrained, **kwargs)
+
+
+def _create_torchvision(name, tv_name, num_classes, pretrained, **kwargs) -> nn.Module:
+    try:
+        import torchvision
+    except ImportError:
+        raise UsageError(f"{name!r} needs torchvision, which is not installed: pip install torchvision.") from None
+    names = _torchvision_names()
+    if tv_name not in names:
+        detail = _suggest(tv_name, names + [f"timm:{n}" for n in _timm_suggestions(tv_name)])
+        raise _unknown(name, detail)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    weights = "DEFAULT" if pretrained is True else None
+    if weights and num_classes not in (None, 1000):
+        raise UsageError("Hub weights for torchvision models have 1000 classes; drop --num-classes or pass "
+                         "a local weights file.")
+    model = torchvision.models.get_model(tv_name, weights=weights, **kwargs)
+    if pretrained and pretrained is not True:
+        load_weights_file(model, pretrained)
+    return model
+
+
+def _timm_suggestions(name: str) -> list[str]:
+    try:
+        return [n for n in _timm_names() if n.startswith(name[:4])][:200]
+    except ImportError:
+        return []
+
+
+def _create_timm(timm_name: str, num_classes, pretrained, **kwargs) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise UsageError(f"timm:{timm_name} needs timm, which is not installed: pip install timm.") from None
+    if not timm.is_model(timm_name):
+        raise _unknown(f"timm:{timm_name}", _suggest(timm_name, _timm_names()))
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    model = timm.create_model(timm_name, pretrained=pretrained is True, **kwargs)
+    if pretrained and pretrained is not True:
+        load_weights_file(model, pretrained)
+    return model
+
+
+def default_input_size(model: nn.Module) -> tuple[int, int, int]:
+    """The model's native (C, H, W): declared by the model, timm's pretrained config, or ImageNet's 224."""
+    size = getattr(model, "default_input_size", None)
+    if size is not None:
+        return tuple(size)
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("input_size"):
+        return tuple(cfg["input_size"])
+    in_chans = 3
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            in_chans = m.in_channels
+            break
+    return (in_chans, 224, 224)

@@ -1,0 +1,200 @@
+"""Stage outputs ("taps") for attention transfer: found once, marked once, recorded through scoped hooks.
+
+After fx tracing, container modules are hollow (a hook on ``layer3`` never fires), so :func:`insert_taps`
+adds an identity :class:`Tap` module after each stage's output node. Untraced models (a teacher, or a
+student rewritten without a graph) are recorded with forward hooks on the stage modules instead.
+Either way :func:`record` is a context manager: nothing stays attached after it exits.
+
+Stages are found in this order (first that applies):
+
+1. ``model.feature_info`` (timm models, cheapconv's WRN): its modules, minus those holding no conv
+   (timm lists the stem activation);
+2. children named ``layer<k>`` (torchvision ResNet family);
+3. a shape-based fallback: descend into the child that holds most convs (``features``, ``trunk_output``),
+   run one forward, and take the last conv-holding child at each spatial resolution.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import fx, nn
+
+from .trace import module_path_of
+
+TAPS_ATTR = "cheapconv_taps"
+
+
+class Tap(nn.Module):
+    """Identity that hands its input to the active :func:`record` context (if any)."""
+
+    def __init__(self, stage: str):
+        super().__init__()
+        self.stage = stage
+        self.init_args = {"stage": stage}
+        self._sink: dict[str, torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._sink is not None:
+            self._sink[self.stage] = x
+        return x
+
+    def extra_repr(self) -> str:
+        return repr(self.stage)
+
+
+def _convs_in(module: nn.Module) -> int:
+    return sum(isinstance(m, nn.Conv2d) for m in module.modules())
+
+
+def _feature_info_stages(model: nn.Module) -> list[str] | None:
+    info = getattr(model, "feature_info", None)
+    if info is None:
+        return None
+    entries = info.info if hasattr(info, "info") else info  # timm FeatureInfo or list of dicts
+    modules = dict(model.named_modules())
+    names = [e["module"] for e in entries if isinstance(e, dict) and e.get("module") in modules]
+    names = [n for n in names if _convs_in(modules[n]) > 0]
+    return names or None
+
+
+def _trunk(model: nn.Module) -> nn.Module:
+    """Descend while one child holds at least 80 % of the convs and has children of its own."""
+    trunk = model
+    while True:
+        total = _convs_in(trunk)
+        children = list(trunk.named_children())
+        heavy = [c for _, c in children if total and _convs_in(c) >= 0.8 * total and len(list(c.children())) > 1]
+        if len(heavy) != 1 or heavy[0] is trunk:
+            return trunk
+        trunk = heavy[0]
+
+
+def find_stages(model: nn.Module, example_input: torch.Tensor | None = None) -> list[str]:
+    """Qualified names of the modules whose outputs are the network's stage outputs (see module docstring)."""
+    names = _feature_info_stages(model)
+    if names:
+        return names
+    layer = re.compile(r"layer\d+$")
+    names = [n for n, _ in model.named_children() if layer.fullmatch(n)]
+    if len(names) >= 2:
+        return names
+    if example_input is None:
+        from .trace import example_input_for
+
+        example_input = example_input_for(model)
+    trunk = _trunk(model)
+    prefix = {m: n for n, m in model.named_modules()}
+    children = [(prefix[c], c) for _, c in trunk.named_children() if _convs_in(c) > 0]
+    sizes: dict[str, tuple[int, ...]] = {}
+    handles = [c.register_forward_hook(_size_hook(sizes, n)) for n, c in children]
+    try:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            model(example_input)
+        model.train(was_training)
+    finally:
+        for h in handles:
+            h.remove()
+    last_at: dict[tuple[int, ...], str] = {}
+    for n, _ in children:
+        if n in sizes:
+            last_at[sizes[n]] = n
+    taps = [n for n, _ in children if last_at.get(sizes.get(n)) == n]
+    containers = [n for n in taps if len(list(model.get_submodule(n).children())) > 0]
+    return containers if len(containers) >= 2 else taps
+
+
+def _size_hook(sizes: dict, name: str):
+    def hook(module, args, output):
+        if isinstance(output, torch.Tensor) and output.dim() == 4:
+            sizes[name] = tuple(output.shape[-2:])
+    return hook
+
+
+def insert_taps(gm: fx.GraphModule, stages: Sequence[str]) -> list[str]:
+    """Add a :class:`Tap` after the output node of each stage; returns the stages that were marked."""
+    container = nn.ModuleDict()
+    gm.add_module(TAPS_ATTR, container)  # registered first: call_module checks that targets exist
+    marked = []
+    nodes = list(gm.graph.nodes)
+    for stage in stages:
+        last = None
+        for node in nodes:
+            if node.op in ("call_module", "call_function", "call_method") and stage in module_path_of(node):
+                last = node
+        if last is None:
+            continue
+        key = stage.replace(".", "__")
+        container[key] = Tap(stage)
+        with gm.graph.inserting_after(last):
+            tap_node = gm.graph.call_module(f"{TAPS_ATTR}.{key}", (last,))
+        last.replace_all_uses_with(tap_node, delete_user_cb=lambda user: user is not tap_node)
+        marked.append(stage)
+    if marked:
+        gm.recompile()
+    else:
+        delattr(gm, TAPS_ATTR)
+    return marked
+
+
+def taps_of(model: nn.Module) -> list[Tap]:
+    return [m for m in model.modules() if isinstance(m, Tap)]
+
+
+@contextlib.contextmanager
+def record(model: nn.Module, stages: Sequence[str] | None = None,
+           example_input: torch.Tensor | None = None) -> Iterator[list[torch.Tensor]]:
+    """Collect stage outputs of every forward run inside the block, in stage order.
+
+    >>> with record(model) as acts:   # doctest: +SKIP
+    ...     logits = model(x)
+    >>> [a.shape for a in acts]       # doctest: +SKIP
+
+    The yielded list is refilled on each forward. Tapped models (from :func:`cheapconv.cheapen`) use their
+    Tap modules; others get forward hooks on ``stages`` (default :func:`find_stages`), removed on exit.
+    """
+    acts: list[torch.Tensor] = []
+    taps = taps_of(model)
+    if taps and stages is None:
+        order = [t.stage for t in taps]
+        sink = _OrderedSink(order, acts)
+        for t in taps:
+            t._sink = sink
+        try:
+            yield acts
+        finally:
+            for t in taps:
+                t._sink = None
+        return
+    inner = model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    names = list(stages) if stages is not None else find_stages(inner, example_input)
+    sink = _OrderedSink(names, acts)
+    handles = []
+    for name in names:
+        handles.append(inner.get_submodule(name).register_forward_hook(
+            lambda m, a, out, _n=name: sink.__setitem__(_n, out)))
+    try:
+        yield acts
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class _OrderedSink(dict):
+    """Stores tap outputs by stage and mirrors them, in stage order, into the caller's list."""
+
+    def __init__(self, order: Sequence[str], out: list):
+        super().__init__()
+        self.order = list(order)
+        self.out = out
+
+    def __setitem__(self, key, value):
+        if key == self.order[0]:  # a new forward pass starts with the first stage
+            super().clear()
+        super().__setitem__(key, value)
+        self.out[:] = [self[k] for k in self.order if k in self]

@@ -1,0 +1,1 @@
+"""cheapconv's command line (installed as the ``cheapconv_cli`` package; see setup.cfg)."""

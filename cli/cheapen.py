@@ -1,0 +1,141 @@
+"""``cheapconv cheapen``, ``cheapconv inspect`` and ``cheapconv blocks``."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import typer
+
+from .app import app, err, out, output_path, parse_input_size, warn
+
+
+def resolve_policy(block: str | None, policy: str | None, policy_file: Path | None):
+    from cheapconv.policy import Policy, parse_policy
+
+    given = [x for x in (block, policy, policy_file) if x is not None]
+    if len(given) != 1:
+        raise typer.BadParameter("give exactly one of --block SPEC, --policy RULES or --policy-file FILE "
+                                 "(e.g. --block 'G(4)')", param_hint="--block/--policy/--policy-file")
+    if policy_file is not None:
+        return Policy.from_file(policy_file)
+    return parse_policy(block if block is not None else policy)
+
+
+@app.command()
+def cheapen(
+    model: str = typer.Argument(..., help="wrn_40_2, resnet34, torchvision:NAME, timm:NAME, or a saved file."),
+    block: str = typer.Option(None, "--block", "-b", help="One block spec for every eligible layer, e.g. 'G(4)'."),
+    policy: str = typer.Option(None, "--policy", "-p", help="Rules, e.g. 'conv1=keep; layer4.*=BG(2,4); G(4)'."),
+    policy_file: Path = typer.Option(None, "--policy-file", help="A file with one rule per line."),
+    output: Path = typer.Option(None, "--output", "-o", help="Where to write the student (.pt)."),
+    num_classes: int = typer.Option(None, "--num-classes", min=1, help="Classifier size of the teacher."),
+    input_size: str = typer.Option(None, "--input-size", help="C,H,W for MACs (default: the model's own)."),
+    weights: Path = typer.Option(None, "--weights", help="Local weights file for the teacher."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="Download the hub's weights (needs network)."),
+    leaf: list[str] = typer.Option([], "--leaf", help="Module class or name fx must not trace into (repeatable)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan only; write nothing."),
+    strict: bool = typer.Option(False, "--strict", help="Fail if a matched layer cannot take its block."),
+    changes_only: bool = typer.Option(False, "--changes-only", help="List only the layers that change."),
+    trust: bool = typer.Option(False, "--trust", help="Allow a model file that needs unpickling (runs its code)."),
+) -> None:
+    """Rewrite MODEL with cheap convolution blocks and write the student.
+
+    Example: cheapconv cheapen resnet34 --block 'G(4)' -o student.pt
+    """
+    import cheapconv
+    from cheapconv.report import summary_table
+
+    the_policy = resolve_policy(block, policy, policy_file)
+    size = parse_input_size(input_size)
+    if not dry_run:
+        output_path(output)
+    with err.status(f"Building {model}..."):
+        if Path(model).suffix in (".pt", ".pth") or Path(model).is_file():
+            teacher = cheapconv.load(model, trust=trust)
+        else:
+            teacher = cheapconv.create_model(model, num_classes=num_classes,
+                                             pretrained=str(weights) if weights else pretrained)
+    with err.status("Tracing, planning and rewriting..."), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if dry_run:
+            the_plan = cheapconv.plan(teacher, the_policy, input_size=size, strict=strict, leaf_modules=leaf,
+                                      model_name=getattr(teacher, "cheapconv_source", None) or model)
+            student = None
+        else:
+            student = cheapconv.cheapen(teacher, the_policy, input_size=size, strict=strict, leaf_modules=leaf)
+            the_plan = student.cheapconv_plan
+    for w in caught:
+        warn(str(w.message))
+    out.print(the_plan.table(show_all=not changes_only))
+    out.print(summary_table(the_plan))
+    if the_plan.stages:
+        out.print(f"Attention-transfer taps: {', '.join(the_plan.stages)}", highlight=False)
+    if not the_plan.replaced:
+        warn("no layer was replaced: every matched layer was kept (see the reasons above).")
+    if dry_run:
+        err.print("Dry run: nothing written.")
+        return
+    kind = cheapconv.save(student, output)
+    err.print(f"Wrote {output} ({kind} format" + (": loading it will need --trust" if kind == "pickle" else "")
+              + ").", highlight=False)
+
+
+@app.command()
+def inspect(
+    file: Path = typer.Argument(..., help="A file written by cheapconv."),
+    changes_only: bool = typer.Option(False, "--changes-only", help="List only the layers that changed."),
+) -> None:
+    """Print a saved model's recipe, its plan and its totals (no code from the file runs)."""
+    import torch
+    from rich.table import Table
+
+    from cheapconv.io import _read
+    from cheapconv.plan import Plan
+    from cheapconv.report import summary_table
+
+    payload = _read(file)
+    import json
+
+    recipe = json.loads(payload["recipe_json"])
+    t = Table(title=f"{file}", title_justify="left", show_header=False)
+    t.add_column("field")
+    t.add_column("value", overflow="fold")
+    for key in ("source", "model", "policy", "storage", "input_size", "saved_at"):
+        if recipe.get(key) is not None:
+            t.add_row(key, str(recipe[key]))
+    for key, value in recipe.get("versions", {}).items():
+        t.add_row(f"version {key}", str(value))
+    state = payload["state_dict"]
+    trainable_like = sum(v.numel() for k, v in state.items() if not k.endswith("num_batches_tracked"))
+    t.add_row("state-dict tensors", f"{len(state)} ({trainable_like:,} values, paper convention)")
+    extra = {k: v for k, v in recipe.items() if k not in ("source", "source_kwargs", "model", "policy", "storage",
+                                                           "input_size", "saved_at", "versions", "plan",
+                                                           "leaf_modules", "notes")}
+    for key, value in extra.items():
+        t.add_row(key, json.dumps(value) if not isinstance(value, str) else value)
+    out.print(t)
+    if recipe.get("plan"):
+        the_plan = Plan.from_dict(recipe["plan"])
+        out.print(the_plan.table(show_all=not changes_only))
+        out.print(summary_table(the_plan))
+        if the_plan.stages:
+            out.print(f"Attention-transfer taps: {', '.join(the_plan.stages)}", highlight=False)
+    del torch
+
+
+@app.command()
+def blocks() -> None:
+    """List the block families, their structure and parameter formulas."""
+    from rich.table import Table
+
+    from cheapconv.blocks import BLOCK_ALIASES, BLOCK_REGISTRY
+
+    t = Table(title="Cheap blocks (N = channels, M = C_out/b, k = kernel size)", title_justify="left")
+    for col in ("spelling", "level", "structure replacing a k×k conv C_in→C_out", "conv params (C_in=C_out=N)"):
+        t.add_column(col, overflow="fold")
+    for cls in BLOCK_REGISTRY.values():
+        t.add_row(cls.signature, cls.level, cls.structure, cls.params)
+    for alias, canonical in BLOCK_ALIASES.items():
+        t.add_row(alias, "alias", f"= {canonical}", "")
+    out.print(t)

@@ -1,0 +1,51 @@
+"""Entry point of the ``cheapconv`` command: runs the typer app and turns errors into clean exits.
+
+Exit codes: 0 success, 1 failure at run time, 2 usage error, 130 interrupted. No traceback unless
+``--debug``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import cheapen as _cheapen  # noqa: F401  (registers commands)
+from .app import STATE, app, err
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    from cheapconv.errors import CheapconvError
+
+    try:
+        app(args=argv, prog_name="cheapconv", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show(file=sys.stderr)
+        return e.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err.print("Interrupted.")
+        return 130
+    except CheapconvError as e:
+        if debug or STATE["debug"]:
+            raise
+        err.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+        return e.exit_code
+    except Exception as e:  # noqa: BLE001 - last resort: a clean message, traceback only with --debug
+        if debug or STATE["debug"]:
+            raise
+        err.print(f"[bold red]error:[/bold red] {type(e).__name__}: {e}\nThis looks like a bug in cheapconv or an "
+                  "unsupported model; rerun with --debug for the traceback.", highlight=False, soft_wrap=True)
+        return 1
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
