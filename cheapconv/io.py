@@ -147,14 +147,18 @@ def _read(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"The file {str(path)!r} does not exist. Check the path.")
+    if not _looks_like_torch_file(path):
+        raise FileFormatError(f"Cannot read {str(path)!r}: it is not a torch or cheapconv file (neither a torch zip "
+                              "archive nor a legacy torch pickle). Check the path.")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        detail = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line), "")
         raise UntrustedFileError(
             f"{str(path)!r} is not a cheapconv file: it holds pickled Python objects (for example a model saved "
-            f"with torch.save(model)), and loading it would run code from the file ({str(e).splitlines()[0]}). "
-            "If you trust its origin, pass trust=True (--trust on the command line); otherwise re-save it "
-            "with cheapconv.save(model, path)."
+            "with torch.save(model)), and loading it would run code from the file"
+            + (f" ({detail})" if detail else "") + ". If you trust its origin, pass trust=True (--trust on the "
+            "command line); otherwise re-save it with cheapconv.save(model, path)."
         ) from None
     except Exception as e:  # noqa: BLE001 - truncated, not a zip, not torch at all
         raise FileFormatError(f"Cannot read {str(path)!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -167,6 +171,15 @@ def _read(path: str | Path) -> dict:
         raise FileFormatError(f"{str(path)!r} was written by a newer cheapconv (format version "
                               f"{payload['format_version']}); upgrade cheapconv to read it.")
     return payload
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"  # pickle protocol marker of torch's legacy format
 
 
 def read_recipe(path: str | Path) -> dict:

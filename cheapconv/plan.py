@@ -15,6 +15,7 @@ this plan. Every layer appears with an action:
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -285,5 +286,8 @@ def plan(model: nn.Module, policy: str | Policy | BlockSpec, *, example_input: t
     policy = parse_policy(policy)
     analysis, stages, notes, totals = prepare(model, example_input=example_input, input_size=input_size,
                                               leaf_modules=leaf_modules)
-    return build_plan(analysis, policy, model_name=model_name or type(model).__name__, strict=strict,
-                      totals_before=totals, stages=stages, notes=notes)
+    result = build_plan(analysis, policy, model_name=model_name or type(model).__name__, strict=strict,
+                        totals_before=totals, stages=stages, notes=notes)
+    for note in result.notes:
+        warnings.warn(note, stacklevel=2)
+    return result

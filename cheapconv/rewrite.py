@@ -16,7 +16,7 @@ from .analysis import Analysis
 from .blocks import BlockSpec
 from .plan import Plan, build_plan, prepare
 from .policy import Policy, parse_policy
-from .taps import insert_taps
+from .taps import Tap, insert_taps
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -81,6 +81,9 @@ def cheapen(model: nn.Module, policy: str | Policy | BlockSpec, *, example_input
     student = apply_plan(analysis, the_plan)
     if taps and isinstance(student, fx.GraphModule):
         the_plan.stages = insert_taps(student, found_stages)
+        for tap in student.modules():  # new modules start in training mode; follow the student's flag
+            if isinstance(tap, (Tap, nn.ModuleDict)):
+                tap.training = student.training
     student.cheapconv_plan = the_plan
     student.cheapconv_stages = list(the_plan.stages)
     student.cheapconv_recipe = {

@@ -24,7 +24,8 @@ def resolve_policy(block: str | None, policy: str | None, policy_file: Path | No
 
 @app.command()
 def cheapen(
-    model: str = typer.Argument(..., help="wrn_40_2, resnet34, torchvision:NAME, timm:NAME, or a saved file."),
+    model: str = typer.Argument(..., metavar="MODEL",
+                                help="wrn_40_2, resnet34, torchvision:NAME, timm:NAME, or a saved file."),
     block: str = typer.Option(None, "--block", "-b", help="One block spec for every eligible layer, e.g. 'G(4)'."),
     policy: str = typer.Option(None, "--policy", "-p", help="Rules, e.g. 'conv1=keep; layer4.*=BG(2,4); G(4)'."),
     policy_file: Path = typer.Option(None, "--policy-file", help="A file with one rule per line."),
@@ -83,7 +84,7 @@ def cheapen(
 
 @app.command()
 def inspect(
-    file: Path = typer.Argument(..., help="A file written by cheapconv."),
+    file: Path = typer.Argument(..., metavar="FILE", help="A file written by cheapconv."),
     changes_only: bool = typer.Option(False, "--changes-only", help="List only the layers that changed."),
 ) -> None:
     """Print a saved model's recipe, its plan and its totals (no code from the file runs)."""

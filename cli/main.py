@@ -6,12 +6,29 @@ Exit codes: 0 success, 1 failure at run time, 2 usage error, 130 interrupted. No
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
+import typer
 
 from . import cheapen as _cheapen  # noqa: F401  (registers commands)
 from .app import STATE, app, err
+
+
+def _classes(name: str) -> tuple[type, ...]:
+    """click's exception class ``name`` and, for typer versions that vendor click, typer's own."""
+    found = {getattr(click.exceptions, name)}
+    try:
+        found.add(getattr(importlib.import_module("typer._click.exceptions"), name))
+    except (ImportError, AttributeError):
+        pass
+    return tuple(found)
+
+
+_CLICK_ERRORS = _classes("ClickException")
+_EXITS = (typer.Exit, *_classes("Exit")) if hasattr(click.exceptions, "Exit") else (typer.Exit,)
+_ABORTS = (typer.Abort, *_classes("Abort"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,12 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, prog_name="cheapconv", standalone_mode=False)
         return 0
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.ClickException as e:
+    except _EXITS as e:
+        return getattr(e, "exit_code", 0)
+    except _CLICK_ERRORS as e:
         e.show(file=sys.stderr)
         return e.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (*_ABORTS, KeyboardInterrupt):
         err.print("Interrupted.")
         return 130
     except CheapconvError as e:

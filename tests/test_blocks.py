@@ -1,0 +1,163 @@
+"""Every registered block family is tested alike: notation round trip, shapes, parameter formula, tracing
+as a leaf, backward, inherited device/dtype/training flag."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import fx, nn
+
+from cheapconv.blocks import BLOCK_REGISTRY, parse_block
+from cheapconv.errors import PolicySyntaxError
+from cheapconv.trace import CheapTracer
+
+# At least one concrete spelling per family, plus the aliases and relative group counts.
+SPELLINGS = ["S", "keep", "S-2x2", "G(2)", "G(4)", "G(N/4)", "G(N)", "DW", "B(2)", "B(4)", "BG(2,4)",
+             "BG(2,M/4)", "BG(2,M)"]
+
+
+def test_every_family_has_a_spelling_here():
+    families = {type(parse_block(s)).family for s in SPELLINGS}
+    assert families == set(BLOCK_REGISTRY)
+
+
+@pytest.mark.parametrize("text", SPELLINGS)
+def test_str_parses_back(text):
+    spec = parse_block(text)
+    assert parse_block(str(spec)) == spec
+
+
+@pytest.mark.parametrize("text,fragment,col", [
+    ("G(0)", "at least 1", 3), ("G(4", "missing ')'", 4), ("Q(2)", "unknown block 'Q'", 1),
+    ("BG(2)", "BG takes 2 arguments", 5), ("G(N/0)", "at least 1", 5), ("B(x)", "positive integer", 3),
+    ("G(M)", "integer, N or N/d", 3), ("S(2)", "S takes 0 arguments", 4),
+])
+def test_bad_specs_point_at_the_column(text, fragment, col):
+    with pytest.raises(PolicySyntaxError) as info:
+        parse_block(text)
+    msg = str(info.value)
+    assert fragment in msg
+    assert f"(column {col})" in msg
+    assert "Valid blocks:" in msg and "BG(b,g)" in msg
+
+
+def conv(cin, cout, stride=1, k=3):
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False)
+
+
+CONV_LEVEL = ["S-2x2", "G(2)", "G(4)", "G(N/4)", "G(N)"]
+BLOCK_LEVEL = ["B(2)", "B(4)", "BG(2,4)", "BG(2,M/4)", "BG(2,M)"]
+
+
+@pytest.mark.parametrize("text", CONV_LEVEL)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("cin,cout", [(16, 16), (16, 32)])
+def test_conv_level_shapes_and_backward(text, stride, cin, cout):
+    spec = parse_block(text)
+    original = conv(cin, cout, stride)
+    assert spec.conv_reason(original) is None
+    block = spec.build_conv(original)
+    x = torch.randn(2, cin, 9, 9, requires_grad=True)
+    y = block(x)
+    assert y.shape == original(x).shape
+    y.sum().backward()
+    assert x.grad is not None and all(p.grad is not None for p in block.parameters())
+    assert all(m.bias is None for m in block.modules() if isinstance(m, nn.Conv2d))
+
+
+@pytest.mark.parametrize("text", BLOCK_LEVEL)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("cin,cout", [(16, 16), (16, 32)])
+def test_block_level_shapes_and_backward(text, stride, cin, cout):
+    spec = parse_block(text)
+    a, b = conv(cin, cout, stride), conv(cout, cout)
+    assert spec.pair_reason(a, b) is None
+    block = spec.build_pair(a, b)
+    x = torch.randn(2, cin, 9, 9, requires_grad=True)
+    y = block(x)
+    assert y.shape == b(a(x)).shape
+    y.sum().backward()
+    assert all(p.grad is not None for p in block.parameters())
+    # stride sits on the k×k conv, never on a 1×1
+    strided = [m for m in block.modules() if isinstance(m, nn.Conv2d) and m.stride != (1, 1)]
+    assert all(m.kernel_size == (3, 3) for m in strided) and len(strided) == (1 if stride == 2 else 0)
+
+
+def trainable(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def conv_params(m):
+    return sum(c.weight.numel() for c in m.modules() if isinstance(c, nn.Conv2d))
+
+
+@pytest.mark.parametrize("text,groups", [("G(2)", 2), ("G(4)", 4), ("G(N/4)", 16), ("G(N)", 64)])
+def test_grouped_param_formula(text, groups):
+    n, k = 64, 3
+    block = parse_block(text).build_conv(conv(n, n))
+    assert conv_params(block) == n * n * (k * k) // groups + n * n      # N²(k²/g + 1)
+    assert trainable(block) == conv_params(block) + 2 * n                # plus BN(C_in) weight and bias
+
+
+@pytest.mark.parametrize("text,b,groups", [("B(2)", 2, 1), ("B(4)", 4, 1), ("BG(2,4)", 2, 4),
+                                           ("BG(2,M/4)", 2, 8), ("BG(2,M)", 2, 32)])
+def test_bottleneck_param_formula(text, b, groups):
+    n, k = 64, 3
+    block = parse_block(text).build_pair(conv(n, n), conv(n, n))
+    m = n // b
+    assert conv_params(block) == n * m + m * m * k * k // groups + m * n   # N²(k²/(g b²) + 2/b)
+    assert trainable(block) == conv_params(block) + 4 * m
+
+
+def test_dilated_2x2_is_the_corner_taps():
+    original = conv(8, 8)
+    block = parse_block("S-2x2").build_conv(original)
+    assert conv_params(block) == 4 * 8 * 8
+    # with the corner weights copied over, it computes exactly the 3×3 conv restricted to its corners
+    with torch.no_grad():
+        masked = original.weight.clone()
+        masked[:, :, 1, :] = 0
+        masked[:, :, :, 1] = 0
+        original.weight.copy_(masked)
+        block.weight.copy_(masked[:, :, ::2, ::2])
+    x = torch.randn(1, 8, 7, 7)
+    torch.testing.assert_close(block(x), original(x))
+
+
+@pytest.mark.parametrize("text,cin,reason", [
+    ("G(3)", 16, "3 groups do not divide C_in=16"),
+    ("G(4)", 16, None),
+])
+def test_divisibility_is_reported_not_fixed(text, cin, reason):
+    assert parse_block(text).conv_reason(conv(cin, cin)) == reason
+
+
+def test_ineligible_convs_have_reasons():
+    g4 = parse_block("G(4)")
+    assert "1×1" in g4.conv_reason(conv(16, 16, k=1))
+    grouped = nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False)
+    assert "already grouped" in g4.conv_reason(grouped)
+    assert "block-level" in parse_block("B(2)").conv_reason(conv(16, 16))
+    assert "conv-level" in g4.pair_reason(conv(16, 16), conv(16, 16))
+    assert "divide M" in parse_block("BG(2,3)").pair_reason(conv(16, 16), conv(16, 16))
+
+
+@pytest.mark.parametrize("text", CONV_LEVEL)
+def test_replacement_inherits_dtype_and_training_flag(text):
+    original = conv(16, 16).to(torch.float64).eval()
+    block = parse_block(text).build_conv(original)
+    assert all(p.dtype == torch.float64 for p in block.parameters())
+    assert not block.training and not any(m.training for m in block.modules())
+
+
+@pytest.mark.parametrize("text", CONV_LEVEL + BLOCK_LEVEL)
+def test_blocks_trace_as_leaves(text):
+    spec = parse_block(text)
+    block = spec.build_conv(conv(16, 16)) if spec.level == "conv" else spec.build_pair(conv(16, 16), conv(16, 16))
+    holder = nn.Sequential(block, nn.ReLU())
+    graph = CheapTracer().trace(holder)
+    calls = [n for n in graph.nodes if n.op == "call_module"]
+    assert [n.target for n in calls] == ["0", "1"]
+    gm = fx.GraphModule(holder, graph)
+    x = torch.randn(1, 16, 8, 8)
+    torch.testing.assert_close(gm(x), holder(x))
