@@ -5,7 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-all demo lint bench clean
+.PHONY: install data test test-all demo lint bench clean
+
+FMNIST := /usr/share/datasets/fashion-mnist
 
 $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,6 +17,11 @@ $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Real Fashion-MNIST from Debian's package (root); elsewhere, say how to get it.
+data:
+	@test -d $(FMNIST) || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; } \
+	  || { echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' or pass --data-dir"; exit 1; }
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

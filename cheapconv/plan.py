@@ -6,8 +6,8 @@ this plan. Every layer appears with an action:
 
 * ``replace``: the block will replace it;
 * ``keep``: a rule said keep (``S``/``keep``), or no rule matched;
-* ``skip``: not eligible by default (the stem, 1×1 convs, convs outside residual pairs for B/BG) under a
-  rule without a selector;
+* ``skip``: not eligible (the stem under a default rule; 1×1 convs under k×k blocks; convs outside residual
+  pairs under B/BG) and not named by the rule that matched it (a wildcard or default rule);
 * ``cannot``: a rule asked for a block this layer cannot take; the reason says why. ``strict=True``
   turns these into an error.
 """
@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .analysis import Analysis, ConvSite, PairSite, analyse
+from .analysis import Analysis, ConvSite, PairSite, analyse, shape_mismatch
 from .blocks import BlockSpec
 from .counting import count_macs, count_params
 from .errors import PolicyMatchError, TraceError
@@ -152,15 +152,22 @@ def _conv_entry(site: ConvSite, rule_match: tuple[int, Rule] | None, analysis: A
         else:
             entry.reason = (f"{spec} collapses residual-branch pairs conv→norm→act→conv→add; "
                             "this conv is not the first of such a pair")
-        entry.action = "skip" if rule.selector is None else "cannot"
+        # Wildcards and default rules select pairs; a conv outside any pair is simply not eligible.
+        entry.action = "cannot" if rule.names_exactly(site.name) else "skip"
         return _price(entry, before, before)
     reason = spec.conv_reason(site.conv)
     if reason is not None:
-        default_ineligible = rule.selector is None and not (site.conv.kernel_size[0] > 1 and site.conv.kernel_size[1] > 1)
-        entry.action = "skip" if default_ineligible else "cannot"
+        # 1×1 convs are not eligible for k×k blocks unless a rule names them; other refusals
+        # (divisibility, already grouped, ...) are real conflicts with what was asked.
+        is_kxk = min(site.conv.kernel_size) > 1
+        entry.action = "cannot" if is_kxk or rule.names_exactly(site.name) else "skip"
         entry.reason = reason
         return _price(entry, before, before)
     replacement = spec.build_conv(site.conv)
+    mismatch = shape_mismatch(replacement, site.input_shape, site.output_shape)
+    if mismatch is not None:
+        entry.action, entry.reason = "cannot", mismatch
+        return _price(entry, before, before)
     analysis.replacements[entry.layer] = replacement
     entry.action, entry.block, entry.reason = "replace", str(spec), f"rule '{rule}'"
     return _price(entry, before, _cost(replacement, site.input_shape))
@@ -179,6 +186,10 @@ def _pair_entry(pair: PairSite, rule: Rule, analysis: Analysis) -> PlanEntry:
         entry.action, entry.reason = "cannot", reason
         return _price(entry, before, before)
     replacement = spec.build_pair(pair.a.conv, pair.b.conv)
+    mismatch = shape_mismatch(replacement, pair.a.input_shape, pair.b.output_shape)
+    if mismatch is not None:
+        entry.action, entry.reason = "cannot", mismatch
+        return _price(entry, before, before)
     analysis.replacements[entry.layer] = replacement
     entry.action, entry.block, entry.reason = "replace", str(spec), f"rule '{rule}'"
     return _price(entry, before, _cost(replacement, pair.a.input_shape))
@@ -265,6 +276,7 @@ def prepare(model: nn.Module, *, example_input: torch.Tensor | None = None,
         work = copy.deepcopy(model)
         graph_mode = False
         notes.append(f"Falling back to module replacement (no graph): {e}")
+    notes += getattr(work, "cheapconv_trace_notes", [])
     analysis = analyse(work, example_input, graph_mode)
     if stages is None:
         stages = find_stages(model, example_input)

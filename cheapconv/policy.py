@@ -41,6 +41,11 @@ class Selector:
     def is_regex(self) -> bool:
         return self.pattern.startswith("re:")
 
+    @property
+    def is_literal(self) -> bool:
+        """True for a plain layer name (no wildcard, no regex): a rule that names one layer on purpose."""
+        return not self.is_regex and not any(ch in self.pattern for ch in "*?[")
+
     def matches(self, name: str) -> bool:
         if self.is_regex:
             return re.fullmatch(self.pattern[3:], name) is not None
@@ -61,6 +66,10 @@ class Rule:
         if self.selector is None:
             return True
         return any(self.selector.matches(n) for n in names if n)
+
+    def names_exactly(self, name: str) -> bool:
+        """The rule's selector is this layer's literal name (so an ineligible layer is an error, not a skip)."""
+        return self.selector is not None and self.selector.is_literal and self.selector.pattern == name
 
     def __str__(self) -> str:
         return str(self.block) if self.selector is None else f"{self.selector}={self.block}"

@@ -132,6 +132,14 @@ def test_plan_is_pure_and_explains_kept_layers(wrn16):
     assert "block1.0.conv2" in str(p) and "do not divide" in str(p)
 
 
+def test_wildcards_skip_ineligible_convs_but_exact_names_conflict(wrn16):
+    by_layer = {e.layer: e for e in plan(wrn16, "block3.*=BG(2,M/4); G(4)").entries}
+    assert by_layer["block3.0.shortcut"].action == "skip"
+    cheapen(wrn16, "block3.*=BG(2,M/4); G(4)", strict=True)
+    by_layer = {e.layer: e for e in plan(wrn16, "block3.0.shortcut=G(4); G(4)").entries}
+    assert by_layer["block3.0.shortcut"].action == "cannot" and "1×1" in by_layer["block3.0.shortcut"].reason
+
+
 def test_strict_turns_impossible_layers_into_errors(wrn16):
     with pytest.raises(PolicyMatchError, match="do not divide"):
         cheapen(wrn16, "G(3)", strict=True)
