@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} runs per row\n")
-    print(f"| model | policy | step | median s | min s | max s |\n|---|---|---|---:|---:|---:|")
+    print("| model | policy | step | median s | min s | max s |\n|---|---|---|---:|---:|---:|")
     cases = [("resnet34", "G(4)"), ("resnet34", "conv1=keep; layer4.*=BG(2,4); G(4)"), ("resnet34", "B(2)"),
              ("wrn_40_2", "G(4)"), ("resnet50", "G(4)")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -42,12 +42,12 @@ def main() -> None:
         for name, policy in cases:
             model = cheapconv.create_model(name)
             cheapconv.cheapen(model, policy)  # warm-up: imports, first trace
-            steps = {
-                "plan (dry run)": lambda: cheapconv.plan(model, policy),
-                "cheapen": lambda: cheapconv.cheapen(model, policy),
-            }
             student = cheapconv.cheapen(model, policy)
-            steps["save"] = lambda: cheapconv.save(student, path)
+            steps = {
+                "plan (dry run)": lambda m=model, p=policy: cheapconv.plan(m, p),
+                "cheapen": lambda m=model, p=policy: cheapconv.cheapen(m, p),
+                "save": lambda s=student: cheapconv.save(s, path),
+            }
             cheapconv.save(student, path)
             steps["load"] = lambda: cheapconv.load(path)
             for step, fn in steps.items():

@@ -31,7 +31,7 @@ class NotDescribable(ValueError):
 
 # --- modules ----------------------------------------------------------------------------------------------
 def _module_types() -> dict[str, type[nn.Module]]:
-    from .blocks import Bottleneck, GroupedPointwise
+    from .blocks import BLOCK_MODULES
     from .taps import Tap
 
     types: dict[str, type[nn.Module]] = {}
@@ -42,7 +42,7 @@ def _module_types() -> dict[str, type[nn.Module]]:
                 nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.ZeroPad2d,
                 nn.Upsample, nn.ChannelShuffle, nn.Unflatten):
         types[f"torch.nn.{cls.__name__}"] = cls
-    for cls in (GroupedPointwise, Bottleneck, Tap):
+    for cls in (*BLOCK_MODULES, Tap):
         types[f"cheapconv.{cls.__name__}"] = cls
     return types
 

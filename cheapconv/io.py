@@ -130,7 +130,7 @@ def save(model: nn.Module, path: str | Path, *, recipe: dict | None = None, extr
         recipe["source_kwargs"] = dict(getattr(model, "cheapconv_source_kwargs", {}) or {})
     recipe.setdefault("model", type(model).__name__)
     recipe["versions"] = versions()
-    recipe["saved_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    recipe["saved_at"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     if extra:
         recipe.update(extra)
     kind, arch, pickled = _architecture(model, recipe)
@@ -161,8 +161,9 @@ def _read(path: str | Path) -> dict:
             "command line); otherwise re-save it with cheapconv.save(model, path)."
         ) from None
     except Exception as e:  # noqa: BLE001 - truncated, not a zip, not torch at all
-        raise FileFormatError(f"Cannot read {str(path)!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                              ". It is not a cheapconv or torch file, or it is truncated.") from None
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise FileFormatError(f"Cannot read {str(path)!r}: {type(e).__name__}: {first}. It is not a cheapconv or "
+                              "torch file, or it is truncated.") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise FileFormatError(f"{str(path)!r} is a torch file but not a cheapconv model file (a plain state dict "
                               "or checkpoint?). Load plain weights with create_model(NAME, pretrained=PATH) / "

@@ -14,7 +14,20 @@ What is a leaf (traced as one ``call_module`` node, never looked into):
 * whatever the caller names in ``leaf_modules`` (classes, or qualified module names).
 
 Models are traced in eval mode: Python control flow on ``self.training`` inside traced-through modules is
-frozen to the inference path (e.g. GoogLeNet's auxiliary heads are dropped from the graph).
+frozen to the inference path (e.g. GoogLeNet's auxiliary heads are dropped from the graph). Two repairs
+keep the training behaviour where they can:
+
+* functional dropout written ``F.dropout(x, p, training=self.training)`` (timm's classifier heads) would be
+  frozen off; such calls become ``nn.Dropout`` modules, which follow the model's train/eval flag;
+* the model is traced a second time in train mode and the two graphs are compared; where they still
+  differ (auxiliary heads, functional stochastic depth) the GraphModule carries a note saying where
+  (``cheapconv_trace_notes``; :func:`cheapconv.cheapen` shows it as a warning).
+
+When fx cannot trace a module, the innermost module whose ``forward`` failed becomes a leaf (by class) and
+tracing is retried, so one untraceable block costs only the graph inside that block: its convs are still
+found and replaced as modules (see :mod:`cheapconv.analysis`). Only when the failure is in the root's own
+``forward`` does :func:`trace` raise :class:`TraceError`. The classes marked this way are listed in
+``cheapconv_auto_leaves`` on the result.
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ import sys
 from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from .errors import TraceError
@@ -34,10 +48,10 @@ _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.Lo
 
 
 def _cheapconv_leaf_types() -> tuple[type, ...]:
-    from .blocks import Bottleneck, GroupedPointwise
+    from .blocks import BLOCK_MODULES
     from .taps import Tap
 
-    return (Tap, GroupedPointwise, Bottleneck)
+    return (Tap, *BLOCK_MODULES)
 
 
 @functools.lru_cache(maxsize=None)
@@ -94,21 +108,128 @@ def trace(model: nn.Module, leaf_modules: Iterable[type | str] = ()) -> fx.Graph
     """Symbolically trace ``model`` (which is not modified) into a GraphModule with the same parameters.
 
     The result keeps the original module tree's names (``layer1.0.conv1``) and the original training flags.
-    Raises :class:`TraceError` with advice when torch.fx cannot trace the model.
+    Modules that fx cannot trace become leaves automatically (see the module docstring). Raises
+    :class:`TraceError` with advice when the model's own ``forward`` cannot be traced.
     """
     work = copy.deepcopy(model)
     flags = {name: m.training for name, m in work.named_modules()}
-    work.eval()
-    tracer = CheapTracer(leaf_modules)
-    try:
-        graph = tracer.trace(work)
-    except Exception as e:  # noqa: BLE001 - fx raises many types; all mean "not traceable as is"
-        raise TraceError(_trace_advice(model, e)) from e
+    leaves = list(leaf_modules)
+    auto: list[type] = []
+    while True:
+        work.eval()
+        tracer = CheapTracer([*leaves, *auto])
+        try:
+            graph = tracer.trace(work)
+            break
+        except Exception as e:  # noqa: BLE001 - fx raises many types; all mean "not traceable as is"
+            culprit = _failing_module_type(work, e, tracer)
+            if culprit is None or culprit in auto or len(auto) >= _MAX_AUTO_LEAVES:
+                raise TraceError(_trace_advice(model, e)) from e
+            auto.append(culprit)
     gm = fx.GraphModule(tracer.root, graph, model.__class__.__name__)
+    notes = []
+    if auto:
+        notes.append("fx could not trace inside " + ", ".join(c.__name__ for c in auto) + "; traced them as "
+                     "leaf modules (their convs are still replaced one by one, but residual pairs inside them "
+                     "are not found)")
+    notes += _follow_training_flag(gm, work, [*leaves, *auto], flags)
     for name, m in gm.named_modules():  # "" is the root; set flags one by one (train() would recurse)
         if name in flags:
             m.training = flags[name]
+    gm.cheapconv_auto_leaves = list(auto)
+    gm.cheapconv_trace_notes = notes
     return gm
+
+
+_MAX_AUTO_LEAVES = 32
+_DROPOUTS = {F.dropout: nn.Dropout, F.dropout1d: nn.Dropout1d, F.dropout2d: nn.Dropout2d,
+             F.dropout3d: nn.Dropout3d, F.alpha_dropout: nn.AlphaDropout,
+             F.feature_alpha_dropout: nn.FeatureAlphaDropout}
+_DROPOUT_CONTAINER = "cheapconv_dropout"
+
+
+def _failing_module_type(root: nn.Module, error: Exception, tracer: fx.Tracer) -> type | None:
+    """The class of the innermost traced-through module whose code raised ``error`` (not the root)."""
+    ids = {id(m) for m in root.modules()}
+    tb, found = error.__traceback__, None
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and owner is not root and id(owner) in ids and \
+                not isinstance(owner, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+            found = owner
+        tb = tb.tb_next
+    if found is None or tracer.is_leaf_module(found, ""):
+        return None
+    return type(found)
+
+
+def _dropout_call(node: fx.Node) -> dict | None:
+    """``{p, training, inplace}`` of a functional dropout node, or None."""
+    if node.op != "call_function" or node.target not in _DROPOUTS:
+        return None
+    try:
+        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+    except TypeError:
+        return None
+    bound.apply_defaults()
+    args = dict(bound.arguments)
+    if not all(isinstance(args[k], (bool, int, float)) for k in ("p", "training", "inplace")):
+        return None
+    return args
+
+
+def _structure(graph: fx.Graph) -> list[tuple]:
+    return [(n.op, n.target if isinstance(n.target, str) else getattr(n.target, "__name__", repr(n.target)))
+            for n in graph.nodes if n.op not in ("placeholder", "output")]
+
+
+def _follow_training_flag(gm: fx.GraphModule, work: nn.Module, leaves: list, flags: dict[str, bool]) -> list[str]:
+    """Make dropout calls frozen by eval-mode tracing follow the flag again; say where train mode differs.
+
+    A second trace in train mode tells which functional dropout calls read ``self.training`` (their
+    ``training`` argument flips): those become ``nn.Dropout`` modules, which start with the training flag
+    of the module that made the call (entered into ``flags``). Explicit ``training=False`` stays."""
+    work.train()
+    try:
+        train_graph = CheapTracer(leaves).trace(work)
+    except Exception:  # noqa: BLE001 - the eval graph stands; nothing to compare with
+        return []
+    finally:
+        work.eval()
+    eval_drops = [n for n in gm.graph.nodes if _dropout_call(n) is not None]
+    train_drops = [n for n in train_graph.nodes if _dropout_call(n) is not None]
+    if len(eval_drops) == len(train_drops):
+        container = None
+        for i, (node, twin) in enumerate(zip(eval_drops, train_drops, strict=True)):
+            a, b = _dropout_call(node), _dropout_call(twin)
+            if a["training"] or not b["training"] or node.target is not twin.target:
+                continue
+            if container is None:
+                container = nn.ModuleDict()
+                gm.add_module(_DROPOUT_CONTAINER, container)
+            container[str(i)] = _DROPOUTS[node.target](p=float(a["p"]), inplace=bool(a["inplace"]))
+            owner = module_path_of(node)
+            flags[_DROPOUT_CONTAINER] = flags[""]
+            flags[f"{_DROPOUT_CONTAINER}.{i}"] = flags.get(owner[-1] if owner else "", flags[""])
+            for graph, n in ((gm.graph, node), (train_graph, twin)):
+                with graph.inserting_after(n):
+                    new = graph.call_module(f"{_DROPOUT_CONTAINER}.{i}", (n.args[0] if n.args else
+                                                                         n.kwargs["input"],))
+                new.meta = dict(n.meta)
+                n.replace_all_uses_with(new)
+                graph.erase_node(n)
+        if container is not None:
+            gm.recompile()
+    ev, tr = _structure(gm.graph), _structure(train_graph)
+    if ev == tr:
+        return []
+    i = next((k for k, (x, y) in enumerate(zip(ev, tr)) if x != y), min(len(ev), len(tr)))
+    nodes = [n for n in train_graph.nodes if n.op not in ("placeholder", "output")]
+    where = module_path_of(nodes[i]) if i < len(nodes) else ()
+    place = f" (first difference in {where[-1]})" if where and where[-1] else ""
+    return [f"in train mode {type(work).__name__}'s forward takes another path than in eval mode{place}, "
+            "e.g. auxiliary heads or functional stochastic depth; the traced graph follows the eval path in "
+            "both modes"]
 
 
 def _trace_advice(model: nn.Module, error: Exception) -> str:

@@ -13,7 +13,7 @@ from cheapconv.trace import CheapTracer
 
 # At least one concrete spelling per family, plus the aliases and relative group counts.
 SPELLINGS = ["S", "keep", "S-2x2", "G(2)", "G(4)", "G(N/4)", "G(N)", "DW", "B(2)", "B(4)", "BG(2,4)",
-             "BG(2,M/4)", "BG(2,M)"]
+             "BG(2,M/4)", "BG(2,M)", "Sep", "LR(0.25)", "LR(1)", "Shuffle(4)", "ACDC(2)"]
 
 
 def test_every_family_has_a_spelling_here():
@@ -30,7 +30,8 @@ def test_str_parses_back(text):
 @pytest.mark.parametrize("text,fragment,col", [
     ("G(0)", "at least 1", 3), ("G(4", "missing ')'", 4), ("Q(2)", "unknown block 'Q'", 1),
     ("BG(2)", "BG takes 2 arguments", 5), ("G(N/0)", "at least 1", 5), ("B(x)", "positive integer", 3),
-    ("G(M)", "integer, N or N/d", 3), ("S(2)", "S takes 0 arguments", 4),
+    ("G(M)", "integer, N or N/d", 3), ("S(2)", "S takes 0 arguments", 4), ("LR(0)", "in (0, 1]", 4),
+    ("LR(x)", "must be a number", 4), ("ACDC(0)", "at least 1", 6),
 ])
 def test_bad_specs_point_at_the_column(text, fragment, col):
     with pytest.raises(PolicySyntaxError) as info:
@@ -45,7 +46,7 @@ def conv(cin, cout, stride=1, k=3):
     return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False)
 
 
-CONV_LEVEL = ["S-2x2", "G(2)", "G(4)", "G(N/4)", "G(N)"]
+CONV_LEVEL = ["S-2x2", "G(2)", "G(4)", "G(N/4)", "G(N)", "Sep", "LR(0.25)", "Shuffle(4)", "ACDC(2)"]
 BLOCK_LEVEL = ["B(2)", "B(4)", "BG(2,4)", "BG(2,M/4)", "BG(2,M)"]
 
 
@@ -161,3 +162,54 @@ def test_blocks_trace_as_leaves(text):
     gm = fx.GraphModule(holder, graph)
     x = torch.randn(1, 16, 8, 8)
     torch.testing.assert_close(gm(x), holder(x))
+
+
+# --- structured pointwise substitutes (blockswap-and-structured.md §2) ---------------------------------------
+STRUCTURED = ["LR(0.25)", "Shuffle(4)", "ACDC(3)"]
+
+
+@pytest.mark.parametrize("text", STRUCTURED)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_structured_blocks_also_replace_1x1_convs(text, stride):
+    original = conv(32, 64, stride, k=1)
+    block = parse_block(text).build_conv(original)
+    x = torch.randn(2, 32, 9, 9)
+    assert block(x).shape == original(x).shape
+    assert not any(isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and m.groups == 1 for m in block.modules())
+
+
+def test_structured_param_formulas():
+    cin, cout, k = 32, 64, 3
+    n = max(cin, cout)
+    dw = cin * k * k
+    assert trainable(parse_block("Sep").build_conv(conv(cin, cout))) == dw + cin * cout
+    r = int(0.25 * n)
+    assert trainable(parse_block("LR(0.25)").build_conv(conv(cin, cout))) == dw + r * (cin + cout)
+    assert parse_block("LR(0.001)").rank(conv(cin, cout)) == 1  # never rank 0
+    assert trainable(parse_block("ACDC(3)").build_conv(conv(cin, cout))) == dw + 3 * 2 * n
+    mid, g = cout // 4, 4
+    assert trainable(parse_block("Shuffle(4)").build_conv(conv(cin, cout))) == \
+        dw + cin * mid // g + 9 * mid + mid * cout // g
+
+
+def test_acdc_builds_exactly_n_factors_and_starts_as_a_structured_identity():
+    block = parse_block("ACDC(5)").build_conv(conv(16, 16, k=1))
+    assert block.a.shape == (5, 16) and block.d.shape == (5, 16)
+    with torch.no_grad():
+        block.a.fill_(1.0)
+        block.d.fill_(1.0)
+    x = torch.randn(2, 16, 4, 4)
+    # DCT then inverse DCT is the identity, so only the riffle permutations between factors remain
+    from cheapconv.blocks.structured import _riffle
+
+    expected = x
+    for _ in range(4):
+        expected = expected[:, _riffle(16)]
+    torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
+    assert "dct" not in block.state_dict()  # fixed transforms are not state
+
+
+def test_structured_refusals():
+    assert "already grouped" in parse_block("LR(0.5)").conv_reason(nn.Conv2d(8, 8, 3, groups=8))
+    assert "do not divide" in parse_block("Shuffle(3)").conv_reason(conv(16, 16, k=1))
+    assert "1×1" in parse_block("Sep").conv_reason(conv(16, 16, k=1))

@@ -5,14 +5,36 @@
 'BG(2,M/4)'
 """
 
-from .base import BLOCK_ALIASES, BLOCK_REGISTRY, BlockSpec, ConvGeometry, GroupCount, register_alias, register_block
+from .base import (
+    BLOCK_ALIASES,
+    BLOCK_MODULES,
+    BLOCK_REGISTRY,
+    BlockSpec,
+    ConvGeometry,
+    GroupCount,
+    register_alias,
+    register_block,
+    register_module,
+)
 from .bottleneck import Bottleneck, BottleneckSpec, GroupedBottleneckSpec
 from .grammar import parse_block, valid_block_names
 from .grouped import Grouped, GroupedPointwise
 from .standard import Dilated2x2, Standard
+from .structured import (
+    ACDC,
+    ACDCPointwise,
+    LowRank,
+    LowRankPointwise,
+    Separable,
+    SeparablePointwise,
+    Shuffle,
+    ShufflePointwise,
+)
 
 __all__ = [
-    "BLOCK_ALIASES", "BLOCK_REGISTRY", "BlockSpec", "Bottleneck", "BottleneckSpec", "ConvGeometry", "Dilated2x2",
-    "GroupCount", "Grouped", "GroupedBottleneckSpec", "GroupedPointwise", "Standard", "parse_block",
-    "register_alias", "register_block", "valid_block_names",
+    "ACDC", "ACDCPointwise", "BLOCK_ALIASES", "BLOCK_MODULES", "BLOCK_REGISTRY", "BlockSpec", "Bottleneck",
+    "BottleneckSpec", "ConvGeometry", "Dilated2x2", "GroupCount", "Grouped", "GroupedBottleneckSpec",
+    "GroupedPointwise", "LowRank", "LowRankPointwise", "Separable", "SeparablePointwise", "Shuffle",
+    "ShufflePointwise", "Standard", "parse_block", "register_alias", "register_block", "register_module",
+    "valid_block_names",
 ]

@@ -28,6 +28,15 @@ Level = Literal["keep", "conv", "block"]
 BLOCK_REGISTRY: dict[str, type[BlockSpec]] = {}
 #: alias -> canonical text, e.g. ``DW`` -> ``G(N)``.
 BLOCK_ALIASES: dict[str, str] = {}
+#: the nn.Module classes blocks build. fx treats them as leaves, and saved students describe them by their
+#: ``init_args`` (see cheapconv.graph_codec), so a new block module must be registered here.
+BLOCK_MODULES: list[type[nn.Module]] = []
+
+
+def register_module(cls: type[nn.Module]) -> type[nn.Module]:
+    """Class decorator for block modules (they must set ``self.init_args`` to their constructor arguments)."""
+    BLOCK_MODULES.append(cls)
+    return cls
 
 
 def register_block(cls: type[BlockSpec]) -> type[BlockSpec]:

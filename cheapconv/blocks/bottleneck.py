@@ -6,9 +6,18 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .base import BlockSpec, ConvGeometry, GroupCount, dense_kxk_reason, finish, register_block
+from .base import (
+    BlockSpec,
+    ConvGeometry,
+    GroupCount,
+    dense_kxk_reason,
+    finish,
+    register_block,
+    register_module,
+)
 
 
+@register_module
 class Bottleneck(nn.Module):
     """Conv1x1 C_in→M → BN → ReLU → Conv k×k M→M (stride, groups) → BN → ReLU → Conv1x1 M→C_out.
 

@@ -95,6 +95,16 @@ class _Parser:
             raise self.fail(f"{what} must be at least 1, got {value}", col)
         return value
 
+    def fraction(self, arg: tuple[str, int], what: str) -> float:
+        text, col = arg
+        try:
+            value = float(text)
+        except ValueError:
+            raise self.fail(f"{what} must be a number in (0, 1], got {text!r}", col) from None
+        if not 0 < value <= 1:
+            raise self.fail(f"{what} must be in (0, 1], got {text}", col)
+        return value
+
     def group_count(self, arg: tuple[str, int], symbol: str) -> GroupCount:
         text, col = arg
         compact = text.replace(" ", "")

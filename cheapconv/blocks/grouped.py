@@ -6,9 +6,19 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .base import BlockSpec, ConvGeometry, GroupCount, dense_kxk_reason, finish, register_alias, register_block
+from .base import (
+    BlockSpec,
+    ConvGeometry,
+    GroupCount,
+    dense_kxk_reason,
+    finish,
+    register_alias,
+    register_block,
+    register_module,
+)
 
 
+@register_module
 class GroupedPointwise(nn.Module):
     """GConv k×k C_in→C_in (``groups``, the replaced conv's stride/padding/dilation) → BN(C_in) → ReLU →
     Conv1x1 C_in→C_out. No biases. Exactly the reference code's grouped block (``moonshine.md`` section 2)."""
