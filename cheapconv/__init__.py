@@ -14,16 +14,19 @@ __version__ = "0.1.0"
 from .blocks import BLOCK_REGISTRY, BlockSpec, parse_block
 from .counting import count_macs, count_params
 from .errors import CheapconvError, PolicyMatchError, PolicySyntaxError, TraceError, UsageError
+from .export import ExportCheckError, export
 from .io import load, read_recipe, save
 from .models import WideResNet, create_model
 from .plan import Plan, PlanEntry, plan
 from .policy import Policy, Rule, Selector, parse_policy
+from .profile import Profile, profile
 from .rewrite import cheapen
+from .sweep import sweep
 from .taps import Tap, find_stages, record
 
 __all__ = [
-    "BLOCK_REGISTRY", "BlockSpec", "CheapconvError", "Plan", "PlanEntry", "Policy", "PolicyMatchError",
+    "BLOCK_REGISTRY", "BlockSpec", "CheapconvError", "ExportCheckError", "Plan", "PlanEntry", "Policy", "PolicyMatchError",
     "PolicySyntaxError", "Rule", "Selector", "Tap", "TraceError", "UsageError", "WideResNet", "__version__",
     "cheapen", "count_macs", "count_params", "create_model", "find_stages", "load", "parse_block",
-    "parse_policy", "plan", "read_recipe", "record", "save",
+    "parse_policy", "plan", "profile", "Profile", "read_recipe", "record", "save", "sweep", "export",
 ]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .counting import eval_mode
+from .counting import shape_forward
 
 _ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Mish, nn.PReLU,
                 nn.CELU, nn.SELU, nn.Tanh)
@@ -25,6 +25,8 @@ _ACT_FUNCTIONS = {F.relu, F.relu6, F.silu, F.gelu, F.hardswish, F.leaky_relu, F.
 _ACT_METHODS = {"relu", "relu_"}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _ADD_METHODS = {"add", "add_"}
+_MUL_FUNCTIONS = {operator.mul, operator.imul, torch.mul}
+_MUL_METHODS = {"mul", "mul_"}
 _FUNCTIONAL_CONVS = {F.conv2d, torch.conv2d}
 
 
@@ -59,11 +61,18 @@ class PairSite:
 
     @property
     def block(self) -> str:
-        return self.a.name.rpartition(".")[0]
+        """The module holding both convs (``layer1.0``; ``stages.0.0`` for timm's ``conv1_kxk.conv``)."""
+        a, b = self.a.name.split("."), self.b.name.split(".")
+        common = 0
+        while common < min(len(a), len(b)) - 1 and a[common] == b[common]:
+            common += 1
+        return ".".join(a[:common])
 
     @property
     def label(self) -> str:
-        return f"{self.a.name}+{self.b.name.rpartition('.')[2]}"
+        """``layer1.0.conv1+conv2``: the first conv's name, then the second's below the block."""
+        rest = self.b.name[len(self.block) + 1:] if self.block else self.b.name
+        return f"{self.a.name}+{rest}"
 
 
 @dataclass
@@ -141,28 +150,73 @@ def _find_pair(gm, a_node: fx.Node) -> tuple[fx.Node, list[fx.Node]] | None:
     if node is None or node.args[0] is not (between[-1] if between else a_node):
         return None
     b_node = node
-    # b must lead (through norm/act/identity-like nodes only) to a residual add
-    cursor = _single_user(b_node)
-    while cursor is not None and not _is_add(cursor):
-        if not _is_passthrough(gm, cursor):
+    # b must lead to a residual add through norm/act/identity-like nodes and attention gates (SE, ECA)
+    cursor = b_node
+    for _ in range(32):
+        nxt = _single_user(cursor)
+        if nxt is None:  # several users: only an attention gate on the branch may follow
+            cursor = _gate_of(cursor)
+            if cursor is None:
+                return None
+            continue
+        if _is_add(nxt):
+            return b_node, between
+        if not (_is_passthrough(gm, nxt) or _is_scale(nxt, cursor)):
             return None
-        cursor = _single_user(cursor)
-    if cursor is None:
+        cursor = nxt
+    return None
+
+
+def _is_scale(node: fx.Node, operand: fx.Node) -> bool:
+    """``operand`` times constants or parameters (layer scale); not a gate's side, which multiplies two
+    activations."""
+    return _is_mul(node) and all(not isinstance(a, fx.Node) or a.op == "get_attr"
+                                 for a in (*node.args, *node.kwargs.values()) if a is not operand)
+
+
+def _is_mul(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in _MUL_FUNCTIONS) or \
+        (node.op == "call_method" and node.target in _MUL_METHODS)
+
+
+def _gate_of(node: fx.Node, limit: int = 64) -> fx.Node | None:
+    """The multiply of an attention gate ``x * gate(x)`` (squeeze-excitation, ECA, CBAM) on ``node``: the one
+    node where every path from ``node`` meets again, when it is a multiply and the paths are short."""
+    users = list(node.users)
+    muls = [u for u in users if _is_mul(u)]
+    if len(users) < 2 or len(muls) != 1:
         return None
-    return b_node, between
+    gate, seen, todo = muls[0], set(), [u for u in users if u is not muls[0]]
+    while todo:
+        n = todo.pop()
+        if n is gate or n in seen:
+            continue
+        seen.add(n)
+        if n.op == "output" or len(seen) > limit:
+            return None
+        todo.extend(n.users)
+    return gate
 
 
 def _is_stem_node(gm, node: fx.Node) -> bool:
-    """True when the conv reads the network input (through no other conv)."""
-    arg = node.args[0] if node.args else None
-    seen = 0
-    while isinstance(arg, fx.Node) and seen < 64:
+    """True when the conv reads the network input through no other conv.
+
+    Every input path is followed (not only the first argument), so a stem behind input normalisation,
+    ``torch.cat`` of re-scaled channels (torchvision's Inception ``transform_input``) or space-to-depth
+    is still found; paths stop at convs and at leaves that hold convs."""
+    seen: set[fx.Node] = set()
+    todo = list(node.all_input_nodes)
+    while todo and len(seen) < 256:
+        arg = todo.pop()
+        if arg in seen:
+            continue
+        seen.add(arg)
         if arg.op == "placeholder":
             return True
-        if _is_conv_node(gm, arg) or not arg.args:
-            return False
-        arg = arg.args[0]
-        seen += 1
+        m = _module(gm, arg)
+        if m is not None and any(isinstance(c, nn.Conv2d) for c in m.modules()):
+            continue
+        todo.extend(arg.all_input_nodes)
     return False
 
 
@@ -177,9 +231,12 @@ def _record_shapes(model: nn.Module, example_input: torch.Tensor) -> tuple[dict,
                     inputs[_n] = tuple(args[0].shape[1:])
                     outputs[_n] = tuple(out.shape[1:])
             handles.append(m.register_forward_hook(hook))
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(example_input)
+    def forget():
+        for record in (inputs, outputs, calls):
+            record.clear()
+
+    try:  # shapes only: on meta tensors where the model allows it (see counting.shape_forward)
+        shape_forward(model, tuple(example_input.shape), on_retry=forget)
     finally:
         for h in handles:
             h.remove()
@@ -203,21 +260,32 @@ def analyse(model: nn.Module, example_input: torch.Tensor, graph_mode: bool) -> 
                 path = module_path_of(node)
                 functional.append(FunctionalConv(node.name, path[-1] if path else ""))
             m = _module(model, node)
-            if not isinstance(m, nn.Conv2d) or node.target in by_name:
+            if m is None or node.target in by_name:
                 continue
-            site = ConvSite(node.target, m, node, _is_stem_node(model, node), node_calls[node.target],
-                            inputs.get(node.target), outputs.get(node.target))
-            by_name[node.target] = site
-            convs.append(site)
+            if isinstance(m, nn.Conv2d):
+                site = ConvSite(node.target, m, node, _is_stem_node(model, node), node_calls[node.target],
+                                inputs.get(node.target), outputs.get(node.target))
+                by_name[node.target] = site
+                convs.append(site)
+                continue
+            # A leaf that holds convs (user- or timm-declared, or marked because fx failed inside it): its
+            # convs have no nodes of their own, but can still be replaced as modules.
+            stem = _is_stem_node(model, node) and not convs
+            for sub, conv in m.named_modules(prefix=node.target):
+                if isinstance(conv, nn.Conv2d) and sub not in by_name:
+                    site = ConvSite(sub, conv, None, stem, calls[sub], inputs.get(sub), outputs.get(sub))
+                    by_name[sub] = site
+                    convs.append(site)
+                    stem = False
         for site in convs:
-            if site.calls != 1:
+            if site.calls != 1 or site.node is None:
                 continue
             found = _find_pair(model, site.node)
             if found is None:
                 continue
             b_node, between = found
             b = by_name[b_node.target]
-            if b.calls == 1 and b.name.rpartition(".")[0] == site.name.rpartition(".")[0]:
+            if b.calls == 1:
                 pairs.append(PairSite(site, b, between))
     else:
         first = True
@@ -227,3 +295,27 @@ def analyse(model: nn.Module, example_input: torch.Tensor, graph_mode: bool) -> 
                                       outputs.get(name)))
                 first = False
     return Analysis(model, graph_mode, tuple(example_input.shape[1:]), convs, pairs, functional)
+
+
+def shape_mismatch(replacement: nn.Module, input_shape: tuple[int, ...] | None,
+                   output_shape: tuple[int, ...] | None) -> str | None:
+    """Why ``replacement`` cannot stand in for what was seen mapping ``input_shape`` to ``output_shape``
+    (C, H, W), or None when its output shape is the same (or the shapes were never seen).
+
+    Replacements are built from a conv's attributes; a conv whose ``forward`` does more than its attributes
+    say (timm's ``Conv2dSame`` pads at run time) would get a replacement of another output size."""
+    if input_shape is None or output_shape is None:
+        return None
+    seen: list[tuple[int, ...]] = []
+    handle = replacement.register_forward_hook(lambda m, a, out: seen.append(tuple(out.shape[1:])))
+    try:
+        shape_forward(replacement, (1, *input_shape), on_retry=seen.clear)
+    finally:
+        handle.remove()
+    got = seen[-1]
+    if got == tuple(output_shape):
+        return None
+    fmt = "×".join
+    return (f"the replacement would output {fmt(map(str, got))} instead of {fmt(map(str, output_shape))}: the "
+            "conv computes its geometry in forward (e.g. timm's Conv2dSame pads at run time), which a "
+            "replacement built from its attributes does not reproduce")

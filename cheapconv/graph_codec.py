@@ -1,7 +1,8 @@
 """A data-only description of an fx GraphModule, so a student loads without unpickling any code.
 
 The description is JSON: the graph's nodes (op, target, arguments) and, for every leaf module the graph
-calls, its type (from an allow-list: ``torch.nn`` layers and cheapconv's blocks) and constructor arguments.
+calls, its type (from an allow-list: ``torch.nn`` layers, cheapconv's blocks, and a few torchvision and timm
+layers that are fully determined by their constructor arguments) and constructor arguments.
 Tensors (weights, buffers, ``get_attr`` parameters) travel separately in the state dict.
 
 Decoding resolves functions only from an allow-list of modules (``torch``, ``torch.nn.functional``,
@@ -17,6 +18,9 @@ import importlib
 import inspect
 import math
 import operator
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,21 +34,113 @@ class NotDescribable(ValueError):
 
 
 # --- modules ----------------------------------------------------------------------------------------------
+_TORCH_TYPES = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+    nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.LocalResponseNorm, nn.ReLU, nn.ReLU6,
+    nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ELU,
+    nn.Mish, nn.PReLU, nn.SELU, nn.CELU, nn.Softplus, nn.Softmax, nn.LogSoftmax, nn.Identity, nn.Dropout,
+    nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.MaxPool1d, nn.MaxPool2d,
+    nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten,
+    nn.Unflatten, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.Upsample,
+    nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle, nn.MultiheadAttention,
+)
+
+
+def _mha_args(m: nn.MultiheadAttention) -> dict[str, Any]:
+    return dict(embed_dim=m.embed_dim, num_heads=m.num_heads, dropout=m.dropout,
+                bias=m.in_proj_bias is not None, add_bias_kv=m.bias_k is not None, add_zero_attn=m.add_zero_attn,
+                kdim=m.kdim, vdim=m.vdim, batch_first=m.batch_first)
+
+
+def _timm_norm_args(m: nn.Module) -> dict[str, Any]:  # timm's LayerNorm, LayerNorm2d (num_channels, eps, affine)
+    args = dict(num_channels=m.normalized_shape[0], eps=m.eps, affine=m.elementwise_affine)
+    if m.elementwise_affine:
+        args["bias"] = m.bias is not None
+    return args
+
+
+def _bn_args(m: nn.Module) -> dict[str, Any]:
+    return dict(num_features=m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
+                track_running_stats=m.track_running_stats)
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """How to rebuild an allow-listed class: constructor arguments (default: the constructor's parameters
+    read from same-named attributes), children replaced by their own descriptions, plain attributes set after
+    construction (timm's import-time ``_fast_norm`` flag)."""
+
+    args: Callable[[nn.Module], dict[str, Any]] | None = None
+    children: tuple[str, ...] = ()
+    attrs: tuple[str, ...] = ()
+
+
+#: Classes outside torch.nn that a data-only graph may name, by defining module and qualified name. Each was
+#: read to check that its forward depends only on what its recipe restores. They are resolved lazily:
+#: describing needs no import (an instance's class is already imported) and building imports only the
+#: module named here, so ``import cheapconv`` never imports torchvision or timm.
+_EXTRA_TYPES: dict[str, _Recipe] = {
+    "torchvision.ops.stochastic_depth.StochasticDepth": _Recipe(),
+    "torchvision.models.convnext.LayerNorm2d": _Recipe(),
+    "timm.layers.norm.LayerNorm": _Recipe(_timm_norm_args, attrs=("_fast_norm",)),
+    "timm.layers.norm.LayerNorm2d": _Recipe(_timm_norm_args, attrs=("_fast_norm",)),
+    "timm.layers.norm.GroupNorm1": _Recipe(lambda m: dict(num_channels=m.num_channels, eps=m.eps, affine=m.affine),
+                                          attrs=("_fast_norm",)),
+    "timm.layers.norm_act.BatchNormAct2d": _Recipe(_bn_args, children=("drop", "act")),
+    "timm.layers.drop.DropPath": _Recipe(),
+    "timm.layers.conv2d_same.Conv2dSame": _Recipe(),
+    "timm.layers.activations.Swish": _Recipe(),
+    "timm.layers.activations.Mish": _Recipe(),
+    "timm.layers.activations.Sigmoid": _Recipe(),
+    "timm.layers.activations.Tanh": _Recipe(),
+    "timm.layers.activations.HardSwish": _Recipe(),
+    "timm.layers.activations.HardSigmoid": _Recipe(),
+    "timm.layers.activations.GELU": _Recipe(),
+    "timm.layers.activations.GELUTanh": _Recipe(),
+    "timm.layers.activations.QuickGELU": _Recipe(),
+}
+_TORCH_RECIPES: dict[type, _Recipe] = {nn.MultiheadAttention: _Recipe(_mha_args)}
+
+
 def _module_types() -> dict[str, type[nn.Module]]:
     from .blocks import BLOCK_MODULES
     from .taps import Tap
 
-    types: dict[str, type[nn.Module]] = {}
-    for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d,
-                nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d, nn.LocalResponseNorm, nn.ReLU, nn.ReLU6, nn.SiLU,
-                nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.Mish,
-                nn.PReLU, nn.SELU, nn.CELU, nn.Softmax, nn.Identity, nn.Dropout, nn.Dropout2d, nn.AlphaDropout,
-                nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.ZeroPad2d,
-                nn.Upsample, nn.ChannelShuffle, nn.Unflatten):
-        types[f"torch.nn.{cls.__name__}"] = cls
+    types: dict[str, type[nn.Module]] = {f"torch.nn.{cls.__name__}": cls for cls in _TORCH_TYPES}
     for cls in (*BLOCK_MODULES, Tap):
         types[f"cheapconv.{cls.__name__}"] = cls
     return types
+
+
+def _key_of(module: nn.Module) -> tuple[str, _Recipe] | None:
+    cls = type(module)
+    key = next((k for k, c in _module_types().items() if cls is c), None)
+    if key is not None:
+        return key, _TORCH_RECIPES.get(cls, _Recipe())
+    key = f"{cls.__module__}.{cls.__qualname__}"
+    recipe = _EXTRA_TYPES.get(key)
+    # the name must lead back to this very class (a look-alike defined elsewhere does not qualify)
+    if recipe is not None and getattr(sys.modules.get(cls.__module__), cls.__qualname__, None) is cls:
+        return key, recipe
+    return None
+
+
+def _resolve_type(key: Any) -> tuple[type[nn.Module], _Recipe]:
+    types = _module_types()
+    if key in types:
+        return types[key], _TORCH_RECIPES.get(types[key], _Recipe())
+    recipe = _EXTRA_TYPES.get(key) if isinstance(key, str) else None
+    if recipe is None:
+        raise NotDescribable(f"unknown module type {key!r}")
+    mod_name, _, name = key.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(mod_name), name, None)
+    except ImportError as e:
+        raise NotDescribable(f"module type {key!r} needs {mod_name.split('.')[0]}, which cannot be imported "
+                             f"here ({e})") from None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise NotDescribable(f"{key!r} is not a module class in the installed {mod_name.split('.')[0]}")
+    return cls, recipe
 
 
 _JSON_SCALARS = (bool, int, float, str, type(None))
@@ -58,9 +154,11 @@ def _plain(value: Any) -> Any:
     raise NotDescribable(f"constructor value of type {type(value).__name__}")
 
 
-def _constructor_args(module: nn.Module) -> dict[str, Any]:
+def _constructor_args(module: nn.Module, recipe: _Recipe = _Recipe()) -> dict[str, Any]:
     if hasattr(module, "init_args"):  # cheapconv blocks record their own
         return {k: _plain(v) for k, v in module.init_args.items()}
+    if recipe.args is not None:
+        return {k: _plain(v) for k, v in recipe.args(module).items()}
     args = {}
     for name, param in inspect.signature(type(module).__init__).parameters.items():
         if name in ("self", "device", "dtype") or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -73,27 +171,40 @@ def _constructor_args(module: nn.Module) -> dict[str, Any]:
 
 
 def describe_module(module: nn.Module) -> dict[str, Any]:
-    types = _module_types()
-    key = next((k for k, cls in types.items() if type(module) is cls), None)
-    if key is None:
+    found = _key_of(module)
+    if found is None:
         raise NotDescribable(f"module type {type(module).__module__}.{type(module).__qualname__}")
-    spec = {"type": key, "args": _constructor_args(module)}
+    key, recipe = found
+    spec: dict[str, Any] = {"type": key, "args": _constructor_args(module, recipe)}
+    if recipe.children:
+        spec["children"] = {name: describe_module(getattr(module, name)) for name in recipe.children}
+    if recipe.attrs:
+        spec["attrs"] = {name: _plain(getattr(module, name)) for name in recipe.attrs}
     rebuilt = build_module(spec)
-    # The rebuilt module must be indistinguishable: same repr and the same tensors by name and shape.
+    # The rebuilt module must be indistinguishable: same repr (children included) and the same tensors by
+    # name and shape.
     same_tensors = {k: v.shape for k, v in rebuilt.state_dict().items()} == \
                    {k: v.shape for k, v in module.state_dict().items()}
-    if rebuilt.extra_repr() != module.extra_repr() or not same_tensors:
+    if repr(rebuilt) != repr(module) or not same_tensors or \
+            any(getattr(rebuilt, a) != getattr(module, a) for a in recipe.attrs):
         raise NotDescribable(f"module {key} cannot be rebuilt from its constructor arguments")
     return spec
 
 
 def build_module(spec: dict[str, Any]) -> nn.Module:
-    types = _module_types()
-    cls = types.get(spec.get("type"))
-    if cls is None:
-        raise NotDescribable(f"unknown module type {spec.get('type')!r}")
+    cls, recipe = _resolve_type(spec.get("type"))
     args = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["args"].items()}
-    return cls(**args)
+    module = cls(**args)
+    children = spec.get("children", {})
+    if set(children) - set(recipe.children) or set(spec.get("attrs", {})) - set(recipe.attrs):
+        raise NotDescribable(f"{spec['type']!r} takes no such children or attributes")
+    for name, child in children.items():
+        setattr(module, name, build_module(child))
+    for name, value in spec.get("attrs", {}).items():
+        if not isinstance(value, _JSON_SCALARS):
+            raise NotDescribable(f"attribute {name!r} of {spec['type']!r} is not a plain value")
+        setattr(module, name, value)
+    return module
 
 
 # --- functions ----------------------------------------------------------------------------------------------

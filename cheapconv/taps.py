@@ -11,7 +11,10 @@ Stages are found in this order (first that applies):
    (timm lists the stem activation);
 2. children named ``layer<k>`` (torchvision ResNet family);
 3. a shape-based fallback: descend into the child that holds most convs (``features``, ``trunk_output``),
-   run one forward, and take the last conv-holding child at each spatial resolution.
+   run one forward (on meta tensors where possible), group its children by output resolution in call order,
+   and end each group's stage at its last conv-holding child or the norms and activations right after it
+   (so a plain conv trunk is tapped after its ReLU, never after a pool or the head); where the trunk is
+   made of blocks, groups without a block (a bare stem conv) are left out.
 """
 
 from __future__ import annotations
@@ -86,33 +89,46 @@ def find_stages(model: nn.Module, example_input: torch.Tensor | None = None) -> 
         from .trace import example_input_for
 
         example_input = example_input_for(model)
+    from .counting import shape_forward
+
     trunk = _trunk(model)
     prefix = {m: n for n, m in model.named_modules()}
-    children = [(prefix[c], c) for _, c in trunk.named_children() if _convs_in(c) > 0]
-    sizes: dict[str, tuple[int, ...]] = {}
-    handles = [c.register_forward_hook(_size_hook(sizes, n)) for n, c in children]
-    try:
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            model(example_input)
-        model.train(was_training)
+    children = [(prefix[c], c) for _, c in trunk.named_children()]
+    seen: dict[str, tuple[int, tuple[int, ...]]] = {}   # name -> (first call, output H×W)
+    handles = [c.register_forward_hook(_size_hook(seen, n)) for n, c in children]
+    try:  # shapes only, on meta tensors where possible; the model's flags and tensors stay as they are
+        shape_forward(model, tuple(example_input.shape), on_retry=seen.clear)
     finally:
         for h in handles:
             h.remove()
-    last_at: dict[tuple[int, ...], str] = {}
-    for n, _ in children:
-        if n in sizes:
-            last_at[sizes[n]] = n
-    taps = [n for n, _ in children if last_at.get(sizes.get(n)) == n]
-    containers = [n for n in taps if len(list(model.get_submodule(n).children())) > 0]
-    return containers if len(containers) >= 2 else taps
+    modules = dict(children)
+    runs: list[list[str]] = []  # children in call order, grouped by output resolution
+    for name in sorted(seen, key=lambda n: seen[n][0]):
+        if runs and seen[runs[-1][-1]][1] == seen[name][1]:
+            runs[-1].append(name)
+        else:
+            runs.append([name])
+    runs = [r for r in runs if any(_convs_in(modules[n]) for n in r)]
+    # Where the trunk is made of blocks, resolutions without a block (a bare stem conv) are no stage.
+    blocks = [r for r in runs if any(_convs_in(modules[n]) and len(list(modules[n].children())) for n in r)]
+    return [_stage_end(r, modules) for r in (blocks if len(blocks) >= 2 else runs)]
 
 
-def _size_hook(sizes: dict, name: str):
+def _stage_end(run: list[str], modules: dict[str, nn.Module]) -> str:
+    """The last conv-holding child of a run, or the norms/activations right after it (not a pool or head)."""
+    from .analysis import _ACT_MODULES
+    from .trace import _NORM_TYPES
+
+    end = max(i for i, n in enumerate(run) if _convs_in(modules[n]))
+    while end + 1 < len(run) and isinstance(modules[run[end + 1]], (*_ACT_MODULES, *_NORM_TYPES)):
+        end += 1
+    return run[end]
+
+
+def _size_hook(seen: dict, name: str):
     def hook(module, args, output):
         if isinstance(output, torch.Tensor) and output.dim() == 4:
-            sizes[name] = tuple(output.shape[-2:])
+            seen[name] = (seen[name][0] if name in seen else len(seen), tuple(output.shape[-2:]))
     return hook
 
 
@@ -133,7 +149,7 @@ def insert_taps(gm: fx.GraphModule, stages: Sequence[str]) -> list[str]:
         container[key] = Tap(stage)
         with gm.graph.inserting_after(last):
             tap_node = gm.graph.call_module(f"{TAPS_ATTR}.{key}", (last,))
-        last.replace_all_uses_with(tap_node, delete_user_cb=lambda user: user is not tap_node)
+        last.replace_all_uses_with(tap_node, delete_user_cb=lambda user, _t=tap_node: user is not _t)
         marked.append(stage)
     if marked:
         gm.recompile()

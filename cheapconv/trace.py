@@ -35,8 +35,11 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import operator
+import re
 import sys
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +57,7 @@ def _cheapconv_leaf_types() -> tuple[type, ...]:
     return (Tap, *BLOCK_MODULES)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _forward_reads_training(cls: type) -> bool:
     try:
         src = inspect.getsource(cls.forward)
@@ -115,23 +118,30 @@ def trace(model: nn.Module, leaf_modules: Iterable[type | str] = ()) -> fx.Graph
     flags = {name: m.training for name, m in work.named_modules()}
     leaves = list(leaf_modules)
     auto: list[type] = []
+    concrete = None
     while True:
         work.eval()
         tracer = CheapTracer([*leaves, *auto])
         try:
-            graph = tracer.trace(work)
+            graph = tracer.trace(work, concrete_args=concrete)
             break
         except Exception as e:  # noqa: BLE001 - fx raises many types; all mean "not traceable as is"
+            if concrete is None and _optional_args(work):
+                concrete = _optional_args(work)  # first retry: options such as return_dict=None fixed
+                continue
             culprit = _failing_module_type(work, e, tracer)
             if culprit is None or culprit in auto or len(auto) >= _MAX_AUTO_LEAVES:
                 raise TraceError(_trace_advice(model, e)) from e
             auto.append(culprit)
+    if concrete:
+        _drop_fixed_inputs(graph)
     gm = fx.GraphModule(tracer.root, graph, model.__class__.__name__)
     notes = []
     if auto:
-        notes.append("fx could not trace inside " + ", ".join(c.__name__ for c in auto) + "; traced them as "
-                     "leaf modules (their convs are still replaced one by one, but residual pairs inside them "
-                     "are not found)")
+        names = ", ".join(c.__name__ for c in auto)
+        notes.append(f"fx could not trace inside {names}, so it is called as a leaf module (pass "
+                     f"leaf_modules=[{names}] to say so yourself): its convs are still replaced one by one, "
+                     "but residual pairs inside it are not found")
     notes += _follow_training_flag(gm, work, [*leaves, *auto], flags)
     for name, m in gm.named_modules():  # "" is the root; set flags one by one (train() would recurse)
         if name in flags:
@@ -146,6 +156,41 @@ _DROPOUTS = {F.dropout: nn.Dropout, F.dropout1d: nn.Dropout1d, F.dropout2d: nn.D
              F.dropout3d: nn.Dropout3d, F.alpha_dropout: nn.AlphaDropout,
              F.feature_alpha_dropout: nn.FeatureAlphaDropout}
 _DROPOUT_CONTAINER = "cheapconv_dropout"
+
+
+def _optional_args(model: nn.Module) -> dict[str, Any]:
+    """``forward``'s parameters after the input that have simple defaults (``return_dict=None``, ...).
+
+    cheapconv calls a model as ``model(x)``, so tracing may fix them at their defaults, which resolves
+    Python branches on them that fx cannot trace."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name: p.default for p in params[1:] if p.kind in kinds and
+            p.default is not inspect.Parameter.empty and isinstance(p.default, (bool, int, float, str, type(None)))}
+
+
+_GUARDS = {torch._assert, operator.eq, operator.ne, getattr(fx._symbolic_trace, "_assert_is_none", None)}
+
+
+def _drop_fixed_inputs(graph: fx.Graph) -> None:
+    """Remove the inputs that tracing fixed, with the guards fx added for them, so the student's
+    ``forward`` takes the image only. An input that feeds real computation stays (with its default)."""
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    for ph in [n for n in graph.nodes if n.op == "placeholder"][1:]:
+        closure, todo = set(), [ph]
+        while todo:
+            n = todo.pop()
+            if n not in closure:
+                closure.add(n)
+                todo.extend(n.users)
+        if any(n is not ph and (n.op != "call_function" or n.target not in _GUARDS) for n in closure):
+            continue
+        for n in sorted(closure, key=order.get, reverse=True):
+            graph.erase_node(n)
+    graph.lint()
 
 
 def _failing_module_type(root: nn.Module, error: Exception, tracer: fx.Tracer) -> type | None:
@@ -179,8 +224,17 @@ def _dropout_call(node: fx.Node) -> dict | None:
 
 
 def _structure(graph: fx.Graph) -> list[tuple]:
-    return [(n.op, n.target if isinstance(n.target, str) else getattr(n.target, "__name__", repr(n.target)))
-            for n in graph.nodes if n.op not in ("placeholder", "output")]
+    """What a graph computes, for comparing two traces: ops and targets, without attribute reads (which
+    compute nothing) and with fx's numbering of tensor constants removed (it counts per tracer root)."""
+    out = []
+    for n in graph.nodes:
+        if n.op in ("placeholder", "output") or (n.op == "call_function" and n.target is getattr):
+            continue
+        target = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", repr(n.target))
+        if n.op == "get_attr" and re.fullmatch(r"_tensor_constant\d+", target):
+            target = "_tensor_constant"
+        out.append((n.op, target))
+    return out
 
 
 def _follow_training_flag(gm: fx.GraphModule, work: nn.Module, leaves: list, flags: dict[str, bool]) -> list[str]:
@@ -223,7 +277,7 @@ def _follow_training_flag(gm: fx.GraphModule, work: nn.Module, leaves: list, fla
     ev, tr = _structure(gm.graph), _structure(train_graph)
     if ev == tr:
         return []
-    i = next((k for k, (x, y) in enumerate(zip(ev, tr)) if x != y), min(len(ev), len(tr)))
+    i = next((k for k, (x, y) in enumerate(zip(ev, tr, strict=False)) if x != y), min(len(ev), len(tr)))
     nodes = [n for n in train_graph.nodes if n.op not in ("placeholder", "output")]
     where = module_path_of(nodes[i]) if i < len(nodes) else ()
     place = f" (first difference in {where[-1]})" if where and where[-1] else ""

@@ -13,6 +13,7 @@ import click
 import typer
 
 from . import cheapen as _cheapen  # noqa: F401  (registers commands)
+from . import measure as _measure  # noqa: F401
 from .app import STATE, app, err
 
 

@@ -1,0 +1,141 @@
+"""Latency, params and MACs of ResNet-34 and WRN-40-2 and their cheap students, measured in one run.
+
+For each network, each setting (fp32 / bf16 autocast × NCHW / channels_last) and each batch (1 and 32),
+the teacher and its five students are timed **side by side** (:func:`cheapconv.profile.measure_side_by_side`:
+one pass of each in turn, repeated), so machine load hits all six alike and the speed-ups are same-moment
+ratios. Prints a Markdown report (the tables of ``benchmarks/README.md``) and optionally writes the raw
+figures as JSON.
+
+    python benchmarks/latency_table.py                      # full run, ~10 min on the 2-core CPU
+    python benchmarks/latency_table.py --quick              # WRN-40-2 only, few repeats (a smoke test)
+    python benchmarks/latency_table.py --threads 1 --json latency.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+import cheapconv
+from cheapconv.profile import measure_side_by_side
+
+STUDENTS = ("G(4)", "G(N)", "B(2)", "BG(2,M)", "S-2x2")
+SETTINGS = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
+#: (zoo name, label, input size, {batch: (warmup, repeats)}): repeats kept modest where a pass is long
+NETWORKS = (
+    ("wrn_40_2", "WRN-40-2", (3, 32, 32), {1: (3, 30), 32: (2, 10)}),
+    ("resnet34", "ResNet-34", (3, 224, 224), {1: (2, 10), 32: (1, 3)}),
+)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def measure(networks, students, settings, threads: int | None, log) -> dict:
+    results = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+               "threads": threads or torch.get_num_threads(), "networks": []}
+    for zoo_name, label, size, plan in networks:
+        teacher = cheapconv.create_model(zoo_name).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            models = [teacher] + [cheapconv.cheapen(teacher, s) for s in students]
+        names = ["teacher"] + list(students)
+        net = {"name": label, "input_size": list(size), "models": [
+            {"name": n, "params_paper": cheapconv.count_params(m, "paper"),
+             "macs": cheapconv.count_macs(m, (1, *size))} for n, m in zip(names, models, strict=True)],
+            "latency": {}}
+        for dtype, channels_last in settings:
+            for batch, (warmup, repeats) in plan.items():
+                key = f"{dtype}/{'channels_last' if channels_last else 'NCHW'}/b{batch}"
+                start = time.perf_counter()
+                lat = measure_side_by_side(models, (batch, *size), device="cpu", dtype=dtype,
+                                           channels_last=channels_last, warmup=warmup, repeats=repeats,
+                                           threads=threads)
+                net["latency"][key] = [x.to_dict() for x in lat]
+                times = ", ".join(f"{n} {x.median_ms:.3g}" for n, x in zip(names, lat, strict=True))
+                log(f"{label} {key}: {times} ms ({time.perf_counter() - start:.0f} s)")
+        results["networks"].append(net)
+    return results
+
+
+def _cell(net: dict, key: str, i: int) -> str:
+    mine, teacher = net["latency"][key][i]["median_ms"], net["latency"][key][0]["median_ms"]
+    ms = f"{mine:,.0f}" if mine >= 100 else f"{mine:.3g}"
+    return ms + ("" if i == 0 else f" ({teacher / mine:.2f}×)")
+
+
+def markdown(results: dict) -> str:
+    from cheapconv.report import human
+
+    lines = [f"CPU: {results['cpu']} ({results['cores']} cores), {results['threads']} intra-op thread(s), "
+             f"torch {results['torch']}. Median ms per forward pass of the whole batch; in brackets the "
+             "speed-up over the teacher measured side by side (above 1×: faster). "
+             "bf16 = torch.autocast(bfloat16); CL = channels_last.", ""]
+    for net in results["networks"]:
+        c, h, w = net["input_size"]
+        lines += [f"### {net['name']} ({c}×{h}×{w})", ""]
+        batches = sorted({int(k.rsplit("/b", 1)[1]) for k in net["latency"]})
+        for batch in batches:
+            keys = [k for k in net["latency"] if k.endswith(f"/b{batch}")]
+            labels = [k.rsplit("/", 1)[0].replace("/", " ").replace("channels_last", "CL") for k in keys]
+            header = ["model", "params (paper)", "MACs/image"] + [f"{lab}, b{batch}" for lab in labels]
+            lines += ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+            for i, m in enumerate(net["models"]):
+                cells = [m["name"], f"{m['params_paper'] / 1e6:.3g} M", human(m["macs"])]
+                lines.append("| " + " | ".join(cells + [_cell(net, k, i) for k in keys]) + " |")
+            reps = {net["latency"][k][0]["repeats"] for k in keys}
+            rounds = "/".join(map(str, sorted(reps)))
+            lines += ["", f"Batch {batch}: median of {rounds} side-by-side rounds after warm-up.", ""]
+        # throughput per MAC: what the MAC count hides
+        b32 = [k for k in net["latency"] if k.endswith("/b32")]
+        if b32:
+            labels = [k.rsplit("/", 1)[0].replace("/", " ").replace("channels_last", "CL") for k in b32]
+            lines += [f"Effective GMAC/s at batch 32 ({net['name']}; MACs ÷ time):", "",
+                      "| model | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(b32)]
+            for i, m in enumerate(net["models"]):
+                rates = [m["macs"] * 32 / (net["latency"][k][i]["median_ms"] / 1e3) / 1e9 for k in b32]
+                lines.append(f"| {m['name']} | " + " | ".join(f"{r:.0f}" for r in rates) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
+    parser.add_argument("--json", default=None, help="also write the raw figures here")
+    parser.add_argument("--quick", action="store_true", help="WRN-40-2 only, few repeats (smoke test)")
+    args = parser.parse_args(argv)
+    networks = NETWORKS
+    if args.quick:
+        networks = (("wrn_40_2", "WRN-40-2", (3, 32, 32), {1: (1, 3), 32: (1, 2)}),)
+    start = time.perf_counter()
+    log = lambda line: print(line, file=sys.stderr, flush=True)
+    results = measure(networks, STUDENTS, SETTINGS, args.threads, log)
+    results["seconds"] = round(time.perf_counter() - start)
+    if args.json:
+        from cheapconv.io import atomic_write
+
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))
+    print(markdown(results))
+    print(f"Total run time {results['seconds']} s.", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""``cheapconv profile``, ``compare``, ``sweep`` and ``export``: measuring students and shipping them."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import typer
+
+from .app import app, err, out, output_path, parse_input_size, warn
+
+_DTYPE_HELP = "fp32, or bf16/fp16 (run under autocast)."
+
+
+def _load_model(spec: str, *, trust: bool = False, num_classes: int | None = None,
+                weights: Path | None = None):
+    """A saved file (loaded safely) or a zoo name."""
+    import cheapconv
+
+    if Path(spec).suffix in (".pt", ".pth") or Path(spec).is_file():
+        return cheapconv.load(spec, trust=trust)
+    pretrained = str(weights) if weights else False
+    return cheapconv.create_model(spec, num_classes=num_classes, pretrained=pretrained)
+
+
+def _write_json(path: Path | None, obj) -> None:
+    if path is None:
+        return
+    from cheapconv.io import atomic_write
+
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=str) + "\n"))
+    err.print(f"Wrote {path}", highlight=False)
+
+
+def _check_batch(batch: int, repeats: int) -> None:
+    if batch < 1:
+        raise typer.BadParameter(f"must be at least 1, got {batch}", param_hint="--batch")
+    if repeats < 1:
+        raise typer.BadParameter(f"must be at least 1, got {repeats}", param_hint="--repeats")
+
+
+@app.command()
+def profile(
+    model: str = typer.Argument(..., metavar="MODEL",
+                                help="A saved student or model file, or a name (wrn_40_2, resnet34)."),
+    input_size: str = typer.Option(None, "--input-size", help="C,H,W (default: the recipe's)."),
+    batch: int = typer.Option(32, "--batch", help="Throughput batch, timed besides batch 1."),
+    repeats: int = typer.Option(10, "--repeats", help="Timed passes per measurement (median reported)."),
+    warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed passes before timing."),
+    dtype: str = typer.Option("fp32", "--dtype", help=_DTYPE_HELP),
+    channels_last: bool = typer.Option(False, "--channels-last", help="Time in channels_last memory format."),
+    threads: int = typer.Option(None, "--threads", min=1, help="Intra-op CPU threads (default: torch's)."),
+    device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda when present)."),
+    teacher: str = typer.Option(None, "--teacher", help="The original model, for per-block timing (default: "
+                                                        "rebuilt from the student's recipe)."),
+    layers: bool = typer.Option(True, "--layers/--no-layers", help="Time each replaced block against the "
+                                                                   "original layer."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the full profile as JSON."),
+    trust: bool = typer.Option(False, "--trust", help="Allow files that need unpickling (runs code)."),
+) -> None:
+    """Measure one model: params, MACs, latency (batch 1 and --batch), peak memory, and per-block timing.
+
+    Example: cheapconv profile student.pt --batch 32 --dtype bf16 --channels-last
+    """
+    from cheapconv.profile import blocks_table, parse_dtype
+    from cheapconv.profile import profile as run_profile
+
+    _check_batch(batch, repeats)
+    size = parse_input_size(input_size)
+    the_dtype = parse_dtype(dtype)
+    output_path(json_out, required=False)
+    with err.status(f"Loading {model}..."):
+        the_model = _load_model(model, trust=trust)
+        the_teacher = _load_model(teacher, trust=trust) if teacher else None
+    with err.status("Measuring (latency, memory" + (", per-block timing" if layers else "") + ")..."):
+        p = run_profile(the_model, size, device=device, dtype=the_dtype, channels_last=channels_last,
+                        batch=batch, warmup=warmup, repeats=repeats, threads=threads, per_layer=layers,
+                        teacher=the_teacher, name=Path(model).name if Path(model).is_file() else None)
+    out.print(p.table())
+    if p.blocks:
+        out.print(blocks_table(p.blocks))
+        slower = p.slower_blocks
+        if slower:
+            warn(f"{len(slower)} of {len(p.blocks)} replaced blocks are slower than the layer they replaced "
+                 f"({', '.join(b.layer for b in slower[:5])}{', ...' if len(slower) > 5 else ''}).")
+    for note in p.notes:
+        err.print(f"note: {note}", highlight=False)
+    _write_json(json_out, p.to_dict())
+
+
+@app.command()
+def compare(
+    models: list[str] = typer.Argument(..., metavar="MODELS...",
+                                       help="Two or more model files or names (ratios: vs the first)."),
+    input_size: str = typer.Option(None, "--input-size", help="C,H,W (default: the first model's)."),
+    batch: int = typer.Option(32, "--batch", help="Throughput batch, timed besides batch 1."),
+    repeats: int = typer.Option(10, "--repeats", help="Timed passes per model and batch."),
+    warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed passes before timing."),
+    dtype: str = typer.Option("fp32", "--dtype", help=_DTYPE_HELP),
+    channels_last: bool = typer.Option(False, "--channels-last", help="Time in channels_last memory format."),
+    threads: int = typer.Option(None, "--threads", min=1, help="Intra-op CPU threads (default: torch's)."),
+    device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda when present)."),
+    data: str = typer.Option(None, "--data", help="Also report top-1 accuracy on this dataset's test split "
+                                                  "(fashion-mnist, cifar10, imagefolder:PATH, ...)."),
+    data_dir: Path = typer.Option(None, "--data-dir", help="Where the dataset's files are."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Evaluate on the first N test images only."),
+    layers: bool = typer.Option(False, "--layers", help="Also time each student's blocks against the layers "
+                                                        "they replaced, and count the slower ones."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the profiles as JSON."),
+    trust: bool = typer.Option(False, "--trust", help="Allow files that need unpickling (runs code)."),
+) -> None:
+    """Compare models side by side: params, MACs, latency at batch 1 and --batch (and accuracy with --data).
+
+    Example: cheapconv compare wrn_40_2 g4.pt b2.pt --batch 32
+    """
+    from cheapconv.profile import blocks_table, compare_table, evaluate_accuracy, parse_dtype, profile_many
+
+    if len(models) < 2:
+        raise typer.BadParameter("give at least two models to compare", param_hint="MODELS")
+    _check_batch(batch, repeats)
+    size = parse_input_size(input_size)
+    the_dtype = parse_dtype(dtype)
+    output_path(json_out, required=False)
+    with err.status("Loading models..."):
+        loaded = [_load_model(m, trust=trust) for m in models]
+    names = [Path(m).name if Path(m).is_file() else m for m in models]
+    with err.status("Measuring side by side..."):
+        profiles = profile_many(loaded, size, names=names, device=device, dtype=the_dtype,
+                                channels_last=channels_last, batch=batch, warmup=warmup, repeats=repeats,
+                                threads=threads, per_layer=layers)
+    accuracies = None
+    if data:
+        accuracies = []
+        for name, m in zip(names, loaded, strict=True):
+            with err.status(f"Evaluating {name} on {data}..."):
+                accuracies.append(evaluate_accuracy(m, data, input_shape=profiles[0].input_shape,
+                                                    data_dir=str(data_dir) if data_dir else None, limit=limit,
+                                                    device=device))
+    out.print(compare_table(profiles, accuracies))
+    for p in profiles:
+        if p.slower_blocks:
+            title = f"{p.model}: blocks slower than what they replaced"
+            out.print(blocks_table(p.slower_blocks, title=title))
+        for note in p.notes:
+            err.print(f"note ({p.model}): {note}", highlight=False)
+    _write_json(json_out, [dict(p.to_dict(), accuracy=None if accuracies is None else accuracies[i])
+                           for i, p in enumerate(profiles)])
+
+
+@app.command()
+def sweep(
+    model: str = typer.Argument(..., metavar="MODEL", help="The teacher: a model name or a saved file."),
+    blocks: str = typer.Option(..., "--blocks", help="Comma-separated specs, e.g. 'G(2),G(4),B(2),BG(2,M)'."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for sweep.csv, sweep.md, sweep.png and "
+                                                            "the finished points (a rerun resumes there)."),
+    data: str = typer.Option(None, "--data", help="Distil each student on this dataset and report its error "
+                                                  "(needs cheapconv.distill)."),
+    epochs: int = typer.Option(None, "--epochs", min=1, help="Distillation epochs (with --data)."),
+    data_dir: Path = typer.Option(None, "--data-dir", help="Where the dataset's files are."),
+    input_size: str = typer.Option(None, "--input-size", help="C,H,W (default: the model's own)."),
+    batch: int = typer.Option(32, "--batch", help="Throughput batch, timed besides batch 1."),
+    repeats: int = typer.Option(10, "--repeats", help="Timed passes per point and batch."),
+    dtype: str = typer.Option("fp32", "--dtype", help=_DTYPE_HELP),
+    channels_last: bool = typer.Option(False, "--channels-last", help="Time in channels_last memory format."),
+    threads: int = typer.Option(None, "--threads", min=1, help="Intra-op CPU threads (default: torch's)."),
+    num_classes: int = typer.Option(None, "--num-classes", min=1, help="Classifier size of the teacher."),
+    weights: Path = typer.Option(None, "--weights", help="Local weights file for the teacher."),
+    trust: bool = typer.Option(False, "--trust", help="Allow files that need unpickling (runs code)."),
+) -> None:
+    """Cheapen MODEL with each block type, measure each student (and distil it with --data), and write a
+    Pareto report: CSV, Markdown table and PNG plot. Finished points are reused when rerun.
+
+    Example: cheapconv sweep wrn_40_2 --blocks 'G(2),G(4),G(N/8),B(2),BG(2,M)' -o sweep-wrn
+    """
+    from cheapconv.errors import UsageError
+    from cheapconv.profile import parse_dtype
+    from cheapconv.sweep import parse_blocks
+    from cheapconv.sweep import sweep as run_sweep
+
+    specs = parse_blocks(blocks)
+    _check_batch(batch, repeats)
+    size = parse_input_size(input_size)
+    parse_dtype(dtype)
+    if epochs is not None and data is None:
+        raise typer.BadParameter("--epochs needs --data (the dataset to distil on)", param_hint="--epochs")
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"The sweep output {str(output)!r} is a file; give a folder (it is created if "
+                         "missing).")
+    if not output.exists() and not (output.parent if str(output.parent) else Path(".")).is_dir():
+        raise UsageError(f"The folder {str(output.parent)!r} does not exist; create it first or choose "
+                         "another --output.")
+    with err.status(f"Building {model}..."):
+        teacher = _load_model(model, trust=trust, num_classes=num_classes, weights=weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # cheapen's notes are logged per point
+        result = run_sweep(teacher, specs, output, model_name=model, input_size=size, batch=batch,
+                           dtype=dtype, channels_last=channels_last, threads=threads, repeats=repeats,
+                           data=data, epochs=epochs, data_dir=str(data_dir) if data_dir else None,
+                           log=lambda line: err.print(line, highlight=False))
+    out.print(Path(result.files["md"]).read_text() if "md" in result.files else "No point was computed.",
+              highlight=False, markup=False)
+    for kind, path in result.files.items():
+        err.print(f"Wrote {path} ({kind})", highlight=False)
+    if "png" not in result.files and result.points:
+        warn("no plot written: matplotlib is not installed (pip install matplotlib).")
+
+
+@app.command("export")
+def export_command(
+    file: str = typer.Argument(..., metavar="FILE",
+                               help="A saved student (cheapconv cheapen -o ...) or a model name."),
+    format: str = typer.Option(..., "--format", "-f", help="pt2 (torch.export), onnx or torchscript."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the exported model."),
+    input_size: str = typer.Option(None, "--input-size", help="C,H,W (default: the recipe's)."),
+    fold: bool = typer.Option(True, "--fold/--no-fold", help="Fold BatchNorm into the preceding convs."),
+    atol: float = typer.Option(1e-4, "--atol", min=0.0, help="Absolute tolerance of the output check."),
+    rtol: float = typer.Option(1e-4, "--rtol", min=0.0, help="Tolerance relative to max |original output|."),
+    trust: bool = typer.Option(False, "--trust", help="Allow files that need unpickling (runs code)."),
+) -> None:
+    """Export a model for deployment (eval mode, taps stripped, BatchNorm folded), after checking that the
+    exported file gives the original's outputs on a random input; nothing is written if it does not.
+
+    Example: cheapconv export student.pt --format onnx -o student.onnx
+    """
+    from cheapconv.export import FORMATS
+    from cheapconv.export import export as run_export
+
+    if format not in FORMATS:
+        raise typer.BadParameter(f"expected one of {', '.join(FORMATS)}; got {format!r}",
+                                 param_hint="--format")
+    output_path(output)
+    size = parse_input_size(input_size)
+    with err.status(f"Loading {file}..."):
+        model = _load_model(file, trust=trust)
+    with err.status(f"Exporting to {format} and checking..."):
+        report = run_export(model, output, format, input_shape=size, fold=fold, atol=atol, rtol=rtol)
+    out.print(f"BatchNorm: {report.folded} folded into the conv before it, {report.kept_bn} kept; "
+              f"{report.taps_removed} taps stripped.", highlight=False)
+    for note in report.notes:
+        warn(note)
+    out.print(report.check_line(), highlight=False)
+    err.print(f"Wrote {output} ({format}).", highlight=False)
