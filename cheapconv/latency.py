@@ -3,18 +3,25 @@
 Used by :mod:`cheapconv.profile` (whole models and per-layer comparisons) and by the block search (latency
 budgets). On CPU the clock is ``time.perf_counter``; on CUDA, CUDA events around each pass. The thread count
 and dtype are part of the result, because both change CPU convolution speed several-fold.
+
+Models compared with each other are timed side by side (:func:`measure_side_by_side`: one pass of each in
+turn, repeated), so that load on a shared machine hits all of them alike and their ratios stay meaningful.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from .counting import eval_mode
+from .errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -75,12 +82,7 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, device: s
             start_all = time.perf_counter()
             while len(times) < repeats or (time.perf_counter() - start_all) < min_time_s:
                 times.append(_timed(model, x, device))
-        times.sort()
-        q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
-        return Latency(median_ms=statistics.median(times), q1_ms=q[0], q3_ms=q[2], min_ms=times[0],
-                       repeats=len(times), batch=int(input_shape[0]), device=str(device),
-                       dtype=str(dtype).removeprefix("torch."), channels_last=channels_last,
-                       threads=torch.get_num_threads())
+        return _summary(times, int(input_shape[0]), device, dtype, channels_last)
     finally:
         torch.set_num_threads(old_threads)
 
@@ -101,3 +103,99 @@ def _timed(model: nn.Module, x: torch.Tensor, device: torch.device) -> float:
     t0 = time.perf_counter()
     model(x)
     return (time.perf_counter() - t0) * 1000.0
+
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"bf16"`` / ``"bfloat16"`` / ``torch.bfloat16`` -> ``torch.bfloat16`` (likewise fp32, fp16)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype.lower()]
+    except KeyError:
+        raise UsageError(f"Unknown dtype {dtype!r}; valid: fp32, bf16, fp16.") from None
+
+
+def default_device() -> torch.device:
+    """The device at hand: the current CUDA device when there is one, else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+# --- timing -------------------------------------------------------------------------------------------------
+def _prepared(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    """A copy on ``device`` (channels_last if asked): measuring never moves or converts the caller's model."""
+    work = copy.deepcopy(model).to(device)
+    if channels_last:
+        work = work.to(memory_format=torch.channels_last)
+    return work
+
+
+def _input(shape: tuple[int, ...], device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = torch.randn(tuple(shape), device=device)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def _summary(times: list[float], batch: int, device: torch.device, dtype: torch.dtype, channels_last: bool,
+             ) -> Latency:
+    """Median, quartiles and minimum of per-pass times (ms) as a :class:`Latency`."""
+    times = sorted(times)
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return Latency(median_ms=statistics.median(times), q1_ms=q[0], q3_ms=q[2], min_ms=times[0],
+                   repeats=len(times), batch=batch, device=str(device),
+                   dtype=str(dtype).removeprefix("torch."), channels_last=channels_last,
+                   threads=torch.get_num_threads())
+
+
+def measure_side_by_side(models: Sequence[nn.Module], input_shape: tuple[int, ...], *,
+                         device: str | torch.device | None = None, dtype: str | torch.dtype = torch.float32,
+                         channels_last: bool = False, warmup: int = 3, repeats: int = 10,
+                         threads: int | None = None) -> list[Latency]:
+    """Time several models on the same input shape (batch included), one pass of each in turn.
+
+    The same conventions as :func:`measure_latency` (eval mode, inference mode, autocast for
+    non-fp32 dtypes, CUDA events on GPU), but interleaved: every round times each model once, starting with a
+    different one each round, so drifting machine load biases none of them. Models are copied, never moved.
+
+    >>> from cheapconv.models import WideResNet
+    >>> a, b = measure_side_by_side([WideResNet(10, 1), WideResNet(10, 2)], (1, 3, 32, 32), repeats=3)
+    >>> a.median_ms > 0 and b.median_ms > 0
+    True
+    """
+    if repeats < 1 or warmup < 0:
+        raise UsageError(f"repeats must be at least 1 and warmup at least 0 (got {repeats}, {warmup}).")
+    device = torch.device(device) if device is not None else default_device()
+    dtype = parse_dtype(dtype)
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        work = [_prepared(m, device, channels_last) for m in models]
+        x = _input(input_shape, device, channels_last)
+        times: list[list[float]] = [[] for _ in work]
+        with contextlib.ExitStack() as stack:
+            for m in work:
+                stack.enter_context(eval_mode(m))
+            stack.enter_context(torch.inference_mode())
+            stack.enter_context(torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32))
+            n = len(work)
+            i = 0
+            try:
+                for i in range(n):
+                    for _ in range(warmup):
+                        work[i](x)
+                _sync(device)
+                for r in range(repeats):
+                    for k in range(n):
+                        i = (r + k) % n
+                        times[i].append(_timed(work[i], x, device))
+            except RuntimeError as e:  # wrong input size or channels for this model: the user's to fix
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise UsageError(f"Model {i + 1} ({type(models[i]).__name__}) cannot run on an input of "
+                                 f"shape {tuple(input_shape)}: {first}. Give the input size it expects "
+                                 "(--input-size C,H,W).") from e
+        return [_summary(t, int(input_shape[0]), device, dtype, channels_last) for t in times]
+    finally:
+        torch.set_num_threads(old_threads)

@@ -9,9 +9,7 @@ throughput per MAC, so a student with 4× fewer MACs can be no faster, or slower
   passes with CUDA events (see :mod:`cheapconv.latency`). Models compared with each other are timed
   **side by side** (:func:`measure_side_by_side`: one pass of each in turn, repeated), so that load on a
   shared machine hits all of them alike and their ratios stay meaningful even when absolute times drift.
-* **peak memory**: on CUDA, ``torch.cuda.max_memory_allocated`` during one forward beyond what was allocated
-  before it; on CPU, the peak of live tensor storage created during one forward (tracked per operator with a
-  ``TorchDispatchMode``; weights and the input are not counted, framework scratch buffers are not seen).
+* **peak memory**: see :mod:`cheapconv.memory`.
 * **per block**: for each layer a student replaced, the cheap block and the original conv (or, for
   ``B``/``BG``, the original conv → norm → act → conv chain) timed side by side at the input shape that layer
   sees in the model; blocks slower than what they replaced are flagged.
@@ -22,9 +20,7 @@ throughput per MAC, so a student with 4× fewer MACs can be no faster, or slower
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -33,169 +29,21 @@ from torch import nn
 
 from .counting import count_macs, count_params, eval_mode
 from .errors import UsageError
-from .latency import Latency, _sync, _timed
+from .latency import (  # noqa: F401 - re-exported: measuring lives in latency.py, memory in memory.py
+    DTYPES,
+    Latency,
+    _input,
+    _prepared,
+    _sync,
+    _timed,
+    default_device,
+    measure_side_by_side,
+    parse_dtype,
+)
+from .memory import peak_memory  # noqa: F401
 
 #: a block counts as slower (or faster) than what it replaced only beyond this relative margin
 SLOWER_MARGIN = 0.05
-
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
-
-
-def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """``"bf16"`` / ``"bfloat16"`` / ``torch.bfloat16`` -> ``torch.bfloat16`` (likewise fp32, fp16)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return DTYPES[dtype.lower()]
-    except KeyError:
-        raise UsageError(f"Unknown dtype {dtype!r}; valid: fp32, bf16, fp16.") from None
-
-
-def default_device() -> torch.device:
-    """The device at hand: the current CUDA device when there is one, else the CPU."""
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-# --- timing -------------------------------------------------------------------------------------------------
-def _prepared(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
-    """A copy on ``device`` (channels_last if asked): measuring never moves or converts the caller's model."""
-    work = copy.deepcopy(model).to(device)
-    if channels_last:
-        work = work.to(memory_format=torch.channels_last)
-    return work
-
-
-def _input(shape: tuple[int, ...], device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = torch.randn(tuple(shape), device=device)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
-
-
-def _latency(times: list[float], batch: int, device: torch.device, dtype: torch.dtype, channels_last: bool,
-             ) -> Latency:
-    import statistics
-
-    times = sorted(times)
-    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
-    return Latency(median_ms=statistics.median(times), q1_ms=q[0], q3_ms=q[2], min_ms=times[0],
-                   repeats=len(times), batch=batch, device=str(device),
-                   dtype=str(dtype).removeprefix("torch."), channels_last=channels_last,
-                   threads=torch.get_num_threads())
-
-
-def measure_side_by_side(models: Sequence[nn.Module], input_shape: tuple[int, ...], *,
-                         device: str | torch.device | None = None, dtype: str | torch.dtype = torch.float32,
-                         channels_last: bool = False, warmup: int = 3, repeats: int = 10,
-                         threads: int | None = None) -> list[Latency]:
-    """Time several models on the same input shape (batch included), one pass of each in turn.
-
-    The same conventions as :func:`cheapconv.latency.measure_latency` (eval mode, inference mode, autocast for
-    non-fp32 dtypes, CUDA events on GPU), but interleaved: every round times each model once, starting with a
-    different one each round, so drifting machine load biases none of them. Models are copied, never moved.
-
-    >>> from cheapconv.models import WideResNet
-    >>> a, b = measure_side_by_side([WideResNet(10, 1), WideResNet(10, 2)], (1, 3, 32, 32), repeats=3)
-    >>> a.median_ms > 0 and b.median_ms > 0
-    True
-    """
-    if repeats < 1 or warmup < 0:
-        raise UsageError(f"repeats must be at least 1 and warmup at least 0 (got {repeats}, {warmup}).")
-    device = torch.device(device) if device is not None else default_device()
-    dtype = parse_dtype(dtype)
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        work = [_prepared(m, device, channels_last) for m in models]
-        x = _input(input_shape, device, channels_last)
-        times: list[list[float]] = [[] for _ in work]
-        with contextlib.ExitStack() as stack:
-            for m in work:
-                stack.enter_context(eval_mode(m))
-            stack.enter_context(torch.inference_mode())
-            stack.enter_context(torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32))
-            n = len(work)
-            i = 0
-            try:
-                for i in range(n):
-                    for _ in range(warmup):
-                        work[i](x)
-                _sync(device)
-                for r in range(repeats):
-                    for k in range(n):
-                        i = (r + k) % n
-                        times[i].append(_timed(work[i], x, device))
-            except RuntimeError as e:  # wrong input size or channels for this model: the user's to fix
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise UsageError(f"Model {i + 1} ({type(models[i]).__name__}) cannot run on an input of "
-                                 f"shape {tuple(input_shape)}: {first}. Give the input size it expects "
-                                 "(--input-size C,H,W).") from e
-        return [_latency(t, int(input_shape[0]), device, dtype, channels_last) for t in times]
-    finally:
-        torch.set_num_threads(old_threads)
-
-
-# --- memory -------------------------------------------------------------------------------------------------
-def _live_tensor_mode():
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_leaves
-
-    class LiveStorage(TorchDispatchMode):
-        """Sums the bytes of storages created by operators while they are alive; remembers the peak."""
-
-        def __init__(self):
-            super().__init__()
-            self.live = 0
-            self.peak = 0
-            self._seen: set = set()
-
-        def _free(self, key, nbytes):
-            self._seen.discard(key)
-            self.live -= nbytes
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in tree_leaves(out):
-                if not isinstance(t, torch.Tensor):
-                    continue
-                storage = t.untyped_storage()
-                key = (storage.device, storage.data_ptr())
-                nbytes = storage.nbytes()
-                if nbytes == 0 or key in self._seen:
-                    continue
-                self._seen.add(key)
-                self.live += nbytes
-                weakref.finalize(storage, self._free, key, nbytes)
-                self.peak = max(self.peak, self.live)
-            return out
-
-    return LiveStorage()
-
-
-def peak_memory(model: nn.Module, input_shape: tuple[int, ...], *, device: str | torch.device | None = None,
-                dtype: str | torch.dtype = torch.float32, channels_last: bool = False) -> int:
-    """Peak bytes allocated during one forward pass on ``input_shape`` (batch included), beyond the weights
-    and the input (see the module docstring for how it is measured on CPU and CUDA)."""
-    device = torch.device(device) if device is not None else default_device()
-    dtype = parse_dtype(dtype)
-    work = _prepared(model, device, channels_last)
-    x = _input(input_shape, device, channels_last)
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    with eval_mode(work), torch.inference_mode(), autocast:
-        work(x)  # warm-up: lazy initialisation is not the model's memory
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            base = torch.cuda.memory_allocated(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            work(x)
-            torch.cuda.synchronize(device)
-            return int(torch.cuda.max_memory_allocated(device) - base)
-        mode = _live_tensor_mode()
-        with mode:
-            out = work(x)
-        del out
-        return int(mode.peak)
-
 
 # --- results ------------------------------------------------------------------------------------------------
 @dataclass
