@@ -12,9 +12,11 @@
 __version__ = "0.1.0"
 
 from .blocks import BLOCK_REGISTRY, BlockSpec, parse_block
+from .blockswap import SearchResult, search
 from .counting import count_macs, count_params
 from .errors import CheapconvError, PolicyMatchError, PolicySyntaxError, TraceError, UsageError
 from .export import ExportCheckError, export
+from .fisher import fisher_potential
 from .io import load, read_recipe, save
 from .models import WideResNet, create_model
 from .plan import Plan, PlanEntry, plan
@@ -29,4 +31,5 @@ __all__ = [
     "PolicySyntaxError", "Rule", "Selector", "Tap", "TraceError", "UsageError", "WideResNet", "__version__",
     "cheapen", "count_macs", "count_params", "create_model", "find_stages", "load", "parse_block",
     "parse_policy", "plan", "profile", "Profile", "read_recipe", "record", "save", "sweep", "export",
+    "SearchResult", "fisher_potential", "search",
 ]

@@ -14,6 +14,7 @@ import typer
 
 from . import cheapen as _cheapen  # noqa: F401  (registers commands)
 from . import measure as _measure  # noqa: F401
+from . import search as _search  # noqa: F401
 from .app import STATE, app, err
 
 

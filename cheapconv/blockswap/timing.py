@@ -1,0 +1,93 @@
+"""Per-block latency tables for latency budgets, measured once on the device at hand.
+
+Each block's original pair (``conv_a -> norm -> act -> conv_b``, run as a small module) and each candidate
+replacement are timed with :func:`cheapconv.latency.measure_latency` at the block's input shape; a
+candidate's latency delta is the difference of the two medians. A configuration's latency is then the
+measured teacher latency plus Σ deltas: an **additive estimate** built from measured per-block latencies
+(it ignores effects between layers such as caches and memory layout), which is why the search also measures
+the winner as a whole and reports both.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+
+import torch
+from torch import fx, nn
+
+from ..latency import measure_latency
+from .space import SearchSpace
+
+
+class _Chain(nn.Module):
+    """Run modules and graph functions one after another (the original pair, or two replaced convs)."""
+
+    def __init__(self, steps: list[nn.Module | Callable]):
+        super().__init__()
+        self.mods = nn.ModuleList([s for s in steps if isinstance(s, nn.Module)])
+        self.steps = steps
+
+    def forward(self, x):
+        for step in self.steps:
+            x = step(x)
+        return x
+
+
+def _between_steps(gm: fx.GraphModule, nodes: list[fx.Node]) -> list[nn.Module | Callable]:
+    steps: list[nn.Module | Callable] = []
+    for node in nodes:
+        if node.op == "call_module":
+            steps.append(copy.deepcopy(gm.get_submodule(node.target)))
+        elif node.op == "call_function":
+            steps.append(lambda x, _f=node.target, _a=node.args[1:], _k=node.kwargs: _f(x, *_a, **_k))
+        else:  # call_method
+            steps.append(lambda x, _m=node.target, _a=node.args[1:], _k=node.kwargs:
+                         getattr(x, _m)(*_a, **_k))
+    return steps
+
+
+def _conv_step(candidate, site, block) -> nn.Module:
+    return candidate.spec.build_conv(site.conv) if site.name in block.kxk else copy.deepcopy(site.conv)
+
+
+def measure_latencies(space: SearchSpace, teacher: nn.Module, *, batch: int = 1,
+                      device: str | torch.device = "cpu", threads: int | None = None, repeats: int = 20,
+                      warmup: int = 3, min_time_s: float = 0.02,
+                      progress: Callable[[int, int], None] | None = None) -> dict:
+    """Fill ``latency_ms`` of every candidate and ``space.base["latency"]`` (the whole teacher, ms per batch).
+
+    Blocks of identical geometry share one measurement. Returns the conditions (device, threads, batch).
+    """
+    kw = dict(device=device, threads=threads, repeats=repeats, warmup=warmup, min_time_s=min_time_s)
+    teacher_lat = measure_latency(copy.deepcopy(teacher), (batch, *space.input_shape), **kw)
+    space.base["latency"] = teacher_lat.median_ms
+    done: dict[int, list] = {}
+    todo = [b for b in space.blocks if id(b.candidates) not in done]
+    total = sum(len(b.candidates) for b in {id(b.candidates): b for b in todo}.values())
+    count = 0
+    for block in space.blocks:
+        if id(block.candidates) in done:
+            continue
+        pair = space.pairs[block.label]
+        between = _between_steps(space.graph, pair.between)
+        shape = (batch, *block.input_shape)
+        original = measure_latency(_Chain([copy.deepcopy(pair.a.conv), *between, copy.deepcopy(pair.b.conv)]),
+                                   shape, **kw).median_ms
+        for j, cand in enumerate(block.candidates):
+            if cand.level == "keep":
+                delta = 0.0
+            else:
+                if cand.level == "block":
+                    module: nn.Module = cand.spec.build_pair(pair.a.conv, pair.b.conv)
+                else:  # conv-level: the k×k convs replaced, a 1×1 end of the pair kept
+                    module = _Chain([_conv_step(cand, pair.a, block), *between, _conv_step(cand, pair.b, block)])
+                delta = measure_latency(module, shape, **kw).median_ms - original
+            block.candidates[j] = dataclasses.replace(cand, latency_ms=delta)
+            count += 1
+            if progress is not None:
+                progress(count, total)
+        done[id(block.candidates)] = block.candidates
+    return {"device": teacher_lat.device, "threads": teacher_lat.threads, "batch": batch,
+            "dtype": teacher_lat.dtype, "teacher_ms": teacher_lat.median_ms}

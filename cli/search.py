@@ -1,0 +1,126 @@
+"""``cheapconv search``: BlockSwap, the best mixed-block student within a budget, written as a policy file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .app import app, err, out, output_path, parse_input_size, warn
+
+
+def _metric(value: str | None) -> str | None:
+    if value is not None and value not in ("params", "macs", "latency"):
+        raise typer.BadParameter(f"choose params, macs or latency, not {value!r}", param_hint="--metric")
+    return value
+
+
+@app.command()
+def search(
+    model: str = typer.Argument(..., help="wrn_40_2, resnet18, torchvision:NAME, timm:NAME, or a file."),
+    budget: str = typer.Option(..., "--budget", "-b", help="300k, 1.2M, 40M (MACs), 5ms, or 25% of the "
+                                                           "teacher."),
+    output: Path = typer.Option(None, "--output", "-o", help="Where to write the winning policy file."),
+    metric: str = typer.Option(None, "--metric", "-m", help="params, macs or latency (default: latency for a "
+                                                            "time budget, else params)."),
+    samples: int = typer.Option(1000, "--samples", "-n", min=1, help="Configurations in budget to score."),
+    data: str = typer.Option(None, "--data", help="Dataset for the scoring minibatch (e.g. fashion-mnist); "
+                                                  "default: synthetic images with random labels."),
+    seed: int = typer.Option(0, "--seed", help="Fixes sampling, initialisation and minibatch."),
+    top: int = typer.Option(1, "--top", "-k", min=1, help="Write the K best policies (-o, <stem>.2, ...)."),
+    show: int = typer.Option(10, "--show", min=1, help="Rows of the results table."),
+    tolerance: float = typer.Option(0.025, "--tolerance", min=0.0, max=0.99, help="Budget window (±)."),
+    candidates: str = typer.Option(None, "--candidates", "-c", help="Block types to choose from, e.g. 'S, "
+                                                                    "G(4), B(2)' (default: the paper's)."),
+    batch_size: int = typer.Option(128, "--batch-size", min=1, help="Scoring minibatch (the paper: 128)."),
+    spread_runs: int = typer.Option(3, "--spread-runs", min=1, help="Scorings (seeds) per top configuration "
+                                                                    "for the spread."),
+    convention: str = typer.Option("paper", "--convention", help="Parameter convention: paper or trainable."),
+    threads: int = typer.Option(None, "--threads", min=1, help="Intra-op CPU threads (default: torch's)."),
+    num_classes: int = typer.Option(None, "--num-classes", min=1, help="Classifier size of the teacher."),
+    input_size: str = typer.Option(None, "--input-size", help="C,H,W (default: the model's own)."),
+    leaf: list[str] = typer.Option([], "--leaf", help="Module class or name fx must not trace into "
+                                                      "(repeatable)."),
+    trust: bool = typer.Option(False, "--trust", help="Allow a model file that needs unpickling (runs its "
+                                                      "code)."),
+) -> None:
+    """Search one block type per residual block of MODEL within a budget (BlockSwap) and write the policy.
+
+    Shows a progress bar, then the top configurations (cost, Fisher score, spread over seeds), and writes the
+    winner as a policy file (one rule per residual block) that `cheapconv cheapen --policy-file` applies
+    exactly. A budget outside the reachable range is an error (exit 2) that gives the range.
+
+    \b
+    Example:
+      cheapconv search wrn_40_2 --budget 300k --data fashion-mnist -o policy.txt
+      cheapconv cheapen wrn_40_2 --policy-file policy.txt -o student.pt
+    """
+    import warnings
+
+    import torch
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    import cheapconv
+    from cheapconv.blockswap import format_cost
+    from cheapconv.blockswap import search as run_search
+
+    metric = _metric(metric)
+    if convention not in ("paper", "trainable"):
+        raise typer.BadParameter(f"choose paper or trainable, not {convention!r}", param_hint="--convention")
+    output_path(output, required=False)
+    size = parse_input_size(input_size)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    with err.status(f"Building {model}..."):
+        if Path(model).suffix in (".pt", ".pth") or Path(model).is_file():
+            teacher = cheapconv.load(model, trust=trust)
+        else:
+            teacher = cheapconv.create_model(model, num_classes=num_classes)
+    name = getattr(teacher, "cheapconv_source", None) or model
+
+    labels = {"latency": "Timing blocks", "scoring": "Scoring (Fisher)", "spread": "Re-scoring the top"}
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
+    tasks: dict[str, int] = {}
+
+    def tick(phase: str, done: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = progress.add_task(labels.get(phase, phase), total=total)
+        progress.update(tasks[phase], completed=done, total=total)
+
+    with progress, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_search(teacher, budget, metric=metric, candidates=candidates, samples=samples, data=data,
+                            seed=seed, tolerance=tolerance, batch_size=batch_size, convention=convention,
+                            top=max(top, 5), spread_runs=spread_runs, input_size=size,
+                            leaf_modules=leaf, progress=tick)
+    for w in caught:
+        warn(str(w.message))
+    for note in result.notes:
+        warn(note)
+    result.model = name
+    out.print(result.table(top=show))
+    win = result.winner
+    out.print(f"Sampled {result.draws:,} configurations, {result.in_budget:,} within the budget window; "
+              f"scored {len(result.results):,} distinct students on {result.minibatch}.", highlight=False)
+    line = (f"Winner: {format_cost(win.cost, result.metric)}; built by cheapen: "
+            f"{int(result.measured['paper']):,} parameters (paper), {int(result.measured['macs']):,} MACs")
+    if result.metric == "latency":
+        cond = result.latency_conditions
+        line += (f"; latency {win.latency_ms:.3f} ms estimated (additive, per-block), "
+                 f"{result.measured['latency']:.3f} ms measured (batch {cond['batch']}, {cond['device']}, "
+                 f"{cond['threads']} threads, {cond['dtype']})")
+    out.print(line + ".", highlight=False)
+    if output is None:
+        out.print(result.policy_text(1), highlight=False, markup=False)
+        return
+    written = result.write_policies(output, top=top)
+    err.print(f"Wrote {', '.join(map(str, written))}. Apply with: cheapconv cheapen {model} --policy-file "
+              f"{written[0]} -o student.pt", highlight=False)
