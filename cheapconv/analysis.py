@@ -4,6 +4,14 @@ Finds every conv call (module convs with their spatial sizes, functional convs),
 more than once, and the residual-branch conv pairs ``conv_a -> norm -> act -> conv_b -> ... -> add`` that
 block-level specs collapse. Works on an fx GraphModule, or on a plain module (no pairs, no functional convs)
 when tracing is impossible.
+
+* Convs inside leaf modules (declared leaves, timm's own, or modules fx could not trace) have no graph node;
+  they are still listed, so conv-level specs replace them as modules.
+* The stem is the conv that reads the image through no other conv, along any input path.
+* Between ``conv_b`` and the add may sit norms, activations, parameter-free leaves (drop-path), layer scale
+  (a multiply by a parameter) and attention gates ``x * gate(x)`` (squeeze-excitation, ECA); the two convs
+  need not share a parent module (timm's ``conv1_kxk.conv`` / ``conv2_kxk.conv``).
+* Shapes are recorded on meta tensors where the model allows it (:func:`shape_pass`).
 """
 
 from __future__ import annotations
@@ -220,6 +228,20 @@ def _is_stem_node(gm, node: fx.Node) -> bool:
     return False
 
 
+def shape_pass(model: nn.Module, input_shape: tuple[int, ...], on_retry=None) -> None:
+    """:func:`cheapconv.counting.shape_forward`, guarded: every parameter and buffer object of ``model`` is
+    put back afterwards. (``torch.func.functional_call`` can leave meta stand-ins behind in modules registered
+    under two names, such as CoaT's shared ``cpe`` layers.)"""
+    saved = [(slots, key, t) for m in model.modules() for slots in (m._parameters, m._buffers)
+             for key, t in slots.items()]
+    try:
+        shape_forward(model, input_shape, on_retry=on_retry)
+    finally:
+        for slots, key, t in saved:
+            if slots.get(key) is not t:
+                slots[key] = t
+
+
 def _record_shapes(model: nn.Module, example_input: torch.Tensor) -> tuple[dict, dict, Counter]:
     inputs, outputs, calls = {}, {}, Counter()
     handles = []
@@ -236,7 +258,7 @@ def _record_shapes(model: nn.Module, example_input: torch.Tensor) -> tuple[dict,
             record.clear()
 
     try:  # shapes only: on meta tensors where the model allows it (see counting.shape_forward)
-        shape_forward(model, tuple(example_input.shape), on_retry=forget)
+        shape_pass(model, tuple(example_input.shape), on_retry=forget)
     finally:
         for h in handles:
             h.remove()
@@ -309,7 +331,7 @@ def shape_mismatch(replacement: nn.Module, input_shape: tuple[int, ...] | None,
     seen: list[tuple[int, ...]] = []
     handle = replacement.register_forward_hook(lambda m, a, out: seen.append(tuple(out.shape[1:])))
     try:
-        shape_forward(replacement, (1, *input_shape), on_retry=seen.clear)
+        shape_pass(replacement, (1, *input_shape), on_retry=seen.clear)
     finally:
         handle.remove()
     got = seen[-1]

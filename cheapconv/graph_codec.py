@@ -3,7 +3,9 @@
 The description is JSON: the graph's nodes (op, target, arguments) and, for every leaf module the graph
 calls, its type (from an allow-list: ``torch.nn`` layers, cheapconv's blocks, and a few torchvision and timm
 layers that are fully determined by their constructor arguments) and constructor arguments.
-Tensors (weights, buffers, ``get_attr`` parameters) travel separately in the state dict.
+Tensors (weights, buffers, ``get_attr`` parameters) travel separately in the state dict; the few that are not in
+it (non-persistent buffers such as blur filters and position indices, constants captured by tracing) are
+written into the description as raw bytes of a declared dtype and shape.
 
 Decoding resolves functions only from an allow-list of modules (``torch``, ``torch.nn.functional``,
 ``operator``, ``math``, and ``getattr``), and only objects defined there, so a crafted file cannot name
@@ -13,6 +15,7 @@ this way raises :class:`NotDescribable`; the caller then falls back to another s
 
 from __future__ import annotations
 
+import base64
 import builtins
 import importlib
 import inspect
@@ -88,6 +91,9 @@ _EXTRA_TYPES: dict[str, _Recipe] = {
                                           attrs=("_fast_norm",)),
     "timm.layers.norm_act.BatchNormAct2d": _Recipe(_bn_args, children=("drop", "act")),
     "timm.layers.drop.DropPath": _Recipe(),
+    # VGG's conv head: built small, then every child replaced by its own description (fc1 may be cheap)
+    "timm.models.vgg.ConvMlp": _Recipe(lambda m: dict(in_features=1, out_features=1, kernel_size=m.input_kernel_size),
+                                       children=("fc1", "act1", "drop", "fc2", "act2")),
     "timm.layers.conv2d_same.Conv2dSame": _Recipe(),
     "timm.layers.activations.Swish": _Recipe(),
     "timm.layers.activations.Mish": _Recipe(),
@@ -302,6 +308,7 @@ def describe_graph_module(gm: fx.GraphModule) -> dict[str, Any]:
     """JSON-able description of ``gm`` (raises :class:`NotDescribable`)."""
     state = gm.state_dict(keep_vars=True)
     modules, attrs, nodes = {}, {}, []
+    inlined = 0
     for node in gm.graph.nodes:
         target = node.target
         if node.op == "call_module":
@@ -311,10 +318,19 @@ def describe_graph_module(gm: fx.GraphModule) -> dict[str, Any]:
             target = encode_function(target)
         elif node.op == "get_attr":
             value = state.get(target)
-            if value is None:
-                raise NotDescribable(f"get_attr {target!r} is not a parameter or buffer")
+            inline = value is None
+            if inline:  # a non-persistent buffer (blur filters, position indices) or a traced constant
+                value = _tensor_attr(gm, target)
+                if value is None:
+                    raise NotDescribable(f"get_attr {target!r} is not a tensor")
             attrs[target] = {"shape": list(value.shape), "dtype": str(value.dtype).removeprefix("torch."),
                              "parameter": isinstance(value, nn.Parameter), "requires_grad": value.requires_grad}
+            if inline:
+                inlined += value.numel() * value.element_size()
+                if inlined > _MAX_INLINE_BYTES:
+                    raise NotDescribable(f"tensors outside the state dict exceed {_MAX_INLINE_BYTES} bytes")
+                raw = value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                attrs[target]["data"] = base64.b64encode(raw).decode("ascii")
         elif node.op == "call_method" and (not isinstance(target, str) or target.startswith("_")):
             raise NotDescribable(f"method {target!r}")
         nodes.append({"name": node.name, "op": node.op, "target": target,
@@ -327,11 +343,16 @@ def build_graph_module(desc: dict[str, Any]) -> fx.GraphModule:
     if desc.get("format") != FORMAT:
         raise NotDescribable(f"graph description format {desc.get('format')!r} (this cheapconv reads {FORMAT})")
     root: dict[str, Any] = {name: build_module(spec) for name, spec in desc["modules"].items()}
+    inline = []
     for name, a in desc["attrs"].items():
         dtype = getattr(torch, a["dtype"], None)
         if not isinstance(dtype, torch.dtype):
             raise NotDescribable(f"unknown dtype {a['dtype']!r}")
-        t = torch.zeros(a["shape"], dtype=dtype)
+        if "data" in a:
+            t = _decode_tensor(a["data"], a["shape"], dtype)
+            inline.append(name)
+        else:
+            t = torch.zeros(a["shape"], dtype=dtype)
         root[name] = nn.Parameter(t, requires_grad=a["requires_grad"]) if a["parameter"] else t
     graph = fx.Graph()
     env: dict[str, fx.Node] = {}
@@ -351,4 +372,32 @@ def build_graph_module(desc: dict[str, Any]) -> fx.GraphModule:
         env[n["name"]] = node
     graph.lint()
     class_name = "".join(ch for ch in str(desc.get("class_name", "Student")) if ch.isalnum() or ch == "_")
-    return fx.GraphModule(root, graph, class_name or "Student")
+    gm = fx.GraphModule(root, graph, class_name or "Student")
+    for name in inline:  # values travel in the description, not the state dict: keep them out of it
+        parent_name, _, leaf = name.rpartition(".")
+        parent = gm.get_submodule(parent_name) if parent_name else gm
+        parent.register_buffer(leaf, getattr(parent, leaf), persistent=False)
+    return gm
+
+
+#: tensors outside the state dict (non-persistent buffers, traced constants) are written into the
+#: description itself, up to this many bytes in all
+_MAX_INLINE_BYTES = 16 * 2**20
+
+
+def _tensor_attr(gm: nn.Module, target: str) -> torch.Tensor | None:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part, None)
+    return obj if isinstance(obj, torch.Tensor) and not isinstance(obj, nn.Parameter) else None
+
+
+def _decode_tensor(data: Any, shape: Any, dtype: torch.dtype) -> torch.Tensor:
+    try:
+        raw = base64.b64decode(data, validate=True)
+        count = math.prod(int(d) for d in shape)
+    except (ValueError, TypeError) as e:
+        raise NotDescribable(f"malformed inline tensor ({e})") from None
+    if count * torch.empty((), dtype=dtype).element_size() != len(raw):
+        raise NotDescribable("inline tensor data does not match its shape and dtype")
+    return torch.frombuffer(bytearray(raw), dtype=dtype).reshape(tuple(int(d) for d in shape)).clone()

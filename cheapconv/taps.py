@@ -7,8 +7,8 @@ Either way :func:`record` is a context manager: nothing stays attached after it 
 
 Stages are found in this order (first that applies):
 
-1. ``model.feature_info`` (timm models, cheapconv's WRN): its modules, minus those holding no conv
-   (timm lists the stem activation);
+1. ``model.feature_info`` (timm models, cheapconv's WRN): its modules, minus the first when that is the
+   stem (timm lists the stem's conv or activation: a module holding at most one conv);
 2. children named ``layer<k>`` (torchvision ResNet family);
 3. a shape-based fallback: descend into the child that holds most convs (``features``, ``trunk_output``),
    run one forward (on meta tensors where possible), group its children by output resolution in call order,
@@ -59,9 +59,10 @@ def _feature_info_stages(model: nn.Module) -> list[str] | None:
         return None
     entries = info.info if hasattr(info, "info") else info  # timm FeatureInfo or list of dicts
     modules = dict(model.named_modules())
-    names = [e["module"] for e in entries if isinstance(e, dict) and e.get("module") in modules]
-    names = [n for n in names if _convs_in(modules[n]) > 0]
-    return names or None
+    names = list(dict.fromkeys(e["module"] for e in entries if isinstance(e, dict) and e.get("module") in modules))
+    if len(names) > 2 and _convs_in(modules[names[0]]) <= 1:
+        names = names[1:]  # the stem (its conv, norm or activation) is no stage
+    return names if len(names) >= 2 else None
 
 
 def _trunk(model: nn.Module) -> nn.Module:
@@ -89,7 +90,7 @@ def find_stages(model: nn.Module, example_input: torch.Tensor | None = None) -> 
         from .trace import example_input_for
 
         example_input = example_input_for(model)
-    from .counting import shape_forward
+    from .analysis import shape_pass
 
     trunk = _trunk(model)
     prefix = {m: n for n, m in model.named_modules()}
@@ -97,7 +98,7 @@ def find_stages(model: nn.Module, example_input: torch.Tensor | None = None) -> 
     seen: dict[str, tuple[int, tuple[int, ...]]] = {}   # name -> (first call, output H×W)
     handles = [c.register_forward_hook(_size_hook(seen, n)) for n, c in children]
     try:  # shapes only, on meta tensors where possible; the model's flags and tensors stay as they are
-        shape_forward(model, tuple(example_input.shape), on_retry=seen.clear)
+        shape_pass(model, tuple(example_input.shape), on_retry=seen.clear)
     finally:
         for h in handles:
             h.remove()

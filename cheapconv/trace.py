@@ -118,7 +118,9 @@ def trace(model: nn.Module, leaf_modules: Iterable[type | str] = ()) -> fx.Graph
     flags = {name: m.training for name, m in work.named_modules()}
     leaves = list(leaf_modules)
     auto: list[type] = []
-    concrete = None
+    # cheapconv calls models as model(x): optional arguments (mask=None, return_dict=None) are fixed at their
+    # defaults, or fx would trace them as inputs and follow the branch for a given value
+    concrete = _optional_args(work) or None
     while True:
         work.eval()
         tracer = CheapTracer([*leaves, *auto])
@@ -126,9 +128,6 @@ def trace(model: nn.Module, leaf_modules: Iterable[type | str] = ()) -> fx.Graph
             graph = tracer.trace(work, concrete_args=concrete)
             break
         except Exception as e:  # noqa: BLE001 - fx raises many types; all mean "not traceable as is"
-            if concrete is None and _optional_args(work):
-                concrete = _optional_args(work)  # first retry: options such as return_dict=None fixed
-                continue
             culprit = _failing_module_type(work, e, tracer)
             if culprit is None or culprit in auto or len(auto) >= _MAX_AUTO_LEAVES:
                 raise TraceError(_trace_advice(model, e)) from e
@@ -142,7 +141,7 @@ def trace(model: nn.Module, leaf_modules: Iterable[type | str] = ()) -> fx.Graph
         notes.append(f"fx could not trace inside {names}, so it is called as a leaf module (pass "
                      f"leaf_modules=[{names}] to say so yourself): its convs are still replaced one by one, "
                      "but residual pairs inside it are not found")
-    notes += _follow_training_flag(gm, work, [*leaves, *auto], flags)
+    notes += _follow_training_flag(gm, work, [*leaves, *auto], flags, concrete)
     for name, m in gm.named_modules():  # "" is the root; set flags one by one (train() would recurse)
         if name in flags:
             m.training = flags[name]
@@ -159,10 +158,10 @@ _DROPOUT_CONTAINER = "cheapconv_dropout"
 
 
 def _optional_args(model: nn.Module) -> dict[str, Any]:
-    """``forward``'s parameters after the input that have simple defaults (``return_dict=None``, ...).
+    """``forward``'s parameters after the input that have simple defaults (``mask=None``, ...).
 
-    cheapconv calls a model as ``model(x)``, so tracing may fix them at their defaults, which resolves
-    Python branches on them that fx cannot trace."""
+    cheapconv calls a model as ``model(x)``, so tracing fixes them at their defaults: traced as inputs, fx
+    would follow the branch for a given value (``if mask is not None``) or fail on Python logic over them."""
     try:
         params = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):
@@ -237,7 +236,8 @@ def _structure(graph: fx.Graph) -> list[tuple]:
     return out
 
 
-def _follow_training_flag(gm: fx.GraphModule, work: nn.Module, leaves: list, flags: dict[str, bool]) -> list[str]:
+def _follow_training_flag(gm: fx.GraphModule, work: nn.Module, leaves: list, flags: dict[str, bool],
+                          concrete: dict[str, Any] | None = None) -> list[str]:
     """Make dropout calls frozen by eval-mode tracing follow the flag again; say where train mode differs.
 
     A second trace in train mode tells which functional dropout calls read ``self.training`` (their
@@ -245,7 +245,9 @@ def _follow_training_flag(gm: fx.GraphModule, work: nn.Module, leaves: list, fla
     of the module that made the call (entered into ``flags``). Explicit ``training=False`` stays."""
     work.train()
     try:
-        train_graph = CheapTracer(leaves).trace(work)
+        train_graph = CheapTracer(leaves).trace(work, concrete_args=concrete)
+        if concrete:
+            _drop_fixed_inputs(train_graph)
     except Exception:  # noqa: BLE001 - the eval graph stands; nothing to compare with
         return []
     finally:

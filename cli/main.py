@@ -15,6 +15,7 @@ import typer
 from . import cheapen as _cheapen  # noqa: F401  (registers commands)
 from . import measure as _measure  # noqa: F401
 from . import search as _search  # noqa: F401
+from . import train as _train  # noqa: F401
 from .app import STATE, app, err
 
 
@@ -39,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     from cheapconv.errors import CheapconvError
 
     try:
-        app(args=argv, prog_name="cheapconv", standalone_mode=False)
-        return 0
+        # Without standalone mode, click/typer *return* the code of typer.Exit(n) and of Ctrl-C (130).
+        code = app(args=argv, prog_name="cheapconv", standalone_mode=False)
+        return code if isinstance(code, int) else 0
     except _EXITS as e:
         return getattr(e, "exit_code", 0)
     except _CLICK_ERRORS as e:
