@@ -38,6 +38,7 @@ import inspect
 import operator
 import re
 import sys
+import types
 from collections.abc import Iterable
 from typing import Any
 
@@ -115,6 +116,7 @@ def trace(model: nn.Module, leaf_modules: Iterable[type | str] = ()) -> fx.Graph
     :class:`TraceError` with advice when the model's own ``forward`` cannot be traced.
     """
     work = copy.deepcopy(model)
+    _trace_instance_forward(work)
     flags = {name: m.training for name, m in work.named_modules()}
     leaves = list(leaf_modules)
     auto: list[type] = []
@@ -155,6 +157,16 @@ _DROPOUTS = {F.dropout: nn.Dropout, F.dropout1d: nn.Dropout1d, F.dropout2d: nn.D
              F.dropout3d: nn.Dropout3d, F.alpha_dropout: nn.AlphaDropout,
              F.feature_alpha_dropout: nn.FeatureAlphaDropout}
 _DROPOUT_CONTAINER = "cheapconv_dropout"
+
+
+def _trace_instance_forward(work: nn.Module) -> None:
+    """fx traces ``type(root).forward``; a model whose ``forward`` was replaced on the instance (Cadene's
+    pretrainedmodels bind ``forward``/``features``/``logits`` to each model) would be traced with its class's
+    forward instead. Give the private copy a subclass whose forward is the instance's."""
+    bound = work.__dict__.get("forward")
+    if isinstance(bound, types.MethodType) and bound.__self__ is work:
+        cls = type(work)
+        work.__class__ = type(cls.__name__, (cls,), {"forward": bound.__func__, "__module__": cls.__module__})
 
 
 def _optional_args(model: nn.Module) -> dict[str, Any]:

@@ -10,12 +10,23 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import cheapconv
 from cheapconv_cli.main import main
 
 DATA = "synthetic:3x32x32:10:128"
 FAST = ["--epochs", "1", "--batch-size", "32", "--no-progress"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from a second intra-op thread, and on a 2-core machine shared with other
+    jobs two OpenMP threads wait on each other at every operator (5-10× slower steps)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def run(capsys, *argv):
@@ -49,8 +60,6 @@ def test_train_cheapen_distill_evaluate(tmp_path, capsys):
     assert figures["top1"] == pytest.approx(cheapconv.read_recipe(trained)["training"]["val_top1"])
 
     # zoo name + local weights as the teacher
-    import torch
-
     weights = tmp_path / "teacher_weights.pth"
     torch.save(cheapconv.load(teacher).state_dict(), weights)
     code, _, err = run(capsys, "distill", "--teacher", "wrn_10_1", "--teacher-weights", str(weights),

@@ -226,3 +226,21 @@ def test_shape_passes_leave_no_meta_tensors_behind():
     assert not any(t.is_meta for t in model.state_dict().values())
     cheapconv.find_stages(model, torch.zeros(1, 3, 8, 8))
     assert not any(t.is_meta for t in model.state_dict().values())
+
+
+def test_forward_replaced_on_the_instance_is_the_one_traced():
+    """Cadene's pretrainedmodels bind ``forward`` to each model; fx alone would trace the class's."""
+    import types
+
+    tv = pytest.importorskip("torchvision")
+    model = tv.models.resnet18(num_classes=10)
+    model.last_linear, model.fc = model.fc, None
+
+    def forward(self, x):
+        x = self.layer4(self.layer3(self.layer2(self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x))))))))
+        return self.last_linear(self.avgpool(x).flatten(1))
+
+    model.forward = types.MethodType(forward, model)
+    student = cheapconv.cheapen(model, "G(4)", input_size=(3, 32, 32))
+    assert student.cheapconv_plan.mode == "graph"
+    assert student(torch.randn(2, 3, 32, 32)).shape == (2, 10)
