@@ -27,6 +27,7 @@ from .blocks import BlockSpec
 from .counting import count_macs, count_params
 from .errors import PolicyMatchError, TraceError
 from .policy import Policy, Rule, parse_policy
+from .taps import Tap
 
 Action = Literal["replace", "keep", "skip", "cannot"]
 
@@ -272,6 +273,11 @@ def prepare(model: nn.Module, *, example_input: torch.Tensor | None = None,
     try:
         work = trace(model, leaf_modules)
         graph_mode = True
+        # A student loaded from a file already carries taps (a rebuilt graph has lost feature_info and the
+        # module paths that place new ones): keep them, and their stage names.
+        old_stages = [t.stage for t in work.modules() if isinstance(t, Tap)]
+        if old_stages and stages is None:
+            stages = old_stages
     except TraceError as e:
         work = copy.deepcopy(model)
         graph_mode = False
@@ -279,7 +285,7 @@ def prepare(model: nn.Module, *, example_input: torch.Tensor | None = None,
     notes += getattr(work, "cheapconv_trace_notes", [])
     analysis = analyse(work, example_input, graph_mode)
     if stages is None:
-        stages = find_stages(model, example_input)
+        stages = getattr(model, "cheapconv_stages", None) or find_stages(model, example_input)
     totals = {"params_before": count_params(model), "paper_before": count_params(model, "paper"),
               "macs_before": count_macs(model, tuple(example_input.shape[:1]) + tuple(example_input.shape[1:]))}
     return analysis, list(stages), notes, totals

@@ -79,7 +79,10 @@ def cheapen(model: nn.Module, policy: str | Policy | BlockSpec, *, example_input
     for note in the_plan.notes:
         warnings.warn(note, stacklevel=2)
     student = apply_plan(analysis, the_plan)
-    if taps and isinstance(student, fx.GraphModule):
+    existing = [t.stage for t in student.modules() if isinstance(t, Tap)]
+    if existing:  # the model came with taps (e.g. loaded from a file): they are already in the graph
+        the_plan.stages = existing
+    elif taps and isinstance(student, fx.GraphModule):
         the_plan.stages = insert_taps(student, found_stages)
         for tap in student.modules():  # new modules start in training mode; follow the student's flag
             if isinstance(tap, (Tap, nn.ModuleDict)):

@@ -185,3 +185,18 @@ def test_recipe_kind_rebuilds_zoo_models(tmp_path):
     rebuilt = _rebuild_from_recipe(student.cheapconv_recipe)
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == \
         {k: v.shape for k, v in student.state_dict().items()}
+
+
+def test_a_loaded_student_can_be_cheapened_again_and_keeps_its_stages(tmp_path, wrn16):
+    path = tmp_path / "s.pt"
+    cheapconv.save(cheapconv.cheapen(wrn16, "G(4)"), path)
+    again = cheapconv.cheapen(cheapconv.load(path), "block3.*=B(2)")
+    assert again.cheapconv_plan.stages == ["block1", "block2", "block3"]
+    with cheapconv.record(again) as acts:
+        out = again(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10) and len(acts) == 3
+
+
+def test_grayscale_wrn_cheapens_at_its_own_input_size():
+    student = cheapconv.cheapen(cheapconv.create_model("wrn_16_2", in_chans=1), "G(4)")
+    assert student(torch.randn(1, 1, 32, 32)).shape == (1, 10)

@@ -61,6 +61,7 @@ class WideResNet(nn.Module):
         n = (depth - 4) // 6
         widths = [16, 16 * width, 32 * width, 64 * width]
         self.depth, self.width, self.num_classes = depth, width, num_classes
+        self.default_input_size = (in_chans, 32, 32)
         self.conv1 = nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False)
         for stage, stride in enumerate((1, 2, 2), start=1):
             blocks = [WideBasic(widths[stage - 1] if i == 0 else widths[stage], widths[stage],
