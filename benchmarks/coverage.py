@@ -156,7 +156,9 @@ def _same_state(model, snapshot) -> bool:
     import torch
 
     state = model.state_dict()
-    return state.keys() == snapshot.keys() and all(torch.equal(state[k], snapshot[k]) for k in snapshot)
+    if state.keys() != snapshot.keys() or any(state[k].is_meta for k in state):  # meta: left behind by a pass
+        return False
+    return all(torch.equal(state[k], snapshot[k]) for k in snapshot)
 
 
 def check_student(teacher, student, x, workdir: str | None = None) -> dict:
@@ -171,7 +173,7 @@ def check_student(teacher, student, x, workdir: str | None = None) -> dict:
     r["mode"] = plan.mode
     r["replaced"] = len(plan.replaced)
     r["cannot"] = len(plan.impossible)
-    r["cannot_reasons"] = sorted({re.sub(r"\d+", "N", e.reason) for e in plan.impossible})[:6]
+    r["cannot_reasons"] = sorted({_generic(e.reason) for e in plan.impossible})[:6]
     r["params_before"] = cheapconv.count_params(teacher)
     r["params_after"] = cheapconv.count_params(student)
     r["plan_agrees"] = plan.totals["params_after"] == r["params_after"]
@@ -212,6 +214,12 @@ def check_student(teacher, student, x, workdir: str | None = None) -> dict:
         r["load_ok"] = want.shape == got.shape and torch.allclose(want, got, rtol=1e-4, atol=1e-5)
         os.remove(path)
     return r
+
+
+def _generic(reason: str) -> str:
+    """A plan reason without its layer's numbers, so equal reasons across layers collapse to one."""
+    reason = re.sub(r"\d+×\d+×\d+", "C×H×W", reason)
+    return re.sub(r"(groups|C_in|C_out|M)=\d+", r"\1=n", reason)
 
 
 def measure(name: str, policies=POLICIES, size: int | None = None, save: bool = True) -> dict:
@@ -286,6 +294,8 @@ def _run_isolated(name: str, timeout: float, save: bool, policies=POLICIES) -> d
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        if proc.returncode < 0:
+            tail = f"killed by signal {-proc.returncode} (9: out of memory, usually; rerun it alone with -j 1)"
         return {"model": name, "error": f"worker exit {proc.returncode}: {tail[:300]}", "policies": {},
                 "time": round(time.perf_counter() - t0, 2)}
     return json.loads(lines[-1])
@@ -399,8 +409,9 @@ def summary(results: list[dict]) -> str:
     none = [r for r in results if "error" not in r and best_policy(r) is None]
     lines = []
     for r in none:
-        reasons = sorted({why for p in r["policies"].values() for why in p.get("cannot_reasons", [])})
-        lines.append(f"- {r['model']}: " + ("; ".join(reasons[:3]) or "no eligible conv"))
+        reasons = r["policies"].get(STEM_POLICY, {}).get("cannot_reasons") or \
+            sorted({why for p in r["policies"].values() for why in p.get("cannot_reasons", [])})
+        lines.append(f"- {r['model']} (under {STEM_POLICY}): " + ("; ".join(reasons) or "no eligible conv"))
     out.append("\n**No parameter reduction under any policy**\n\n" + ("\n".join(lines) if lines else "none"))
     storage, notes = {}, {}
     for r in results:

@@ -7,10 +7,18 @@ Tensors (weights, buffers, ``get_attr`` parameters) travel separately in the sta
 it (non-persistent buffers such as blur filters and position indices, constants captured by tracing) are
 written into the description as raw bytes of a declared dtype and shape.
 
-Decoding resolves functions only from an allow-list of modules (``torch``, ``torch.nn.functional``,
-``operator``, ``math``, and ``getattr``), and only objects defined there, so a crafted file cannot name
-``torch.load``, ``os.system`` or any other callable with side effects. Anything the encoder cannot describe
-this way raises :class:`NotDescribable`; the caller then falls back to another storage kind.
+Decoding trusts nothing in the description (see the README's "Security model"):
+
+* every name that torch.fx pastes into generated source (node names, placeholder, attribute and module
+  targets, keyword names) must be a plain identifier or a dotted path of identifiers;
+* functions, tensor methods and ``getattr`` attributes come from the closed vocabulary of pure tensor
+  computations in :mod:`cheapconv.graph_vocab`; module types from the allow-list below;
+* before anything real is allocated, the modules are built on the meta device and their size is checked
+  against a cap, and the graph is run on a meta input of its recorded size with every value checked
+  (:mod:`cheapconv.graph_limits`).
+
+Anything the encoder cannot describe this way raises :class:`NotDescribable`; the caller then falls back to
+another storage kind. The same checks run when saving, so whatever is saved as a graph loads again.
 """
 
 from __future__ import annotations
@@ -20,7 +28,6 @@ import builtins
 import importlib
 import inspect
 import math
-import operator
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,11 +36,13 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-FORMAT = 1
+from . import graph_limits
+from .graph_vocab import GETATTR_NAMES, METHODS, NotDescribable, check_dotted, check_identifier, function_name
+from .graph_vocab import resolve_function as _resolve_function
 
-
-class NotDescribable(ValueError):
-    """The module or graph uses something outside the allow-lists."""
+#: 2 records the input size the graph was checked at; 1 (wave 1) is read with the recipe's input size
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
 
 
 # --- modules ----------------------------------------------------------------------------------------------
@@ -45,7 +54,7 @@ _TORCH_TYPES = (
     nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.MaxPool1d, nn.MaxPool2d,
     nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten,
     nn.Unflatten, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.Upsample,
-    nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle, nn.MultiheadAttention,
+    nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle, nn.MultiheadAttention, nn.Unfold, nn.Fold,
 )
 
 
@@ -60,6 +69,13 @@ def _timm_norm_args(m: nn.Module) -> dict[str, Any]:  # timm's LayerNorm, LayerN
     if m.elementwise_affine:
         args["bias"] = m.bias is not None
     return args
+
+
+def _conv_args(m: nn.Module, first: str = "in_channels") -> dict[str, Any]:
+    """A conv's geometry; ``padding`` as a tuple, so timm's 'SAME' variants take it as is (their run-time
+    padding flag, ``same_pad``, is restored as an attribute)."""
+    return {first: m.in_channels, "out_channels": m.out_channels, "kernel_size": m.kernel_size, "stride": m.stride,
+            "padding": m.padding, "dilation": m.dilation, "groups": m.groups, "bias": m.bias is not None}
 
 
 def _bn_args(m: nn.Module) -> dict[str, Any]:
@@ -95,6 +111,11 @@ _EXTRA_TYPES: dict[str, _Recipe] = {
     "timm.models.vgg.ConvMlp": _Recipe(lambda m: dict(in_features=1, out_features=1, kernel_size=m.input_kernel_size),
                                        children=("fc1", "act1", "drop", "fc2", "act2")),
     "timm.layers.conv2d_same.Conv2dSame": _Recipe(),
+    "timm.layers.std_conv.StdConv2d": _Recipe(lambda m: _conv_args(m, "in_channel"), attrs=("eps",)),
+    "timm.layers.std_conv.StdConv2dSame": _Recipe(lambda m: _conv_args(m, "in_channel"), attrs=("eps", "same_pad")),
+    "timm.layers.std_conv.ScaledStdConv2d": _Recipe(_conv_args, attrs=("eps", "scale", "gain_init")),
+    "timm.layers.std_conv.ScaledStdConv2dSame": _Recipe(_conv_args, attrs=("eps", "scale", "gain_init", "same_pad")),
+    "timm.layers.norm_act.LayerNormAct2d": _Recipe(_timm_norm_args, children=("drop", "act"), attrs=("_fast_norm",)),
     "timm.layers.activations.Swish": _Recipe(),
     "timm.layers.activations.Mish": _Recipe(),
     "timm.layers.activations.Sigmoid": _Recipe(),
@@ -197,16 +218,35 @@ def describe_module(module: nn.Module) -> dict[str, Any]:
     return spec
 
 
-def build_module(spec: dict[str, Any]) -> nn.Module:
+def _plain_arg(value: Any, depth: int = 0) -> Any:
+    """A constructor argument from a file: JSON scalars and (nested, short) lists of them only."""
+    if isinstance(value, _JSON_SCALARS):
+        if isinstance(value, str) and len(value) > 200:
+            raise NotDescribable("a constructor argument string longer than 200 characters")
+        return value
+    if isinstance(value, list) and depth < 3 and len(value) <= 64:
+        return tuple(_plain_arg(v, depth + 1) for v in value)
+    raise NotDescribable(f"constructor argument of type {type(value).__name__} (or nested too deeply)")
+
+
+def build_module(spec: Any, depth: int = 0) -> nn.Module:
+    """Build one allow-listed module from its description (weights random: load them afterwards)."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("args", {}), dict) or depth > 4:
+        raise NotDescribable("malformed module description")
     cls, recipe = _resolve_type(spec.get("type"))
-    args = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["args"].items()}
-    module = cls(**args)
+    args = {check_identifier(k, "constructor argument"): _plain_arg(v) for k, v in spec.get("args", {}).items()}
     children = spec.get("children", {})
-    if set(children) - set(recipe.children) or set(spec.get("attrs", {})) - set(recipe.attrs):
+    attrs = spec.get("attrs", {})
+    if not isinstance(children, dict) or not isinstance(attrs, dict) or \
+            set(children) - set(recipe.children) or set(attrs) - set(recipe.attrs):
         raise NotDescribable(f"{spec['type']!r} takes no such children or attributes")
+    try:
+        module = cls(**args)
+    except (TypeError, ValueError, RuntimeError, AssertionError, OverflowError) as e:
+        raise NotDescribable(f"{spec['type']!r} cannot be built from its arguments ({e})") from None
     for name, child in children.items():
-        setattr(module, name, build_module(child))
-    for name, value in spec.get("attrs", {}).items():
+        setattr(module, name, build_module(child, depth + 1))
+    for name, value in attrs.items():
         if not isinstance(value, _JSON_SCALARS):
             raise NotDescribable(f"attribute {name!r} of {spec['type']!r} is not a plain value")
         setattr(module, name, value)
@@ -214,43 +254,30 @@ def build_module(spec: dict[str, Any]) -> nn.Module:
 
 
 # --- functions ----------------------------------------------------------------------------------------------
-_FUNCTION_MODULES = {"torch", "torch.nn.functional", "operator", "math", "torch._C._nn", "torch.functional",
-                     "torch._C._VariableFunctions", "torch._C._fft", "torch._C._linalg", "torch._C._special"}
-_OBJECT_MODULES = _FUNCTION_MODULES | {"torch._C", "_operator", None}
-_BUILTINS = {"getattr": builtins.getattr}
-
-
 def encode_function(fn: Any) -> str:
-    if fn is builtins.getattr:
-        return "builtins.getattr"
-    name = getattr(fn, "__name__", None)
-    for mod_name in ("operator", "math", "torch.nn.functional", "torch"):
-        mod = {"operator": operator, "math": math, "torch": torch,
-               "torch.nn.functional": torch.nn.functional}[mod_name]
-        if name and getattr(mod, name, None) is fn:
-            return f"{mod_name}.{name}"
-    qual = fx.node._get_qualified_name(fn)
-    resolve_function(qual)  # raises NotDescribable if it would not decode
-    return qual
+    """The allow-listed qualified name of ``fn`` (raises :class:`NotDescribable` for anything else)."""
+    name = function_name(fn)
+    if name is None:
+        raise NotDescribable(f"function {getattr(fn, '__module__', '?')}.{getattr(fn, '__name__', fn)} is "
+                             "outside the allow-list of pure tensor computations")
+    return name
 
 
-def resolve_function(qualified: str) -> Any:
-    mod_name, _, attr = qualified.rpartition(".")
-    if mod_name == "builtins":
-        if attr not in _BUILTINS:
-            raise NotDescribable(f"builtin {attr!r} is not allowed")
-        return _BUILTINS[attr]
-    if mod_name not in _FUNCTION_MODULES or attr.startswith("__"):
-        raise NotDescribable(f"function {qualified!r} is outside the allow-list")
-    obj = getattr(importlib.import_module(mod_name), attr, None)
-    if obj is None or not callable(obj) or isinstance(obj, type) or inspect.ismodule(obj):
-        raise NotDescribable(f"{qualified!r} is not an allowed function")
-    if getattr(obj, "__module__", None) not in _OBJECT_MODULES:
-        raise NotDescribable(f"{qualified!r} is defined in {obj.__module__!r}, outside the allow-list")
-    return obj
+def resolve_function(qualified: Any) -> Any:
+    """The allowed callable named ``qualified`` (see :mod:`cheapconv.graph_vocab`)."""
+    return _resolve_function(qualified)
 
 
 # --- arguments ----------------------------------------------------------------------------------------------
+_MAX_NODES = 100_000
+_MAX_ARG_DEPTH = 16
+_DTYPES = {str(d).removeprefix("torch."): d for d in (
+    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.complex64, torch.int64, torch.int32,
+    torch.int16, torch.int8, torch.uint8, torch.bool)}
+_MEMORY_FORMATS = {"contiguous_format": torch.contiguous_format, "channels_last": torch.channels_last,
+                   "preserve_format": torch.preserve_format}
+
+
 def _encode_arg(a: Any) -> Any:
     if isinstance(a, fx.Node):
         return {"node": a.name}
@@ -275,37 +302,106 @@ def _encode_arg(a: Any) -> Any:
     raise NotDescribable(f"graph argument of type {type(a).__name__}")
 
 
-def _decode_arg(a: Any, env: dict[str, fx.Node]) -> Any:
+def _decode_arg(a: Any, env: dict[str, fx.Node], depth: int = 0) -> Any:
+    """Decode one argument. Only data comes out: nodes defined earlier, scalars, containers of them, slices,
+    and dtypes / devices / memory formats by name; never a callable or an arbitrary object."""
+    if depth > _MAX_ARG_DEPTH:
+        raise NotDescribable("graph arguments nested too deeply")
     if isinstance(a, list):
-        return [_decode_arg(v, env) for v in a]
+        return [_decode_arg(v, env, depth + 1) for v in a]
+    if isinstance(a, str) and len(a) > 1000:
+        raise NotDescribable("a graph argument string longer than 1000 characters")
     if not isinstance(a, dict):
+        if not isinstance(a, _JSON_SCALARS):
+            raise NotDescribable(f"graph argument of type {type(a).__name__}")
         return a
+    if len(a) != 1:
+        raise NotDescribable("malformed graph argument")
     (kind, value), = a.items()
     if kind == "node":
+        if value not in env:
+            raise NotDescribable(f"argument names node {value!r}, which is not defined before it")
         return env[value]
-    if kind == "tuple":
-        return tuple(_decode_arg(v, env) for v in value)
-    if kind == "dict":
-        return {k: _decode_arg(v, env) for k, v in value}
-    if kind == "slice":
-        return slice(*(_decode_arg(v, env) for v in value))
-    if kind == "ellipsis":
+    if kind in ("tuple", "slice") and isinstance(value, list):
+        items = [_decode_arg(v, env, depth + 1) for v in value]
+        if kind == "tuple":
+            return tuple(items)
+        if len(items) == 3 and all(v is None or isinstance(v, int | fx.Node) for v in items):
+            return slice(*items)
+    if kind == "dict" and isinstance(value, list):
+        pairs = [(k, v) for k, v in (p if isinstance(p, list) and len(p) == 2 else (None, None) for p in value)]
+        return {check_identifier(k, "dictionary key"): _decode_arg(v, env, depth + 1) for k, v in pairs}
+    if kind == "ellipsis" and value is True:
         return Ellipsis
-    if kind == "float":
+    if kind == "float" and value in ("inf", "-inf", "nan"):
         return float(value)
-    if kind in ("dtype", "memory_format"):
-        obj = getattr(torch, value, None)
-        if not isinstance(obj, (torch.dtype, torch.memory_format)):
-            raise NotDescribable(f"unknown {kind} {value!r}")
-        return obj
-    if kind == "device":
-        return torch.device(value)
-    raise NotDescribable(f"unknown argument kind {kind!r}")
+    if kind == "dtype" and value in _DTYPES:
+        return _DTYPES[value]
+    if kind == "memory_format" and value in _MEMORY_FORMATS:
+        return _MEMORY_FORMATS[value]
+    if kind == "device" and isinstance(value, str) and len(value) < 20:
+        try:
+            return torch.device(value)
+        except RuntimeError:
+            pass
+    raise NotDescribable(f"malformed graph argument of kind {str(kind)[:40]!r}")
+
+
+def _node_refs(a: Any) -> bool:
+    if isinstance(a, fx.Node):
+        return True
+    if isinstance(a, tuple | list):
+        return any(_node_refs(v) for v in a)
+    if isinstance(a, dict):
+        return any(_node_refs(v) for v in a.values())
+    if isinstance(a, slice):
+        return any(_node_refs(v) for v in (a.start, a.stop, a.step))
+    return False
+
+
+def _check_node(op: str, target: Any, name: Any, args: Any, kwargs: Any, desc: dict[str, Any]) -> Any:
+    """Check one node of a description; return the target fx gets (a callable for call_function)."""
+    check_identifier(name, "node name")
+    if not isinstance(args, tuple) or not isinstance(kwargs, dict):
+        raise NotDescribable(f"node {name!r} has malformed arguments")
+    if op == "placeholder":
+        return check_identifier(target, "input name")
+    if op == "output":
+        if target != "output":
+            raise NotDescribable("the output node's target must be 'output'")
+        return target
+    if op == "get_attr":
+        if check_dotted(target, "attribute") not in desc["attrs"]:
+            raise NotDescribable(f"attribute {target!r} is not described")
+        return target
+    if op == "call_module":
+        if check_dotted(target, "module") not in desc["modules"]:
+            raise NotDescribable(f"module {target!r} is not described")
+        return target
+    # calls must read something the graph computed: a call on constants alone is never traced by fx
+    if not _node_refs(args) and not _node_refs(kwargs):
+        raise NotDescribable(f"node {name!r} computes on constants only")
+    if op == "call_method":
+        if not isinstance(target, str) or target not in METHODS:
+            raise NotDescribable(f"method {str(target)[:80]!r} is not an allowed tensor method")
+        return target
+    if op == "call_function":
+        fn = resolve_function(target)
+        if fn is builtins.getattr and (len(args) != 2 or kwargs or args[1] not in GETATTR_NAMES):
+            raise NotDescribable(f"getattr may read only {', '.join(sorted(GETATTR_NAMES))} (node {name!r})")
+        return fn
+    raise NotDescribable(f"unknown node op {str(op)[:40]!r}")
 
 
 # --- whole graphs -------------------------------------------------------------------------------------------
-def describe_graph_module(gm: fx.GraphModule) -> dict[str, Any]:
-    """JSON-able description of ``gm`` (raises :class:`NotDescribable`)."""
+def describe_graph_module(gm: fx.GraphModule, input_size: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """JSON-able description of ``gm`` (raises :class:`NotDescribable`).
+
+    ``input_size`` (C, H, W) is recorded and the description is checked exactly as :func:`build_graph_module`
+    will check it, so a description this returns always builds again.
+    """
+    if input_size is None:
+        raise NotDescribable("no input size to check the graph at")
     state = gm.state_dict(keep_vars=True)
     modules, attrs, nodes = {}, {}, []
     inlined = 0
@@ -331,47 +427,86 @@ def describe_graph_module(gm: fx.GraphModule) -> dict[str, Any]:
                     raise NotDescribable(f"tensors outside the state dict exceed {_MAX_INLINE_BYTES} bytes")
                 raw = value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
                 attrs[target]["data"] = base64.b64encode(raw).decode("ascii")
-        elif node.op == "call_method" and (not isinstance(target, str) or target.startswith("_")):
-            raise NotDescribable(f"method {target!r}")
         nodes.append({"name": node.name, "op": node.op, "target": target,
                       "args": _encode_arg(node.args), "kwargs": _encode_arg(node.kwargs)})
-    return {"format": FORMAT, "class_name": type(gm).__name__, "modules": modules, "attrs": attrs, "nodes": nodes}
+    desc = {"format": FORMAT, "class_name": type(gm).__name__, "input_size": [int(d) for d in input_size],
+            "modules": modules, "attrs": attrs, "nodes": nodes}
+    state_bytes = graph_limits.tensor_bytes(t for t in state.values())
+    _check_description(desc, max_bytes=max_bytes_for(state_bytes), input_size=None)
+    return desc
 
 
-def build_graph_module(desc: dict[str, Any]) -> fx.GraphModule:
-    """Rebuild a GraphModule (random weights: load the state dict afterwards)."""
-    if desc.get("format") != FORMAT:
-        raise NotDescribable(f"graph description format {desc.get('format')!r} (this cheapconv reads {FORMAT})")
-    root: dict[str, Any] = {name: build_module(spec) for name, spec in desc["modules"].items()}
-    inline = []
+def max_bytes_for(state_bytes: int) -> int:
+    """What a description may allocate: the weights it brings plus room for non-persistent buffers."""
+    return state_bytes + _MAX_INLINE_BYTES + 64 * 2**20
+
+
+def _check_description(desc: Any, *, max_bytes: int, input_size: tuple[int, ...] | None) -> tuple[int, ...]:
+    """Every check of :func:`build_graph_module`, on the meta device; returns the input size checked at."""
+    if not isinstance(desc, dict) or desc.get("format") not in READABLE_FORMATS:
+        got = desc.get("format") if isinstance(desc, dict) else None
+        raise NotDescribable(f"graph description format {str(got)[:20]!r} (this cheapconv reads "
+                             f"{', '.join(map(str, READABLE_FORMATS))})")
+    if not all(isinstance(desc.get(k), t) for k, t in (("modules", dict), ("attrs", dict), ("nodes", list))):
+        raise NotDescribable("malformed graph description")
+    input_size = _input_size(desc.get("input_size", input_size))
+    with torch.device("meta"):
+        meta = _build(desc, max_bytes=max_bytes)
+    graph_limits.dry_run(meta, input_size)
+    return input_size
+
+
+def _input_size(size: Any) -> tuple[int, ...]:
+    if not isinstance(size, list | tuple) or not 1 <= len(size) <= 4 or \
+            not all(isinstance(d, int) and 0 < d <= 8192 for d in size) or math.prod(size) > 2**26:
+        raise NotDescribable(f"no usable input size recorded ({str(size)[:40]}); expected C, H, W")
+    return tuple(size)
+
+
+def _build(desc: dict[str, Any], *, max_bytes: int | None) -> fx.GraphModule:
+    if len(desc["nodes"]) > _MAX_NODES or len(desc["modules"]) > _MAX_NODES or len(desc["attrs"]) > _MAX_NODES:
+        raise NotDescribable(f"more than {_MAX_NODES} nodes, modules or attributes")
+    root: dict[str, Any] = {check_dotted(name, "module"): build_module(spec) for name, spec in desc["modules"].items()}
+    inline, attrs = [], {}
     for name, a in desc["attrs"].items():
-        dtype = getattr(torch, a["dtype"], None)
-        if not isinstance(dtype, torch.dtype):
-            raise NotDescribable(f"unknown dtype {a['dtype']!r}")
+        check_dotted(name, "attribute")
+        if not isinstance(a, dict) or a.get("dtype") not in _DTYPES:
+            raise NotDescribable(f"attribute {name!r} has an unknown dtype")
+        shape, dtype = _shape(a.get("shape")), _DTYPES[a["dtype"]]
         if "data" in a:
-            t = _decode_tensor(a["data"], a["shape"], dtype)
+            t = _decode_tensor(a["data"], shape, dtype)
             inline.append(name)
         else:
-            t = torch.zeros(a["shape"], dtype=dtype)
-        root[name] = nn.Parameter(t, requires_grad=a["requires_grad"]) if a["parameter"] else t
+            t = torch.zeros(shape, dtype=dtype) if max_bytes is None else torch.empty(shape, dtype=dtype)
+        attrs[name] = nn.Parameter(t, requires_grad=bool(a.get("requires_grad"))) if a.get("parameter") else t
+    if max_bytes is not None:
+        graph_limits.check_module_sizes(root, attrs, max_bytes)
+    root.update(attrs)
     graph = fx.Graph()
     env: dict[str, fx.Node] = {}
+    placeholders = 0
     for n in desc["nodes"]:
-        op, target = n["op"], n["target"]
-        if op not in ("placeholder", "get_attr", "call_function", "call_method", "call_module", "output"):
-            raise NotDescribable(f"unknown node op {op!r}")
-        if op == "call_function":
-            target = resolve_function(target)
-        if op == "call_method" and (not isinstance(target, str) or target.startswith("_")
-                                    or not hasattr(torch.Tensor, target)):
-            raise NotDescribable(f"method {target!r} is not a tensor method")
-        args = _decode_arg(n["args"], env)
-        kwargs = _decode_arg(n["kwargs"], env)
-        node = graph.create_node(op, target, tuple(args) if isinstance(args, list) else args, kwargs,
-                                 name=n["name"])
-        env[n["name"]] = node
-    graph.lint()
-    class_name = "".join(ch for ch in str(desc.get("class_name", "Student")) if ch.isalnum() or ch == "_")
+        if not isinstance(n, dict):
+            raise NotDescribable("malformed graph node")
+        op, name = n.get("op"), n.get("name")
+        args, kwargs = _decode_arg(n.get("args"), env), _decode_arg(n.get("kwargs"), env)
+        args = tuple(args) if isinstance(args, list) else args
+        target = _check_node(op, n.get("target"), name, args, kwargs, desc)
+        placeholders += op == "placeholder"
+        if name in env:
+            raise NotDescribable(f"node name {name!r} is used twice")
+        node = graph.create_node(op, target, args, kwargs, name=name)
+        if node.name != name:  # fx renamed it (a clash with a reserved name): the description is not ours
+            raise NotDescribable(f"node name {name!r} is reserved")
+        env[name] = node
+    if placeholders != 1:
+        raise NotDescribable(f"the graph takes {placeholders} inputs; cheapconv stores models of one input")
+    try:
+        graph.lint()
+    except RuntimeError as e:
+        raise NotDescribable(f"inconsistent graph ({str(e)[:200]})") from None
+    class_name = str(desc.get("class_name", "Student"))[:100]
+    class_name = "".join(ch for ch in class_name if ch.isalnum() or ch == "_").lstrip("0123456789_")
     gm = fx.GraphModule(root, graph, class_name or "Student")
     for name in inline:  # values travel in the description, not the state dict: keep them out of it
         parent_name, _, leaf = name.rpartition(".")
@@ -380,9 +515,39 @@ def build_graph_module(desc: dict[str, Any]) -> fx.GraphModule:
     return gm
 
 
+def build_graph_module(desc: Any, *, max_bytes: int | None = None,
+                       input_size: tuple[int, ...] | None = None) -> fx.GraphModule:
+    """Rebuild a GraphModule from a description (random weights: load the state dict afterwards).
+
+    Everything is checked first on the meta device, where nothing is allocated: the vocabulary, the size of
+    the modules against ``max_bytes`` (default: what the description itself brings plus 80 MiB; :func:`load`
+    passes the size of the file's weights), and a checked dry run at the recorded input size (``input_size``
+    is used for wave-1 descriptions that did not record one). Raises :class:`NotDescribable`.
+    """
+    if max_bytes is None:
+        max_bytes = max_bytes_for(0)
+    try:
+        _check_description(desc, max_bytes=max_bytes, input_size=input_size)
+        return _build(desc, max_bytes=None)
+    except NotDescribable:
+        raise
+    except RecursionError:
+        raise NotDescribable("the description is nested too deeply") from None
+    except Exception as e:  # noqa: BLE001 - a crafted graph can make torch raise anything while checked
+        raise NotDescribable(f"the graph does not run on meta tensors at its input size "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+
+
 #: tensors outside the state dict (non-persistent buffers, traced constants) are written into the
 #: description itself, up to this many bytes in all
 _MAX_INLINE_BYTES = 16 * 2**20
+
+
+def _shape(shape: Any) -> tuple[int, ...]:
+    if not isinstance(shape, list) or len(shape) > 8 or \
+            not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in shape):
+        raise NotDescribable(f"malformed tensor shape {str(shape)[:60]}")
+    return tuple(shape)
 
 
 def _tensor_attr(gm: nn.Module, target: str) -> torch.Tensor | None:
@@ -392,12 +557,14 @@ def _tensor_attr(gm: nn.Module, target: str) -> torch.Tensor | None:
     return obj if isinstance(obj, torch.Tensor) and not isinstance(obj, nn.Parameter) else None
 
 
-def _decode_tensor(data: Any, shape: Any, dtype: torch.dtype) -> torch.Tensor:
+def _decode_tensor(data: Any, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    if not isinstance(data, str) or len(data) > 2 * _MAX_INLINE_BYTES:
+        raise NotDescribable("malformed inline tensor")
     try:
         raw = base64.b64decode(data, validate=True)
-        count = math.prod(int(d) for d in shape)
-    except (ValueError, TypeError) as e:
+    except ValueError as e:
         raise NotDescribable(f"malformed inline tensor ({e})") from None
-    if count * torch.empty((), dtype=dtype).element_size() != len(raw):
+    count = math.prod(shape)
+    if count * torch.empty((), dtype=dtype, device="cpu").element_size() != len(raw):
         raise NotDescribable("inline tensor data does not match its shape and dtype")
-    return torch.frombuffer(bytearray(raw), dtype=dtype).reshape(tuple(int(d) for d in shape)).clone()
+    return torch.frombuffer(bytearray(raw), dtype=dtype).reshape(shape).clone()

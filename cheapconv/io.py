@@ -21,11 +21,15 @@ never leaves a half-written file behind.
 from __future__ import annotations
 
 import datetime as _dt
+import errno as _errno
 import io as _io
 import json
 import os
 import pickle
-import tempfile
+import re
+import secrets
+import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,7 +38,7 @@ import torch
 from torch import fx, nn
 
 from . import graph_codec
-from .errors import FileFormatError, UntrustedFileError, UsageError
+from .errors import CheapconvError, FileFormatError, UntrustedFileError, UsageError
 
 FORMAT = "cheapconv"
 FORMAT_VERSION = 1
@@ -54,6 +58,17 @@ def versions() -> dict[str, str]:
     return out
 
 
+class DiskFullError(CheapconvError):
+    """A write failed because its file system is full (or the quota is used up); nothing was left behind."""
+
+
+_DISK_FULL_ERRNOS = {_errno.ENOSPC} | ({_errno.EDQUOT} if hasattr(_errno, "EDQUOT") else set())
+#: messages of writers (torch's C++ stream writer among them) that fail on a full disk without an errno
+_WRITE_FAILURE_MARKERS = ("unexpected pos", "file write failed", "PytorchStreamWriter failed")
+_STALE_AFTER_S = 60.0          # a temporary of a dead writer untouched this long is removed by the next write
+_LEGACY_STALE_AFTER_S = 3600.0  # temporaries of older versions carry no PID: only age tells they are stale
+
+
 def check_writable(path: str | Path) -> Path:
     """Fail early (before any work) when ``path`` cannot be written: missing folder, or a folder itself."""
     path = Path(path)
@@ -61,6 +76,8 @@ def check_writable(path: str | Path) -> Path:
         raise UsageError(f"The output path {str(path)!r} is a directory; give a file name such as "
                          f"{str(path / 'student.pt')!r}.")
     parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise UsageError(f"The output folder {str(parent)!r} is a file, not a folder. Choose another path.")
     if not parent.is_dir():
         raise UsageError(f"The output folder {str(parent)!r} does not exist. Create it first "
                          f"(mkdir -p {parent}) or choose another path.")
@@ -76,35 +93,208 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
+def _free_bytes(directory: str | Path) -> int | None:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _disk_full_message(path: Path, need: int | None = None) -> str:
+    directory = path.parent if str(path.parent) else Path(".")
+    free = _free_bytes(directory)
+    detail = []
+    if need is not None:
+        detail.append(f"writing {path.name!r} needs about {_size(need)}")
+    if free is not None:
+        detail.append(f"{_size(free)} free")
+    return (f"No space left on {str(directory)!r}" + (f" ({'; '.join(detail)})" if detail else "")
+            + f": the file system is full or your disk quota is used up. Nothing was written to {str(path)!r}. "
+            "Free some space there, or write the output to another disk.")
+
+
+def is_disk_full(exc: BaseException, directory: str | Path | None = None) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) says the disk or the quota is full.
+
+    torch's C++ writer reports a full disk as a RuntimeError ("unexpected pos ...") without an errno; such a
+    write failure counts as a full disk when ``directory`` has (almost) no free space left."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    markers = False
+    while e is not None and id(e) not in seen and len(seen) < 32:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _DISK_FULL_ERRNOS:
+            return True
+        text = str(e)
+        if "No space left on device" in text or "Disk quota exceeded" in text:
+            return True
+        markers = markers or any(m in text for m in _WRITE_FAILURE_MARKERS)
+        e = e.__cause__ or e.__context__
+    if markers and directory is not None:
+        free = _free_bytes(directory)
+        return free is not None and free < 16 * 2**20
+    return False
+
+
+def ensure_free_space(path: str | Path, need: int) -> None:
+    """Raise :class:`DiskFullError` before writing when ``path``'s disk has less than ``need`` bytes (plus a
+    margin) free: for writers that abort the process (a C++ abort) instead of raising on a full disk."""
+    path = Path(path)
+    free = _free_bytes(path.parent if str(path.parent) else Path("."))
+    if free is not None and free < need + 2**20:
+        raise DiskFullError(_disk_full_message(path, need))
+
+
+def _tmp_stem(path: Path) -> str:
+    """``.NAME.``: the start of every temporary of ``path`` (long names shortened to stay under NAME_MAX)."""
+    name = path.name
+    if len(name.encode()) > 160:
+        import hashlib
+
+        name = name[:40] + "~" + hashlib.sha1(name.encode()).hexdigest()[:12]
+    return f".{name}."
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    if os.name != "posix" or pid <= 0:
+        return True  # cannot tell: treat as alive (only age then removes it)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete leftovers of interrupted writes of ``path`` (a kill during :func:`atomic_write`).
+
+    Only files of :func:`atomic_write`'s own naming for this target are touched: ``.NAME.PID.XXXXXXXX.tmp[.EXT]``
+    whose writer PID is no longer running and which were not modified for a minute (a concurrent writer's
+    temporary is never removed), and the PID-less ``.NAME.XXXXXXXX.tmp[.EXT]`` of older versions once an hour
+    old. Returns the removed paths; failures to remove are ignored."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    stem = re.escape(_tmp_stem(path))
+    ext = r"(?:\.[A-Za-z0-9_]{1,16})?"
+    current = re.compile(stem + r"(\d{1,10})\.[0-9a-f]{8}\.tmp" + ext + r"\Z")
+    legacy = re.compile(stem + r"[A-Za-z0-9_]{8}\.tmp" + ext + r"\Z")
+    removed = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith("."):
+            continue
+        m = current.match(entry.name)
+        if m is None and legacy.match(entry.name) is None:
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        stale = (age > _STALE_AFTER_S and not _pid_alive(int(m.group(1)))) if m else age > _LEGACY_STALE_AFTER_S
+        if stale:
+            try:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except OSError:
+                pass
+    return removed
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None], *, suffix: str = "") -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
 
     If ``write`` raises, the temporary file is deleted and ``path`` is untouched, so an output file is either
-    complete or absent. The file gets the permissions of a normally created file (umask applied).
+    complete or absent. The file gets the permissions of a normally created file (umask applied). A full disk
+    or quota (ENOSPC, EDQUOT) raises :class:`DiskFullError`. The temporary is ``.NAME.PID.XXXXXXXX.tmp`` plus
+    ``suffix``; leftovers of killed writers are removed first (:func:`remove_stale_temporaries`).
     """
     path = check_writable(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
-    os.close(fd)
+    directory = path.parent if str(path.parent) else Path(".")
+    remove_stale_temporaries(path)
+    tmp = directory / f"{_tmp_stem(path)}{os.getpid()}.{secrets.token_hex(4)}.tmp{suffix}"
     try:
-        write(tmp)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as e:
+            if e.errno in _DISK_FULL_ERRNOS:
+                raise
+            raise UsageError(f"Cannot create a file in {str(directory)!r} ({e.strerror or e}). Choose an output "
+                             "folder you can write to.") from None
+        os.close(fd)
+        write(str(tmp))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
+    except Exception as e:
+        if isinstance(e, DiskFullError):
+            raise
+        if is_disk_full(e, directory):
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            raise DiskFullError(_disk_full_message(path)) from e
+        raise
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
     return path
 
 
+def _tensor_bytes(obj: Any, seen: set[int] | None = None, depth: int = 0) -> int:
+    """Bytes of the tensors in nested dicts/lists/tuples (shared storages counted once)."""
+    seen = set() if seen is None else seen
+    if depth > 50:
+        return 0
+    if isinstance(obj, torch.Tensor):
+        try:
+            storage = obj.untyped_storage()
+            key = storage.data_ptr()
+            if key in seen and key != 0:
+                return 0
+            seen.add(key)
+            return storage.nbytes()
+        except Exception:  # noqa: BLE001 - sparse, meta...: an estimate only
+            return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v, seen, depth + 1) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v, seen, depth + 1) for v in obj)
+    return 0
+
+
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` through :func:`atomic_write`."""
+    """``torch.save`` through :func:`atomic_write` (refused up front when the tensors cannot fit the disk)."""
+    ensure_free_space(check_writable(path), _tensor_bytes(obj))
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _architecture(model: nn.Module, recipe: dict) -> tuple[str, str | None, torch.Tensor | None]:
     if isinstance(model, fx.GraphModule):
         try:
-            return "graph", json.dumps(graph_codec.describe_graph_module(model)), None
+            desc = graph_codec.describe_graph_module(model, input_size=_input_size_for(model, recipe))
+            return "graph", json.dumps(desc), None
         except graph_codec.NotDescribable as e:
             recipe.setdefault("notes", []).append(f"graph not stored as data: {e}")
     source = recipe.get("source")
@@ -115,24 +305,24 @@ def _architecture(model: nn.Module, recipe: dict) -> tuple[str, str | None, torc
     return "pickle", None, torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
 
 
-def _rebuild_from_recipe(recipe: dict) -> nn.Module:
-    from .models.zoo import create_model
-    from .rewrite import cheapen
+def _input_size_for(model: nn.Module, recipe: dict) -> tuple[int, ...] | None:
+    """The input size a stored graph is checked at: the recipe's, else the model's own native size."""
+    if recipe.get("input_size"):
+        return tuple(recipe["input_size"])
+    from .models.zoo import default_input_size
 
-    base = create_model(recipe["source"], **recipe.get("source_kwargs", {}))
-    if not recipe.get("policy"):
-        return base
-    return cheapen(base, recipe["policy"], input_size=tuple(recipe["input_size"]),
-                   leaf_modules=recipe.get("leaf_modules", ()))
+    return default_input_size(model)
 
 
 def _rebuilds_from_recipe(model: nn.Module, recipe: dict) -> bool:
+    """Whether :func:`load` will rebuild exactly this model from ``recipe`` (the same checks as loading)."""
+    from .rebuild import rebuild_from_recipe
+
     try:
-        rebuilt = _rebuild_from_recipe(recipe)
+        rebuild_from_recipe(recipe, expected=model.state_dict())
     except Exception:  # noqa: BLE001 - any failure just means this storage kind is not usable
         return False
-    want = {k: v.shape for k, v in model.state_dict().items()}
-    return {k: v.shape for k, v in rebuilt.state_dict().items()} == want
+    return True
 
 
 def save(model: nn.Module, path: str | Path, *, recipe: dict | None = None, extra: dict | None = None) -> str:
@@ -163,9 +353,17 @@ def save(model: nn.Module, path: str | Path, *, recipe: dict | None = None, extr
 
 def _read(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{str(path)!r} is a directory, not a model file. Give the path of a file written by "
+                         "cheapconv (for example student.pt inside it).")
     if not path.is_file():
         raise UsageError(f"The file {str(path)!r} does not exist. Check the path.")
-    if not _looks_like_torch_file(path):
+    try:
+        torch_like = _looks_like_torch_file(path)
+    except OSError as e:
+        raise UsageError(f"Cannot read {str(path)!r}: {e.strerror or e}. Check the path and its "
+                         "permissions.") from None
+    if not torch_like:
         raise FileFormatError(f"Cannot read {str(path)!r}: it is not a torch or cheapconv file (neither a torch zip "
                               "archive nor a legacy torch pickle). Check the path.")
     try:
@@ -186,10 +384,90 @@ def _read(path: str | Path) -> dict:
         raise FileFormatError(f"{str(path)!r} is a torch file but not a cheapconv model file (a plain state dict "
                               "or checkpoint?). Load plain weights with create_model(NAME, pretrained=PATH) / "
                               "--teacher-weights PATH.")
-    if payload.get("format_version", 0) > FORMAT_VERSION:
+    version = payload.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise FileFormatError(f"{str(path)!r} is a malformed cheapconv file: its format_version is "
+                              f"{type(version).__name__}, not a number. The file is damaged or was not written by "
+                              "cheapconv; re-save the model with cheapconv.save.")
+    if version > FORMAT_VERSION:
         raise FileFormatError(f"{str(path)!r} was written by a newer cheapconv (format version "
                               f"{payload['format_version']}); upgrade cheapconv to read it.")
+    _check_payload(payload, path)
     return payload
+
+
+def _malformed(path: Path, what: str) -> FileFormatError:
+    return FileFormatError(f"{str(path)!r} is a malformed cheapconv file: {what}. The file is damaged or was not "
+                           "written by cheapconv; re-save the model with cheapconv.save(model, path).")
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+#: recipe fields the loaders read, with the types they must have (None is allowed for each)
+_RECIPE_TYPES: dict[str, tuple[type, ...]] = {
+    "source": (str,), "source_kwargs": (dict,), "model": (str,), "policy": (str,), "storage": (str,),
+    "input_size": (list,), "leaf_modules": (list,), "plan": (dict,), "notes": (list,), "versions": (dict,),
+    "saved_at": (str,),
+}
+
+
+def _check_payload(payload: dict, path: Path) -> dict:
+    """Check every field the loaders read has the structure they expect; returns the decoded recipe.
+
+    Anything else (a missing key, a wrong type, JSON that is not an object) is a :class:`FileFormatError`,
+    so a damaged or crafted file never reaches the loaders as a KeyError or TypeError."""
+    recipe_json = payload.get("recipe_json")
+    if not isinstance(recipe_json, str):
+        raise _malformed(path, "its recipe is missing" if recipe_json is None else
+                         f"its recipe is a {type(recipe_json).__name__}, not JSON text")
+    try:
+        recipe = json.loads(recipe_json)
+    except (ValueError, RecursionError) as e:
+        raise _malformed(path, f"its recipe is not valid JSON ({str(e).splitlines()[0][:120]})") from None
+    if not isinstance(recipe, dict):
+        raise _malformed(path, f"its recipe is a JSON {type(recipe).__name__}, not an object")
+    for key, types in _RECIPE_TYPES.items():
+        value = recipe.get(key)
+        if value is not None and not isinstance(value, types):
+            raise _malformed(path, f"the recipe field {key!r} is a {type(value).__name__}, not a "
+                             f"{' or '.join(t.__name__ for t in types)}")
+    size = recipe.get("input_size")
+    if size is not None and (len(size) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                          for v in size)):
+        raise _malformed(path, "the recipe field 'input_size' is not three positive integers (C, H, W)")
+    for key in ("leaf_modules", "notes"):
+        if recipe.get(key) is not None and not _is_str_list(recipe[key]):
+            raise _malformed(path, f"the recipe field {key!r} is not a list of strings")
+    if recipe.get("source_kwargs") is not None and not all(isinstance(k, str) for k in recipe["source_kwargs"]):
+        raise _malformed(path, "the recipe field 'source_kwargs' has keys that are not strings")
+    stages = (recipe.get("plan") or {}).get("stages")
+    if stages is not None and not _is_str_list(stages):
+        raise _malformed(path, "the plan's 'stages' is not a list of strings")
+    storage = recipe.get("storage")
+    if storage == "recipe" and not isinstance(recipe.get("source"), str):
+        raise _malformed(path, "it is stored as a recipe but names no source model")
+    if storage == "recipe" and recipe.get("policy") and size is None:
+        raise _malformed(path, "it is stored as a recipe with a policy but without an input_size")
+    architecture = payload.get("architecture")
+    if architecture is not None and not isinstance(architecture, str):
+        raise _malformed(path, f"its architecture is a {type(architecture).__name__}, not JSON text")
+    if storage == "graph" and architecture is None:
+        raise _malformed(path, "it is stored as a graph but holds no architecture")
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise _malformed(path, "its weights (state_dict) are missing" if state is None else
+                         f"its weights (state_dict) are a {type(state).__name__}, not a dict")
+    bad = next((k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise _malformed(path, f"its state_dict entry {str(bad)[:80]!r} is not a named tensor")
+    pickled = payload.get("pickled_module")
+    if pickled is not None and not (isinstance(pickled, torch.Tensor) and pickled.dtype == torch.uint8):
+        raise _malformed(path, "its pickled_module is not a byte tensor")
+    if storage == "pickle" and pickled is None:
+        raise _malformed(path, "it is stored as a pickle but holds no pickled module")
+    return recipe
 
 
 def _looks_like_torch_file(path: Path) -> bool:
@@ -203,7 +481,7 @@ def _looks_like_torch_file(path: Path) -> bool:
 
 def read_recipe(path: str | Path) -> dict:
     """The recipe stored in a cheapconv file, without building the model."""
-    return json.loads(_read(path)["recipe_json"])
+    return _check_payload(_read(path), Path(path))
 
 
 def load(path: str | Path, *, trust: bool = False, map_location: str | torch.device = "cpu") -> nn.Module:
@@ -225,13 +503,20 @@ def load(path: str | Path, *, trust: bool = False, map_location: str | torch.dev
         return model.eval()
     recipe = json.loads(payload["recipe_json"])
     kind = recipe.get("storage")
+    state = payload["state_dict"]
     if kind == "graph":
+        # a file cannot make us allocate much more than the weights it brings (graph_codec checks on meta)
+        cap = graph_codec.max_bytes_for(sum(t.numel() * t.element_size() for t in state.values()))
         try:
-            model = graph_codec.build_graph_module(json.loads(payload["architecture"]))
-        except graph_codec.NotDescribable as e:
-            raise FileFormatError(f"{str(path)!r} describes a graph this cheapconv refuses to build ({e}).") from None
+            desc = json.loads(payload["architecture"])
+            model = graph_codec.build_graph_module(desc, max_bytes=cap, input_size=recipe.get("input_size"))
+        except (graph_codec.NotDescribable, ValueError, RecursionError) as e:
+            raise FileFormatError(f"{str(path)!r} describes a graph this cheapconv refuses to build "
+                                  f"({str(e)[:300]}).") from None
     elif kind == "recipe":
-        model = _rebuild_from_recipe(recipe)
+        from .rebuild import rebuild_from_recipe
+
+        model = rebuild_from_recipe(recipe, expected=state)
     elif kind == "pickle":
         if not trust:
             raise UntrustedFileError(
@@ -243,7 +528,7 @@ def load(path: str | Path, *, trust: bool = False, map_location: str | torch.dev
     else:
         raise FileFormatError(f"{str(path)!r} has an unknown storage kind {kind!r}.")
     try:
-        model.load_state_dict(payload["state_dict"])
+        model.load_state_dict(state)
     except RuntimeError as e:
         raise FileFormatError(f"The weights in {str(path)!r} do not fit its architecture: "
                               f"{str(e).splitlines()[0]}") from None

@@ -183,9 +183,9 @@ def _rebuild_teacher(student: nn.Module) -> nn.Module | None:
     recipe = getattr(student, "cheapconv_recipe", None) or {}
     if not recipe.get("source"):
         return None
-    from .models.zoo import create_model
+    from .rebuild import teacher_from_recipe
 
-    return create_model(recipe["source"], **recipe.get("source_kwargs", {}))
+    return teacher_from_recipe(recipe)
 
 
 def block_timings(student: nn.Module, teacher: nn.Module | None = None, *,

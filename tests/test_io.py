@@ -178,11 +178,11 @@ def test_save_into_a_missing_folder_fails_before_work(tmp_path, wrn16):
 
 def test_recipe_kind_rebuilds_zoo_models(tmp_path):
     pytest.importorskip("timm")
-    from cheapconv.io import _rebuild_from_recipe
+    from cheapconv.rebuild import rebuild_from_recipe
 
     teacher = cheapconv.create_model("timm:resnet18", num_classes=7)
     student = cheapconv.cheapen(teacher, "G(4)", input_size=(3, 64, 64))
-    rebuilt = _rebuild_from_recipe(student.cheapconv_recipe)
+    rebuilt = rebuild_from_recipe(student.cheapconv_recipe, expected=student.state_dict())
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == \
         {k: v.shape for k, v in student.state_dict().items()}
 

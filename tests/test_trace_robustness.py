@@ -142,6 +142,21 @@ def test_extra_codec_types_round_trip():
         assert repr(graph_codec.build_module(spec)) == repr(module)
 
 
+def test_timm_layers_rebuild_exactly_from_data():
+    """Attributes that timm computes at construction (the scaled conv's ``scale``, the run-time padding
+    flag of 'SAME' convs) travel with the description, so the rebuilt layer computes the same thing."""
+    timm_layers = pytest.importorskip("timm.layers")
+    from timm.layers.norm_act import BatchNormAct2d
+
+    x = torch.randn(1, 8, 9, 9)
+    for module in (timm_layers.ScaledStdConv2dSame(8, 16, 3, stride=2, gamma=1.7),
+                   timm_layers.StdConv2d(8, 16, 3), timm_layers.LayerNorm2d(8),
+                   BatchNormAct2d(8, act_layer=nn.SiLU).eval()):
+        rebuilt = graph_codec.build_module(graph_codec.describe_module(module)).eval()
+        rebuilt.load_state_dict(module.state_dict())
+        assert torch.equal(rebuilt(x), module(x)), type(module).__name__
+
+
 def test_codec_refuses_look_alike_classes():
     class BatchNormAct2d(nn.BatchNorm2d):
         pass
