@@ -218,11 +218,18 @@ def describe_module(module: nn.Module) -> dict[str, Any]:
     return spec
 
 
+#: constructor arguments that set a count of Python-level repetitions (loops in a constructor or forward),
+#: bounded far above any real model so that a crafted file cannot make them spin
+_ARGUMENT_BOUNDS = {"factors": 256, "num_heads": 4096, "groups": 2**20}
+
+
 def _plain_arg(value: Any, depth: int = 0) -> Any:
     """A constructor argument from a file: JSON scalars and (nested, short) lists of them only."""
     if isinstance(value, _JSON_SCALARS):
         if isinstance(value, str) and len(value) > 200:
             raise NotDescribable("a constructor argument string longer than 200 characters")
+        if isinstance(value, int) and abs(value) > 2**40:
+            raise NotDescribable("a constructor argument above 2**40")
         return value
     if isinstance(value, list) and depth < 3 and len(value) <= 64:
         return tuple(_plain_arg(v, depth + 1) for v in value)
@@ -235,6 +242,9 @@ def build_module(spec: Any, depth: int = 0) -> nn.Module:
         raise NotDescribable("malformed module description")
     cls, recipe = _resolve_type(spec.get("type"))
     args = {check_identifier(k, "constructor argument"): _plain_arg(v) for k, v in spec.get("args", {}).items()}
+    for key, bound in _ARGUMENT_BOUNDS.items():
+        if isinstance(args.get(key), int) and args[key] > bound:
+            raise NotDescribable(f"{key}={args[key]} in {spec['type']!r} (at most {bound})")
     children = spec.get("children", {})
     attrs = spec.get("attrs", {})
     if not isinstance(children, dict) or not isinstance(attrs, dict) or \

@@ -18,6 +18,7 @@ file alone can make cheapconv do.
 from __future__ import annotations
 
 import operator
+import time
 from typing import Any
 
 import torch
@@ -25,9 +26,11 @@ from torch import fx, nn
 
 from .graph_vocab import NUMERIC_OPERATORS, NotDescribable
 
-__all__ = ["MAX_TENSOR_ELEMENTS", "MAX_TOTAL_ELEMENTS", "LimitError", "check_module_sizes", "dry_run",
-           "tensor_bytes"]
+__all__ = ["MAX_CHECK_SECONDS", "MAX_TENSOR_ELEMENTS", "MAX_TOTAL_ELEMENTS", "LimitError", "check_module_sizes",
+           "dry_run", "tensor_bytes"]
 
+#: a real model's graph is checked in well under a second; a crafted one is stopped here
+MAX_CHECK_SECONDS = 30
 #: the largest tensor a graph may produce at its recorded input size (batch 2)
 MAX_TENSOR_ELEMENTS = 2**30
 #: all tensors a graph produces at its recorded input size, together
@@ -102,12 +105,15 @@ class _CheckedInterpreter(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule):
         super().__init__(gm, garbage_collect_values=True)
         self.totals = [0]
+        self.deadline = time.monotonic() + MAX_CHECK_SECONDS
 
     def call_function(self, target, args, kwargs):
         _check_operands(target, args, kwargs)
         return super().call_function(target, args, kwargs)
 
     def run_node(self, n: fx.Node) -> Any:
+        if time.monotonic() > self.deadline:
+            raise LimitError(f"checking the graph took more than {MAX_CHECK_SECONDS} s on shapes alone")
         value = super().run_node(n)
         _check_value(value, self.totals)
         return value

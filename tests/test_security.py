@@ -195,6 +195,18 @@ def _huge_conv(arch, recipe):
     arch["modules"][name]["args"].update(in_channels=100_000, out_channels=100_000)
 
 
+def _acdc_factor_loop(arch, recipe):
+    arch["modules"]["spin"] = {"type": "cheapconv.ACDCPointwise",
+                               "args": {"in_channels": 3, "out_channels": 3, "factors": 10**7}}
+    _add_node(arch, {"name": "spin", "op": "call_module", "target": "spin",
+                     "args": {"tuple": [{"node": _input_name(arch)}]}, "kwargs": {"dict": []}})
+
+
+def _acdc_wide(arch, recipe):
+    arch["modules"]["wide"] = {"type": "cheapconv.ACDCPointwise",
+                               "args": {"in_channels": 10**9, "out_channels": 3, "factors": 1}}
+
+
 def _huge_attr(arch, recipe):
     name = next(iter(arch["attrs"]))
     arch["attrs"][name]["shape"] = [2**30, 2**30]
@@ -272,7 +284,8 @@ def _no_input_size(arch, recipe):
 CASES = [_placeholder_target, _node_name, _kwargs_key, _args_dict_key, _getattr_dunder, _getattr_default,
          _getitem_builtins, _operator_call, _fork, _from_file, _set_default_dtype, _set_num_threads, _method_apply,
          _method_dunder, _get_attr_outside, _call_module_outside, _module_type, _module_arg_key, _huge_conv,
-         _huge_attr, _upsample_bomb, _interpolate_bomb, _string_multiplication, _integer_squaring, _integer_power,
+         _huge_attr, _acdc_factor_loop, _acdc_wide,
+         _upsample_bomb, _interpolate_bomb, _string_multiplication, _integer_squaring, _integer_power,
          _constant_only_call, _forward_reference, _deep_nesting, _format_version, _no_input_size]
 
 
