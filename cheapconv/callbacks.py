@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Callback", "JsonlLogger", "RichProgress", "RunInfo", "TensorBoardLogger"]
+__all__ = ["Callback", "JsonlLogger", "RichProgress", "RunInfo", "TensorBoardLogger", "truncate_jsonl"]
 
 
 @dataclass
@@ -63,18 +63,32 @@ class Callback:
 
 
 class JsonlLogger(Callback):
-    """Appends every record to a JSON-lines file (one object per line, flushed at once)."""
+    """Appends every record to a JSON-lines file (one object per line, flushed at once).
 
-    def __init__(self, path: str | Path) -> None:
+    The file is opened at the first record, so a run that fails before it starts (a usage error on the
+    first batch) leaves no file behind and an existing file untouched. ``fresh=True`` starts the file anew
+    at that point; ``resume_step=N`` first cuts it back to the records of steps up to N (the resumed
+    checkpoint's step: see :func:`truncate_jsonl`), so a resumed run logs every step once.
+    """
+
+    def __init__(self, path: str | Path, *, fresh: bool = False, resume_step: int | None = None) -> None:
         self.path = Path(path)
+        self.fresh, self.resume_step = fresh, resume_step
         self._file = None
 
-    def on_start(self, run: RunInfo) -> None:
-        self._file = self.path.open("a", encoding="utf-8")
+    def _open(self) -> None:
+        if self.fresh:
+            mode = "w"
+        else:
+            mode = "a"
+            if self.resume_step is not None and self.path.exists():
+                truncate_jsonl(self.path, self.resume_step)
+        self._file = self.path.open(mode, encoding="utf-8")
+        self.fresh, self.resume_step = False, None   # later opens (after on_end) append
 
     def on_record(self, record: dict[str, Any]) -> None:
         if self._file is None:
-            self._file = self.path.open("a", encoding="utf-8")
+            self._open()
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 
@@ -82,6 +96,32 @@ class JsonlLogger(Callback):
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def truncate_jsonl(path: str | Path, step: int) -> int:
+    """Cut a metrics file back to what a run resumed at ``step`` has already logged: whole, parseable records
+    of steps up to ``step`` (a line cut off by a kill and records of steps after the checkpoint are dropped,
+    and so is an ``end`` record, which the resumed run writes again). Returns how many lines were dropped;
+    the file is rewritten atomically, and only when something is dropped."""
+    from .io import atomic_write
+
+    path = Path(path)
+    raw = path.read_bytes()
+    kept, dropped = [], 0
+    for line in raw.decode("utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            rec = None
+        if not isinstance(rec, dict) or rec.get("kind") == "end" or (
+                isinstance(rec.get("step"), (int, float)) and rec["step"] > step):
+            dropped += bool(line.strip())
+            continue
+        kept.append(line)
+    if dropped or (raw and not raw.endswith(b"\n")):
+        text = "".join(line + "\n" for line in kept)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return dropped
 
 
 class RichProgress(Callback):

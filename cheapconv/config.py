@@ -24,7 +24,7 @@ from typing import Any, Literal
 from .errors import UsageError
 from .losses import KD_REDUCTIONS, DistillationLoss
 
-__all__ = ["CONFIG_VERSION", "DistillConfig"]
+__all__ = ["CONFIG_VERSION", "RESUME_ADJUSTABLE", "DistillConfig"]
 
 CONFIG_VERSION = 1
 
@@ -37,6 +37,9 @@ SCHEDULES = ("multistep", "cosine", "constant")
 # every other field shapes the trajectory of the weights and must match for an exact resume.
 RUNTIME_FIELDS = frozenset({"device", "log_every", "num_workers", "checkpoint_every", "checkpoint_every_steps",
                             "eval_every", "progress", "tensorboard"})
+# Fields that shape the trajectory but may be changed deliberately when resuming (the advice after a
+# non-finite loss is "resume with a lower lr or gradient clipping"); a resumed run says that they changed.
+RESUME_ADJUSTABLE = frozenset({"lr", "grad_clip"})
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,13 @@ class DistillConfig:
         return cls(**data)
 
     def trajectory_diff(self, other: DistillConfig) -> dict[str, tuple[Any, Any]]:
-        """Fields (other than where/how verbosely to run) whose values differ: ``{name: (self, other)}``."""
+        """Fields (other than where/how verbosely to run, and the settings a resume may adjust: ``lr``,
+        ``grad_clip``) whose values differ: ``{name: (self, other)}``."""
         a, b = self.to_dict(), other.to_dict()
-        return {k: (a[k], b[k]) for k in a if k not in RUNTIME_FIELDS and a[k] != b[k]}
+        return {k: (a[k], b[k]) for k in a
+                if k not in RUNTIME_FIELDS and k not in RESUME_ADJUSTABLE and a[k] != b[k]}
+
+    def resume_changes(self, other: DistillConfig) -> dict[str, tuple[Any, Any]]:
+        """The resume-adjustable fields (``lr``, ``grad_clip``) whose values differ: ``{name: (self, other)}``."""
+        a, b = self.to_dict(), other.to_dict()
+        return {k: (a[k], b[k]) for k in sorted(RESUME_ADJUSTABLE) if a[k] != b[k]}

@@ -17,9 +17,16 @@ What the spec (``moonshine.md`` sections 5-6) asks and where it happens here:
   before any weight changes.
 - Checkpoints (:mod:`cheapconv.checkpoint`) are written atomically at the configured interval, at the end,
   and on Ctrl-C (SIGINT) or SIGTERM; ``resume=True`` continues exactly: on CPU with in-memory data an
-  interrupted and resumed run ends with the same weights as an uninterrupted one.
-- A non-finite loss stops the run with :class:`NonFiniteLossError` naming the step and the loss term; the
-  last good checkpoint is kept (a checkpoint is never written after a non-finite loss).
+  interrupted and resumed run ends with the same weights as an uninterrupted one. Resuming a finished run's
+  final checkpoint trains no further step (it only hands back the trained student). A resume must use the
+  same settings, data and teacher (fingerprints in the checkpoint), except ``lr`` and ``grad_clip``, which
+  may be changed deliberately (a warning and a ``resume`` record in the metrics say so).
+- Run safety: every output path is checked before any work; a new run refuses to overwrite an unfinished
+  run's checkpoint unless ``overwrite=True``; on resume the metrics file is cut back to the checkpoint's
+  step (each step is logged once); the metrics file is created only by the run's first record.
+- A non-finite loss stops the run with :class:`NonFiniteLossError` naming the step and the loss term. A
+  checkpoint is never written after a non-finite loss nor with non-finite weights, and the run goes back
+  to the checkpoint before the last one (the last may already hold diverging weights), which it keeps.
 
 Example (scratch training of a teacher, then AT distillation of its cheap student)::
 
@@ -52,7 +59,22 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from .callbacks import Callback, JsonlLogger, RichProgress, RunInfo, TensorBoardLogger
-from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import (
+    capture_rng,
+    check_run_paths,
+    data_fingerprint,
+    discard_previous,
+    fingerprint_differences,
+    keep_previous,
+    load_checkpoint,
+    model_fingerprint,
+    non_finite_entries,
+    previous_checkpoint,
+    refuse_fresh_start,
+    restore_previous,
+    restore_rng,
+    save_checkpoint,
+)
 from .config import DistillConfig
 from .counting import eval_mode
 from .distributed import (
@@ -111,6 +133,7 @@ def distill(
     checkpoint: str | Path | None = None,
     resume: bool | str | Path = False,
     metrics_file: str | Path | None = None,
+    overwrite: bool = False,
 ) -> DistillResult:
     """Train ``student`` on ``train_data``, distilling from ``teacher`` (None: from scratch).
 
@@ -125,7 +148,12 @@ def distill(
       ``NAME.metrics.jsonl``).
     - ``resume``: True continues from ``checkpoint``; a path continues from that file. The configuration
       must match the checkpoint's (except where/how verbosely to run: device, logging, workers,
-      checkpoint interval), otherwise :class:`~cheapconv.errors.UsageError` lists the differences.
+      checkpoint interval; and ``lr`` / ``grad_clip``, which a resume may change on purpose), and so must
+      the training data and the teacher; otherwise :class:`~cheapconv.errors.UsageError` lists the
+      differences. Resuming a finished run trains no further step.
+    - ``overwrite``: without ``resume``, an existing checkpoint of an *unfinished* run at ``checkpoint`` is
+      refused (:class:`~cheapconv.errors.UsageError`) rather than silently overwritten with its metrics;
+      ``overwrite=True`` starts over. A finished run's checkpoint is simply replaced.
     - ``callbacks``: :class:`~cheapconv.callbacks.Callback` objects (rank 0 only), after the built-in
       JSON-lines logger, progress bar (``config.progress``) and TensorBoard writer (``config.tensorboard``).
 
@@ -151,6 +179,13 @@ def distill(
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     if ckpt_path is not None and metrics_file is None:
         metrics_file = ckpt_path.with_suffix(".metrics.jsonl")
+    check_run_paths(ckpt_path, metrics_file)          # before any work, not at the first save
+    if not resume and not overwrite and ckpt_path is not None:
+        refuse_fresh_start(ckpt_path)
+
+    # fingerprints of what the run trains on, recorded in the checkpoint and compared on resume
+    data_fp = data_fingerprint(train_data) if ckpt_path is not None or resume else None
+    teacher_fp = model_fingerprint(teacher) if ckpt_path is not None or resume else None
 
     # ------------------------------------------------------------------------------ set up
     ctx = setup(cfg.device)
@@ -182,38 +217,81 @@ def distill(
     workers = cfg.num_workers if cfg.num_workers is not None else default_workers(train_data, dev)
     loader = make_train_loader(train_data, sampler, workers, dev)
 
-    step = 0
+    step, resumed, changes = 0, {}, {}
+    own_lineage = False   # is the checkpoint file at ckpt_path the one this run continues?
     if resume:
         source = Path(resume) if isinstance(resume, (str, Path)) else ckpt_path
         assert source is not None
         try:
-            step = _resume(source, cfg, ctx, student, optimizer, scheduler, scaler)
+            step, resumed, changes = _resume(source, cfg, ctx, student, optimizer, scheduler, scaler,
+                                             steps_per_epoch, data_fp, teacher_fp)
         except BaseException:
             teardown(ctx)
             raise
         ckpt_path = ckpt_path or source
+        own_lineage = ckpt_path == source
 
-    run = RunInfo(epoch=step // steps_per_epoch, step=step, total_steps=total_steps,
+    run = RunInfo(epoch=min(step // steps_per_epoch, epochs - 1), step=step, total_steps=total_steps,
                   steps_per_epoch=steps_per_epoch, epochs=epochs, loss=loss_fn.kind)
     cbs: list[Callback] = []
     if ctx.is_main:  # one process logs
-        cbs = _builtin_callbacks(cfg, loss_fn.kind, metrics_file, appending=bool(resume)) + list(callbacks)
+        cbs = _builtin_callbacks(cfg, loss_fn.kind, metrics_file, resume_step=step if resume else None)
+        cbs += list(callbacks)
     result = DistillResult(student=student, steps=step, checkpoint=ckpt_path, rank=ctx.rank,
                            world_size=ctx.world_size)
     guard = _FiniteGuard(immediate=dev.type == "cpu" and not ctx.distributed)
     sync_every = 1 if not ctx.distributed else cfg.log_every   # stop flags: free in one process
-    last_saved = {"step": None}
+    last_saved = {"step": step if own_lineage else None}
+    # the steps of the checkpoint at ckpt_path and of the one kept before it (checkpoint.previous_checkpoint)
+    lineage: dict[str, int | None] = {"current": step if own_lineage else None, "prev": None}
+    if own_lineage and ckpt_path is not None and previous_checkpoint(ckpt_path).is_file():
+        lineage["prev"] = resumed.get("previous_step")
 
-    def save(at_step: int) -> None:
-        """Write the resume checkpoint (every rank takes part: RNG states are gathered to rank 0)."""
+    def fall_back() -> str:
+        """At a non-finite stop: go back to the checkpoint before the last one (the last may already hold
+        diverging weights; it was written closest to the blow-up). Returns what the error should say."""
+        cur, prev = lineage["current"], lineage["prev"]
+        if ckpt_path is None or cur is None:
+            return "No checkpoint had been written yet."
+        if prev is not None and prev != cur and (not ctx.is_main or restore_previous(ckpt_path)):
+            lineage["current"], lineage["prev"] = prev, None
+            last_saved["step"] = prev
+            return (f"The checkpoint {ckpt_path} was set back to step {prev}, the one before the last (the "
+                    f"step-{cur} checkpoint, written closer to the blow-up, was discarded): resume from it with "
+                    "a lower lr (--lr), gradient clipping (--grad-clip) or fp32.")
+        return (f"The last good checkpoint, {ckpt_path} (step {cur}), is kept: resume from it with a lower lr "
+                "(--lr), gradient clipping (--grad-clip) or fp32.")
+
+    def save(at_step: int, *, finished: bool = False) -> None:
+        """Write the resume checkpoint (every rank takes part: RNG states are gathered to rank 0). Never
+        writes non-finite weights; keeps the checkpoint it replaces as the previous one."""
         rng = ctx.gather(capture_rng())
-        if ckpt_path is None or not ctx.is_main:
+        if ckpt_path is None:
             return
+        bad = non_finite_entries(student.state_dict())
+        if ctx.any(bool(bad)):
+            where = f" ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})" if bad else " on another process"
+            raise NonFiniteLossError(f"The weights became non-finite at step {at_step}{where}; the run stopped "
+                                     f"without writing them to a checkpoint. {fall_back()}")
+        rotate = lineage["current"] is not None and lineage["current"] != at_step
+        if rotate:
+            lineage["prev"] = lineage["current"]
+        elif lineage["current"] is None:
+            lineage["prev"] = None
+        lineage["current"] = at_step
+        if not ctx.is_main:
+            return
+        if rotate:
+            keep_previous(ckpt_path)
+        elif lineage["prev"] is None:
+            discard_previous(ckpt_path)    # left by another run: never fall back to it
+        info = {"loss": loss_fn.kind, "last": run.last, "world_size": ctx.world_size, "finished": finished,
+                "total_steps": total_steps, "data": data_fp, "teacher": teacher_fp,
+                "previous_step": lineage["prev"]}
         save_checkpoint(ckpt_path, config_json=_json(cfg.to_dict()), epoch=at_step // steps_per_epoch,
                         step=at_step, batch_in_epoch=at_step % steps_per_epoch, model=student.state_dict(),
                         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                        scaler=scaler.state_dict() if scaler.is_enabled() else None, rng=rng,
-                        info={"loss": loss_fn.kind, "last": run.last, "world_size": ctx.world_size})
+                        scaler=scaler.state_dict() if scaler.is_enabled() else None, rng=rng, info=info)
         last_saved["step"] = at_step
         for cb in cbs:
             cb.on_checkpoint(ckpt_path, run)
@@ -230,7 +308,14 @@ def distill(
             stack.enter_context(eval_mode(teacher) if teacher is not None else nullcontext())
             for cb in cbs:
                 cb.on_start(run)
-            for epoch in range(step // steps_per_epoch, epochs):
+            if changes:
+                _emit_resume_record(step, changes, cbs)
+            first_epoch = step // steps_per_epoch
+            if step >= total_steps:   # a finished run's final checkpoint: no step is left to train
+                first_epoch = epochs
+                if (resumed.get("last") or {}).get("kind") == "epoch":
+                    result.history.append(dict(resumed["last"]))
+            for epoch in range(first_epoch, epochs):
                 run.epoch = epoch
                 sampler.set_epoch(epoch, start=step - epoch * steps_per_epoch)
                 epoch_meters, window = Meters(dev), Meters(dev)
@@ -257,7 +342,7 @@ def distill(
                     first_batch = False
                     guard.add(step + 1, epoch, terms)
                     if guard.immediate:
-                        guard.check(ctx, last_saved["step"], ckpt_path)   # before the weights change
+                        guard.check(ctx, fall_back)   # before the weights change
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     if cfg.grad_clip is not None:
@@ -275,23 +360,26 @@ def distill(
                         cb.on_step(run)
 
                     if step % cfg.log_every == 0:
-                        guard.check(ctx, last_saved["step"], ckpt_path)
+                        guard.check(ctx, fall_back)
                         now = time.perf_counter()
                         rec = _record("step", epoch, step, lr_used, window.summary(reduce=True), "train_")
                         rec["images_per_s"] = rec.pop("train_n") / max(now - window_start, 1e-9)
                         _emit(rec, run, cbs)
                         window, window_start = Meters(dev), time.perf_counter()
-                    if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
-                        guard.check(ctx, last_saved["step"], ckpt_path)
+                    # (at the last step, the end-of-epoch checkpoint follows at once, marked finished; a stop
+                    # request there lets the run finish rather than leave a finished-but-unmarked checkpoint)
+                    if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and step < total_steps:
+                        guard.check(ctx, fall_back)
                         save(step)
-                    if step % sync_every == 0 and ctx.any(stopper.requested or run.stop_requested):
-                        guard.check(ctx, last_saved["step"], ckpt_path)
+                    if (step < total_steps and step % sync_every == 0
+                            and ctx.any(stopper.requested or run.stop_requested)):
+                        guard.check(ctx, fall_back)
                         raise _StopNow()
                     if step >= total_steps:
                         break
 
                 # ---------------------------------------------------------------- end of epoch
-                guard.check(ctx, last_saved["step"], ckpt_path)
+                guard.check(ctx, fall_back)
                 summary = epoch_meters.summary(reduce=True)
                 elapsed = time.perf_counter() - epoch_start
                 rec = _record("epoch", epoch, step, lr_used, summary, "train_")
@@ -308,7 +396,7 @@ def distill(
                 result.history.append(rec)
                 _emit(rec, run, cbs)
                 if (epoch + 1) % cfg.checkpoint_every == 0 or last_epoch:
-                    save(step)
+                    save(step, finished=last_epoch and step >= total_steps)
 
             end = {"kind": "end", "step": step, "epochs": epochs, "loss_kind": loss_fn.kind,
                    "time_s": round(time.time() - run.started, 3)}
@@ -316,6 +404,8 @@ def distill(
                         if k.startswith(("val_", "train_"))})
             result.last, result.steps = end, step
             _emit(end, run, cbs)
+            if ckpt_path is not None and ctx.is_main:
+                discard_previous(ckpt_path)   # the run finished: no going back needed
     except _StopNow:
         if last_saved["step"] != step:
             save(step)
@@ -323,10 +413,17 @@ def distill(
         raise Interrupted(f"Interrupted at step {step} of {total_steps}{where}.", ckpt_path, step) from None
     except KeyboardInterrupt:
         # Not raised at a step boundary by us (a second Ctrl-C, or no signal handler): the state may be
-        # mid-step, so the last checkpoint written stays the one to resume from.
-        kept = (f"; the last checkpoint ({ckpt_path}, step {last_saved['step']}) is kept"
-                if ckpt_path and last_saved["step"] is not None else "")
-        raise Interrupted(f"Interrupted during step {step + 1}{kept}.", ckpt_path, step) from None
+        # mid-step, so the last checkpoint written stays the one to resume from (writes are atomic).
+        when = (f"after the last step ({step} of {total_steps}), while validating or writing the final "
+                "checkpoint" if step >= total_steps else f"during step {step + 1}")
+        if ckpt_path and last_saved["step"] is not None:
+            kept = (f"; the last checkpoint ({ckpt_path}, step {last_saved['step']}) is kept: rerun with --resume "
+                    "(resume=True) to continue from it")
+            if last_saved["step"] >= total_steps:
+                kept += " (no training step is repeated; only the final results are written)"
+        else:
+            kept = "; no checkpoint had been written, so a new run starts over"
+        raise Interrupted(f"Interrupted {when}{kept}.", ckpt_path, step) from None
     finally:
         for cb in cbs:
             cb.on_end(run)
@@ -344,13 +441,12 @@ def _json(data: dict) -> str:
 
 
 def _builtin_callbacks(cfg: DistillConfig, kind: str, metrics_file: str | Path | None,
-                       appending: bool) -> list[Callback]:
+                       resume_step: int | None) -> list[Callback]:
     cbs: list[Callback] = []
     if metrics_file is not None:
-        path = Path(metrics_file)
-        if not appending and path.exists():
-            path.unlink()  # a fresh run starts a fresh log; a resumed one appends
-        cbs.append(JsonlLogger(path))
+        # created at the first record; a fresh run starts it anew, a resumed one cuts it back to the
+        # checkpoint's step and appends
+        cbs.append(JsonlLogger(Path(metrics_file), fresh=resume_step is None, resume_step=resume_step))
     if cfg.progress:
         cbs.append(RichProgress(f"distil ({kind})" if kind != "ce" else "train"))
     if cfg.tensorboard:
@@ -385,16 +481,33 @@ def _emit(rec: dict[str, Any], run: RunInfo, cbs: Sequence[Callback]) -> None:
         cb.on_record(rec)
 
 
+def _emit_resume_record(step: int, changes: dict[str, tuple[Any, Any]], cbs: Sequence[Callback]) -> None:
+    """A ``resume`` record in the metrics: the settings this resumed run changed (``lr``, ``grad_clip``)."""
+    rec = {"kind": "resume", "step": step, "time": round(time.time(), 3),
+           "changed": {k: {"checkpoint": old, "now": new} for k, (new, old) in changes.items()}}
+    for cb in cbs:
+        cb.on_record(rec)
+
+
 def _resume(path: Path, cfg: DistillConfig, ctx: DistContext, student: nn.Module,
-            optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any) -> int:
-    """Load a checkpoint into the run's objects; returns the step to continue from."""
+            optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, steps_per_epoch: int,
+            data_fp: dict | None, teacher_fp: dict | None) -> tuple[int, dict[str, Any], dict[str, tuple]]:
+    """Load a checkpoint into the run's objects; returns the step to continue from, the checkpoint's info
+    and the resume-adjustable settings that changed (``{name: (now, checkpoint)}``)."""
     payload = load_checkpoint(path)
     saved = DistillConfig.from_dict(__import__("json").loads(payload["config_json"]))
+    info = payload.get("info") or {}
+    problems = []
     diff = cfg.trajectory_diff(saved)
     if diff:
         listed = "; ".join(f"{k}: checkpoint {a_b[1]!r}, now {a_b[0]!r}" for k, a_b in sorted(diff.items()))
-        raise UsageError(f"Cannot resume from {str(path)!r} exactly: the training settings differ ({listed}). "
-                         "Resume with the settings of the interrupted run, or start a new run without --resume.")
+        problems.append(f"the training settings differ ({listed})")
+    problems += fingerprint_differences(info, data_fp, teacher_fp)
+    if problems:
+        raise UsageError(f"Cannot resume from {str(path)!r} exactly: {'; '.join(problems)}. Resume with the "
+                         "data, teacher and settings of the interrupted run (only --lr and --grad-clip may change "
+                         "on a resume), or start a new run with --overwrite (overwrite=True) instead of --resume.")
+    step = int(payload["step"])
     try:
         student.load_state_dict(payload["model"])
     except RuntimeError as e:
@@ -414,7 +527,19 @@ def _resume(path: Path, cfg: DistillConfig, ctx: DistContext, student: nn.Module
                       "resuming with fresh augmentation randomness (the run continues, not bit-exactly).",
                       stacklevel=3)
         torch.manual_seed(cfg.seed + ctx.rank + 7919 * payload["step"])
-    return int(payload["step"])
+    changes = cfg.resume_changes(saved)
+    if "lr" in changes:   # the schedule continues from the new base lr
+        scheduler.base_lrs = [cfg.lr for _ in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            group["initial_lr"] = cfg.lr
+            group["lr"] = cfg.lr * cfg.lr_factor(step, steps_per_epoch)
+    if changes and ctx.is_main:
+        import warnings
+
+        listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (new, old) in changes.items())
+        warnings.warn(f"Resuming from {str(path)!r} at step {step} with changed settings: {listed} (recorded in the "
+                      "metrics file and the new checkpoints).", stacklevel=3)
+    return step, info, changes
 
 
 def _first_conv(model: nn.Module) -> nn.Conv2d | None:
@@ -485,7 +610,9 @@ class _FiniteGuard:
     def add(self, step: int, epoch: int, terms: dict[str, Tensor]) -> None:
         self.pending.append((step, epoch, terms))
 
-    def check(self, ctx: DistContext, saved_step: int | None, ckpt: Path | None) -> None:
+    def check(self, ctx: DistContext, fall_back: Any) -> None:
+        """Raise :class:`NonFiniteLossError` if a pending loss is not finite; ``fall_back()`` picks the
+        checkpoint to keep and returns what the message says about it."""
         if not self.pending:
             return
         pending, self.pending = self.pending, []
@@ -494,9 +621,7 @@ class _FiniteGuard:
         bad = ~torch.isfinite(values)
         if not ctx.any(bool(bad.any())):
             return
-        kept = (f"The last good checkpoint, {ckpt} (step {saved_step}), is kept: resume from it with a lower lr, "
-                "gradient clipping (--grad-clip) or fp32." if ckpt is not None and saved_step is not None
-                else "No checkpoint had been written yet.")
+        kept = fall_back()
         if not bool(bad.any()):
             raise NonFiniteLossError(f"Another process saw a non-finite loss; the run stopped. {kept}")
         row = int(bad.any(dim=1).nonzero()[0])

@@ -35,7 +35,7 @@ IMAGE_SIZE = _opt(None, "--image-size", min=1, help="Image size (default: the mo
 EPOCHS = _opt(None, "--epochs", min=1, help="Epochs (default 200, the paper's recipe).")
 MAX_STEPS = _opt(None, "--max-steps", min=1, help="Stop after this many optimiser steps (overrides --epochs).")
 BATCH = _opt(128, "--batch-size", "-b", min=1, help="Global batch size (split across torchrun processes).")
-LR = _opt(0.1, "--lr", help="Learning rate.")
+LR = _opt(None, "--lr", help="Learning rate (default 0.1; with --resume, the checkpoint's: give --lr to change it).")
 MOMENTUM = _opt(0.9, "--momentum", help="SGD momentum.")
 NESTEROV = _opt(False, "--nesterov", help="Nesterov momentum.")
 WD = _opt(5e-4, "--weight-decay", "--wd", help="Weight decay.")
@@ -44,13 +44,17 @@ WARMUP = _opt(0.0, "--warmup-epochs", help="Linear learning-rate warm-up, in epo
 SEED = _opt(0, "--seed", help="Seed of shuffling, augmentation and (train) initialisation.")
 PRECISION = _opt("fp32", "--precision", help="fp32, bf16 (autocast) or fp16 (GPU, with a grad scaler).")
 CHANNELS_LAST = _opt(False, "--channels-last", help="NHWC memory format (faster convs on recent CPUs/GPUs).")
-GRAD_CLIP = _opt(None, "--grad-clip", help="Clip the gradient norm to this value.")
+GRAD_CLIP = _opt(None, "--grad-clip", help="Clip the gradient norm to this value (default off; with --resume, "
+                 "the checkpoint's: give --grad-clip to change it).")
 DEVICE = _opt("auto", "--device", help="auto, cpu, cuda or cuda:N.")
 WORKERS = _opt(None, "--workers", min=0, help="DataLoader workers (default: chosen for the dataset).")
 CKPT = _opt(None, "--checkpoint", help="Resume checkpoint (default: OUTPUT with suffix .ckpt).")
 CKPT_EVERY = _opt(1, "--checkpoint-every", min=1, help="Epochs between checkpoints.")
 CKPT_STEPS = _opt(None, "--checkpoint-every-steps", min=1, help="Also checkpoint every N steps.")
-RESUME = _opt(False, "--resume", help="Continue exactly from the checkpoint of an interrupted run.")
+RESUME = _opt(False, "--resume", help="Continue exactly from the checkpoint of an interrupted run (a finished "
+              "run's: write its model again, no training).")
+OVERWRITE = _opt(False, "--overwrite", help="Start over even where an unfinished run's checkpoint exists "
+                 "(it and its metrics are discarded).")
 LOG_EVERY = _opt(50, "--log-every", min=1, help="Steps between metrics records.")
 NO_PROGRESS = _opt(False, "--no-progress", help="No progress bar (epoch lines and the metrics file remain).")
 TENSORBOARD = _opt(False, "--tensorboard", help="Also write TensorBoard events (if installed).")
@@ -129,13 +133,34 @@ def load_data(name: str, split: str, model, *, in_chans: int | None, image_size:
     return get_dataset(name, split, data_dir=data_dir, download=download, in_chans=chans, image_size=image_size)
 
 
-def _run(teacher, student, train, val, cfg, *, checkpoint: Path, resume: bool):
+def _prepare_run(output: Path, checkpoint: Path | None, *, resume: bool, overwrite: bool, lr: float | None,
+                 grad_clip: float | None) -> tuple[Path, float, float | None]:
+    """Checks before any work (loading models or data): every output path can be written, a new run does not
+    overwrite an unfinished run's checkpoint, a resume has its checkpoint. Returns the checkpoint path and
+    the lr and grad-clip to use (on --resume, the checkpoint's unless given)."""
+    from cheapconv import UsageError
+    from cheapconv.checkpoint import check_run_paths, load_checkpoint, refuse_fresh_start
+
+    ckpt = checkpoint or output.with_suffix(".ckpt")
+    check_run_paths(ckpt, ckpt.with_suffix(".metrics.jsonl"))
+    if resume and overwrite:
+        raise UsageError("--resume continues a run and --overwrite discards it: pass one of them.")
+    if not resume:
+        if not overwrite:
+            refuse_fresh_start(ckpt)
+        return ckpt, 0.1 if lr is None else lr, grad_clip
+    saved = json.loads(load_checkpoint(ckpt, mmap=True)["config_json"])
+    return ckpt, saved.get("lr", 0.1) if lr is None else lr, saved.get("grad_clip") if grad_clip is None else grad_clip
+
+
+def _run(teacher, student, train, val, cfg, *, checkpoint: Path, resume: bool, overwrite: bool = False):
     """distill() with Ctrl-C turned into exit code 130 and a message saying where the checkpoint is."""
     from cheapconv import distill
     from cheapconv.distill import Interrupted
 
     try:
-        return distill(teacher, student, train, val_data=val, config=cfg, checkpoint=checkpoint, resume=resume)
+        return distill(teacher, student, train, val_data=val, config=cfg, checkpoint=checkpoint, resume=resume,
+                       overwrite=overwrite)
     except Interrupted as e:
         if _is_main():
             err.print(f"[yellow]{e}[/yellow]", highlight=False, soft_wrap=True)
@@ -151,7 +176,15 @@ def _save_and_report(model, output: Path, result, *, role: str, data: str, cfg, 
     training = {"data": data, "loss": last.get("loss_kind"), "steps": result.steps,
                 "val_top1": last.get("val_top1"), "val_top5": last.get("val_top5"), "config": cfg.to_dict(),
                 **extra}
-    kind = cheapconv.save(model, output, extra={"training": training})
+    try:
+        kind = cheapconv.save(model, output, extra={"training": training})
+    except KeyboardInterrupt:
+        # the write is atomic: the model file is absent (or the previous one), the final checkpoint is there
+        err.print(f"[yellow]Interrupted while writing the model; {output} was not written. Training had finished "
+                  f"({result.steps} steps) and its final checkpoint {result.checkpoint} is kept: run the same "
+                  "command with --resume to write the model without training again.[/yellow]", highlight=False,
+                  soft_wrap=True)
+        raise
     t = Table(title=f"{role} trained on {data}", title_justify="left")
     for col in ("loss", "steps", "train top-1", "val top-1", "val top-5", "val loss", "time"):
         t.add_column(col, justify="right")
@@ -178,8 +211,8 @@ def train(
     warmup_epochs: float = WARMUP, seed: int = SEED, precision: str = PRECISION, channels_last: bool = CHANNELS_LAST,
     grad_clip: float = GRAD_CLIP, device: str = DEVICE, workers: int = WORKERS, checkpoint: Path = CKPT,
     checkpoint_every: int = CKPT_EVERY, checkpoint_every_steps: int = CKPT_STEPS, resume: bool = RESUME,
-    log_every: int = LOG_EVERY, no_progress: bool = NO_PROGRESS, tensorboard: bool = TENSORBOARD,
-    compile: bool = COMPILE, trust: bool = TRUST,
+    overwrite: bool = OVERWRITE, log_every: int = LOG_EVERY, no_progress: bool = NO_PROGRESS,
+    tensorboard: bool = TENSORBOARD, compile: bool = COMPILE, trust: bool = TRUST,
 ) -> None:
     """Train MODEL from scratch (a teacher, or a baseline student) with cross-entropy.
 
@@ -190,6 +223,8 @@ def train(
     from cheapconv.data import dataset_info
 
     output_path(output)
+    ckpt, lr, grad_clip = _prepare_run(output, checkpoint, resume=resume, overwrite=overwrite, lr=lr,
+                                       grad_clip=grad_clip)
     cfg = _config(epochs=epochs, max_steps=max_steps, batch_size=batch_size, loss="ce", lr=lr, momentum=momentum,
                   nesterov=nesterov, weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup_epochs,
                   seed=seed, precision=precision, channels_last=channels_last, grad_clip=grad_clip, device=device,
@@ -204,8 +239,7 @@ def train(
                           download=download)
     test_set = load_data(data, "test", net, in_chans=in_chans, image_size=image_size, data_dir=data_dir,
                          download=download, announce=False)
-    ckpt = checkpoint or output.with_suffix(".ckpt")
-    result = _run(None, net, train_set, test_set, cfg, checkpoint=ckpt, resume=resume)
+    result = _run(None, net, train_set, test_set, cfg, checkpoint=ckpt, resume=resume, overwrite=overwrite)
     _save_and_report(net, output, result, role=model, data=data, cfg=cfg, extra={"teacher": None})
 
 
@@ -228,14 +262,16 @@ def distill_cmd(
     warmup_epochs: float = WARMUP, seed: int = SEED, precision: str = PRECISION, channels_last: bool = CHANNELS_LAST,
     grad_clip: float = GRAD_CLIP, device: str = DEVICE, workers: int = WORKERS, checkpoint: Path = CKPT,
     checkpoint_every: int = CKPT_EVERY, checkpoint_every_steps: int = CKPT_STEPS, resume: bool = RESUME,
-    log_every: int = LOG_EVERY, no_progress: bool = NO_PROGRESS, tensorboard: bool = TENSORBOARD,
-    compile: bool = COMPILE, trust: bool = TRUST,
+    overwrite: bool = OVERWRITE, log_every: int = LOG_EVERY, no_progress: bool = NO_PROGRESS,
+    tensorboard: bool = TENSORBOARD, compile: bool = COMPILE, trust: bool = TRUST,
 ) -> None:
     """Distil STUDENT from TEACHER (attention transfer by default) with the teacher's recipe.
 
     Example: cheapconv distill --teacher teacher.pt --student s.pt --data fashion-mnist --loss at -o trained.pt
     """
     output_path(output)
+    ckpt, lr, grad_clip = _prepare_run(output, checkpoint, resume=resume, overwrite=overwrite, lr=lr,
+                                       grad_clip=grad_clip)
     cfg = _config(epochs=epochs, max_steps=max_steps, batch_size=batch_size, loss=loss, beta=beta, alpha=alpha,
                   temperature=temperature, kd_reduction=kd_reduction, lr=lr, momentum=momentum, nesterov=nesterov,
                   weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup_epochs, seed=seed,
@@ -249,8 +285,7 @@ def distill_cmd(
                           download=download)
     test_set = load_data(data, "test", s, in_chans=in_chans, image_size=image_size, data_dir=data_dir,
                          download=download, announce=False)
-    ckpt = checkpoint or output.with_suffix(".ckpt")
-    result = _run(t, s, train_set, test_set, cfg, checkpoint=ckpt, resume=resume)
+    result = _run(t, s, train_set, test_set, cfg, checkpoint=ckpt, resume=resume, overwrite=overwrite)
     _save_and_report(s, output, result, role=student, data=data, cfg=cfg, extra={"teacher": teacher})
 
 

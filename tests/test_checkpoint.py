@@ -93,8 +93,8 @@ def test_resume_refuses_a_different_recipe(tmp_path):
     ckpt = tmp_path / "run.ckpt"
     with pytest.raises(Interrupted):
         distill(None, _teacher(), _data(), config=CFG.replace(loss="ce"), checkpoint=ckpt, callbacks=[StopAt(1)])
-    with pytest.raises(UsageError, match=r"lr: checkpoint 0.05, now 0.1"):
-        distill(None, _teacher(), _data(), config=CFG.replace(loss="ce", lr=0.1), checkpoint=ckpt, resume=True)
+    with pytest.raises(UsageError, match=r"momentum: checkpoint 0.9, now 0.5"):
+        distill(None, _teacher(), _data(), config=CFG.replace(loss="ce", momentum=0.5), checkpoint=ckpt, resume=True)
 
 
 def test_resume_from_missing_or_foreign_file(tmp_path):
