@@ -36,6 +36,7 @@ import math
 import os
 import struct
 import sys
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -206,12 +207,17 @@ def read_idx(path: str | os.PathLike[str]) -> Tensor:
     file raises :class:`~cheapconv.errors.FileFormatError`.
     """
     path = Path(path)
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise FileFormatError(f"Cannot read the IDX file {path}: {exc.strerror or exc}. Check the path and its "
+                              "permissions.") from None
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise FileFormatError(f"{path} looks gzip-compressed but does not decompress: {exc}.") from exc
+        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile, truncated stream, corrupt deflate data
+            raise FileFormatError(f"{path} looks gzip-compressed but does not decompress ({exc}): it is damaged "
+                                  "or truncated. Download or copy the file again.") from None
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_TYPES:
         raise FileFormatError(f"{path} is not an IDX file (bad magic number {raw[:4].hex() or 'none'}).")
     dtype, size = _IDX_TYPES[raw[2]]

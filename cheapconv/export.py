@@ -36,7 +36,7 @@ from torch import nn
 from .counting import eval_mode
 from .errors import CheapconvError, UsageError
 from .fold import deployable
-from .io import atomic_write, check_writable
+from .io import atomic_write, check_writable, ensure_free_space, is_disk_full
 from .profile import input_shape_of
 
 Format = Literal["pt2", "onnx", "torchscript"]
@@ -204,8 +204,20 @@ def export(model: nn.Module, path: str | Path, format: Format = "pt2", *,
     gen = torch.Generator().manual_seed(seed)
     example = torch.randn((2, *shape), generator=gen)
     x = torch.randn((check_batch, *shape), generator=gen)
-    with eval_mode(original), torch.no_grad():
-        want = _flat(original(x))
+    try:
+        with eval_mode(original), torch.no_grad():
+            want = _flat(original(x))
+    except Exception as e:  # noqa: BLE001 - the model cannot run on this input
+        c, h, w = shape
+        error = UsageError if input_shape is not None else CheapconvError
+        raise error(f"{type(model).__name__} cannot run on a {c}×{h}×{w} input: {type(e).__name__}: "
+                    f"{_first_line(e)}. Give the input size it expects (--input-size C,H,W"
+                    + ("" if input_shape is not None else "; it could not be taken from the model")
+                    + "). Nothing was written.") from None
+    # Some writers (torch.export.save's C++ stream writer) abort the whole process on a full disk instead of
+    # raising: refuse up front when the weights alone would not fit.
+    weights = sum(t.numel() * t.element_size() for t in prepared.state_dict().values())
+    ensure_free_space(path, int(weights * 1.1) + 2**16)
 
     report: ExportReport | None = None
 
@@ -216,6 +228,8 @@ def export(model: nn.Module, path: str | Path, format: Format = "pt2", *,
         except CheapconvError:
             raise
         except Exception as e:  # noqa: BLE001 - exporters raise many types; one paragraph for the user
+            if is_disk_full(e, path.parent if str(path.parent) else "."):
+                raise  # atomic_write reports the full disk and removes the temporary
             raise CheapconvError(f"Exporting {type(model).__name__} to {format} failed: {type(e).__name__}: "
                                  f"{_first_line(e)}. Nothing was written. Try another --format (pt2 is the "
                                  "most complete), or rerun with --debug for the full error.") from e

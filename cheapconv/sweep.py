@@ -164,6 +164,20 @@ def _write_json(path: Path, obj) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
+def _make_folder(folder: Path) -> None:
+    """``mkdir -p`` with a clear message when it fails (read-only place, full disk)."""
+    from .io import DiskFullError, is_disk_full
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFullError(f"No space left on {str(folder.parent)!r}: cannot create the sweep folder "
+                                f"{str(folder)!r}. Free some space there, or choose another --output.") from e
+        raise UsageError(f"Cannot create the sweep folder {str(folder)!r}: {e.strerror or e}. Choose an output "
+                         "folder you can write to.") from None
+
+
 def _load_state(out_dir: Path, config: dict) -> dict[str, SweepPoint]:
     state = out_dir / "sweep.json"
     if not state.exists():
@@ -173,7 +187,7 @@ def _load_state(out_dir: Path, config: dict) -> dict[str, SweepPoint]:
     except (OSError, json.JSONDecodeError) as e:
         raise UsageError(f"{str(state)!r} is not a readable sweep state ({e}); choose another output "
                          "folder.") from None
-    if saved.get("format") != SWEEP_FORMAT:
+    if not isinstance(saved, dict) or saved.get("format") != SWEEP_FORMAT:
         raise UsageError(f"{str(out_dir)!r} holds a sweep.json that cheapconv did not write; choose another "
                          "output folder.")
     old = saved.get("config", {})
@@ -185,8 +199,12 @@ def _load_state(out_dir: Path, config: dict) -> dict[str, SweepPoint]:
     points = {}
     known = {f.name for f in fields(SweepPoint)}
     for file in sorted((out_dir / "points").glob("*.json")):
-        d = json.loads(file.read_text())
-        point = SweepPoint(**{k: v for k, v in d.items() if k in known})
+        try:
+            d = json.loads(file.read_text())
+            point = SweepPoint(**{k: v for k, v in d.items() if k in known})
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            raise UsageError(f"{str(file)!r} is not a readable sweep point ({type(e).__name__}: {e}); delete it "
+                             "to recompute that point, or choose another output folder.") from None
         points[point.block] = point
     return points
 
@@ -226,7 +244,7 @@ def sweep(model: nn.Module, blocks: Sequence[str], out_dir: str | Path, *, model
     if data is not None and distill_fn is None and evaluate_fn is None:
         distill_fn, evaluate_fn = default_hooks(data, epochs, input_size=shape, data_dir=data_dir,
                                                 checkpoint_dir=out_dir / "points")
-    (out_dir / "points").mkdir(parents=True, exist_ok=True)
+    _make_folder(out_dir / "points")
     _write_json(out_dir / "sweep.json", {"format": SWEEP_FORMAT, "version": SWEEP_VERSION, "config": config})
     result = SweepResult(config, [])
     order = ([TEACHER] if include_teacher else []) + list(blocks)

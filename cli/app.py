@@ -48,7 +48,8 @@ def parse_input_size(text: str | None) -> tuple[int, int, int] | None:
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+    """A warning on stderr; ``message`` is printed literally (it may quote layer names from a file)."""
+    err.print(f"[yellow]warning:[/yellow] {literal(message)}", highlight=False)
 
 
 def output_path(path: Path | None, *, required: bool = True) -> Path | None:
@@ -60,3 +61,234 @@ def output_path(path: Path | None, *, required: bool = True) -> Path | None:
             raise typer.BadParameter("an output file is required", param_hint="-o/--output")
         return None
     return check_writable(path)
+
+
+# ------------------------------------------------------------------------ outputs that would destroy inputs
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name the same file: equal once resolved (symlinks followed), or one inode (hard
+    links, bind mounts) when both exist."""
+    import os
+
+    try:
+        if a.resolve() == b.resolve():
+            return True
+    except (OSError, RuntimeError):  # a symlink loop
+        pass
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _pairs(items) -> list[tuple[str, Path]]:
+    if items is None:
+        return []
+    pairs = items.items() if hasattr(items, "items") else items
+    out_pairs = []
+    for label, value in pairs:
+        if value is None or value == "":
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        out_pairs += [(label, Path(v)) for v in values if v is not None and str(v) != ""]
+    return out_pairs
+
+
+def check_outputs(*, inputs=None, outputs=None) -> None:
+    """Refuse, before any work, a run whose output would overwrite one of its inputs or another of its outputs.
+
+    ``inputs`` and ``outputs`` map an option label (``"--teacher"``, ``"-o/--output"``) to a path, a list of
+    paths or None (ignored); pairs ``(label, path)`` work too. Paths are compared resolved (through symlinks)
+    and, when both exist, by inode (hard links). Each output's folder is also checked to exist and be writable
+    (:func:`cheapconv.io.check_writable`). Raises :class:`cheapconv.errors.UsageError` (exit 2).
+    """
+    from cheapconv.errors import UsageError
+    from cheapconv.io import check_writable
+
+    ins, outs = _pairs(inputs), _pairs(outputs)
+    for i, (label, path) in enumerate(outs):
+        for in_label, in_path in ins:
+            if _same_file(path, in_path):
+                raise UsageError(f"The output {label} {str(path)!r} is the same file as the input {in_label} "
+                                 f"{str(in_path)!r}: writing it would destroy the input. Choose another "
+                                 f"{label} path.")
+        for other_label, other in outs[:i]:
+            if _same_file(path, other):
+                raise UsageError(f"The outputs {other_label} {str(other)!r} and {label} {str(path)!r} are the "
+                                 "same file: one would overwrite the other. Give them different paths.")
+    for _, path in outs:
+        check_writable(path)
+
+
+# ------------------------------------------------------------------------ strings that come from files
+
+_CONTROL = None
+
+
+def literal(text) -> str:
+    """``text`` made safe to print with rich: markup escaped (so ``[red]`` prints as ``[red]``) and control
+    characters (ESC and the other C0/C1 controls except newline, DEL, bidirectional overrides) shown as
+    ``\\xNN``/``\\uNNNN`` escapes instead of being sent to the terminal. Use it on every string read from a file."""
+    import re
+
+    from rich.markup import escape
+
+    global _CONTROL
+    if _CONTROL is None:
+        _CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+    text = str(text)
+
+    def show(m) -> str:
+        c = ord(m.group())
+        return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+    return escape(_CONTROL.sub(show, text))
+
+
+def literal_table(table):
+    """A rich Table with every string cell, its title and caption passed through :func:`literal` (for tables
+    built from file contents: layer names, policies, recipe fields). Returns the same table."""
+    for attr in ("title", "caption"):
+        value = getattr(table, attr, None)
+        if isinstance(value, str):
+            setattr(table, attr, literal(value))
+    for column in getattr(table, "columns", ()):
+        cells = getattr(column, "_cells", None)
+        if isinstance(cells, list):
+            column._cells = [literal(c) if isinstance(c, str) else c for c in cells]
+    return table
+
+
+# ------------------------------------------------------------------------ devices, input sizes, downloads
+
+def check_device(text: str | None, *, option: str = "--device") -> str | None:
+    """Validate a device string before any work: unknown names and absent devices are usage errors."""
+    if text is None:
+        return None
+    import torch
+
+    from cheapconv.errors import UsageError
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise UsageError(f"Unknown device {text!r} for {option}; use cpu, cuda or cuda:N.") from None
+    if device.type == "cpu":
+        return text
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"{option} {text}: no CUDA device is available on this machine (no GPU, or no "
+                             "driver). Use --device cpu.")
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"{option} {text}: this machine has {count} CUDA device(s), numbered 0 to "
+                             f"{count - 1}. Use --device cuda:0 or --device cpu.")
+        return text
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise UsageError(f"{option} {text}: MPS is not available on this machine. Use --device cpu.")
+        return text
+    raise UsageError(f"{option} {text}: cheapconv measures on cpu or cuda only. Use --device cpu or cuda.")
+
+
+def check_input_size(model, size: tuple[int, int, int] | None, *, what: str = "The model") -> None:
+    """Fail with a usage error (exit 2) when ``model`` cannot run on a ``--input-size`` the user gave.
+
+    One forward pass of a single zero image in eval mode, no gradients; the model's train/eval mode is
+    restored."""
+    if size is None:
+        return
+    import torch
+
+    from cheapconv.errors import UsageError
+
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.dtype.is_floating_point else torch.float32
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad(), _quiet_fx():
+            model(torch.zeros((1, *size), device=device, dtype=dtype))
+    except Exception as e:  # noqa: BLE001 - any failure here is the input size's
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        c, h, w = size
+        native = getattr(model, "default_input_size", None) or \
+            (getattr(model, "cheapconv_recipe", None) or {}).get("input_size")
+        hint = f" (its own is {','.join(str(v) for v in native)})" if native else ""
+        raise UsageError(f"{what} cannot run on --input-size {c},{h},{w}: {first}. Give the C,H,W the model "
+                         f"expects{hint}, or leave --input-size out.") from None
+    finally:
+        model.train(was_training)
+
+
+class _quiet_fx:
+    """Within this block, torch.fx-generated code does not print its own traceback to stderr on an error (it
+    still raises, and the command line turns the error into one message)."""
+
+    def __enter__(self):
+        self._undo = quiet_fx_errors()
+        return self
+
+    def __exit__(self, *exc):
+        self._undo()
+        return False
+
+
+def quiet_fx_errors():
+    """Stop torch.fx's generated-forward wrapper from printing a traceback before re-raising; returns a
+    function that restores it. A no-op where torch.fx has no such wrapper."""
+    try:
+        from torch.fx import graph_module
+    except Exception:  # noqa: BLE001 - torch missing or broken: nothing to quiet
+        return lambda: None
+    wrapped = getattr(graph_module, "_WrappedCall", None)
+    original = wrapped.__dict__.get("__call__") if isinstance(wrapped, type) else None
+    if original is None or getattr(original, "_cheapconv_quiet", False):
+        return lambda: None
+
+    def __call__(self, obj, *args, **kwargs):
+        cls_call = getattr(self, "cls_call", None)
+        if cls_call is not None:
+            return cls_call(obj, *args, **kwargs)
+        return super(self.cls, obj).__call__(*args, **kwargs)
+
+    __call__._cheapconv_quiet = True
+    wrapped.__call__ = __call__
+
+    def undo() -> None:
+        wrapped.__call__ = original
+
+    return undo
+
+
+_NETWORK_MODULES = ("urllib3", "requests", "huggingface_hub", "httpx", "http.client", "socket", "ssl")
+
+
+def is_network_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is a failed download: no network, DNS, refused, timeout."""
+    import socket
+    import urllib.error
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen and len(seen) < 32:
+        seen.add(id(e))
+        if isinstance(e, (urllib.error.URLError, ConnectionError, socket.gaierror, socket.timeout, TimeoutError)):
+            return True
+        module = type(e).__module__ or ""
+        if any(module == m or module.startswith(m + ".") for m in _NETWORK_MODULES):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def download_error(model: str, exc: BaseException):
+    """The usage error for a ``--pretrained`` download that failed (no network, hub down)."""
+    from cheapconv.errors import UsageError
+
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return UsageError(f"The pretrained weights of {model!r} could not be downloaded ({type(exc).__name__}: "
+                      f"{first}). Without network access, download the weights file on another machine and pass "
+                      "it with --weights PATH, or leave out --pretrained.")

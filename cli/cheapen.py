@@ -7,7 +7,20 @@ from pathlib import Path
 
 import typer
 
-from .app import app, err, out, output_path, parse_input_size, warn
+from .app import (
+    app,
+    check_input_size,
+    check_outputs,
+    download_error,
+    err,
+    is_network_error,
+    literal,
+    literal_table,
+    out,
+    output_path,
+    parse_input_size,
+    warn,
+)
 
 
 def resolve_policy(block: str | None, policy: str | None, policy_file: Path | None):
@@ -51,12 +64,22 @@ def cheapen(
     size = parse_input_size(input_size)
     if not dry_run:
         output_path(output)
+        check_outputs(inputs={"MODEL": model, "--weights": weights, "--policy-file": policy_file},
+                      outputs={"-o/--output": output})
     with err.status(f"Building {model}..."):
         if Path(model).suffix in (".pt", ".pth") or Path(model).is_file():
             teacher = cheapconv.load(model, trust=trust)
         else:
-            teacher = cheapconv.create_model(model, num_classes=num_classes,
-                                             pretrained=str(weights) if weights else pretrained)
+            try:
+                teacher = cheapconv.create_model(model, num_classes=num_classes,
+                                                 pretrained=str(weights) if weights else pretrained)
+            except cheapconv.CheapconvError:
+                raise
+            except Exception as e:
+                if pretrained and not weights and is_network_error(e):
+                    raise download_error(model, e) from e
+                raise
+    check_input_size(teacher, size, what=model)
     with err.status("Tracing, planning and rewriting..."), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if dry_run:
@@ -68,17 +91,17 @@ def cheapen(
             the_plan = student.cheapconv_plan
     for w in caught:
         warn(str(w.message))
-    out.print(the_plan.table(show_all=not changes_only))
-    out.print(summary_table(the_plan))
+    out.print(literal_table(the_plan.table(show_all=not changes_only)))
+    out.print(literal_table(summary_table(the_plan)))
     if the_plan.stages:
-        out.print(f"Attention-transfer taps: {', '.join(the_plan.stages)}", highlight=False)
+        out.print(f"Attention-transfer taps: {literal(', '.join(the_plan.stages))}", highlight=False)
     if not the_plan.replaced:
         warn("no layer was replaced: every matched layer was kept (see the reasons above).")
     if dry_run:
         err.print("Dry run: nothing written.")
         return
     kind = cheapconv.save(student, output)
-    err.print(f"Wrote {output} ({kind} format" + (": loading it will need --trust" if kind == "pickle" else "")
+    err.print(f"Wrote {literal(output)} ({kind} format" + (": loading it will need --trust" if kind == "pickle" else "")
               + ").", highlight=False)
 
 
@@ -87,25 +110,28 @@ def inspect(
     file: Path = typer.Argument(..., metavar="FILE", help="A file written by cheapconv."),
     changes_only: bool = typer.Option(False, "--changes-only", help="List only the layers that changed."),
 ) -> None:
-    """Print a saved model's recipe, its plan and its totals (no code from the file runs)."""
-    import torch
+    """Print a saved model's recipe, its plan and its totals (no code from the file runs).
+
+    Every string from the file is printed literally (rich markup and terminal control characters escaped).
+    """
     from rich.table import Table
 
-    from cheapconv.io import _read
+    from cheapconv.errors import FileFormatError
+    from cheapconv.io import _check_payload, _read
     from cheapconv.plan import Plan
     from cheapconv.report import summary_table
 
     payload = _read(file)
     import json
 
-    recipe = json.loads(payload["recipe_json"])
+    recipe = _check_payload(payload, Path(file))
     t = Table(title=f"{file}", title_justify="left", show_header=False)
     t.add_column("field")
     t.add_column("value", overflow="fold")
     for key in ("source", "model", "policy", "storage", "input_size", "saved_at"):
         if recipe.get(key) is not None:
             t.add_row(key, str(recipe[key]))
-    for key, value in recipe.get("versions", {}).items():
+    for key, value in (recipe.get("versions") or {}).items():
         t.add_row(f"version {key}", str(value))
     state = payload["state_dict"]
     trainable_like = sum(v.numel() for k, v in state.items() if not k.endswith("num_batches_tracked"))
@@ -114,15 +140,22 @@ def inspect(
                                                            "input_size", "saved_at", "versions", "plan",
                                                            "leaf_modules", "notes")}
     for key, value in extra.items():
-        t.add_row(key, json.dumps(value) if not isinstance(value, str) else value)
-    out.print(t)
+        t.add_row(str(key), json.dumps(value) if not isinstance(value, str) else value)
+    for note in recipe.get("notes") or []:
+        t.add_row("note", note)
+    out.print(literal_table(t))
     if recipe.get("plan"):
-        the_plan = Plan.from_dict(recipe["plan"])
-        out.print(the_plan.table(show_all=not changes_only))
-        out.print(summary_table(the_plan))
+        try:
+            the_plan = Plan.from_dict(recipe["plan"])
+            tables = [the_plan.table(show_all=not changes_only), summary_table(the_plan)]
+        except (TypeError, KeyError, ValueError, AttributeError, IndexError) as e:
+            raise FileFormatError(f"{str(file)!r} holds a malformed plan ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''}); its recipe fields are above. "
+                                  "The file is damaged or was not written by cheapconv.") from None
+        for table in tables:
+            out.print(literal_table(table))
         if the_plan.stages:
-            out.print(f"Attention-transfer taps: {', '.join(the_plan.stages)}", highlight=False)
-    del torch
+            out.print(f"Attention-transfer taps: {literal(', '.join(map(str, the_plan.stages)))}", highlight=False)
 
 
 @app.command()

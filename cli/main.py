@@ -6,21 +6,18 @@ Exit codes: 0 success, 1 failure at run time, 2 usage error, 130 interrupted. No
 
 from __future__ import annotations
 
-import importlib
 import sys
 
-import click
-import typer
-
-from . import cheapen as _cheapen  # noqa: F401  (registers commands)
-from . import measure as _measure  # noqa: F401
-from . import search as _search  # noqa: F401
-from . import train as _train  # noqa: F401
-from .app import STATE, app, err
+# Only the standard library is imported at module level: the command modules (typer, rich, torch) are
+# imported inside main(), so that Ctrl-C while they load is a clean "Interrupted." (exit 130), not a traceback.
 
 
 def _classes(name: str) -> tuple[type, ...]:
     """click's exception class ``name`` and, for typer versions that vendor click, typer's own."""
+    import importlib
+
+    import click
+
     found = {getattr(click.exceptions, name)}
     try:
         found.add(getattr(importlib.import_module("typer._click.exceptions"), name))
@@ -29,39 +26,67 @@ def _classes(name: str) -> tuple[type, ...]:
     return tuple(found)
 
 
-_CLICK_ERRORS = _classes("ClickException")
-_EXITS = (typer.Exit, *_classes("Exit")) if hasattr(click.exceptions, "Exit") else (typer.Exit,)
-_ABORTS = (typer.Abort, *_classes("Abort"))
+def _interrupted() -> int:
+    try:
+        sys.stderr.write("Interrupted.\n")
+        sys.stderr.flush()
+    except Exception:  # noqa: BLE001 - stderr closed: the exit code still says it
+        pass
+    return 130
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    try:
+        return _main(argv, debug)
+    except KeyboardInterrupt:  # anywhere: while importing, while starting, while printing an error
+        return _interrupted()
+
+
+def _main(argv: list[str], debug: bool) -> int:
+    import click  # noqa: F401
+    import typer
+
     from cheapconv.errors import CheapconvError
 
+    from . import cheapen as _cheapen  # noqa: F401  (registers commands)
+    from . import measure as _measure  # noqa: F401
+    from . import search as _search  # noqa: F401
+    from . import train as _train  # noqa: F401
+    from .app import STATE, app, err, literal, quiet_fx_errors
+
+    click_errors = _classes("ClickException")
+    exits = (typer.Exit, *_classes("Exit")) if hasattr(click.exceptions, "Exit") else (typer.Exit,)
+    aborts = (typer.Abort, *_classes("Abort"))
+    # torch.fx prints its own traceback when generated forward code raises; without --debug the error
+    # below is the only message.
+    restore_fx = (lambda: None) if debug else quiet_fx_errors()
     try:
         # Without standalone mode, click/typer *return* the code of typer.Exit(n) and of Ctrl-C (130).
         code = app(args=argv, prog_name="cheapconv", standalone_mode=False)
         return code if isinstance(code, int) else 0
-    except _EXITS as e:
+    except exits as e:
         return getattr(e, "exit_code", 0)
-    except _CLICK_ERRORS as e:
+    except click_errors as e:
         e.show(file=sys.stderr)
         return e.exit_code
-    except (*_ABORTS, KeyboardInterrupt):
-        err.print("Interrupted.")
-        return 130
+    except (*aborts, KeyboardInterrupt):
+        return _interrupted()
     except CheapconvError as e:
         if debug or STATE["debug"]:
             raise
-        err.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/bold red] {literal(e)}", highlight=False, soft_wrap=True)
         return e.exit_code
     except Exception as e:  # noqa: BLE001 - last resort: a clean message, traceback only with --debug
         if debug or STATE["debug"]:
             raise
-        err.print(f"[bold red]error:[/bold red] {type(e).__name__}: {e}\nThis looks like a bug in cheapconv or an "
-                  "unsupported model; rerun with --debug for the traceback.", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/bold red] {literal(type(e).__name__)}: {literal(e)}\nThis looks like a bug in "
+                  "cheapconv or an unsupported model; rerun with --debug for the traceback.", highlight=False,
+                  soft_wrap=True)
         return 1
+    finally:
+        restore_fx()
 
 
 def run() -> None:

@@ -8,7 +8,18 @@ from pathlib import Path
 
 import typer
 
-from .app import app, err, out, output_path, parse_input_size, warn
+from .app import (
+    app,
+    check_device,
+    check_outputs,
+    err,
+    literal,
+    literal_table,
+    out,
+    output_path,
+    parse_input_size,
+    warn,
+)
 
 _DTYPE_HELP = "fp32, or bf16/fp16 (run under autocast)."
 
@@ -30,7 +41,7 @@ def _write_json(path: Path | None, obj) -> None:
     from cheapconv.io import atomic_write
 
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=str) + "\n"))
-    err.print(f"Wrote {path}", highlight=False)
+    err.print(f"Wrote {literal(path)}", highlight=False)
 
 
 def _check_batch(batch: int, repeats: int) -> None:
@@ -70,6 +81,8 @@ def profile(
     size = parse_input_size(input_size)
     the_dtype = parse_dtype(dtype)
     output_path(json_out, required=False)
+    check_device(device)
+    check_outputs(inputs={"MODEL": model, "--teacher": teacher}, outputs={"--json": json_out})
     with err.status(f"Loading {model}..."):
         the_model = _load_model(model, trust=trust)
         the_teacher = _load_model(teacher, trust=trust) if teacher else None
@@ -77,15 +90,15 @@ def profile(
         p = run_profile(the_model, size, device=device, dtype=the_dtype, channels_last=channels_last,
                         batch=batch, warmup=warmup, repeats=repeats, threads=threads, per_layer=layers,
                         teacher=the_teacher, name=Path(model).name if Path(model).is_file() else None)
-    out.print(p.table())
+    out.print(literal_table(p.table()))
     if p.blocks:
-        out.print(blocks_table(p.blocks))
+        out.print(literal_table(blocks_table(p.blocks)))
         slower = p.slower_blocks
         if slower:
             warn(f"{len(slower)} of {len(p.blocks)} replaced blocks are slower than the layer they replaced "
                  f"({', '.join(b.layer for b in slower[:5])}{', ...' if len(slower) > 5 else ''}).")
     for note in p.notes:
-        err.print(f"note: {note}", highlight=False)
+        err.print(f"note: {literal(note)}", highlight=False)
     _write_json(json_out, p.to_dict())
 
 
@@ -122,6 +135,8 @@ def compare(
     size = parse_input_size(input_size)
     the_dtype = parse_dtype(dtype)
     output_path(json_out, required=False)
+    check_device(device)
+    check_outputs(inputs={"MODELS": list(models)}, outputs={"--json": json_out})
     with err.status("Loading models..."):
         loaded = [_load_model(m, trust=trust) for m in models]
     names = [Path(m).name if Path(m).is_file() else m for m in models]
@@ -137,13 +152,13 @@ def compare(
                 accuracies.append(evaluate_accuracy(m, data, input_shape=profiles[0].input_shape,
                                                     data_dir=str(data_dir) if data_dir else None, limit=limit,
                                                     device=device))
-    out.print(compare_table(profiles, accuracies))
+    out.print(literal_table(compare_table(profiles, accuracies)))
     for p in profiles:
         if p.slower_blocks:
             title = f"{p.model}: blocks slower than what they replaced"
-            out.print(blocks_table(p.slower_blocks, title=title))
+            out.print(literal_table(blocks_table(p.slower_blocks, title=title)))
         for note in p.notes:
-            err.print(f"note ({p.model}): {note}", highlight=False)
+            err.print(f"note ({literal(p.model)}): {literal(note)}", highlight=False)
     _write_json(json_out, [dict(p.to_dict(), accuracy=None if accuracies is None else accuracies[i])
                            for i, p in enumerate(profiles)])
 
@@ -190,6 +205,7 @@ def sweep(
     if not output.exists() and not (output.parent if str(output.parent) else Path(".")).is_dir():
         raise UsageError(f"The folder {str(output.parent)!r} does not exist; create it first or choose "
                          "another --output.")
+    _check_sweep_folder(output, specs, inputs={"MODEL": model, "--weights": weights})
     with err.status(f"Building {model}..."):
         teacher = _load_model(model, trust=trust, num_classes=num_classes, weights=weights)
     with warnings.catch_warnings():
@@ -201,9 +217,37 @@ def sweep(
     out.print(Path(result.files["md"]).read_text() if "md" in result.files else "No point was computed.",
               highlight=False, markup=False)
     for kind, path in result.files.items():
-        err.print(f"Wrote {path} ({kind})", highlight=False)
+        err.print(f"Wrote {literal(path)} ({kind})", highlight=False)
     if "png" not in result.files and result.points:
         warn("no plot written: matplotlib is not installed (pip install matplotlib).")
+
+
+def _check_sweep_folder(output: Path, specs: list[str], *, inputs: dict) -> None:
+    """A sweep folder must be writable (it, or the folder it is created in) and must not hold the run's inputs
+    where the sweep writes its files."""
+    import os
+
+    from cheapconv.errors import UsageError
+    from cheapconv.sweep import _slug
+
+    where = output if output.exists() else (output.parent if str(output.parent) else Path("."))
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise UsageError(f"The sweep folder {str(where)!r} is not writable, so the report cannot be written "
+                         "there. Choose another --output.")
+    for sub in ("points",):
+        folder = output / sub
+        if folder.exists() and (not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK)):
+            raise UsageError(f"{str(folder)!r} is not a writable folder, so the sweep's points cannot be stored. "
+                             "Choose another --output.")
+    files = [output / name for name in ("sweep.json", "sweep.csv", "sweep.md", "sweep.png")]
+    files += [output / "points" / f"{_slug(b)}{ext}" for b in ["S", *specs] for ext in (".json", ".pt", ".ckpt")]
+    from .app import _pairs, _same_file
+
+    for label, path in _pairs(inputs):
+        hit = next((f for f in files if _same_file(f, path)), None)
+        if hit is not None:
+            raise UsageError(f"The input {label} {str(path)!r} is a file the sweep writes ({str(hit)!r}): the "
+                             "sweep would overwrite it. Copy it elsewhere or choose another --output.")
 
 
 @app.command("export")
@@ -230,6 +274,7 @@ def export_command(
         raise typer.BadParameter(f"expected one of {', '.join(FORMATS)}; got {format!r}",
                                  param_hint="--format")
     output_path(output)
+    check_outputs(inputs={"FILE": file}, outputs={"-o/--output": output})
     size = parse_input_size(input_size)
     with err.status(f"Loading {file}..."):
         model = _load_model(file, trust=trust)
@@ -240,4 +285,4 @@ def export_command(
     for note in report.notes:
         warn(note)
     out.print(report.check_line(), highlight=False)
-    err.print(f"Wrote {output} ({format}).", highlight=False)
+    err.print(f"Wrote {literal(output)} ({format}).", highlight=False)

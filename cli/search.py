@@ -6,7 +6,41 @@ from pathlib import Path
 
 import typer
 
-from .app import app, err, out, output_path, parse_input_size, warn
+from .app import (
+    app,
+    check_input_size,
+    check_outputs,
+    err,
+    literal,
+    literal_table,
+    out,
+    output_path,
+    parse_input_size,
+    warn,
+)
+
+
+def _policy_paths(output: Path, count: int) -> list[Path]:
+    """-o for the winner, ``<stem>.<k><suffix>`` for rank k (as SearchResult.write_policies names them)."""
+    return [output if rank == 1 else output.with_name(f"{output.stem}.{rank}{output.suffix}")
+            for rank in range(1, count + 1)]
+
+
+def _write_policies(result, output: Path, top: int) -> list[Path]:
+    """Write the top policies atomically; on a failure (a full disk) none of this run's files is left."""
+    from cheapconv.io import atomic_write
+
+    written: list[Path] = []
+    try:
+        for rank, target in enumerate(_policy_paths(output, min(top, len(result.results))), 1):
+            text = result.policy_text(rank)
+            atomic_write(target, lambda tmp, text=text: Path(tmp).write_text(text))
+            written.append(target)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return written
 
 
 def _metric(value: str | None) -> str | None:
@@ -76,6 +110,9 @@ def search(
         raise typer.BadParameter(f"choose paper or trainable, not {convention!r}", param_hint="--convention")
     output_path(output, required=False)
     size = parse_input_size(input_size)
+    if output is not None:
+        check_outputs(inputs={"MODEL": model}, outputs=[(f"-o/--output (rank {k})" if k > 1 else "-o/--output", p)
+                                                        for k, p in enumerate(_policy_paths(output, top), 1)])
     if threads is not None:
         torch.set_num_threads(threads)
     with err.status(f"Building {model}..."):
@@ -83,6 +120,7 @@ def search(
             teacher = cheapconv.load(model, trust=trust)
         else:
             teacher = cheapconv.create_model(model, num_classes=num_classes)
+    check_input_size(teacher, size, what=model)
     name = getattr(teacher, "cheapconv_source", None) or model
 
     labels = {"latency": "Timing blocks", "scoring": "Scoring (Fisher)", "spread": "Re-scoring the top"}
@@ -106,7 +144,7 @@ def search(
     for note in result.notes:
         warn(note)
     result.model = name
-    out.print(result.table(top=show))
+    out.print(literal_table(result.table(top=show)))
     win = result.winner
     out.print(f"Sampled {result.draws:,} configurations, {result.in_budget:,} within the budget window; "
               f"scored {len(result.results):,} distinct students on {result.minibatch}.", highlight=False)
@@ -121,6 +159,6 @@ def search(
     if output is None:
         out.print(result.policy_text(1), highlight=False, markup=False)
         return
-    written = result.write_policies(output, top=top)
-    err.print(f"Wrote {', '.join(map(str, written))}. Apply with: cheapconv cheapen {model} --policy-file "
-              f"{written[0]} -o student.pt", highlight=False)
+    written = _write_policies(result, output, top)
+    err.print(literal(f"Wrote {', '.join(map(str, written))}. Apply with: cheapconv cheapen {model} --policy-file "
+                      f"{written[0]} -o student.pt"), highlight=False)

@@ -15,7 +15,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .app import app, err, out, output_path
+from .app import app, check_outputs, err, out, output_path
 
 _LOSSES = "at, kd, at+kd or ce"
 
@@ -223,6 +223,8 @@ def train(
     from cheapconv.data import dataset_info
 
     output_path(output)
+    check_outputs(inputs={"MODEL": model, "--weights": weights},  # default checkpoint as in _prepare_run
+                  outputs={"-o/--output": output, "--checkpoint": checkpoint or output.with_suffix(".ckpt")})
     ckpt, lr, grad_clip = _prepare_run(output, checkpoint, resume=resume, overwrite=overwrite, lr=lr,
                                        grad_clip=grad_clip)
     cfg = _config(epochs=epochs, max_steps=max_steps, batch_size=batch_size, loss="ce", lr=lr, momentum=momentum,
@@ -270,6 +272,8 @@ def distill_cmd(
     Example: cheapconv distill --teacher teacher.pt --student s.pt --data fashion-mnist --loss at -o trained.pt
     """
     output_path(output)
+    check_outputs(inputs={"--teacher": teacher, "--student": student, "--teacher-weights": teacher_weights},
+                  outputs={"-o/--output": output, "--checkpoint": checkpoint or output.with_suffix(".ckpt")})
     ckpt, lr, grad_clip = _prepare_run(output, checkpoint, resume=resume, overwrite=overwrite, lr=lr,
                                        grad_clip=grad_clip)
     cfg = _config(epochs=epochs, max_steps=max_steps, batch_size=batch_size, loss=loss, beta=beta, alpha=alpha,

@@ -98,6 +98,16 @@ def test_read_idx_rejects_bad_files(tmp_path: Path) -> None:
         read_idx(tmp_path / "badgz")
 
 
+def test_read_idx_corrupt_deflate_data_is_a_file_format_error(tmp_path: Path) -> None:
+    # a valid gzip header followed by a corrupt deflate stream: zlib.error, not OSError
+    (tmp_path / "corrupt.gz").write_bytes(b"\x1f\x8b\x08\x00" + bytes(6) + b"garbage" * 5)
+    with pytest.raises(FileFormatError, match="does not decompress"):
+        read_idx(tmp_path / "corrupt.gz")
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(FileFormatError, match="Cannot read the IDX file"):
+        read_idx(tmp_path / "adir")
+
+
 # ----------------------------------------------------------------------------------- Fashion-MNIST
 
 
