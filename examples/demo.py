@@ -100,7 +100,8 @@ def main() -> int:
     teacher = cheapconv.create_model(args.teacher, num_classes=train.info.num_classes)
     t0 = time.perf_counter()
     t_result = distill(None, teacher, train, val_data=test,
-                       config=recipe.replace(epochs=args.teacher_epochs, loss="ce"), checkpoint=out / "teacher.ckpt")
+                       config=recipe.replace(epochs=args.teacher_epochs, loss="ce"), checkpoint=out / "teacher.ckpt",
+                       overwrite=True)  # the demo owns its folder: a rerun starts over
     teacher_time = time.perf_counter() - t0
     teacher = teacher.to(memory_format=torch.contiguous_format)
     cheapconv.save(teacher, out / "teacher.pt")
@@ -115,7 +116,7 @@ def main() -> int:
     t0 = time.perf_counter()
     s_result = distill(teacher, student, train, val_data=test,
                        config=recipe.replace(epochs=args.student_epochs, loss=args.loss),
-                       checkpoint=out / "student.ckpt")
+                       checkpoint=out / "student.ckpt", overwrite=True)
     student_time = time.perf_counter() - t0
     student = student.to(memory_format=torch.contiguous_format)
     cheapconv.save(student, out / "student.pt")
