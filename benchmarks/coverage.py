@@ -133,7 +133,7 @@ def pick_input_size(model, sizes=SIZES) -> tuple[int, int, int]:
     import torch
 
     from cheapconv.counting import eval_mode
-    from cheapconv.models.zoo import default_input_size
+    from cheapconv.models.inputs import default_input_size
 
     native = default_input_size(model)
     candidates = [(native[0], s, s) for s in sizes if s <= max(native[1:])] + [tuple(native)]
@@ -201,7 +201,7 @@ def check_student(teacher, student, x, workdir: str | None = None) -> dict:
         path = os.path.join(workdir, "student.pt")
         r["storage"] = cheapconv.save(student, path)
         if r["storage"] != "graph" and isinstance(student, torch.fx.GraphModule):
-            from cheapconv import graph_codec
+            from cheapconv.store import graph_codec
 
             try:
                 graph_codec.describe_graph_module(student)

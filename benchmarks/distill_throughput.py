@@ -38,8 +38,8 @@ from torch.utils.data import DataLoader
 import cheapconv
 from cheapconv import Callback, DistillConfig, distill
 from cheapconv.data import TensorImageDataset, get_dataset
-from cheapconv.losses import DistillationLoss
-from cheapconv.taps import record
+from cheapconv.surgery.taps import record
+from cheapconv.train.losses import DistillationLoss
 
 
 def log(msg: str) -> None:

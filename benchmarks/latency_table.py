@@ -1,7 +1,7 @@
 """Latency, params and MACs of ResNet-34 and WRN-40-2 and their cheap students, measured in one run.
 
 For each network, each setting (fp32 / bf16 autocast × NCHW / channels_last) and each batch (1 and 32),
-the teacher and its five students are timed **side by side** (:func:`cheapconv.profile.measure_side_by_side`:
+the teacher and its five students are timed **side by side** (:func:`cheapconv.measure.profiler.measure_side_by_side`:
 one pass of each in turn, repeated), so machine load hits all six alike and the speed-ups are same-moment
 ratios. Prints a Markdown report (the tables of ``benchmarks/README.md``) and optionally writes the raw
 figures as JSON.
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import cheapconv
-from cheapconv.profile import measure_side_by_side
+from cheapconv.measure.profiler import measure_side_by_side
 
 STUDENTS = ("G(4)", "G(N)", "B(2)", "BG(2,M)", "S-2x2")
 SETTINGS = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
@@ -81,7 +81,7 @@ def _cell(net: dict, key: str, i: int) -> str:
 
 
 def markdown(results: dict) -> str:
-    from cheapconv.report import human
+    from cheapconv.surgery.report import human
 
     lines = [f"CPU: {results['cpu']} ({results['cores']} cores), {results['threads']} intra-op thread(s), "
              f"torch {results['torch']}. Median ms per forward pass of the whole batch; in brackets the "
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     results = measure(networks, STUDENTS, SETTINGS, args.threads, log)
     results["seconds"] = round(time.perf_counter() - start)
     if args.json:
-        from cheapconv.io import atomic_write
+        from cheapconv.store.files import atomic_write
 
         atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))
     print(markdown(results))

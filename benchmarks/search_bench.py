@@ -155,7 +155,7 @@ def compare(args, sink: list) -> None:
 
     for label, student in (("single " + args.single, single), ("searched", searched)):
         torch.manual_seed(args.seed)
-        cheapconv.fisher.seeded_init_(student, args.seed)  # both start from the same kind of initialisation
+        cheapconv.blockswap.fisher.seeded_init_(student, args.seed)  # both start from the same kind of initialisation
         t0 = time.perf_counter()
         distill(teacher, student, train, config=DistillConfig(loss="at", **common))
         _emit({"part": "compare", "phase": "student", "student": label,

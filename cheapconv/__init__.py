@@ -9,26 +9,27 @@
 ``import cheapconv`` imports torch only; torchvision and timm are imported when a model name needs them.
 """
 
-__version__ = "0.1.0"
-
 from .blocks import BLOCK_REGISTRY, BlockSpec, parse_block
 from .blockswap import SearchResult, search
-from .callbacks import Callback
-from .config import DistillConfig
+from .blockswap.fisher import fisher_potential
 from .counting import count_macs, count_params
-from .distill import DistillResult, NonFiniteLossError, distill
 from .errors import CheapconvError, PolicyMatchError, PolicySyntaxError, TraceError, UsageError
-from .export import ExportCheckError, export
-from .fisher import fisher_potential
-from .io import load, read_recipe, save
-from .metrics import evaluate
-from .models import WideResNet, create_model
-from .plan import Plan, PlanEntry, plan
-from .policy import Policy, Rule, Selector, parse_policy
-from .profile import Profile, profile
-from .rewrite import cheapen
-from .sweep import sweep
-from .taps import Tap, find_stages, record
+from .exporter import ExportCheckError, export
+from .fx.tap import Tap
+from .measure.profiler import Profile, profile
+from .models import WideResNet
+from .store.modelfile import load, read_recipe, save
+from .store.resolve import create_model
+from .surgery.planner import Plan, PlanEntry, plan
+from .surgery.policy import Policy, Rule, Selector, parse_policy
+from .surgery.rewrite import cheapen
+from .surgery.taps import find_stages, record
+from .sweeper import sweep
+from .train.callbacks import Callback
+from .train.config import DistillConfig
+from .train.loop import DistillResult, NonFiniteLossError, distill
+from .train.metrics import evaluate
+from .version import __version__
 
 __all__ = [
     "BLOCK_REGISTRY", "BlockSpec", "Callback", "CheapconvError", "DistillConfig", "DistillResult",

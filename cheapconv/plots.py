@@ -35,7 +35,7 @@ def pareto_plot(path: str | Path, labels: Sequence[str], panels: Sequence[tuple[
     matplotlib.use("Agg")  # no display needed; must precede pyplot's import
     import matplotlib.pyplot as plt
 
-    from .io import atomic_write
+    from .store.files import atomic_write
 
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, (xlabel, xs, ylabel, ys) in zip(axes[0], panels, strict=True):

@@ -54,7 +54,7 @@ def warn(message: str) -> None:
 
 def output_path(path: Path | None, *, required: bool = True) -> Path | None:
     """Validate an output path before any work is done (missing folder -> usage error, exit 2)."""
-    from cheapconv.io import check_writable
+    from cheapconv.store.files import check_writable
 
     if path is None:
         if required:
@@ -100,10 +100,10 @@ def check_outputs(*, inputs=None, outputs=None) -> None:
     ``inputs`` and ``outputs`` map an option label (``"--teacher"``, ``"-o/--output"``) to a path, a list of
     paths or None (ignored); pairs ``(label, path)`` work too. Paths are compared resolved (through symlinks)
     and, when both exist, by inode (hard links). Each output's folder is also checked to exist and be writable
-    (:func:`cheapconv.io.check_writable`). Raises :class:`cheapconv.errors.UsageError` (exit 2).
+    (:func:`cheapconv.store.files.check_writable`). Raises :class:`cheapconv.errors.UsageError` (exit 2).
     """
     from cheapconv.errors import UsageError
-    from cheapconv.io import check_writable
+    from cheapconv.store.files import check_writable
 
     ins, outs = _pairs(inputs), _pairs(outputs)
     for i, (label, path) in enumerate(outs):
@@ -261,34 +261,3 @@ def quiet_fx_errors():
         wrapped.__call__ = original
 
     return undo
-
-
-_NETWORK_MODULES = ("urllib3", "requests", "huggingface_hub", "httpx", "http.client", "socket", "ssl")
-
-
-def is_network_error(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what it was raised from) is a failed download: no network, DNS, refused, timeout."""
-    import socket
-    import urllib.error
-
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen and len(seen) < 32:
-        seen.add(id(e))
-        if isinstance(e, (urllib.error.URLError, ConnectionError, socket.gaierror, socket.timeout, TimeoutError)):
-            return True
-        module = type(e).__module__ or ""
-        if any(module == m or module.startswith(m + ".") for m in _NETWORK_MODULES):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
-def download_error(model: str, exc: BaseException):
-    """The usage error for a ``--pretrained`` download that failed (no network, hub down)."""
-    from cheapconv.errors import UsageError
-
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return UsageError(f"The pretrained weights of {model!r} could not be downloaded ({type(exc).__name__}: "
-                      f"{first}). Without network access, download the weights file on another machine and pass "
-                      "it with --weights PATH, or leave out --pretrained.")

@@ -11,9 +11,7 @@ from .app import (
     app,
     check_input_size,
     check_outputs,
-    download_error,
     err,
-    is_network_error,
     literal,
     literal_table,
     out,
@@ -24,7 +22,7 @@ from .app import (
 
 
 def resolve_policy(block: str | None, policy: str | None, policy_file: Path | None):
-    from cheapconv.policy import Policy, parse_policy
+    from cheapconv.surgery.policy import Policy, parse_policy
 
     given = [x for x in (block, policy, policy_file) if x is not None]
     if len(given) != 1:
@@ -58,7 +56,7 @@ def cheapen(
     Example: cheapconv cheapen resnet34 --block 'G(4)' -o student.pt
     """
     import cheapconv
-    from cheapconv.report import summary_table
+    from cheapconv.surgery.report import summary_table
 
     the_policy = resolve_policy(block, policy, policy_file)
     size = parse_input_size(input_size)
@@ -66,19 +64,10 @@ def cheapen(
         output_path(output)
         check_outputs(inputs={"MODEL": model, "--weights": weights, "--policy-file": policy_file},
                       outputs={"-o/--output": output})
+    from cheapconv.store.resolve import resolve_model
     with err.status(f"Building {model}..."):
-        if Path(model).suffix in (".pt", ".pth") or Path(model).is_file():
-            teacher = cheapconv.load(model, trust=trust)
-        else:
-            try:
-                teacher = cheapconv.create_model(model, num_classes=num_classes,
-                                                 pretrained=str(weights) if weights else pretrained)
-            except cheapconv.CheapconvError:
-                raise
-            except Exception as e:
-                if pretrained and not weights and is_network_error(e):
-                    raise download_error(model, e) from e
-                raise
+        teacher = resolve_model(model, weights=weights, num_classes=num_classes, pretrained=pretrained, trust=trust,
+                                what="MODEL")
     check_input_size(teacher, size, what=model)
     with err.status("Tracing, planning and rewriting..."), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -117,9 +106,9 @@ def inspect(
     from rich.table import Table
 
     from cheapconv.errors import FileFormatError
-    from cheapconv.io import _check_payload, _read
-    from cheapconv.plan import Plan
-    from cheapconv.report import summary_table
+    from cheapconv.store.modelfile import _check_payload, _read
+    from cheapconv.surgery.planner import Plan
+    from cheapconv.surgery.report import summary_table
 
     payload = _read(file)
     import json

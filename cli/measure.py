@@ -27,18 +27,15 @@ _DTYPE_HELP = "fp32, or bf16/fp16 (run under autocast)."
 def _load_model(spec: str, *, trust: bool = False, num_classes: int | None = None,
                 weights: Path | None = None):
     """A saved file (loaded safely) or a zoo name."""
-    import cheapconv
+    from cheapconv.store.resolve import resolve_model
 
-    if Path(spec).suffix in (".pt", ".pth") or Path(spec).is_file():
-        return cheapconv.load(spec, trust=trust)
-    pretrained = str(weights) if weights else False
-    return cheapconv.create_model(spec, num_classes=num_classes, pretrained=pretrained)
+    return resolve_model(spec, trust=trust, num_classes=num_classes, weights=weights)
 
 
 def _write_json(path: Path | None, obj) -> None:
     if path is None:
         return
-    from cheapconv.io import atomic_write
+    from cheapconv.store.files import atomic_write
 
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=str) + "\n"))
     err.print(f"Wrote {literal(path)}", highlight=False)
@@ -74,8 +71,8 @@ def profile(
 
     Example: cheapconv profile student.pt --batch 32 --dtype bf16 --channels-last
     """
-    from cheapconv.profile import blocks_table, parse_dtype
-    from cheapconv.profile import profile as run_profile
+    from cheapconv.measure.profiler import blocks_table, parse_dtype
+    from cheapconv.measure.profiler import profile as run_profile
 
     _check_batch(batch, repeats)
     size = parse_input_size(input_size)
@@ -127,7 +124,7 @@ def compare(
 
     Example: cheapconv compare wrn_40_2 g4.pt b2.pt --batch 32
     """
-    from cheapconv.profile import blocks_table, compare_table, evaluate_accuracy, parse_dtype, profile_many
+    from cheapconv.measure.profiler import blocks_table, compare_table, evaluate_accuracy, parse_dtype, profile_many
 
     if len(models) < 2:
         raise typer.BadParameter("give at least two models to compare", param_hint="MODELS")
@@ -189,9 +186,9 @@ def sweep(
     Example: cheapconv sweep wrn_40_2 --blocks 'G(2),G(4),G(N/8),B(2),BG(2,M)' -o sweep-wrn
     """
     from cheapconv.errors import UsageError
-    from cheapconv.profile import parse_dtype
-    from cheapconv.sweep import parse_blocks
-    from cheapconv.sweep import sweep as run_sweep
+    from cheapconv.measure.profiler import parse_dtype
+    from cheapconv.sweeper import parse_blocks
+    from cheapconv.sweeper import sweep as run_sweep
 
     specs = parse_blocks(blocks)
     _check_batch(batch, repeats)
@@ -219,7 +216,7 @@ def sweep(
     for kind, path in result.files.items():
         err.print(f"Wrote {literal(path)} ({kind})", highlight=False)
     if "png" not in result.files and result.points:
-        warn("no plot written: matplotlib is not installed (pip install matplotlib).")
+        warn("no plot written: matplotlib is not installed (pip install 'cheapconv[plots]').")
 
 
 def _check_sweep_folder(output: Path, specs: list[str], *, inputs: dict) -> None:
@@ -228,7 +225,7 @@ def _check_sweep_folder(output: Path, specs: list[str], *, inputs: dict) -> None
     import os
 
     from cheapconv.errors import UsageError
-    from cheapconv.sweep import _slug
+    from cheapconv.sweeper import _slug
 
     where = output if output.exists() else (output.parent if str(output.parent) else Path("."))
     if not os.access(where, os.W_OK | os.X_OK):
@@ -267,8 +264,8 @@ def export_command(
 
     Example: cheapconv export student.pt --format onnx -o student.onnx
     """
-    from cheapconv.export import FORMATS
-    from cheapconv.export import export as run_export
+    from cheapconv.exporter import FORMATS
+    from cheapconv.exporter import export as run_export
 
     if format not in FORMATS:
         raise typer.BadParameter(f"expected one of {', '.join(FORMATS)}; got {format!r}",

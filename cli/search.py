@@ -28,7 +28,7 @@ def _policy_paths(output: Path, count: int) -> list[Path]:
 
 def _write_policies(result, output: Path, top: int) -> list[Path]:
     """Write the top policies atomically; on a failure (a full disk) none of this run's files is left."""
-    from cheapconv.io import atomic_write
+    from cheapconv.store.files import atomic_write
 
     written: list[Path] = []
     try:
@@ -101,7 +101,6 @@ def search(
         TimeRemainingColumn,
     )
 
-    import cheapconv
     from cheapconv.blockswap import format_cost
     from cheapconv.blockswap import search as run_search
 
@@ -115,11 +114,9 @@ def search(
                                                         for k, p in enumerate(_policy_paths(output, top), 1)])
     if threads is not None:
         torch.set_num_threads(threads)
+    from cheapconv.store.resolve import resolve_model
     with err.status(f"Building {model}..."):
-        if Path(model).suffix in (".pt", ".pth") or Path(model).is_file():
-            teacher = cheapconv.load(model, trust=trust)
-        else:
-            teacher = cheapconv.create_model(model, num_classes=num_classes)
+        teacher = resolve_model(model, trust=trust, num_classes=num_classes)
     check_input_size(teacher, size, what=model)
     name = getattr(teacher, "cheapconv_source", None) or model
 

@@ -83,22 +83,10 @@ def _is_main() -> bool:
 
 def load_model(spec: str, *, weights: Path | None = None, num_classes: int | None = None, trust: bool = False,
                what: str = "model", **kwargs):
-    """A model from a cheapconv file, or a zoo name (+ optional local weights)."""
-    import cheapconv
+    """A model from a cheapconv file, or a zoo name (+ optional local weights): see store.resolve_model."""
+    from cheapconv.store.resolve import resolve_model
 
-    path = Path(spec)
-    if path.is_file():
-        if weights is not None:
-            raise typer.BadParameter(f"{spec!r} is a model file with its own weights; --{what}-weights applies "
-                                     "only to zoo names.")
-        return cheapconv.load(path, trust=trust)
-    if path.suffix in (".pt", ".pth", ".ckpt"):
-        raise cheapconv.UsageError(f"The {what} file {spec!r} does not exist. Check the path.")
-    try:
-        return cheapconv.create_model(spec, num_classes=num_classes, pretrained=str(weights) if weights else False,
-                                      **kwargs)
-    except TypeError as e:  # a zoo that does not take e.g. in_chans
-        raise cheapconv.UsageError(f"Cannot build {spec!r} with {kwargs}: {e}.") from None
+    return resolve_model(spec, weights=weights, num_classes=num_classes, trust=trust, what=what, **kwargs)
 
 
 def model_input(model) -> tuple[int | None, int | None]:
@@ -139,7 +127,7 @@ def _prepare_run(output: Path, checkpoint: Path | None, *, resume: bool, overwri
     overwrite an unfinished run's checkpoint, a resume has its checkpoint. Returns the checkpoint path and
     the lr and grad-clip to use (on --resume, the checkpoint's unless given)."""
     from cheapconv import UsageError
-    from cheapconv.checkpoint import check_run_paths, load_checkpoint, refuse_fresh_start
+    from cheapconv.train.checkpoint import check_run_paths, load_checkpoint, refuse_fresh_start
 
     ckpt = checkpoint or output.with_suffix(".ckpt")
     check_run_paths(ckpt, ckpt.with_suffix(".metrics.jsonl"))
@@ -156,7 +144,7 @@ def _prepare_run(output: Path, checkpoint: Path | None, *, resume: bool, overwri
 def _run(teacher, student, train, val, cfg, *, checkpoint: Path, resume: bool, overwrite: bool = False):
     """distill() with Ctrl-C turned into exit code 130 and a message saying where the checkpoint is."""
     from cheapconv import distill
-    from cheapconv.distill import Interrupted
+    from cheapconv.train.loop import Interrupted
 
     try:
         return distill(teacher, student, train, val_data=val, config=cfg, checkpoint=checkpoint, resume=resume,
@@ -235,7 +223,9 @@ def train(
                   tensorboard=tensorboard, compile=compile)
     info = dataset_info(data)
     torch.manual_seed(seed)  # the initial weights (every rank builds the same model)
-    kwargs = {"in_chans": in_chans} if in_chans is not None and not Path(model).is_file() else {}
+    from cheapconv.store.resolve import is_model_file
+
+    kwargs = {"in_chans": in_chans} if in_chans is not None and not is_model_file(model) else {}
     net = load_model(model, weights=weights, num_classes=num_classes or info.num_classes, trust=trust, **kwargs)
     train_set = load_data(data, "train", net, in_chans=in_chans, image_size=image_size, data_dir=data_dir,
                           download=download)
@@ -311,7 +301,7 @@ def evaluate(
     """
     from cheapconv import UsageError
     from cheapconv import evaluate as evaluate_model
-    from cheapconv.distributed import _resolve_device
+    from cheapconv.train.distributed import _resolve_device
 
     if split not in ("test", "train"):
         raise typer.BadParameter("expected test or train", param_hint="--split")

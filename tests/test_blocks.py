@@ -9,7 +9,7 @@ from torch import fx, nn
 
 from cheapconv.blocks import BLOCK_REGISTRY, parse_block
 from cheapconv.errors import PolicySyntaxError
-from cheapconv.trace import CheapTracer
+from cheapconv.fx.tracer import CheapTracer
 
 # At least one concrete spelling per family, plus the aliases and relative group counts.
 SPELLINGS = ["S", "keep", "S-2x2", "G(2)", "G(4)", "G(N/4)", "G(N)", "DW", "B(2)", "B(4)", "BG(2,4)",

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from cheapconv import Callback, DistillConfig, distill
-from cheapconv.checkpoint import load_checkpoint
 from cheapconv.data import synthetic_dataset
-from cheapconv.distill import Interrupted
 from cheapconv.errors import FileFormatError, UsageError
 from cheapconv.models import WideResNet
+from cheapconv.train.checkpoint import load_checkpoint
+from cheapconv.train.loop import Interrupted
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -113,7 +113,7 @@ def test_first_ctrl_c_only_requests_a_stop_and_the_second_interrupts():
     import os
     import signal
 
-    from cheapconv.distill import _StopSignal
+    from cheapconv.train.loop import _StopSignal
 
     previous = signal.getsignal(signal.SIGINT)
     with _StopSignal() as stop:

@@ -19,7 +19,8 @@ from torch import fx, nn
 
 import cheapconv
 from cheapconv.errors import FileFormatError, UsageError
-from cheapconv.io import DiskFullError, atomic_save, atomic_write, read_recipe
+from cheapconv.store.files import DiskFullError, atomic_save, atomic_write
+from cheapconv.store.modelfile import read_recipe
 from cheapconv_cli.main import main
 
 
@@ -104,7 +105,7 @@ def test_an_output_that_is_an_input_is_refused_before_any_work(tmp_path, capsys,
 
 
 def test_sweep_refuses_an_input_it_would_overwrite(tmp_path, capsys):
-    from cheapconv.sweep import _slug
+    from cheapconv.sweeper import _slug
 
     (tmp_path / "sw" / "points").mkdir(parents=True)
     model = tmp_path / "sw" / "points" / f"{_slug('G(2)')}.pt"
@@ -168,7 +169,7 @@ def test_export_checks_free_space_before_a_writer_that_would_abort(tmp_path, mon
     import importlib
     import shutil
 
-    export_module = importlib.import_module("cheapconv.export")
+    export_module = importlib.import_module("cheapconv.exporter")
 
     called = []
     monkeypatch.setitem(export_module._WRITERS, "pt2", lambda *a: called.append(a))
@@ -279,7 +280,7 @@ def test_sweep_into_a_read_only_folder(tmp_path, capsys, monkeypatch):
 
 
 def test_sweep_api_cannot_create_its_folder(tmp_path, monkeypatch):
-    from cheapconv.sweep import sweep
+    from cheapconv.sweeper import sweep
 
     def refuse(self, *a, **k):
         raise PermissionError(errno.EACCES, "Permission denied", str(self))

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cheapconv import data
-from cheapconv.data import (
+from cheapconv.data import datasets as data
+from cheapconv.data.datasets import (
     DatasetInfo,
     TensorImageDataset,
     dataset_info,

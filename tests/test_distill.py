@@ -12,9 +12,9 @@ from torch import nn
 import cheapconv
 from cheapconv import DistillConfig, distill
 from cheapconv.data import DEBIAN_FASHION_MNIST_DIR, TensorImageDataset, get_dataset, synthetic_dataset
-from cheapconv.distill import NonFiniteLossError
 from cheapconv.errors import UsageError
 from cheapconv.models import WideResNet
+from cheapconv.train.loop import NonFiniteLossError
 
 HAVE_FMNIST = (DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file()
 
@@ -144,7 +144,7 @@ def test_non_finite_loss_stops_naming_step_and_term(tmp_path):
         distill(None, model, data, config=cfg, checkpoint=ckpt)
     # the last checkpoint (step 2) was written closest to the blow-up: the run goes back to the one before
     assert "set back to step 1" in str(info.value)
-    from cheapconv.checkpoint import load_checkpoint
+    from cheapconv.train.checkpoint import load_checkpoint
 
     payload = load_checkpoint(ckpt)
     assert payload["step"] == 1

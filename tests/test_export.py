@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 import cheapconv
-from cheapconv.export import ExportCheckError, export
-from cheapconv.fold import deployable
+from cheapconv.exporter import ExportCheckError, export
+from cheapconv.fx.tap import Tap
 from cheapconv.models import WideResNet
-from cheapconv.taps import Tap
+from cheapconv.surgery.fold import deployable
 from cheapconv_cli.main import main
 
 
@@ -163,7 +163,7 @@ def test_pt2_and_onnx_run_without_cheapconv(tmp_path, student):
 
 
 def test_a_failing_check_refuses_to_write(tmp_path, student, monkeypatch):
-    export_module = importlib.import_module("cheapconv.export")  # cheapconv.export is the function
+    export_module = importlib.import_module("cheapconv.exporter")
     real = export_module._RUNNERS["pt2"]
     monkeypatch.setitem(export_module._RUNNERS, "pt2", lambda path, x: [t + 1e-2 for t in real(path, x)])
     path = tmp_path / "student.pt2"
@@ -182,7 +182,7 @@ def test_export_command_prints_the_check_and_exit_codes(tmp_path, student, capsy
     assert "check passed" in captured.out and "tolerance" in captured.out and "9 folded" in captured.out
     assert out_file.is_file()
 
-    export_module = importlib.import_module("cheapconv.export")
+    export_module = importlib.import_module("cheapconv.exporter")
     monkeypatch.setitem(export_module._RUNNERS, "pt2", lambda path, x: [torch.zeros(3, 10)])
     code = main(["export", str(src), "--format", "pt2", "-o", str(tmp_path / "bad.pt2")])
     captured = capsys.readouterr()

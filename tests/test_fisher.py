@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cheapconv.blockswap.fisher import channel_fisher, fisher_potential, module_seed, seeded_init_
 from cheapconv.errors import UsageError
-from cheapconv.fisher import channel_fisher, fisher_potential, module_seed, seeded_init_
 
 
 @pytest.fixture(autouse=True, scope="module")

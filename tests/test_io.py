@@ -178,7 +178,7 @@ def test_save_into_a_missing_folder_fails_before_work(tmp_path, wrn16):
 
 def test_recipe_kind_rebuilds_zoo_models(tmp_path):
     pytest.importorskip("timm")
-    from cheapconv.rebuild import rebuild_from_recipe
+    from cheapconv.store.rebuild import rebuild_from_recipe
 
     teacher = cheapconv.create_model("timm:resnet18", num_classes=7)
     student = cheapconv.cheapen(teacher, "G(4)", input_size=(3, 64, 64))

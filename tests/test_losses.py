@@ -1,7 +1,7 @@
 """Distillation losses against hand computations (spec section 5).
 
 The expected values are computed here with explicit Python loops and ``math``, never by calling the function
-under test, so a formula slip in ``cheapconv.losses`` cannot cancel out.
+under test, so a formula slip in ``cheapconv.train.losses`` cannot cancel out.
 """
 
 from __future__ import annotations
@@ -13,14 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from cheapconv.errors import UsageError
-from cheapconv.losses import (
-    DistillationLoss,
-    at_loss,
-    at_term,
-    attention_map,
-    distillation_loss,
-    kd_loss,
-)
+from cheapconv.train.losses import DistillationLoss, at_loss, at_term, attention_map, distillation_loss, kd_loss
 
 # ------------------------------------------------------------------------------------------- helpers
 

@@ -6,7 +6,7 @@ import pytest
 
 from cheapconv.blocks import parse_block
 from cheapconv.errors import PolicySyntaxError, UsageError
-from cheapconv.policy import Policy, parse_policy
+from cheapconv.surgery.policy import Policy, parse_policy
 
 
 @pytest.mark.parametrize("text,canonical", [

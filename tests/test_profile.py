@@ -8,9 +8,8 @@ import torch
 from torch import nn
 
 import cheapconv
-from cheapconv.latency import Latency
-from cheapconv.models import WideResNet
-from cheapconv.profile import (
+from cheapconv.measure.latency import Latency
+from cheapconv.measure.profiler import (
     BlockTiming,
     block_timings,
     blocks_table,
@@ -19,7 +18,8 @@ from cheapconv.profile import (
     peak_memory,
     profile_many,
 )
-from cheapconv.report import render_plain
+from cheapconv.models import WideResNet
+from cheapconv.surgery.report import render_plain
 from cheapconv_cli.main import main
 
 FAST = dict(warmup=0, repeats=1, batch=1, memory=False)

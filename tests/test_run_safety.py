@@ -13,11 +13,11 @@ import torch
 
 import cheapconv
 from cheapconv import Callback, DistillConfig, distill
-from cheapconv.checkpoint import load_checkpoint, previous_checkpoint
 from cheapconv.data import synthetic_dataset
-from cheapconv.distill import Interrupted, NonFiniteLossError
 from cheapconv.errors import UsageError
 from cheapconv.models import WideResNet
+from cheapconv.train.checkpoint import load_checkpoint, previous_checkpoint
+from cheapconv.train.loop import Interrupted, NonFiniteLossError
 from cheapconv_cli.main import main
 
 

@@ -20,7 +20,7 @@ from cheapconv.blockswap import (
 )
 from cheapconv.blockswap.space import split_specs
 from cheapconv.errors import UsageError
-from cheapconv.policy import Policy
+from cheapconv.surgery.policy import Policy
 
 FEW = "S, G(2), G(N/4), B(2), BG(2,M/2)"
 

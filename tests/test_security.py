@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 import cheapconv
-from cheapconv import graph_codec
 from cheapconv.errors import FileFormatError
+from cheapconv.store import graph_codec
 
 
 class TinyNet(nn.Module):
@@ -348,7 +348,7 @@ def test_crafted_recipes_are_refused_quickly(recipe_file, tmp_path, change):
 
 
 def test_profile_does_not_build_a_crafted_teacher(good_file, tmp_path):
-    from cheapconv.rebuild import teacher_from_recipe
+    from cheapconv.store.rebuild import teacher_from_recipe
 
     with pytest.raises(FileFormatError):
         teacher_from_recipe({"source": "wrn_16_1000"})

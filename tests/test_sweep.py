@@ -12,7 +12,7 @@ import torch
 import cheapconv
 from cheapconv.errors import PolicySyntaxError, UsageError
 from cheapconv.plots import pareto_front
-from cheapconv.sweep import parse_blocks, sweep
+from cheapconv.sweeper import parse_blocks, sweep
 from cheapconv_cli.main import main
 
 FAST = dict(batch=2, warmup=0, repeats=1, threads=1)
@@ -140,8 +140,8 @@ def test_without_accuracy_the_report_is_params_macs_latency(tmp_path, teacher):
 
 
 def test_data_without_cheapconv_distill_is_a_usage_error(tmp_path, teacher, monkeypatch):
-    monkeypatch.setitem(sys.modules, "cheapconv.distill", None)  # as if the module did not exist
-    with pytest.raises(UsageError, match="cheapconv.distill"):
+    monkeypatch.setitem(sys.modules, "cheapconv.train.loop", None)  # as if the module did not exist
+    with pytest.raises(UsageError, match="cheapconv.train.loop"):
         sweep(teacher, ["G(2)"], tmp_path, data="synthetic", epochs=1, **FAST)
 
 

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 import cheapconv
-from cheapconv import graph_codec
-from cheapconv.trace import trace
+from cheapconv.fx.tracer import trace
+from cheapconv.store import graph_codec
 
 
 class Branchy(nn.Module):
@@ -169,7 +169,7 @@ def test_codec_refuses_look_alike_classes():
 
 
 def test_import_cheapconv_imports_neither_torchvision_nor_timm():
-    code = ("import sys, cheapconv, cheapconv.graph_codec as g; g._module_types(); "
+    code = ("import sys, cheapconv, cheapconv.store.graph_codec as g; g._module_types(); "
             "assert 'torchvision' not in sys.modules and 'timm' not in sys.modules, 'imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -234,7 +234,7 @@ class SharedConv(nn.Module):
 
 
 def test_shape_passes_leave_no_meta_tensors_behind():
-    from cheapconv.analysis import shape_pass
+    from cheapconv.fx.analysis import shape_pass
 
     model = SharedConv()
     shape_pass(model, (1, 3, 8, 8))

@@ -29,7 +29,7 @@ BLOCK_REGISTRY: dict[str, type[BlockSpec]] = {}
 #: alias -> canonical text, e.g. ``DW`` -> ``G(N)``.
 BLOCK_ALIASES: dict[str, str] = {}
 #: the nn.Module classes blocks build. fx treats them as leaves, and saved students describe them by their
-#: ``init_args`` (see cheapconv.graph_codec), so a new block module must be registered here.
+#: ``init_args`` (see cheapconv.store.graph_codec), so a new block module must be registered here.
 BLOCK_MODULES: list[type[nn.Module]] = []
 
 

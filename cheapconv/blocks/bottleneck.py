@@ -6,15 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .base import (
-    BlockSpec,
-    ConvGeometry,
-    GroupCount,
-    dense_kxk_reason,
-    finish,
-    register_block,
-    register_module,
-)
+from .base import BlockSpec, ConvGeometry, GroupCount, dense_kxk_reason, finish, register_block, register_module
 
 
 @register_module

@@ -22,7 +22,7 @@ def valid_block_names() -> str:
     return ", ".join(names)
 
 
-class _Parser:
+class Parser:
     """Reports errors against the whole policy text (``source``) with ``offset`` = where the spec starts."""
 
     def __init__(self, text: str, source: str | None = None, offset: int = 0):
@@ -125,4 +125,4 @@ class _Parser:
 
 def parse_block(text: str, *, source: str | None = None, offset: int = 0) -> BlockSpec:
     """Parse one block spec, e.g. ``parse_block("BG(2,M/4)")``. ``str()`` of the result parses back to it."""
-    return _Parser(text, source, offset).parse()
+    return Parser(text, source, offset).parse()

@@ -26,7 +26,7 @@ class GroupedPointwise(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride=1, padding=0,
                  dilation=1, groups: int = 1):
         super().__init__()
-        # recorded so a saved student can be rebuilt from data alone (cheapconv.graph_codec)
+        # recorded so a saved student can be rebuilt from data alone (cheapconv.store.graph_codec)
         self.init_args = dict(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size,
                               stride=stride, padding=padding, dilation=dilation, groups=groups)
         self.grouped = nn.Conv2d(in_channels, in_channels, kernel_size, stride=stride, padding=padding,

@@ -124,7 +124,7 @@ def _riffle(n: int) -> torch.Tensor:
     """The riffle shuffle: interleave the first half of the channels with the second (0, h, 1, h+1, ...).
 
     Built with tensor operations, not a Python loop, so that building it on the meta device for a crafted
-    file's absurd width costs nothing (see cheapconv.graph_limits)."""
+    file's absurd width costs nothing (see cheapconv.store.graph_limits)."""
     half = (n + 1) // 2
     first = torch.arange(half)
     return torch.stack([first, first + half], 1).reshape(-1)[:n]  # for odd n the last pair's partner is n

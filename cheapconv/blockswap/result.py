@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..policy import Policy, parse_policy
+from ..surgery.policy import Policy, parse_policy
 from .budget import Budget, format_cost
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ class SearchResult:
         """A rich table of the ``top`` configurations."""
         from rich.table import Table
 
-        from ..report import human
+        from ..surgery.report import human
 
         t = Table(title=f"Block search: {self.model}, {self.describe_budget()}", title_justify="left")
         for col, just in (("rank", "right"), ("cost", "right"), ("params", "right"), ("MACs", "right"),

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from ..errors import UsageError
-from ..fisher import FisherScores, fisher_potential, seeded_init_
+from .fisher import FisherScores, fisher_potential, seeded_init_
 from .space import SearchSpace, single_thread
 
 
@@ -130,7 +130,7 @@ class Scorer:
 
     def build(self, config: Sequence[int]) -> nn.Module:
         """The student of ``config`` exactly as ``cheapen(teacher, policy)`` makes it (plan checked)."""
-        from ..rewrite import cheapen
+        from ..surgery.rewrite import cheapen
 
         with single_thread():  # cheapen runs only batch-1 forwards (shapes, MACs)
             student = cheapen(self.teacher, self.space.policy(config), input_size=self.input_size,

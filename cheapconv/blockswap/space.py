@@ -1,6 +1,6 @@
 """The search space: the teacher's residual blocks, the candidate types each can take, and their cost tables.
 
-A *block* is a residual-branch conv pair as :mod:`cheapconv.analysis` finds it (``conv_a -> norm -> act ->
+A *block* is a residual-branch conv pair as :mod:`cheapconv.fx.analysis` finds it (``conv_a -> norm -> act ->
 conv_b -> ... -> add``). A *configuration* gives each block one candidate: ``S`` keeps both convs, a
 conv-level spec (``G(4)``) replaces the pair's k×k convs (both, in basic blocks; the 3×3 alone where the
 pair ends in a 1×1, as in bottleneck ResNets, since conv-level blocks never touch 1×1 convs), a block-level
@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
-from ..analysis import PairSite, _is_add, _is_passthrough, _single_user
 from ..blocks import BlockSpec, parse_block
 from ..counting import count_macs, count_params
 from ..errors import UsageError
-from ..policy import Policy, parse_policy
+from ..fx.analysis import PairSite
+from ..fx.ops import is_add, is_passthrough, single_user
+from ..surgery.policy import Policy, parse_policy
 
 #: BlockSwap's candidate types (``blockswap-and-structured.md`` section 1, item 1).
 DEFAULT_CANDIDATES: tuple[str, ...] = (
@@ -167,10 +168,10 @@ def _sub(a: tuple[int, int, int], b: tuple[int, int, int]) -> tuple[int, int, in
 def _branch_output(gm: fx.GraphModule, pair: PairSite) -> tuple[str | None, str | None]:
     """Where the branch output is beyond conv_b: (module, None), (None, node), or (None, None) for none."""
     chain = []
-    cursor = _single_user(pair.b.node)
-    while cursor is not None and not _is_add(cursor) and _is_passthrough(gm, cursor):
+    cursor = single_user(pair.b.node)
+    while cursor is not None and not is_add(cursor) and is_passthrough(gm, cursor):
         chain.append(cursor)
-        cursor = _single_user(cursor)
+        cursor = single_user(cursor)
     if not chain:
         return None, None
     last = chain[-1]
@@ -208,7 +209,7 @@ class SearchSpace:
 
     @classmethod
     def _of(cls, teacher, specs, name, input_size, leaf_modules) -> SearchSpace:
-        from ..plan import prepare
+        from ..surgery.planner import prepare
 
         analysis, _, notes, totals = prepare(teacher, input_size=input_size, leaf_modules=leaf_modules,
                                              stages=[])

@@ -1,7 +1,7 @@
 """Per-block latency tables for latency budgets, measured once on the device at hand.
 
 Each block's original pair (``conv_a -> norm -> act -> conv_b``, run as a small module) and each candidate
-replacement are timed with :func:`cheapconv.latency.measure_latency` at the block's input shape; a
+replacement are timed with :func:`cheapconv.measure.latency.measure_latency` at the block's input shape; a
 candidate's latency delta is the difference of the two medians. A configuration's latency is then the
 measured teacher latency plus Σ deltas: an **additive estimate** built from measured per-block latencies
 (it ignores effects between layers such as caches and memory layout), which is why the search also measures
@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import fx, nn
 
-from ..latency import measure_latency
+from ..measure.latency import measure_latency
 from .space import SearchSpace
 
 

@@ -1,11 +1,11 @@
 """Model names -> modules: built-in WRNs, torchvision classification models, timm models, saved files.
 
-Accepted names:
+Accepted names (files are loaded by :func:`cheapconv.store.resolve.create_model`, which the top-level
+``cheapconv.create_model`` is):
 
 * ``wrn_<depth>_<width>`` (also ``wrn-40-2``): the built-in pre-activation Wide ResNet for 32×32 input;
 * ``torchvision:<name>`` or a bare torchvision classification name (``resnet34``);
 * ``timm:<name>``;
-* a path to a file written by cheapconv (loaded safely, see :func:`cheapconv.load`).
 
 ``pretrained`` is False, True (the hub's weights: needs network) or a local weights file (works offline).
 torchvision and timm are imported only when a name needs them.
@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import UnknownModelError, UsageError
+from ..errors import CheapconvError, UnknownModelError, UsageError
+from .hub import download_error, is_network_error
 from .wrn import WideResNet
 
 _WRN = re.compile(r"wrn[_-](\d+)[_-](\d+)$")
@@ -99,7 +100,14 @@ def create_model(name: str, *, num_classes: int | None = None, pretrained: bool 
     >>> m.fc.out_features, m.cheapconv_source
     (100, 'wrn_16_2')
     """
-    model = _create_model(name, num_classes=num_classes, pretrained=pretrained, **kwargs)
+    try:
+        model = _create_model(name, num_classes=num_classes, pretrained=pretrained, **kwargs)
+    except CheapconvError:
+        raise
+    except Exception as e:
+        if pretrained is True and is_network_error(e):
+            raise download_error(name, e) from e
+        raise
     if not hasattr(model, "cheapconv_source") or getattr(model, "cheapconv_recipe", None) is None:
         model.cheapconv_source = canonical_name(name)
         model.cheapconv_source_kwargs = dict(kwargs, **({"num_classes": num_classes} if num_classes else {}))
@@ -108,13 +116,6 @@ def create_model(name: str, *, num_classes: int | None = None, pretrained: bool 
 
 def _create_model(name: str, *, num_classes: int | None = None, pretrained: bool | str | Path = False,
                   **kwargs) -> nn.Module:
-    path = Path(name)
-    if path.suffix in (".pt", ".pth", ".ckpt") or path.is_file():
-        if not path.is_file():
-            raise UsageError(f"The model file {name!r} does not exist. Check the path.")
-        from ..io import load
-
-        return load(path)
     m = _WRN.fullmatch(name)
     if m:
         depth, width = int(m.group(1)), int(m.group(2))
@@ -138,7 +139,8 @@ def _create_torchvision(name, tv_name, num_classes, pretrained, **kwargs) -> nn.
     try:
         import torchvision
     except ImportError:
-        raise UsageError(f"{name!r} needs torchvision, which is not installed: pip install torchvision.") from None
+        raise UsageError(f"{name!r} needs torchvision, which is not installed: "
+                         "pip install 'cheapconv[vision]'.") from None
     names = _torchvision_names()
     if tv_name not in names:
         detail = _suggest(tv_name, names + [f"timm:{n}" for n in _timm_suggestions(tv_name)])
@@ -166,7 +168,8 @@ def _create_timm(timm_name: str, num_classes, pretrained, **kwargs) -> nn.Module
     try:
         import timm
     except ImportError:
-        raise UsageError(f"timm:{timm_name} needs timm, which is not installed: pip install timm.") from None
+        raise UsageError(f"timm:{timm_name} needs timm, which is not installed: "
+                         "pip install 'cheapconv[vision]'.") from None
     if not timm.is_model(timm_name):
         raise _unknown(f"timm:{timm_name}", _suggest(timm_name, _timm_names()))
     if num_classes is not None:
@@ -175,19 +178,3 @@ def _create_timm(timm_name: str, num_classes, pretrained, **kwargs) -> nn.Module
     if pretrained and pretrained is not True:
         load_weights_file(model, pretrained)
     return model
-
-
-def default_input_size(model: nn.Module) -> tuple[int, int, int]:
-    """The model's native (C, H, W): declared by the model, timm's pretrained config, or ImageNet's 224."""
-    size = getattr(model, "default_input_size", None)
-    if size is not None:
-        return tuple(size)
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
-    if isinstance(cfg, dict) and cfg.get("input_size"):
-        return tuple(cfg["input_size"])
-    in_chans = 3
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            in_chans = m.in_channels
-            break
-    return (in_chans, 224, 224)

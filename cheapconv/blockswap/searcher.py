@@ -1,0 +1,234 @@
+"""BlockSwap: choose one block type per residual block under a budget (``blockswap-and-structured.md`` §1).
+
+The entry point is :func:`search`, exported as ``cheapconv.search`` and ``cheapconv.blockswap.search`` (this
+module is named ``searcher`` so that the function never shadows a module of the same name).
+
+>>> import cheapconv
+>>> result = cheapconv.search("wrn_10_1", "50%", samples=4, batch_size=8,
+...                           candidates="S, G(2), G(4), B(2)")   # doctest: +SKIP
+>>> print(result.policy_text())                                    # doctest: +SKIP
+
+1. **Blocks and candidates** (:mod:`.space`): every residual-branch conv pair of the teacher; the default
+   candidates are the paper's 23 types, a block keeps those it can take.
+2. **Cost tables**: each (block, candidate) is built once and priced; a configuration costs teacher +
+   Σ deltas, exactly what counting the cheapened model gives (parameters in either convention, MACs).
+   Latency budgets use per-block latencies measured once on the device (:mod:`.timing`): an additive
+   estimate, reported next to the measured latency of the winner.
+3. **Sampling**: uniformly one candidate per block, seeded; configurations within ±``tolerance`` of the
+   budget are kept until ``samples`` *distinct* students are found (two spellings that resolve to the same
+   structure, such as ``G(2)`` and ``G(N/16)`` on 32 channels, are one student and are scored once).
+4. **Scoring** (:mod:`.scoring`): each kept configuration is built by :func:`cheapconv.cheapen` from its
+   policy and scored by its Fisher potential (:mod:`cheapconv.blockswap.fisher`) on one fixed minibatch with one seeded
+   initialisation, the same for all candidates. The top configurations are re-scored with other seeds and
+   minibatches, so the spread of the scores is known.
+
+The reference code's defects are not repeated: the policy of a configuration names every block, and the plan
+of every scored student is checked against the configuration (no block silently takes its stage's first
+type); policies are ordinary text files that ``cheapen --policy-file`` reads back; costs come from the teacher
+at hand, not a constant; one seed fixes the sampling, the initialisation and the minibatch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..blocks import BlockSpec
+from ..errors import UsageError
+from .budget import Budget, format_cost, parse_budget
+from .result import ScoredConfiguration, SearchResult
+from .scoring import Scorer, fixed_minibatch
+from .space import SearchSpace
+from .timing import measure_latencies
+
+__all__ = ["sample_configurations", "search"]
+
+Progress = Callable[[str, int, int], None]
+
+
+def sample_configurations(space: SearchSpace, key: str, window: tuple[float, float], samples: int, *,
+                          seed: int = 0, max_draws: int = 2_000_000, chunk: int = 65_536
+                          ) -> tuple[list[tuple[int, ...]], int, int]:
+    """Draw configurations uniformly (one candidate per block) until ``samples`` distinct students cost
+    within ``window``; returns (kept configurations in draw order, draws, draws within the window)."""
+    gen = torch.Generator().manual_seed(seed)
+    base, table = space.table(key)
+    counts = space.counts
+    rows = torch.arange(len(space.blocks))
+    lo, hi = window
+    kept: dict[tuple[str, ...], tuple[int, ...]] = {}
+    draws = hits = 0
+    stale = 0
+    while len(kept) < samples and draws < max_draws and stale < 32:
+        n = min(chunk, max_draws - draws)
+        idx = (torch.rand(n, len(counts), generator=gen, dtype=torch.float64) * counts).long()
+        idx = torch.minimum(idx, counts - 1)
+        cost = base + table[rows, idx].sum(1)
+        ok = ((cost >= lo) & (cost <= hi)).nonzero().flatten()
+        before = len(kept)
+        for i in ok.tolist():
+            hits += 1
+            config = tuple(idx[i].tolist())
+            kept.setdefault(space.key(config), config)
+            if len(kept) >= samples:
+                draws += i + 1
+                break
+        else:
+            draws += n
+        # the window holds few distinct students and all are found: stop instead of drawing to max_draws
+        stale = stale + 1 if len(kept) == before and kept else 0
+    return list(kept.values()), draws, hits
+
+
+def search(teacher: nn.Module | str, budget: str | float | Budget, *, metric: str | None = None,
+           candidates: str | Sequence[str | BlockSpec] | None = None, samples: int = 1000,
+           tolerance: float = 0.025, data=None, seed: int = 0, batch_size: int = 128,
+           convention: str = "paper", top: int = 5, spread_runs: int = 3,
+           input_size: tuple[int, ...] | None = None, leaf_modules: Sequence = (),
+           latency_batch: int = 1, latency_device: str | torch.device | None = None,
+           max_draws: int = 2_000_000, progress: Progress | None = None) -> SearchResult:
+    """BlockSwap search: the best mixed-block student of ``teacher`` within ``budget``, by Fisher potential.
+
+    - ``teacher``: a module or a model name (``wrn_40_2``, ``resnet18``, ``timm:resnet26``); its weights do
+      not matter (candidates are scored from a seeded random initialisation).
+    - ``budget``: ``"300k"``, ``"1.2M"``, ``"40M"`` (with ``metric="macs"``), ``"5ms"``, or ``"25%"`` of the
+      teacher; ``metric`` is ``"params"``, ``"macs"`` or ``"latency"`` (None: latency for a time, else
+      params). Parameters are counted in ``convention`` (``"paper"``, as the paper's tables, or
+      ``"trainable"``).
+    - ``candidates``: block specs (``"S, G(4), B(2)"`` or a list); default :data:`DEFAULT_CANDIDATES`.
+    - ``samples``: distinct configurations within ``±tolerance`` of the budget to score (the paper: 1000).
+    - ``data``: the scoring minibatch's source (see :func:`fixed_minibatch`); None uses seeded synthetic
+      images with random labels (noted in the result). ``batch_size`` is its size (the paper: 128).
+    - ``seed``: fixes sampling, initialisation and minibatch; the same seed gives the same result.
+    - ``top`` configurations are re-scored ``spread_runs`` times in all (seeds ``seed .. seed+spread_runs-1``,
+      each with its own initialisation and, where the data allow, its own minibatch) for the spread.
+    - ``progress(phase, done, total)`` is called as the phases ("latency", "scoring", "spread") advance.
+
+    Raises :class:`~cheapconv.errors.UsageError` when the budget is outside the reachable range (the message
+    gives the range). The winner's policy, applied by :func:`cheapconv.cheapen`, builds a student whose
+    counted cost is exactly the searched cost (checked: ``result.measured``).
+
+    >>> result = search("wrn_16_1", "60%", samples=3, batch_size=8, spread_runs=1)  # doctest: +SKIP
+    >>> teacher = cheapconv.create_model("wrn_16_1")                                 # doctest: +SKIP
+    >>> student = cheapconv.cheapen(teacher, result.winner.policy)                    # doctest: +SKIP
+    """
+    from ..counting import count_macs, count_params
+    from ..surgery.rewrite import cheapen
+
+    if not 0 <= tolerance < 1:
+        raise UsageError(f"tolerance is a fraction of the budget in [0, 1), got {tolerance}.")
+    if samples < 1 or batch_size < 1 or top < 1 or spread_runs < 1:
+        raise UsageError("samples, batch_size, top and spread_runs must be at least 1.")
+    if convention not in ("paper", "trainable"):
+        raise UsageError(f"convention must be 'paper' or 'trainable', not {convention!r}.")
+    t_start = time.perf_counter()
+    if isinstance(teacher, str):
+        from ..models import create_model
+
+        model_name, teacher = teacher, create_model(teacher)
+    else:
+        model_name = getattr(teacher, "cheapconv_source", None) or type(teacher).__name__
+    the_budget = parse_budget(budget, metric)
+    metric = the_budget.metric
+    tick = (lambda phase, done, total: progress(phase, done, total)) if progress else (lambda *a: None)
+
+    space = SearchSpace.of(teacher, candidates, input_size=input_size, leaf_modules=leaf_modules,
+                           model_name=model_name)
+    latency_conditions = {}
+    if metric == "latency":
+        device = latency_device or next(iter(teacher.parameters())).device
+        latency_conditions = measure_latencies(space, teacher, batch=latency_batch, device=device,
+                                               progress=lambda d, t: tick("latency", d, t))
+    t_tables = time.perf_counter()
+    key = space.cost_key(metric, convention)
+    teacher_cost = space.base[key]
+    target = the_budget.target(teacher_cost)
+    window = (target * (1 - tolerance), target * (1 + tolerance))
+    reachable = space.cost_range(key)
+    if window[1] < reachable[0] or window[0] > reachable[1]:
+        what = format_cost(target, metric)
+        raise UsageError(
+            f"The budget {the_budget} ({what}) is out of reach for {model_name}: with these candidates its "
+            f"students cost between {format_cost(reachable[0], metric)} and "
+            f"{format_cost(reachable[1], metric)} "
+            f"(the teacher: {format_cost(teacher_cost, metric)}). Choose a budget in that range, e.g. "
+            f"{math.ceil(100 * (reachable[0] + reachable[1]) / 2 / teacher_cost)}% of the teacher.")
+    configs, draws, hits = sample_configurations(space, key, window, samples, seed=seed, max_draws=max_draws)
+    t_sampled = time.perf_counter()
+    if not configs:
+        raise UsageError(
+            f"No configuration within ±{tolerance:.1%} of {format_cost(target, metric)} in {draws:,} uniform "
+            "draws: "
+            f"the budget lies at the edge of the reachable range {format_cost(reachable[0], metric)} – "
+            f"{format_cost(reachable[1], metric)}. Move it inward or widen --tolerance.")
+    notes = list(space.notes)
+    if len(configs) < samples:
+        notes.append(f"only {len(configs)} distinct configurations lie within the budget window "
+                     f"({draws:,} draws); all were scored")
+
+    batch = fixed_minibatch(data, batch_size=batch_size, seed=seed, input_shape=space.input_shape,
+                            teacher=teacher)
+    if batch.synthetic:
+        notes.append(f"no data given, so candidates were scored on {batch.source}; real training images "
+                     "(data=, --data) give scores that reflect real inputs")
+    scorer = Scorer(teacher, space, batch, seed=seed, input_size=input_size, leaf_modules=leaf_modules)
+    scored = []
+    for n, config in enumerate(configs):
+        scores = scorer.score(config)
+        scored.append((config, scores))
+        tick("scoring", n + 1, len(configs))
+    t_scored = time.perf_counter()
+    scoring_parts = dict(scorer.seconds)
+    order = sorted(range(len(scored)), key=lambda i: -scored[i][1].total)  # stable: ties keep draw order
+    results = []
+    for rank, i in enumerate(order, start=1):
+        config, scores = scored[i]
+        costs = space.costs(config)
+        results.append(ScoredConfiguration(
+            rank=rank, choice=space.choice(config), rules=tuple(space.rules(config)), cost=costs[key],
+            params=int(costs["params"]), paper=int(costs["paper"]), macs=int(costs["macs"]),
+            latency_ms=costs.get("latency"), score=scores.total,
+            block_scores=tuple(scores.per_site.values())))
+    # spread: the top configurations under other seeds (init, and minibatch where the data allow)
+    top_n = min(top, len(results))
+    extra = [fixed_minibatch(data, batch_size=batch_size, seed=seed + r, input_shape=space.input_shape,
+                             teacher=teacher) for r in range(1, spread_runs)]
+    for j in range(top_n):
+        config = scored[order[j]][0]
+        values = [results[j].score]
+        for r, other in enumerate(extra, start=1):
+            values.append(scorer.score(config, seed=seed + r, batch=other).total)
+            tick("spread", j * (spread_runs - 1) + r, top_n * (spread_runs - 1))
+        results[j].spread_scores = tuple(values)
+    t_spread = time.perf_counter()
+
+    # the winner as the user will get it: cheapen(teacher, policy), counted
+    winner_config = scored[order[0]][0]
+    student = cheapen(teacher, space.policy(winner_config), input_size=input_size, leaf_modules=leaf_modules,
+                      strict=True, model_name=model_name)
+    shape = (1, *space.input_shape)
+    measured: dict[str, float] = {"params": count_params(student, "trainable"),
+                                  "paper": count_params(student, "paper"), "macs": count_macs(student, shape)}
+    if metric == "latency":
+        from ..measure.latency import measure_latency
+
+        measured["latency"] = measure_latency(student, (latency_batch, *space.input_shape),
+                                              device=latency_conditions["device"]).median_ms
+    for k in ("params", "paper", "macs"):
+        if measured[k] != getattr(results[0], k):
+            raise RuntimeError(f"cheapconv bug: the winner counts {measured[k]} {k} once built, the search "
+                               f"computed {getattr(results[0], k)}")
+    seconds = {"tables": t_tables - t_start, "sampling": t_sampled - t_tables,
+               "scoring": t_scored - t_sampled, "spread": t_spread - t_scored,
+               "total": time.perf_counter() - t_start,
+               **{f"scoring_{k}": v for k, v in scoring_parts.items()}}
+    return SearchResult(
+        model=model_name, budget=the_budget, metric=metric, convention=convention, target=target,
+        tolerance=tolerance, reachable=reachable, teacher_cost=teacher_cost,
+        blocks=[b.label for b in space.blocks],
+        results=results, draws=draws, in_budget=hits, samples=samples, minibatch=batch.source, seed=seed,
+        seconds=seconds, measured=measured, latency_conditions=latency_conditions, notes=notes)

@@ -1,0 +1,12 @@
+"""The graph layer: tracing any CNN with torch.fx, the node vocabulary, and where the convs are."""
+
+from __future__ import annotations
+
+from .analysis import Analysis, ConvSite, FunctionalConv, PairSite, analyse, shape_mismatch, shape_pass
+from .tap import TAPS_ATTR, Tap
+from .tracer import CheapTracer, is_traceable, module_path_of, trace
+
+__all__ = [
+    "Analysis", "CheapTracer", "ConvSite", "FunctionalConv", "PairSite", "TAPS_ATTR", "Tap", "analyse",
+    "is_traceable", "module_path_of", "shape_mismatch", "shape_pass", "trace",
+]

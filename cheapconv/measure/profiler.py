@@ -1,0 +1,467 @@
+"""Profiles: parameters (both conventions), MACs, measured latency and peak memory, per model and per block.
+
+Parameter counts do not tell runtime: grouped and depthwise convolutions run far below the dense conv's
+throughput per MAC, so a student with 4× fewer MACs can be no faster, or slower. cheapconv measures:
+
+* **latency**: the median (and quartiles) of repeated timed forward passes after warm-up, at batch 1 and at a
+  throughput batch, in eval mode under ``torch.inference_mode``, with the device, dtype (non-fp32 runs under
+  autocast), memory layout and intra-op threads stated. CPU passes are timed with ``time.perf_counter``, CUDA
+  passes with CUDA events (see :mod:`cheapconv.measure.latency`). Models compared with each other are timed
+  **side by side** (:func:`measure_side_by_side`: one pass of each in turn, repeated), so that load on a
+  shared machine hits all of them alike and their ratios stay meaningful even when absolute times drift.
+* **peak memory**: see :mod:`cheapconv.measure.memory`.
+* **per block**: for each layer a student replaced, the cheap block and the original conv (or, for
+  ``B``/``BG``, the original conv → norm → act → conv chain) timed side by side at the input shape that layer
+  sees in the model; blocks slower than what they replaced are flagged.
+
+``cheapconv.profile`` is the function :func:`profile`; import this module's other names from
+``cheapconv.profile`` (``from cheapconv.profile import measure_side_by_side``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from ..counting import count_macs, count_params, eval_mode
+from ..errors import UsageError
+from .latency import (
+    Latency,
+    default_device,
+    measure_side_by_side,
+    parse_dtype,
+    prepared_copy,
+)
+from .memory import peak_memory  # noqa: F401
+
+#: a block counts as slower (or faster) than what it replaced only beyond this relative margin
+SLOWER_MARGIN = 0.05
+
+# --- results ------------------------------------------------------------------------------------------------
+@dataclass
+class LayerCost:
+    """One Conv or Linear module of the profiled model: its own parameters and its MACs at batch 1."""
+
+    name: str
+    kind: str
+    params: int
+    macs: int
+
+
+@dataclass
+class BlockTiming:
+    """A replaced layer: the cheap block against the original at the same input, timed side by side."""
+
+    layer: str
+    block: str
+    input_shape: tuple[int, ...]      # (C, H, W) that the layer sees in the model
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    before: dict[int, Latency]        # batch -> latency of the original conv (or conv pair)
+    after: dict[int, Latency]         # batch -> latency of the cheap block
+
+    def speedup(self, batch: int) -> float:
+        """original time ÷ block time (above 1: the block is faster)."""
+        return self.before[batch].median_ms / self.after[batch].median_ms
+
+    def verdict(self, batch: int) -> str:
+        s = self.speedup(batch)
+        return "slower" if s < 1 / (1 + SLOWER_MARGIN) else "faster" if s > 1 + SLOWER_MARGIN else "same"
+
+    def slower(self, batch: int | None = None) -> bool:
+        """True when the block is slower than what it replaced (at ``batch``, or at any measured batch)."""
+        batches = [batch] if batch is not None else list(self.after)
+        return any(self.verdict(b) == "slower" for b in batches)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["before"] = {b: lat.to_dict() for b, lat in self.before.items()}
+        d["after"] = {b: lat.to_dict() for b, lat in self.after.items()}
+        return d
+
+
+@dataclass
+class Profile:
+    """Everything :func:`profile` measured for one model. Latencies and memory are keyed by batch size."""
+
+    model: str
+    input_shape: tuple[int, ...]                  # (C, H, W)
+    params_trainable: int
+    params_paper: int
+    macs: int                                     # per image (batch 1)
+    latency: dict[int, Latency]
+    peak_memory: dict[int, int] = field(default_factory=dict)   # bytes, per batch
+    weight_bytes: int = 0
+    layers: list[LayerCost] = field(default_factory=list)
+    blocks: list[BlockTiming] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def batches(self) -> list[int]:
+        return sorted(self.latency)
+
+    @property
+    def slower_blocks(self) -> list[BlockTiming]:
+        return [b for b in self.blocks if b.slower()]
+
+    def describe_setting(self) -> str:
+        lat = next(iter(self.latency.values()))
+        layout = "channels_last" if lat.channels_last else "NCHW"
+        return (f"{lat.device}, {lat.dtype}, {layout}, {lat.threads} threads, "
+                f"median of {lat.repeats} after warm-up")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["latency"] = {b: lat.to_dict() for b, lat in self.latency.items()}
+        d["blocks"] = [b.to_dict() for b in self.blocks]
+        return d
+
+    def table(self):
+        """A rich Table of the totals (see :func:`profile_table`)."""
+        return profile_table(self)
+
+
+# --- per layer ----------------------------------------------------------------------------------------------
+def _layer_costs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, list[LayerCost]]:
+    total, per_layer = count_macs(model, (1, *input_shape), per_layer=True)
+    modules = dict(model.named_modules())
+    rows = []
+    for name, macs in per_layer.items():
+        m = modules[name]
+        if isinstance(m, nn.Conv2d):
+            k = "×".join(str(v) for v in m.kernel_size)
+            kind = f"Conv2d {m.in_channels}→{m.out_channels} {k}" + (f" g{m.groups}" if m.groups > 1 else "")
+        else:
+            kind = f"{type(m).__name__} {getattr(m, 'in_features', '')}→{getattr(m, 'out_features', '')}"
+        rows.append(LayerCost(name, kind, sum(p.numel() for p in m.parameters()), macs))
+    return total, rows
+
+
+class _Chain(nn.Module):
+    """The original conv → (norm, act, ...) → conv chain that a B/BG block replaced, runnable on its own."""
+
+    def __init__(self, steps: list[nn.Module | Callable]):
+        super().__init__()
+        self.mods = nn.ModuleList([s for s in steps if isinstance(s, nn.Module)])
+        self.steps = steps
+
+    def forward(self, x):
+        for step in self.steps:
+            x = step(x)
+        return x
+
+
+def _node_step(gm: nn.Module, node) -> nn.Module | Callable:
+    if node.op == "call_module":
+        return gm.get_submodule(node.target)
+    if node.op == "call_method":
+        return lambda x, _name=node.target: getattr(x, _name)()
+    return lambda x, _fn=node.target: _fn(x)
+
+
+def _student_plan(student: nn.Module):
+    from ..surgery.planner import Plan
+
+    plan = getattr(student, "cheapconv_plan", None)
+    if plan is None:
+        recipe = getattr(student, "cheapconv_recipe", None) or {}
+        plan = Plan.from_dict(recipe["plan"]) if recipe.get("plan") else None
+    return plan
+
+
+def _rebuild_teacher(student: nn.Module) -> nn.Module | None:
+    recipe = getattr(student, "cheapconv_recipe", None) or {}
+    if not recipe.get("source"):
+        return None
+    from ..store.rebuild import teacher_from_recipe
+
+    return teacher_from_recipe(recipe)
+
+
+def block_timings(student: nn.Module, teacher: nn.Module | None = None, *,
+                  input_shape: tuple[int, ...] | None = None, batches: Sequence[int] = (1,),
+                  device: str | torch.device | None = None, dtype: str | torch.dtype = torch.float32,
+                  channels_last: bool = False, warmup: int = 3, repeats: int = 10,
+                  threads: int | None = None, notes: list[str] | None = None) -> list[BlockTiming]:
+    """Time each block a student replaced against the original layer, side by side at the same input.
+
+    ``teacher`` supplies the original layers; by default it is rebuilt from the student's recipe (the zoo
+    name it was cheapened from: only shapes matter for timing, not weights). ``input_shape`` (C, H, W)
+    defaults to the plan's. Returns [] (with a reason appended to ``notes``) for a model with no plan or no
+    teacher to compare with.
+    """
+    from ..errors import TraceError
+    from ..fx.analysis import analyse
+    from ..fx.tracer import trace
+    from ..models.inputs import example_input_for
+
+    notes = notes if notes is not None else []
+    plan = _student_plan(student)
+    if plan is None or not plan.replaced:
+        notes.append("per-block timing: the model has no cheapconv plan (it is not a student), "
+                     "nothing to compare")
+        return []
+    if teacher is None:
+        try:
+            teacher = _rebuild_teacher(student)
+        except Exception as e:  # noqa: BLE001 - any failure just means: no per-block comparison
+            notes.append(f"per-block timing: cannot rebuild the teacher from the recipe ({e})")
+            return []
+        if teacher is None:
+            notes.append("per-block timing needs the original model: pass teacher=... (--teacher on the "
+                         "command line); the student's recipe names no source to rebuild it from")
+            return []
+    shape = tuple(input_shape) if input_shape else tuple(plan.input_shape)
+    recipe = getattr(student, "cheapconv_recipe", None) or {}
+    example = example_input_for(teacher, shape)
+    try:
+        work, graph_mode = trace(teacher, recipe.get("leaf_modules", ())), True
+    except TraceError:
+        work, graph_mode = copy.deepcopy(teacher), False
+    analysis = analyse(work, example, graph_mode)
+    sites = {s.name: s for s in analysis.convs}
+    out: list[BlockTiming] = []
+    for entry in plan.replaced:
+        if entry.convs[0] not in sites:
+            notes.append(f"per-block timing: {entry.layer} is not in the teacher given; skipped")
+            continue
+        if len(entry.convs) == 1:
+            site = sites[entry.convs[0]]
+            original, in_shape = site.conv, site.input_shape
+        else:
+            pair = analysis.pair_starting_at(entry.convs[0])
+            if pair is None:
+                notes.append(f"per-block timing: the pair {entry.layer} is not found in the teacher; skipped")
+                continue
+            steps = [pair.a.conv, *[_node_step(work, n) for n in pair.between], pair.b.conv]
+            original, in_shape = _Chain(steps), pair.a.input_shape
+        if in_shape is None:
+            continue
+        block = student.get_submodule(entry.convs[0])
+        before, after = {}, {}
+        for b in batches:
+            before[b], after[b] = measure_side_by_side(
+                [original, block], (b, *in_shape), device=device, dtype=dtype, channels_last=channels_last,
+                warmup=warmup, repeats=repeats, threads=threads)
+        out.append(BlockTiming(entry.layer, entry.block or "", tuple(in_shape), entry.params_before,
+                               entry.params_after, entry.macs_before, entry.macs_after, before, after))
+    return out
+
+
+# --- whole models -------------------------------------------------------------------------------------------
+def input_shape_of(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """(C, H, W) from ``input_shape`` (a leading batch dimension is dropped), else the student's recipe, else
+    the model's native size."""
+    if input_shape is None:
+        from ..models.inputs import default_input_size
+
+        recipe = getattr(model, "cheapconv_recipe", None) or {}
+        return tuple(recipe["input_size"]) if recipe.get("input_size") else tuple(default_input_size(model))
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) == 4:
+        shape = shape[1:]
+    if len(shape) != 3 or min(shape) < 1:
+        raise UsageError(f"input_shape must be (C, H, W) such as (3, 224, 224); got {tuple(input_shape)}.")
+    return shape
+
+
+def profile_many(models: Sequence[nn.Module], input_shape: tuple[int, ...] | None = None, *,
+                 names: Sequence[str] | None = None, device: str | torch.device | None = None,
+                 dtype: str | torch.dtype = torch.float32, channels_last: bool = False, batch: int = 32,
+                 warmup: int = 3, repeats: int = 10, threads: int | None = None, memory: bool = True,
+                 per_layer: bool = False, layer_repeats: int | None = None) -> list[Profile]:
+    """:func:`profile` for several models at once, their latencies measured side by side (batch 1 and
+    ``batch``). All models get the same input shape (default: the first model's)."""
+    if not models:
+        raise UsageError("profile_many needs at least one model.")
+    shape = input_shape_of(models[0], input_shape)
+    device = torch.device(device) if device is not None else default_device()
+    dtype = parse_dtype(dtype)
+    batches = sorted({1, int(batch)})
+    timed = {b: measure_side_by_side(models, (b, *shape), device=device, dtype=dtype,
+                                     channels_last=channels_last, warmup=warmup, repeats=repeats,
+                                     threads=threads) for b in batches}
+    profiles = []
+    for i, model in enumerate(models):
+        name = names[i] if names else model_label(model)
+        macs, layers = _layer_costs(model, shape)
+        p = Profile(model=name, input_shape=shape, params_trainable=count_params(model, "trainable"),
+                    params_paper=count_params(model, "paper"), macs=macs,
+                    latency={b: timed[b][i] for b in batches}, layers=layers,
+                    weight_bytes=sum(t.numel() * t.element_size() for t in model.state_dict().values()))
+        if memory:
+            p.peak_memory = {b: peak_memory(model, (b, *shape), device=device, dtype=dtype,
+                                            channels_last=channels_last) for b in batches}
+        if per_layer:
+            p.blocks = block_timings(model, input_shape=shape, batches=batches, device=device, dtype=dtype,
+                                     channels_last=channels_last, warmup=warmup,
+                                     repeats=layer_repeats or repeats, threads=threads, notes=p.notes)
+        profiles.append(p)
+    return profiles
+
+
+def model_label(model: nn.Module) -> str:
+    """A short name for tables: ``"wrn_40_2 G(4)"`` for a student, the zoo name or class name otherwise."""
+    recipe = getattr(model, "cheapconv_recipe", None) or {}
+    if recipe.get("policy"):
+        return f"{recipe.get('model') or recipe.get('source') or type(model).__name__} {recipe['policy']}"
+    return getattr(model, "cheapconv_source", None) or type(model).__name__
+
+
+def profile(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
+            device: str | torch.device | None = None, dtype: str | torch.dtype = torch.float32,
+            channels_last: bool = False, batch: int = 32, warmup: int = 3, repeats: int = 10,
+            threads: int | None = None, memory: bool = True, per_layer: bool = True,
+            teacher: nn.Module | None = None, layer_repeats: int | None = None,
+            name: str | None = None) -> Profile:
+    """Measure ``model``: params (trainable and paper conventions), MACs per image, latency at batch 1 and at
+    ``batch`` (median and quartiles of ``repeats`` timed passes after ``warmup``), peak memory, per-layer
+    params/MACs and, for a student, each replaced block timed against the layer it replaced.
+
+    ``input_shape`` is (C, H, W) (a leading batch dimension is dropped; default: the student's recipe or the
+    model's native size). ``device`` defaults to CUDA when present, else the CPU; ``dtype`` other than fp32
+    runs under autocast; ``threads`` sets torch's intra-op threads while measuring. ``teacher`` supplies
+    the original layers for the per-block comparison (default: rebuilt from the student's recipe). The model
+    itself is never moved or modified.
+
+    >>> import cheapconv
+    >>> from cheapconv.models import WideResNet
+    >>> p = cheapconv.profile(cheapconv.cheapen(WideResNet(16, 2), "G(4)"), repeats=3)  # doctest: +SKIP
+    >>> p.params_paper, p.latency[1].median_ms > 0, [b.layer for b in p.slower_blocks]  # doctest: +SKIP
+    """
+    shape = input_shape_of(model, input_shape)
+    (p,) = profile_many([model], shape, names=[name] if name else None, device=device, dtype=dtype,
+                        channels_last=channels_last, batch=batch, warmup=warmup, repeats=repeats,
+                        threads=threads, memory=memory)
+    if per_layer:
+        p.blocks = block_timings(model, teacher, input_shape=shape, batches=p.batches, device=device,
+                                 dtype=dtype, channels_last=channels_last, warmup=warmup,
+                                 repeats=layer_repeats or repeats, threads=threads, notes=p.notes)
+    return p
+
+
+# --- accuracy -----------------------------------------------------------------------------------------------
+def evaluate_accuracy(model: nn.Module, data: str, *, input_shape: tuple[int, ...] | None = None,
+                      data_dir: str | None = None, split: str = "test", batch_size: int = 256,
+                      limit: int | None = None, device: str | torch.device | None = None) -> float:
+    """Top-1 accuracy (0..1) of ``model`` on the ``split`` of dataset ``data`` (a :mod:`cheapconv.data` name),
+    through :func:`cheapconv.train.metrics.evaluate`. The dataset is adapted to the model's input (grayscale
+    repeated to C channels, padded to the size); ``limit`` evaluates the first that many images only."""
+    from ..data import get_dataset
+    from ..train.metrics import evaluate
+
+    c, h, _ = input_shape_of(model, input_shape)
+    dataset = get_dataset(data, split, data_dir=data_dir, augment=False, in_chans=c, image_size=h)
+    classes = dataset.info.num_classes
+    with eval_mode(model), torch.inference_mode():
+        param = next(iter(model.parameters()), None)
+        outputs = model(torch.zeros(1, c, h, h, device=param.device if param is not None else None)).shape[-1]
+    if outputs < classes:
+        raise UsageError(f"The model has {outputs} outputs but {data} has {classes} classes; evaluate it on "
+                         "the dataset it was trained for.")
+    if limit is not None:
+        dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
+    work = model if device is None else prepared_copy(model, torch.device(device), False)
+    return float(evaluate(work, dataset, batch_size=batch_size)["top1"])
+
+
+# --- tables -------------------------------------------------------------------------------------------------
+def _ms(lat: Latency) -> str:
+    return f"{lat.median_ms:.3g} ms (IQR {lat.iqr_ms:.2g})"
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.3g} MiB"
+
+
+def profile_table(p: Profile):
+    """Totals of one profile: params, MACs, latency per batch, peak memory."""
+    from rich.table import Table
+
+    from ..surgery.report import human
+
+    c, h, w = p.input_shape
+    t = Table(title=f"{p.model} (input {c}×{h}×{w}; {p.describe_setting()})", title_justify="left")
+    t.add_column("")
+    t.add_column("value", justify="right")
+    t.add_row("params (paper)", f"{p.params_paper:,}")
+    t.add_row("params (trainable)", f"{p.params_trainable:,}")
+    t.add_row("MACs per image", f"{p.macs:,} ({human(p.macs)})")
+    t.add_row("weights", _mib(p.weight_bytes))
+    for b in p.batches:
+        lat = p.latency[b]
+        t.add_row(f"latency, batch {b}", f"{_ms(lat)}; {lat.per_image_ms:.3g} ms/image")
+        if b in p.peak_memory:
+            t.add_row(f"peak memory, batch {b}", _mib(p.peak_memory[b]))
+    if p.blocks:
+        t.add_row("blocks slower than what they replaced", f"{len(p.slower_blocks)} of {len(p.blocks)}")
+    return t
+
+
+def blocks_table(blocks: Sequence[BlockTiming], *, title: str = "Replaced blocks against the original layers"
+                 ):
+    """One row per replaced layer: MACs and side-by-side latency before → after per batch, slower ones
+    flagged."""
+    from rich.table import Table
+
+    from ..surgery.report import human
+
+    batches = sorted({b for bt in blocks for b in bt.after})
+    t = Table(title=f"{title} (speed-up = original ÷ block; SLOWER beyond {SLOWER_MARGIN:.0%})",
+              title_justify="left")
+    for col in ("layer", "block", "input", "MACs", *[f"batch {b}: ms" for b in batches],
+                *[f"speed-up b{b}" for b in batches], "flag"):
+        t.add_column(col, justify="left" if col in ("layer", "block", "input", "flag") else "right")
+    for bt in blocks:
+        cells = [bt.layer, bt.block, "×".join(str(v) for v in bt.input_shape),
+                 f"{human(bt.macs_before)}→{human(bt.macs_after)}"]
+        cells += [f"{bt.before[b].median_ms:.3g}→{bt.after[b].median_ms:.3g}" for b in batches]
+        cells += [f"{bt.speedup(b):.2f}×" for b in batches]
+        slower = bt.slower()
+        cells.append("SLOWER" if slower else "")
+        t.add_row(*cells, style="yellow" if slower else None)
+    return t
+
+
+def compare_table(profiles: Sequence[Profile], accuracies: Sequence[float | None] | None = None):
+    """Models side by side with ratios against the first (rel. = this ÷ first: below 1 is smaller/faster)."""
+    from rich.table import Table
+
+    from ..surgery.report import human
+
+    first = profiles[0]
+    batches = first.batches
+    c, h, w = first.input_shape
+    t = Table(title=f"Compared on {c}×{h}×{w} ({first.describe_setting()}; latencies measured side by side). "
+                    "rel. = this ÷ first model", title_justify="left")
+    t.add_column("model", overflow="fold")
+    latency_cols = [x for b in batches for x in (f"batch {b} ms", "rel.")]
+    for col in ("params (paper)", "rel.", "MACs", "rel.", *latency_cols):
+        t.add_column(col, justify="right")
+    show_acc = accuracies is not None and any(a is not None for a in accuracies)
+    if show_acc:
+        t.add_column("top-1", justify="right")
+        t.add_column("Δ", justify="right")
+    show_blocks = any(p.blocks for p in profiles)
+    if show_blocks:
+        t.add_column("slower blocks", justify="right")
+    for i, p in enumerate(profiles):
+        row = [p.model, f"{p.params_paper:,}", f"{p.params_paper / first.params_paper:.3f}", human(p.macs),
+               f"{p.macs / first.macs:.3f}" if first.macs else "–"]
+        for b in batches:
+            rel = p.latency[b].median_ms / first.latency[b].median_ms
+            row += [f"{p.latency[b].median_ms:.3g}", f"{rel:.2f}"]
+        if show_acc:
+            acc, base = accuracies[i], accuracies[0]
+            row += ["–" if acc is None else f"{100 * acc:.2f}%",
+                    "" if acc is None or base is None or i == 0 else f"{100 * (acc - base):+.2f}"]
+        if show_blocks:
+            row.append(f"{len(p.slower_blocks)} of {len(p.blocks)}" if p.blocks else "")
+        t.add_row(*row)
+    return t

@@ -1,0 +1,580 @@
+"""A data-only description of an fx GraphModule, so a student loads without unpickling any code.
+
+The description is JSON: the graph's nodes (op, target, arguments) and, for every leaf module the graph
+calls, its type (from an allow-list: ``torch.nn`` layers, cheapconv's blocks, and a few torchvision and timm
+layers that are fully determined by their constructor arguments) and constructor arguments.
+Tensors (weights, buffers, ``get_attr`` parameters) travel separately in the state dict; the few that are not in
+it (non-persistent buffers such as blur filters and position indices, constants captured by tracing) are
+written into the description as raw bytes of a declared dtype and shape.
+
+Decoding trusts nothing in the description (see the README's "Security model"):
+
+* every name that torch.fx pastes into generated source (node names, placeholder, attribute and module
+  targets, keyword names) must be a plain identifier or a dotted path of identifiers;
+* functions, tensor methods and ``getattr`` attributes come from the closed vocabulary of pure tensor
+  computations in :mod:`cheapconv.store.graph_vocab`; module types from the allow-list below;
+* before anything real is allocated, the modules are built on the meta device and their size is checked
+  against a cap, and the graph is run on a meta input of its recorded size with every value checked
+  (:mod:`cheapconv.store.graph_limits`).
+
+Anything the encoder cannot describe this way raises :class:`NotDescribable`; the caller then falls back to
+another storage kind. The same checks run when saving, so whatever is saved as a graph loads again.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import importlib
+import inspect
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from . import graph_limits
+from .graph_vocab import GETATTR_NAMES, METHODS, NotDescribable, check_dotted, check_identifier, function_name
+from .graph_vocab import resolve_function as _resolve_function
+
+#: 2 records the input size the graph was checked at; 1 (wave 1) is read with the recipe's input size
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
+
+
+# --- modules ----------------------------------------------------------------------------------------------
+_TORCH_TYPES = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+    nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.LocalResponseNorm, nn.ReLU, nn.ReLU6,
+    nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ELU,
+    nn.Mish, nn.PReLU, nn.SELU, nn.CELU, nn.Softplus, nn.Softmax, nn.LogSoftmax, nn.Identity, nn.Dropout,
+    nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.MaxPool1d, nn.MaxPool2d,
+    nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten,
+    nn.Unflatten, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.Upsample,
+    nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle, nn.MultiheadAttention, nn.Unfold, nn.Fold,
+)
+
+
+def _mha_args(m: nn.MultiheadAttention) -> dict[str, Any]:
+    return dict(embed_dim=m.embed_dim, num_heads=m.num_heads, dropout=m.dropout,
+                bias=m.in_proj_bias is not None, add_bias_kv=m.bias_k is not None, add_zero_attn=m.add_zero_attn,
+                kdim=m.kdim, vdim=m.vdim, batch_first=m.batch_first)
+
+
+def _timm_norm_args(m: nn.Module) -> dict[str, Any]:  # timm's LayerNorm, LayerNorm2d (num_channels, eps, affine)
+    args = dict(num_channels=m.normalized_shape[0], eps=m.eps, affine=m.elementwise_affine)
+    if m.elementwise_affine:
+        args["bias"] = m.bias is not None
+    return args
+
+
+def _conv_args(m: nn.Module, first: str = "in_channels") -> dict[str, Any]:
+    """A conv's geometry; ``padding`` as a tuple, so timm's 'SAME' variants take it as is (their run-time
+    padding flag, ``same_pad``, is restored as an attribute)."""
+    return {first: m.in_channels, "out_channels": m.out_channels, "kernel_size": m.kernel_size, "stride": m.stride,
+            "padding": m.padding, "dilation": m.dilation, "groups": m.groups, "bias": m.bias is not None}
+
+
+def _bn_args(m: nn.Module) -> dict[str, Any]:
+    return dict(num_features=m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
+                track_running_stats=m.track_running_stats)
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """How to rebuild an allow-listed class: constructor arguments (default: the constructor's parameters
+    read from same-named attributes), children replaced by their own descriptions, plain attributes set after
+    construction (timm's import-time ``_fast_norm`` flag)."""
+
+    args: Callable[[nn.Module], dict[str, Any]] | None = None
+    children: tuple[str, ...] = ()
+    attrs: tuple[str, ...] = ()
+
+
+#: Classes outside torch.nn that a data-only graph may name, by defining module and qualified name. Each was
+#: read to check that its forward depends only on what its recipe restores. They are resolved lazily:
+#: describing needs no import (an instance's class is already imported) and building imports only the
+#: module named here, so ``import cheapconv`` never imports torchvision or timm.
+_EXTRA_TYPES: dict[str, _Recipe] = {
+    "torchvision.ops.stochastic_depth.StochasticDepth": _Recipe(),
+    "torchvision.models.convnext.LayerNorm2d": _Recipe(),
+    "timm.layers.norm.LayerNorm": _Recipe(_timm_norm_args, attrs=("_fast_norm",)),
+    "timm.layers.norm.LayerNorm2d": _Recipe(_timm_norm_args, attrs=("_fast_norm",)),
+    "timm.layers.norm.GroupNorm1": _Recipe(lambda m: dict(num_channels=m.num_channels, eps=m.eps, affine=m.affine),
+                                          attrs=("_fast_norm",)),
+    "timm.layers.norm_act.BatchNormAct2d": _Recipe(_bn_args, children=("drop", "act")),
+    "timm.layers.drop.DropPath": _Recipe(),
+    # VGG's conv head: built small, then every child replaced by its own description (fc1 may be cheap)
+    "timm.models.vgg.ConvMlp": _Recipe(lambda m: dict(in_features=1, out_features=1, kernel_size=m.input_kernel_size),
+                                       children=("fc1", "act1", "drop", "fc2", "act2")),
+    "timm.layers.conv2d_same.Conv2dSame": _Recipe(),
+    "timm.layers.std_conv.StdConv2d": _Recipe(lambda m: _conv_args(m, "in_channel"), attrs=("eps",)),
+    "timm.layers.std_conv.StdConv2dSame": _Recipe(lambda m: _conv_args(m, "in_channel"), attrs=("eps", "same_pad")),
+    "timm.layers.std_conv.ScaledStdConv2d": _Recipe(_conv_args, attrs=("eps", "scale", "gain_init")),
+    "timm.layers.std_conv.ScaledStdConv2dSame": _Recipe(_conv_args, attrs=("eps", "scale", "gain_init", "same_pad")),
+    "timm.layers.norm_act.LayerNormAct2d": _Recipe(_timm_norm_args, children=("drop", "act"), attrs=("_fast_norm",)),
+    "timm.layers.activations.Swish": _Recipe(),
+    "timm.layers.activations.Mish": _Recipe(),
+    "timm.layers.activations.Sigmoid": _Recipe(),
+    "timm.layers.activations.Tanh": _Recipe(),
+    "timm.layers.activations.HardSwish": _Recipe(),
+    "timm.layers.activations.HardSigmoid": _Recipe(),
+    "timm.layers.activations.GELU": _Recipe(),
+    "timm.layers.activations.GELUTanh": _Recipe(),
+    "timm.layers.activations.QuickGELU": _Recipe(),
+}
+_TORCH_RECIPES: dict[type, _Recipe] = {nn.MultiheadAttention: _Recipe(_mha_args)}
+
+
+def _module_types() -> dict[str, type[nn.Module]]:
+    from ..blocks import BLOCK_MODULES
+    from ..fx.tap import Tap
+
+    types: dict[str, type[nn.Module]] = {f"torch.nn.{cls.__name__}": cls for cls in _TORCH_TYPES}
+    for cls in (*BLOCK_MODULES, Tap):
+        types[f"cheapconv.{cls.__name__}"] = cls
+    return types
+
+
+def _key_of(module: nn.Module) -> tuple[str, _Recipe] | None:
+    cls = type(module)
+    key = next((k for k, c in _module_types().items() if cls is c), None)
+    if key is not None:
+        return key, _TORCH_RECIPES.get(cls, _Recipe())
+    key = f"{cls.__module__}.{cls.__qualname__}"
+    recipe = _EXTRA_TYPES.get(key)
+    # the name must lead back to this very class (a look-alike defined elsewhere does not qualify)
+    if recipe is not None and getattr(sys.modules.get(cls.__module__), cls.__qualname__, None) is cls:
+        return key, recipe
+    return None
+
+
+def _resolve_type(key: Any) -> tuple[type[nn.Module], _Recipe]:
+    types = _module_types()
+    if key in types:
+        return types[key], _TORCH_RECIPES.get(types[key], _Recipe())
+    recipe = _EXTRA_TYPES.get(key) if isinstance(key, str) else None
+    if recipe is None:
+        raise NotDescribable(f"unknown module type {key!r}")
+    mod_name, _, name = key.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(mod_name), name, None)
+    except ImportError as e:
+        raise NotDescribable(f"module type {key!r} needs {mod_name.split('.')[0]}, which cannot be imported "
+                             f"here ({e})") from None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise NotDescribable(f"{key!r} is not a module class in the installed {mod_name.split('.')[0]}")
+    return cls, recipe
+
+
+_JSON_SCALARS = (bool, int, float, str, type(None))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, _JSON_SCALARS):
+        return value
+    if isinstance(value, (tuple, list, torch.Size)):
+        return [_plain(v) for v in value]
+    raise NotDescribable(f"constructor value of type {type(value).__name__}")
+
+
+def _constructor_args(module: nn.Module, recipe: _Recipe = _Recipe()) -> dict[str, Any]:
+    if hasattr(module, "init_args"):  # cheapconv blocks record their own
+        return {k: _plain(v) for k, v in module.init_args.items()}
+    if recipe.args is not None:
+        return {k: _plain(v) for k, v in recipe.args(module).items()}
+    args = {}
+    for name, param in inspect.signature(type(module).__init__).parameters.items():
+        if name in ("self", "device", "dtype") or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if name == "bias" and (getattr(module, "bias", None) is None or isinstance(module.bias, torch.Tensor)):
+            args[name] = getattr(module, "bias", None) is not None
+        elif hasattr(module, name):
+            args[name] = _plain(getattr(module, name))
+    return args
+
+
+def describe_module(module: nn.Module) -> dict[str, Any]:
+    found = _key_of(module)
+    if found is None:
+        raise NotDescribable(f"module type {type(module).__module__}.{type(module).__qualname__}")
+    key, recipe = found
+    spec: dict[str, Any] = {"type": key, "args": _constructor_args(module, recipe)}
+    if recipe.children:
+        spec["children"] = {name: describe_module(getattr(module, name)) for name in recipe.children}
+    if recipe.attrs:
+        spec["attrs"] = {name: _plain(getattr(module, name)) for name in recipe.attrs}
+    rebuilt = build_module(spec)
+    # The rebuilt module must be indistinguishable: same repr (children included) and the same tensors by
+    # name and shape.
+    same_tensors = {k: v.shape for k, v in rebuilt.state_dict().items()} == \
+                   {k: v.shape for k, v in module.state_dict().items()}
+    if repr(rebuilt) != repr(module) or not same_tensors or \
+            any(getattr(rebuilt, a) != getattr(module, a) for a in recipe.attrs):
+        raise NotDescribable(f"module {key} cannot be rebuilt from its constructor arguments")
+    return spec
+
+
+#: constructor arguments that set a count of Python-level repetitions (loops in a constructor or forward),
+#: bounded far above any real model so that a crafted file cannot make them spin
+_ARGUMENT_BOUNDS = {"factors": 256, "num_heads": 4096, "groups": 2**20}
+
+
+def _plain_arg(value: Any, depth: int = 0) -> Any:
+    """A constructor argument from a file: JSON scalars and (nested, short) lists of them only."""
+    if isinstance(value, _JSON_SCALARS):
+        if isinstance(value, str) and len(value) > 200:
+            raise NotDescribable("a constructor argument string longer than 200 characters")
+        if isinstance(value, int) and abs(value) > 2**40:
+            raise NotDescribable("a constructor argument above 2**40")
+        return value
+    if isinstance(value, list) and depth < 3 and len(value) <= 64:
+        return tuple(_plain_arg(v, depth + 1) for v in value)
+    raise NotDescribable(f"constructor argument of type {type(value).__name__} (or nested too deeply)")
+
+
+def build_module(spec: Any, depth: int = 0) -> nn.Module:
+    """Build one allow-listed module from its description (weights random: load them afterwards)."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("args", {}), dict) or depth > 4:
+        raise NotDescribable("malformed module description")
+    cls, recipe = _resolve_type(spec.get("type"))
+    args = {check_identifier(k, "constructor argument"): _plain_arg(v) for k, v in spec.get("args", {}).items()}
+    for key, bound in _ARGUMENT_BOUNDS.items():
+        if isinstance(args.get(key), int) and args[key] > bound:
+            raise NotDescribable(f"{key}={args[key]} in {spec['type']!r} (at most {bound})")
+    children = spec.get("children", {})
+    attrs = spec.get("attrs", {})
+    if not isinstance(children, dict) or not isinstance(attrs, dict) or \
+            set(children) - set(recipe.children) or set(attrs) - set(recipe.attrs):
+        raise NotDescribable(f"{spec['type']!r} takes no such children or attributes")
+    try:
+        module = cls(**args)
+    except (TypeError, ValueError, RuntimeError, AssertionError, OverflowError) as e:
+        raise NotDescribable(f"{spec['type']!r} cannot be built from its arguments ({e})") from None
+    for name, child in children.items():
+        setattr(module, name, build_module(child, depth + 1))
+    for name, value in attrs.items():
+        if not isinstance(value, _JSON_SCALARS):
+            raise NotDescribable(f"attribute {name!r} of {spec['type']!r} is not a plain value")
+        setattr(module, name, value)
+    return module
+
+
+# --- functions ----------------------------------------------------------------------------------------------
+def encode_function(fn: Any) -> str:
+    """The allow-listed qualified name of ``fn`` (raises :class:`NotDescribable` for anything else)."""
+    name = function_name(fn)
+    if name is None:
+        raise NotDescribable(f"function {getattr(fn, '__module__', '?')}.{getattr(fn, '__name__', fn)} is "
+                             "outside the allow-list of pure tensor computations")
+    return name
+
+
+def resolve_function(qualified: Any) -> Any:
+    """The allowed callable named ``qualified`` (see :mod:`cheapconv.store.graph_vocab`)."""
+    return _resolve_function(qualified)
+
+
+# --- arguments ----------------------------------------------------------------------------------------------
+_MAX_NODES = 100_000
+_MAX_ARG_DEPTH = 16
+_DTYPES = {str(d).removeprefix("torch."): d for d in (
+    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.complex64, torch.int64, torch.int32,
+    torch.int16, torch.int8, torch.uint8, torch.bool)}
+_MEMORY_FORMATS = {"contiguous_format": torch.contiguous_format, "channels_last": torch.channels_last,
+                   "preserve_format": torch.preserve_format}
+
+
+def _encode_arg(a: Any) -> Any:
+    if isinstance(a, fx.Node):
+        return {"node": a.name}
+    if isinstance(a, _JSON_SCALARS):
+        return a if not (isinstance(a, float) and not math.isfinite(a)) else {"float": repr(a)}
+    if isinstance(a, tuple):
+        return {"tuple": [_encode_arg(v) for v in a]}
+    if isinstance(a, list):
+        return [_encode_arg(v) for v in a]
+    if isinstance(a, dict):
+        return {"dict": [[k, _encode_arg(v)] for k, v in a.items()]}
+    if isinstance(a, slice):
+        return {"slice": [_encode_arg(a.start), _encode_arg(a.stop), _encode_arg(a.step)]}
+    if a is Ellipsis:
+        return {"ellipsis": True}
+    if isinstance(a, torch.dtype):
+        return {"dtype": str(a).removeprefix("torch.")}
+    if isinstance(a, torch.device):
+        return {"device": str(a)}
+    if isinstance(a, torch.memory_format):
+        return {"memory_format": str(a).removeprefix("torch.")}
+    raise NotDescribable(f"graph argument of type {type(a).__name__}")
+
+
+def _decode_arg(a: Any, env: dict[str, fx.Node], depth: int = 0) -> Any:
+    """Decode one argument. Only data comes out: nodes defined earlier, scalars, containers of them, slices,
+    and dtypes / devices / memory formats by name; never a callable or an arbitrary object."""
+    if depth > _MAX_ARG_DEPTH:
+        raise NotDescribable("graph arguments nested too deeply")
+    if isinstance(a, list):
+        return [_decode_arg(v, env, depth + 1) for v in a]
+    if isinstance(a, str) and len(a) > 1000:
+        raise NotDescribable("a graph argument string longer than 1000 characters")
+    if not isinstance(a, dict):
+        if not isinstance(a, _JSON_SCALARS):
+            raise NotDescribable(f"graph argument of type {type(a).__name__}")
+        return a
+    if len(a) != 1:
+        raise NotDescribable("malformed graph argument")
+    (kind, value), = a.items()
+    if kind == "node":
+        if value not in env:
+            raise NotDescribable(f"argument names node {value!r}, which is not defined before it")
+        return env[value]
+    if kind in ("tuple", "slice") and isinstance(value, list):
+        items = [_decode_arg(v, env, depth + 1) for v in value]
+        if kind == "tuple":
+            return tuple(items)
+        if len(items) == 3 and all(v is None or isinstance(v, int | fx.Node) for v in items):
+            return slice(*items)
+    if kind == "dict" and isinstance(value, list):
+        pairs = [(k, v) for k, v in (p if isinstance(p, list) and len(p) == 2 else (None, None) for p in value)]
+        return {check_identifier(k, "dictionary key"): _decode_arg(v, env, depth + 1) for k, v in pairs}
+    if kind == "ellipsis" and value is True:
+        return Ellipsis
+    if kind == "float" and value in ("inf", "-inf", "nan"):
+        return float(value)
+    if kind == "dtype" and value in _DTYPES:
+        return _DTYPES[value]
+    if kind == "memory_format" and value in _MEMORY_FORMATS:
+        return _MEMORY_FORMATS[value]
+    if kind == "device" and isinstance(value, str) and len(value) < 20:
+        try:
+            return torch.device(value)
+        except RuntimeError:
+            pass
+    raise NotDescribable(f"malformed graph argument of kind {str(kind)[:40]!r}")
+
+
+def _node_refs(a: Any) -> bool:
+    if isinstance(a, fx.Node):
+        return True
+    if isinstance(a, tuple | list):
+        return any(_node_refs(v) for v in a)
+    if isinstance(a, dict):
+        return any(_node_refs(v) for v in a.values())
+    if isinstance(a, slice):
+        return any(_node_refs(v) for v in (a.start, a.stop, a.step))
+    return False
+
+
+def _check_node(op: str, target: Any, name: Any, args: Any, kwargs: Any, desc: dict[str, Any]) -> Any:
+    """Check one node of a description; return the target fx gets (a callable for call_function)."""
+    check_identifier(name, "node name")
+    if not isinstance(args, tuple) or not isinstance(kwargs, dict):
+        raise NotDescribable(f"node {name!r} has malformed arguments")
+    if op == "placeholder":
+        return check_identifier(target, "input name")
+    if op == "output":
+        if target != "output":
+            raise NotDescribable("the output node's target must be 'output'")
+        return target
+    if op == "get_attr":
+        if check_dotted(target, "attribute") not in desc["attrs"]:
+            raise NotDescribable(f"attribute {target!r} is not described")
+        return target
+    if op == "call_module":
+        if check_dotted(target, "module") not in desc["modules"]:
+            raise NotDescribable(f"module {target!r} is not described")
+        return target
+    # calls must read something the graph computed: a call on constants alone is never traced by fx
+    if not _node_refs(args) and not _node_refs(kwargs):
+        raise NotDescribable(f"node {name!r} computes on constants only")
+    if op == "call_method":
+        if not isinstance(target, str) or target not in METHODS:
+            raise NotDescribable(f"method {str(target)[:80]!r} is not an allowed tensor method")
+        return target
+    if op == "call_function":
+        fn = resolve_function(target)
+        if fn is builtins.getattr and (len(args) != 2 or kwargs or args[1] not in GETATTR_NAMES):
+            raise NotDescribable(f"getattr may read only {', '.join(sorted(GETATTR_NAMES))} (node {name!r})")
+        return fn
+    raise NotDescribable(f"unknown node op {str(op)[:40]!r}")
+
+
+# --- whole graphs -------------------------------------------------------------------------------------------
+def describe_graph_module(gm: fx.GraphModule, input_size: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """JSON-able description of ``gm`` (raises :class:`NotDescribable`).
+
+    ``input_size`` (C, H, W) is recorded and the description is checked exactly as :func:`build_graph_module`
+    will check it, so a description this returns always builds again.
+    """
+    if input_size is None:
+        raise NotDescribable("no input size to check the graph at")
+    state = gm.state_dict(keep_vars=True)
+    modules, attrs, nodes = {}, {}, []
+    inlined = 0
+    for node in gm.graph.nodes:
+        target = node.target
+        if node.op == "call_module":
+            if target not in modules:
+                modules[target] = describe_module(gm.get_submodule(target))
+        elif node.op == "call_function":
+            target = encode_function(target)
+        elif node.op == "get_attr":
+            value = state.get(target)
+            inline = value is None
+            if inline:  # a non-persistent buffer (blur filters, position indices) or a traced constant
+                value = _tensor_attr(gm, target)
+                if value is None:
+                    raise NotDescribable(f"get_attr {target!r} is not a tensor")
+            attrs[target] = {"shape": list(value.shape), "dtype": str(value.dtype).removeprefix("torch."),
+                             "parameter": isinstance(value, nn.Parameter), "requires_grad": value.requires_grad}
+            if inline:
+                inlined += value.numel() * value.element_size()
+                if inlined > _MAX_INLINE_BYTES:
+                    raise NotDescribable(f"tensors outside the state dict exceed {_MAX_INLINE_BYTES} bytes")
+                raw = value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                attrs[target]["data"] = base64.b64encode(raw).decode("ascii")
+        nodes.append({"name": node.name, "op": node.op, "target": target,
+                      "args": _encode_arg(node.args), "kwargs": _encode_arg(node.kwargs)})
+    desc = {"format": FORMAT, "class_name": type(gm).__name__, "input_size": [int(d) for d in input_size],
+            "modules": modules, "attrs": attrs, "nodes": nodes}
+    state_bytes = graph_limits.tensor_bytes(t for t in state.values())
+    _check_description(desc, max_bytes=max_bytes_for(state_bytes), input_size=None)
+    return desc
+
+
+def max_bytes_for(state_bytes: int) -> int:
+    """What a description may allocate: the weights it brings plus room for non-persistent buffers."""
+    return state_bytes + _MAX_INLINE_BYTES + 64 * 2**20
+
+
+def _check_description(desc: Any, *, max_bytes: int, input_size: tuple[int, ...] | None) -> tuple[int, ...]:
+    """Every check of :func:`build_graph_module`, on the meta device; returns the input size checked at."""
+    if not isinstance(desc, dict) or desc.get("format") not in READABLE_FORMATS:
+        got = desc.get("format") if isinstance(desc, dict) else None
+        raise NotDescribable(f"graph description format {str(got)[:20]!r} (this cheapconv reads "
+                             f"{', '.join(map(str, READABLE_FORMATS))})")
+    if not all(isinstance(desc.get(k), t) for k, t in (("modules", dict), ("attrs", dict), ("nodes", list))):
+        raise NotDescribable("malformed graph description")
+    input_size = _input_size(desc.get("input_size", input_size))
+    with torch.device("meta"):
+        meta = _build(desc, max_bytes=max_bytes)
+    graph_limits.dry_run(meta, input_size)
+    return input_size
+
+
+def _input_size(size: Any) -> tuple[int, ...]:
+    if not isinstance(size, list | tuple) or not 1 <= len(size) <= 4 or \
+            not all(isinstance(d, int) and 0 < d <= 8192 for d in size) or math.prod(size) > 2**26:
+        raise NotDescribable(f"no usable input size recorded ({str(size)[:40]}); expected C, H, W")
+    return tuple(size)
+
+
+def _build(desc: dict[str, Any], *, max_bytes: int | None) -> fx.GraphModule:
+    if len(desc["nodes"]) > _MAX_NODES or len(desc["modules"]) > _MAX_NODES or len(desc["attrs"]) > _MAX_NODES:
+        raise NotDescribable(f"more than {_MAX_NODES} nodes, modules or attributes")
+    root: dict[str, Any] = {check_dotted(name, "module"): build_module(spec) for name, spec in desc["modules"].items()}
+    inline, attrs = [], {}
+    for name, a in desc["attrs"].items():
+        check_dotted(name, "attribute")
+        if not isinstance(a, dict) or a.get("dtype") not in _DTYPES:
+            raise NotDescribable(f"attribute {name!r} has an unknown dtype")
+        shape, dtype = _shape(a.get("shape")), _DTYPES[a["dtype"]]
+        if "data" in a:
+            t = _decode_tensor(a["data"], shape, dtype)
+            inline.append(name)
+        else:
+            t = torch.zeros(shape, dtype=dtype) if max_bytes is None else torch.empty(shape, dtype=dtype)
+        attrs[name] = nn.Parameter(t, requires_grad=bool(a.get("requires_grad"))) if a.get("parameter") else t
+    if max_bytes is not None:
+        graph_limits.check_module_sizes(root, attrs, max_bytes)
+    root.update(attrs)
+    graph = fx.Graph()
+    env: dict[str, fx.Node] = {}
+    placeholders = 0
+    for n in desc["nodes"]:
+        if not isinstance(n, dict):
+            raise NotDescribable("malformed graph node")
+        op, name = n.get("op"), n.get("name")
+        args, kwargs = _decode_arg(n.get("args"), env), _decode_arg(n.get("kwargs"), env)
+        args = tuple(args) if isinstance(args, list) else args
+        target = _check_node(op, n.get("target"), name, args, kwargs, desc)
+        placeholders += op == "placeholder"
+        if name in env:
+            raise NotDescribable(f"node name {name!r} is used twice")
+        node = graph.create_node(op, target, args, kwargs, name=name)
+        if node.name != name:  # fx renamed it (a clash with a reserved name): the description is not ours
+            raise NotDescribable(f"node name {name!r} is reserved")
+        env[name] = node
+    if placeholders != 1:
+        raise NotDescribable(f"the graph takes {placeholders} inputs; cheapconv stores models of one input")
+    try:
+        graph.lint()
+    except RuntimeError as e:
+        raise NotDescribable(f"inconsistent graph ({str(e)[:200]})") from None
+    class_name = str(desc.get("class_name", "Student"))[:100]
+    class_name = "".join(ch for ch in class_name if ch.isalnum() or ch == "_").lstrip("0123456789_")
+    gm = fx.GraphModule(root, graph, class_name or "Student")
+    for name in inline:  # values travel in the description, not the state dict: keep them out of it
+        parent_name, _, leaf = name.rpartition(".")
+        parent = gm.get_submodule(parent_name) if parent_name else gm
+        parent.register_buffer(leaf, getattr(parent, leaf), persistent=False)
+    return gm
+
+
+def build_graph_module(desc: Any, *, max_bytes: int | None = None,
+                       input_size: tuple[int, ...] | None = None) -> fx.GraphModule:
+    """Rebuild a GraphModule from a description (random weights: load the state dict afterwards).
+
+    Everything is checked first on the meta device, where nothing is allocated: the vocabulary, the size of
+    the modules against ``max_bytes`` (default: what the description itself brings plus 80 MiB; :func:`load`
+    passes the size of the file's weights), and a checked dry run at the recorded input size (``input_size``
+    is used for wave-1 descriptions that did not record one). Raises :class:`NotDescribable`.
+    """
+    if max_bytes is None:
+        max_bytes = max_bytes_for(0)
+    try:
+        _check_description(desc, max_bytes=max_bytes, input_size=input_size)
+        return _build(desc, max_bytes=None)
+    except NotDescribable:
+        raise
+    except RecursionError:
+        raise NotDescribable("the description is nested too deeply") from None
+    except Exception as e:  # noqa: BLE001 - a crafted graph can make torch raise anything while checked
+        raise NotDescribable(f"the graph does not run on meta tensors at its input size "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+
+
+#: tensors outside the state dict (non-persistent buffers, traced constants) are written into the
+#: description itself, up to this many bytes in all
+_MAX_INLINE_BYTES = 16 * 2**20
+
+
+def _shape(shape: Any) -> tuple[int, ...]:
+    if not isinstance(shape, list) or len(shape) > 8 or \
+            not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in shape):
+        raise NotDescribable(f"malformed tensor shape {str(shape)[:60]}")
+    return tuple(shape)
+
+
+def _tensor_attr(gm: nn.Module, target: str) -> torch.Tensor | None:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part, None)
+    return obj if isinstance(obj, torch.Tensor) and not isinstance(obj, nn.Parameter) else None
+
+
+def _decode_tensor(data: Any, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    if not isinstance(data, str) or len(data) > 2 * _MAX_INLINE_BYTES:
+        raise NotDescribable("malformed inline tensor")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except ValueError as e:
+        raise NotDescribable(f"malformed inline tensor ({e})") from None
+    count = math.prod(shape)
+    if count * torch.empty((), dtype=dtype, device="cpu").element_size() != len(raw):
+        raise NotDescribable("inline tensor data does not match its shape and dtype")
+    return torch.frombuffer(bytearray(raw), dtype=dtype).reshape(shape).clone()

@@ -1,0 +1,119 @@
+"""Rebuilding a model from the recipe in a file, within limits the file cannot move.
+
+A recipe names a zoo model (``wrn_40_2``, ``torchvision:resnet34``, ``timm:resnet50``), a few constructor
+keywords and a policy. Loading a ``recipe``-kind file, or profiling a student against its teacher, builds
+that model, so a crafted recipe must not be able to make us read other files (a path as the source, a
+``pretrained`` or ``checkpoint_path`` keyword), reach the network, or allocate without bound
+(``wrn_16_1000``: 170 billion parameters). So:
+
+* the source must be a zoo *name*, never a path; only the keywords in :data:`SOURCE_KWARGS` are accepted,
+  with bounded values; the input size is bounded;
+* a built-in WRN (any depth and width) is first built on the meta device (no memory) and its size checked
+  against :data:`MAX_TEACHER_BYTES`; the student is cheapened first from a storage-less copy of the teacher
+  and must have exactly the tensors the file holds before the real student is built.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import FileFormatError
+
+__all__ = ["MAX_TEACHER_BYTES", "SOURCE_KWARGS", "rebuild_from_recipe", "teacher_from_recipe"]
+
+#: the largest model a recipe may name (8 GiB of parameters and buffers)
+MAX_TEACHER_BYTES = 8 * 2**30
+#: constructor keywords a recipe may pass to the zoo, and the values each may take
+SOURCE_KWARGS = {"num_classes": (int, 1, 100_000), "in_chans": (int, 1, 64), "drop_rate": (float, 0.0, 1.0)}
+_ZOO_NAME = re.compile(r"wrn_\d{1,3}_\d{1,3}|torchvision:[A-Za-z0-9_]{1,80}|timm:[A-Za-z0-9_.]{1,120}")
+
+
+def _refuse(what: str) -> FileFormatError:
+    return FileFormatError(f"The file's recipe {what}, which cheapconv refuses to build. The file is damaged or "
+                           "crafted; re-save the model with cheapconv.save(model, path).")
+
+
+def _source(recipe: dict) -> tuple[str, dict[str, Any]]:
+    source = recipe.get("source")
+    if not isinstance(source, str) or not _ZOO_NAME.fullmatch(source):
+        raise _refuse(f"names the source {str(source)[:80]!r}, which is not a zoo model name")
+    kwargs = recipe.get("source_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise _refuse("has malformed constructor arguments")
+    for key, value in kwargs.items():
+        kind, low, high = SOURCE_KWARGS.get(key, (None, 0, 0))
+        if kind is None or isinstance(value, bool) or not isinstance(value, int | float) or \
+                not low <= value <= high or (kind is int and not isinstance(value, int)):
+            raise _refuse(f"passes {str(key)[:40]}={str(value)[:40]} to the model (allowed: "
+                          + ", ".join(f"{k} in [{lo}, {hi}]" for k, (_, lo, hi) in SOURCE_KWARGS.items()) + ")")
+    return source, dict(kwargs)
+
+
+def _input_size(recipe: dict) -> tuple[int, int, int] | None:
+    size = recipe.get("input_size")
+    if size is None:
+        return None
+    if not isinstance(size, list) or len(size) != 3 or \
+            not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d for d in size) or \
+            size[0] > 64 or max(size[1:]) > 4096 or math.prod(size) > 2**26:
+        raise _refuse(f"has the input size {str(size)[:60]} (at most 64 channels and 4096×4096 pixels)")
+    return tuple(size)
+
+
+def _size_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def teacher_from_recipe(recipe: dict) -> nn.Module:
+    """The (randomly initialised) zoo model a recipe names, after the checks in the module docstring.
+
+    Built-in WRNs take any depth and width, so their size is checked on the meta device first; torchvision
+    and timm models have the fixed sizes of their registries (with the bounded keywords above).
+    """
+    from ..models.zoo import create_model
+
+    source, kwargs = _source(recipe)
+    if source.startswith("wrn_"):
+        with torch.device("meta"):
+            meta = create_model(source, **kwargs)
+        if _size_bytes(meta) > MAX_TEACHER_BYTES:
+            raise _refuse(f"builds {source!r} with {_size_bytes(meta) / 2**30:.1f} GiB of parameters (the limit "
+                          f"is {MAX_TEACHER_BYTES / 2**30:.0f} GiB)")
+    return create_model(source, **kwargs)
+
+
+def rebuild_from_recipe(recipe: dict, expected: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """The model a recipe describes: its teacher, cheapened with its policy (random weights).
+
+    ``expected`` (a state dict) is the file's weights: the student rebuilt on the meta device must have
+    exactly these tensor names and shapes before the real one is built.
+    """
+    from ..surgery.rewrite import cheapen
+
+    source, kwargs = _source(recipe)
+    policy = recipe.get("policy")
+    if policy is not None and (not isinstance(policy, str) or len(policy) > 20_000):
+        raise _refuse("has a malformed policy")
+    leaves = recipe.get("leaf_modules") or []
+    if not isinstance(leaves, list) or len(leaves) > 100 or \
+            not all(isinstance(x, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]{0,200}", x) for x in leaves):
+        raise _refuse("names malformed leaf modules")
+    size = _input_size(recipe)
+    if policy and size is None:
+        raise _refuse("has a policy but no input size")
+    teacher = teacher_from_recipe(recipe)
+    if not policy:
+        student = teacher
+    else:  # cheapened first on a copy without storage: a policy cannot make us allocate without bound
+        student = cheapen(copy.deepcopy(teacher).to("meta"), policy, input_size=size, leaf_modules=leaves)
+    if expected is not None:
+        want = {k: tuple(v.shape) for k, v in expected.items()}
+        if {k: tuple(v.shape) for k, v in student.state_dict().items()} != want:
+            raise _refuse("builds a model whose tensors differ from the weights in the file")
+    return cheapen(teacher, policy, input_size=size, leaf_modules=leaves) if policy else teacher

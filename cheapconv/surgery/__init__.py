@@ -1,0 +1,16 @@
+"""Model surgery: policies, the pure printable plan, the rewrite, attention-transfer taps, BN folding."""
+
+from __future__ import annotations
+
+from .fold import FoldReport, deployable, fold_batchnorm, strip_taps
+from .planner import Plan, PlanEntry, plan, prepare
+from .policy import Policy, Rule, Selector, parse_policy
+from .report import human, plan_table, ratio, render_plain, summary_table
+from .rewrite import apply_plan, cheapen
+from .taps import find_stages, insert_taps, record, taps_of
+
+__all__ = [
+    "FoldReport", "Plan", "PlanEntry", "Policy", "Rule", "Selector", "apply_plan", "cheapen", "deployable",
+    "find_stages", "fold_batchnorm", "human", "insert_taps", "parse_policy", "plan", "plan_table", "prepare",
+    "ratio", "record", "render_plain", "strip_taps", "summary_table", "taps_of",
+]

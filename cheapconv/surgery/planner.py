@@ -1,0 +1,312 @@
+"""The plan: what a policy will do to a model, decided before anything is changed.
+
+:func:`plan` is pure: it traces a copy, matches rules to layers, checks what each block can do and prices
+it (parameters in both conventions and MACs, before and after). :func:`cheapconv.cheapen` applies exactly
+this plan. Every layer appears with an action:
+
+* ``replace``: the block will replace it;
+* ``keep``: a rule said keep (``S``/``keep``), or no rule matched;
+* ``skip``: not eligible (the stem under a default rule; 1×1 convs under k×k blocks; convs outside residual
+  pairs under B/BG) and not named by the rule that matched it (a wildcard or default rule);
+* ``cannot``: a rule asked for a block this layer cannot take; the reason says why. ``strict=True``
+  turns these into an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..blocks import BlockSpec
+from ..counting import count_macs, count_params
+from ..errors import PolicyMatchError, TraceError
+from ..fx.analysis import Analysis, ConvSite, PairSite, analyse, shape_mismatch
+from ..fx.tap import Tap
+from .policy import Policy, Rule, parse_policy
+
+Action = Literal["replace", "keep", "skip", "cannot"]
+
+
+@dataclass
+class PlanEntry:
+    """One row of a plan: a conv, or a residual-branch conv pair (``layer1.0.conv1+conv2``)."""
+
+    layer: str
+    convs: tuple[str, ...]
+    action: Action
+    block: str | None = None
+    rule: str | None = None
+    reason: str = ""
+    shape: str = ""
+    params_before: int = 0          # trainable convention
+    params_after: int = 0
+    paper_before: int = 0           # paper convention (BN running stats included)
+    paper_after: int = 0
+    macs_before: int = 0
+    macs_after: int = 0
+
+    @property
+    def changes(self) -> bool:
+        return self.action == "replace"
+
+
+@dataclass
+class Plan:
+    """A printable, serialisable list of :class:`PlanEntry` plus model totals before and after."""
+
+    model: str
+    policy: str
+    input_shape: tuple[int, ...]
+    mode: Literal["graph", "module"]
+    entries: list[PlanEntry]
+    totals: dict[str, int]
+    stages: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def replaced(self) -> list[PlanEntry]:
+        return [e for e in self.entries if e.changes]
+
+    @property
+    def impossible(self) -> list[PlanEntry]:
+        return [e for e in self.entries if e.action == "cannot"]
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["input_shape"] = list(self.input_shape)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Plan:
+        d = dict(d)
+        d["entries"] = [PlanEntry(**{**e, "convs": tuple(e["convs"])}) for e in d["entries"]]
+        d["input_shape"] = tuple(d["input_shape"])
+        return cls(**d)
+
+    def table(self, *, show_all: bool = True):
+        """A rich Table of the entries (kept rows dimmed)."""
+        from .report import plan_table
+
+        return plan_table(self, show_all=show_all)
+
+    def __str__(self) -> str:
+        from .report import render_plain
+
+        return render_plain(self.table())
+
+
+# --- costs -------------------------------------------------------------------------------------------------
+def _cost(module: nn.Module, input_shape: tuple[int, ...] | None) -> tuple[int, int, int]:
+    params = count_params(module, "trainable")
+    paper = count_params(module, "paper")
+    macs = count_macs(module, (1, *input_shape)) if input_shape else 0
+    return params, paper, macs
+
+
+def _cost_of_modules(modules: list[nn.Module], shapes: list[tuple[int, ...] | None]) -> tuple[int, int, int]:
+    total = [0, 0, 0]
+    for m, s in zip(modules, shapes, strict=True):
+        for i, v in enumerate(_cost(m, s) if s is not None else (count_params(m), count_params(m, "paper"), 0)):
+            total[i] += v
+    return tuple(total)
+
+
+def _price(entry: PlanEntry, before: tuple[int, int, int], after: tuple[int, int, int]) -> PlanEntry:
+    entry.params_before, entry.paper_before, entry.macs_before = before
+    entry.params_after, entry.paper_after, entry.macs_after = after
+    return entry
+
+
+# --- decisions ---------------------------------------------------------------------------------------------
+def _conv_entry(site: ConvSite, rule_match: tuple[int, Rule] | None, analysis: Analysis) -> PlanEntry:
+    entry = PlanEntry(site.name, (site.name,), "keep", shape=site.describe())
+    before = _cost(site.conv, site.input_shape)
+    if rule_match is None:
+        entry.reason = "the stem (reads the image); name it in a rule to change it" if site.is_stem \
+            else "no rule matches"
+        entry.action = "skip" if site.is_stem else "keep"
+        return _price(entry, before, before)
+    _, rule = rule_match
+    entry.rule = str(rule)
+    spec = rule.block
+    if spec.level == "keep":
+        entry.reason = f"rule '{rule}'"
+        return _price(entry, before, before)
+    if site.calls == 0:
+        entry.action, entry.reason = "skip", "never called in forward"
+        return _price(entry, before, before)
+    if site.calls > 1:
+        entry.action = "cannot"
+        entry.reason = f"the module is called {site.calls} times in forward; a replacement would change every call"
+        return _price(entry, before, before)
+    if spec.level == "block":
+        pair = analysis.pair_ending_at(site.name)
+        if pair is not None:
+            entry.reason = f"second conv of the pair {pair.label}, which {spec} did not take"
+        elif not analysis.graph_mode:
+            entry.reason = f"{spec} needs an fx graph to find residual-branch pairs; the model did not trace"
+        else:
+            entry.reason = (f"{spec} collapses residual-branch pairs conv→norm→act→conv→add; "
+                            "this conv is not the first of such a pair")
+        # Wildcards and default rules select pairs; a conv outside any pair is simply not eligible.
+        entry.action = "cannot" if rule.names_exactly(site.name) else "skip"
+        return _price(entry, before, before)
+    reason = spec.conv_reason(site.conv)
+    if reason is not None:
+        # 1×1 convs are not eligible for k×k blocks unless a rule names them; other refusals
+        # (divisibility, already grouped, ...) are real conflicts with what was asked.
+        is_kxk = min(site.conv.kernel_size) > 1
+        entry.action = "cannot" if is_kxk or rule.names_exactly(site.name) else "skip"
+        entry.reason = reason
+        return _price(entry, before, before)
+    replacement = spec.build_conv(site.conv)
+    mismatch = shape_mismatch(replacement, site.input_shape, site.output_shape)
+    if mismatch is not None:
+        entry.action, entry.reason = "cannot", mismatch
+        return _price(entry, before, before)
+    analysis.replacements[entry.layer] = replacement
+    entry.action, entry.block, entry.reason = "replace", str(spec), f"rule '{rule}'"
+    return _price(entry, before, _cost(replacement, site.input_shape))
+
+
+def _pair_entry(pair: PairSite, rule: Rule, analysis: Analysis) -> PlanEntry:
+    spec = rule.block
+    gm = analysis.model
+    between = [gm.get_submodule(n.target) for n in pair.between if n.op == "call_module"]
+    entry = PlanEntry(pair.label, (pair.a.name, pair.b.name), "keep", rule=str(rule),
+                      shape=f"{pair.a.describe()} + {pair.b.describe()}")
+    before = _cost_of_modules([pair.a.conv, *between, pair.b.conv],
+                              [pair.a.input_shape, *[None] * len(between), pair.b.input_shape])
+    reason = spec.pair_reason(pair.a.conv, pair.b.conv)
+    if reason is not None:
+        entry.action, entry.reason = "cannot", reason
+        return _price(entry, before, before)
+    replacement = spec.build_pair(pair.a.conv, pair.b.conv)
+    mismatch = shape_mismatch(replacement, pair.a.input_shape, pair.b.output_shape)
+    if mismatch is not None:
+        entry.action, entry.reason = "cannot", mismatch
+        return _price(entry, before, before)
+    analysis.replacements[entry.layer] = replacement
+    entry.action, entry.block, entry.reason = "replace", str(spec), f"rule '{rule}'"
+    return _price(entry, before, _cost(replacement, pair.a.input_shape))
+
+
+def decide(analysis: Analysis, policy: Policy) -> tuple[list[PlanEntry], dict[int, int]]:
+    """Entries in graph order, and how many layers each rule matched (by rule index)."""
+    entries: list[PlanEntry] = []
+    used: dict[int, int] = {i: 0 for i in range(len(policy.rules))}
+    consumed: set[str] = set()
+    for site in analysis.convs:
+        if site.name in consumed:
+            continue
+        pair = analysis.pair_starting_at(site.name)
+        names = (site.name, pair.block) if pair else (site.name,)
+        match = policy.first_match(*names, is_stem=site.is_stem)
+        if match is not None:
+            used[match[0]] += 1
+        if match is not None and pair is not None and match[1].block.level == "block" and site.calls == 1:
+            b_match = policy.first_match(pair.b.name, pair.block, is_stem=pair.b.is_stem)
+            if b_match is not None and b_match[0] == match[0]:
+                entries.append(_pair_entry(pair, match[1], analysis))
+                consumed.add(pair.b.name)
+                continue
+            entry = _conv_entry(site, None, analysis)
+            entry.rule = str(match[1])
+            entry.action = "cannot"
+            other = f"rule '{b_match[1]}'" if b_match else "no rule"
+            entry.reason = f"{match[1].block} needs the whole pair {pair.label}, but {pair.b.name} matched {other}"
+            entries.append(entry)
+            continue
+        entries.append(_conv_entry(site, match, analysis))
+    for fc in analysis.functional:
+        entries.append(PlanEntry(fc.node_name, (), "cannot" if policy.changes_anything else "keep",
+                                 reason="functional conv (F.conv2d) has no module to replace; make it an "
+                                        "nn.Conv2d to let cheapconv replace it"))
+    return entries, used
+
+
+def build_plan(analysis: Analysis, policy: Policy, *, model_name: str, strict: bool,
+               totals_before: dict[str, int], stages: list[str], notes: list[str]) -> Plan:
+    entries, used = decide(analysis, policy)
+    notes = list(notes)
+    names = ", ".join(s.name for s in analysis.convs[:4])
+    for i, rule in enumerate(policy.rules):
+        if rule.selector is not None and used[i] == 0:
+            msg = f"rule '{rule}' matches no conv (conv names look like: {names}, ...)"
+            if strict:
+                raise PolicyMatchError(f"Under --strict, every rule must match: {msg}. Fix the selector, or "
+                                       "print the layer names with --dry-run.")
+            notes.append(msg)
+    if policy.changes_anything and not any(used[i] for i, r in enumerate(policy.rules) if r.block.level != "keep"):
+        raise PolicyMatchError(
+            f"The policy '{policy}' selects nothing in {model_name}: no rule that changes a block matches a "
+            f"conv (conv names look like: {names}, ...). Fix the selectors, or run with --dry-run to list "
+            "every layer.")
+    if strict and any(e.action == "cannot" for e in entries):
+        rows = "; ".join(f"{e.layer}: {e.reason}" for e in entries if e.action == "cannot")
+        raise PolicyMatchError(f"Under --strict, every matched layer must take its block, but: {rows}. Change "
+                               "those rules, or drop --strict to keep these layers as they are.")
+    totals = dict(totals_before)
+    for key, attr in (("params", "params"), ("paper", "paper"), ("macs", "macs")):
+        delta = sum(getattr(e, f"{attr}_after") - getattr(e, f"{attr}_before") for e in entries)
+        totals[f"{key}_after"] = totals[f"{key}_before"] + delta
+    return Plan(model_name, str(policy), analysis.input_shape, "graph" if analysis.graph_mode else "module",
+                entries, totals, stages, notes)
+
+
+def prepare(model: nn.Module, *, example_input: torch.Tensor | None = None,
+            input_size: tuple[int, ...] | None = None, leaf_modules=(), stages=None):
+    """Trace a copy of ``model`` (or fall back to a plain copy) and analyse it. Internal to plan/cheapen."""
+    import copy
+
+    from ..fx.tracer import trace
+    from ..models.inputs import example_input_for
+    from .taps import find_stages
+
+    if example_input is None:
+        example_input = example_input_for(model, input_size)
+    notes = []
+    try:
+        work = trace(model, leaf_modules)
+        graph_mode = True
+        # A student loaded from a file already carries taps (a rebuilt graph has lost feature_info and the
+        # module paths that place new ones): keep them, and their stage names.
+        old_stages = [t.stage for t in work.modules() if isinstance(t, Tap)]
+        if old_stages and stages is None:
+            stages = old_stages
+    except TraceError as e:
+        work = copy.deepcopy(model)
+        graph_mode = False
+        notes.append(f"Falling back to module replacement (no graph): {e}")
+    notes += getattr(work, "cheapconv_trace_notes", [])
+    analysis = analyse(work, example_input, graph_mode)
+    if stages is None:
+        stages = getattr(model, "cheapconv_stages", None) or find_stages(model, example_input)
+    totals = {"params_before": count_params(model), "paper_before": count_params(model, "paper"),
+              "macs_before": count_macs(model, tuple(example_input.shape[:1]) + tuple(example_input.shape[1:]))}
+    return analysis, list(stages), notes, totals
+
+
+def plan(model: nn.Module, policy: str | Policy | BlockSpec, *, example_input: torch.Tensor | None = None,
+         input_size: tuple[int, ...] | None = None, strict: bool = False, leaf_modules=(),
+         model_name: str | None = None) -> Plan:
+    """Dry run of :func:`cheapconv.cheapen`: what each layer would become, and why, with costs.
+
+    >>> from cheapconv.models import WideResNet
+    >>> p = plan(WideResNet(16, 2), "G(4)")
+    >>> len(p.replaced), p.totals["paper_before"] > p.totals["paper_after"]
+    (11, True)
+    """
+    policy = parse_policy(policy)
+    analysis, stages, notes, totals = prepare(model, example_input=example_input, input_size=input_size,
+                                              leaf_modules=leaf_modules)
+    result = build_plan(analysis, policy, model_name=model_name or type(model).__name__, strict=strict,
+                        totals_before=totals, stages=stages, notes=notes)
+    for note in result.notes:
+        warnings.warn(note, stacklevel=2)
+    return result

@@ -1,0 +1,197 @@
+"""Stage outputs ("taps") for attention transfer: found once, marked once, recorded through scoped hooks.
+
+After fx tracing, container modules are hollow (a hook on ``layer3`` never fires), so :func:`insert_taps`
+adds an identity :class:`Tap` module after each stage's output node. Untraced models (a teacher, or a
+student rewritten without a graph) are recorded with forward hooks on the stage modules instead.
+Either way :func:`record` is a context manager: nothing stays attached after it exits.
+
+Stages are found in this order (first that applies):
+
+1. ``model.feature_info`` (timm models, cheapconv's WRN): its modules, minus the first when that is the
+   stem (timm lists the stem's conv or activation: a module holding at most one conv);
+2. children named ``layer<k>`` (torchvision ResNet family);
+3. a shape-based fallback: descend into the child that holds most convs (``features``, ``trunk_output``),
+   run one forward (on meta tensors where possible), group its children by output resolution in call order,
+   and end each group's stage at its last conv-holding child or the norms and activations right after it
+   (so a plain conv trunk is tapped after its ReLU, never after a pool or the head); where the trunk is
+   made of blocks, groups without a block (a bare stem conv) are left out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import fx, nn
+
+from ..fx.tap import TAPS_ATTR, Tap
+from ..fx.tracer import module_path_of
+
+
+def _convs_in(module: nn.Module) -> int:
+    return sum(isinstance(m, nn.Conv2d) for m in module.modules())
+
+
+def _feature_info_stages(model: nn.Module) -> list[str] | None:
+    info = getattr(model, "feature_info", None)
+    if info is None:
+        return None
+    entries = info.info if hasattr(info, "info") else info  # timm FeatureInfo or list of dicts
+    modules = dict(model.named_modules())
+    names = list(dict.fromkeys(e["module"] for e in entries if isinstance(e, dict) and e.get("module") in modules))
+    if len(names) > 2 and _convs_in(modules[names[0]]) <= 1:
+        names = names[1:]  # the stem (its conv, norm or activation) is no stage
+    return names if len(names) >= 2 else None
+
+
+def _trunk(model: nn.Module) -> nn.Module:
+    """Descend while one child holds at least 80 % of the convs and has children of its own."""
+    trunk = model
+    while True:
+        total = _convs_in(trunk)
+        children = list(trunk.named_children())
+        heavy = [c for _, c in children if total and _convs_in(c) >= 0.8 * total and len(list(c.children())) > 1]
+        if len(heavy) != 1 or heavy[0] is trunk:
+            return trunk
+        trunk = heavy[0]
+
+
+def find_stages(model: nn.Module, example_input: torch.Tensor | None = None) -> list[str]:
+    """Qualified names of the modules whose outputs are the network's stage outputs (see module docstring)."""
+    names = _feature_info_stages(model)
+    if names:
+        return names
+    layer = re.compile(r"layer\d+$")
+    names = [n for n, _ in model.named_children() if layer.fullmatch(n)]
+    if len(names) >= 2:
+        return names
+    if example_input is None:
+        from ..models.inputs import example_input_for
+
+        example_input = example_input_for(model)
+    from ..fx.analysis import shape_pass
+
+    trunk = _trunk(model)
+    prefix = {m: n for n, m in model.named_modules()}
+    children = [(prefix[c], c) for _, c in trunk.named_children()]
+    seen: dict[str, tuple[int, tuple[int, ...]]] = {}   # name -> (first call, output H×W)
+    handles = [c.register_forward_hook(_size_hook(seen, n)) for n, c in children]
+    try:  # shapes only, on meta tensors where possible; the model's flags and tensors stay as they are
+        shape_pass(model, tuple(example_input.shape), on_retry=seen.clear)
+    finally:
+        for h in handles:
+            h.remove()
+    modules = dict(children)
+    runs: list[list[str]] = []  # children in call order, grouped by output resolution
+    for name in sorted(seen, key=lambda n: seen[n][0]):
+        if runs and seen[runs[-1][-1]][1] == seen[name][1]:
+            runs[-1].append(name)
+        else:
+            runs.append([name])
+    runs = [r for r in runs if any(_convs_in(modules[n]) for n in r)]
+    # Where the trunk is made of blocks, resolutions without a block (a bare stem conv) are no stage.
+    blocks = [r for r in runs if any(_convs_in(modules[n]) and len(list(modules[n].children())) for n in r)]
+    return [_stage_end(r, modules) for r in (blocks if len(blocks) >= 2 else runs)]
+
+
+def _stage_end(run: list[str], modules: dict[str, nn.Module]) -> str:
+    """The last conv-holding child of a run, or the norms/activations right after it (not a pool or head)."""
+    from ..fx.ops import ACT_MODULES, NORM_TYPES
+
+    end = max(i for i, n in enumerate(run) if _convs_in(modules[n]))
+    while end + 1 < len(run) and isinstance(modules[run[end + 1]], (*ACT_MODULES, *NORM_TYPES)):
+        end += 1
+    return run[end]
+
+
+def _size_hook(seen: dict, name: str):
+    def hook(module, args, output):
+        if isinstance(output, torch.Tensor) and output.dim() == 4:
+            seen[name] = (seen[name][0] if name in seen else len(seen), tuple(output.shape[-2:]))
+    return hook
+
+
+def insert_taps(gm: fx.GraphModule, stages: Sequence[str]) -> list[str]:
+    """Add a :class:`Tap` after the output node of each stage; returns the stages that were marked."""
+    container = nn.ModuleDict()
+    gm.add_module(TAPS_ATTR, container)  # registered first: call_module checks that targets exist
+    marked = []
+    nodes = list(gm.graph.nodes)
+    for stage in stages:
+        last = None
+        for node in nodes:
+            if node.op in ("call_module", "call_function", "call_method") and stage in module_path_of(node):
+                last = node
+        if last is None:
+            continue
+        key = stage.replace(".", "__")
+        container[key] = Tap(stage)
+        with gm.graph.inserting_after(last):
+            tap_node = gm.graph.call_module(f"{TAPS_ATTR}.{key}", (last,))
+        last.replace_all_uses_with(tap_node, delete_user_cb=lambda user, _t=tap_node: user is not _t)
+        marked.append(stage)
+    if marked:
+        gm.recompile()
+    else:
+        delattr(gm, TAPS_ATTR)
+    return marked
+
+
+def taps_of(model: nn.Module) -> list[Tap]:
+    return [m for m in model.modules() if isinstance(m, Tap)]
+
+
+@contextlib.contextmanager
+def record(model: nn.Module, stages: Sequence[str] | None = None,
+           example_input: torch.Tensor | None = None) -> Iterator[list[torch.Tensor]]:
+    """Collect stage outputs of every forward run inside the block, in stage order.
+
+    >>> with record(model) as acts:   # doctest: +SKIP
+    ...     logits = model(x)
+    >>> [a.shape for a in acts]       # doctest: +SKIP
+
+    The yielded list is refilled on each forward. Tapped models (from :func:`cheapconv.cheapen`) use their
+    Tap modules; others get forward hooks on ``stages`` (default :func:`find_stages`), removed on exit.
+    """
+    acts: list[torch.Tensor] = []
+    taps = taps_of(model)
+    if taps and stages is None:
+        order = [t.stage for t in taps]
+        sink = _OrderedSink(order, acts)
+        for t in taps:
+            t._sink = sink
+        try:
+            yield acts
+        finally:
+            for t in taps:
+                t._sink = None
+        return
+    inner = model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    names = list(stages) if stages is not None else find_stages(inner, example_input)
+    sink = _OrderedSink(names, acts)
+    handles = []
+    for name in names:
+        handles.append(inner.get_submodule(name).register_forward_hook(
+            lambda m, a, out, _n=name: sink.__setitem__(_n, out)))
+    try:
+        yield acts
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class _OrderedSink(dict):
+    """Stores tap outputs by stage and mirrors them, in stage order, into the caller's list."""
+
+    def __init__(self, order: Sequence[str], out: list):
+        super().__init__()
+        self.order = list(order)
+        self.out = out
+
+    def __setitem__(self, key, value):
+        if key == self.order[0]:  # a new forward pass starts with the first stage
+            super().clear()
+        super().__setitem__(key, value)
+        self.out[:] = [self[k] for k in self.order if k in self]

@@ -1,0 +1,416 @@
+"""Sweeps: one teacher, several block types, one Pareto report (CSV, Markdown, PNG).
+
+For each block spec :func:`sweep` cheapens the teacher, counts params and MACs, times the student **side by
+side with the teacher** (batch 1 and a throughput batch, so each point's speed-up is a same-moment ratio even
+when points are measured on different days), optionally distils it (a ``distill_fn`` hook) and evaluates it
+(an ``evaluate_fn`` hook), then rewrites the report. It is like the paper's figure 3 (error against
+parameters), with latency added.
+
+Resumable: each finished point is a JSON file in ``<out>/points/``; a rerun with the same configuration
+skips those points and recomputes only the missing ones. A folder holding a sweep of another configuration
+(model, input size, batch, dtype, layout, data, epochs) is refused rather than mixed.
+
+Distillation is optional and pluggable. ``distill_fn(student, teacher, block) -> trained student`` and
+``evaluate_fn(model) -> top-1 accuracy in [0, 1]`` may be any callables. When a dataset is named and no hook
+is given, :func:`default_hooks` uses :mod:`cheapconv.train.loop` (imported only then) and
+:func:`cheapconv.measure.profiler.evaluate_accuracy`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .counting import count_macs, count_params
+from .errors import CheapconvError, UsageError
+from .plots import pareto_front
+from .store.files import atomic_write
+
+DistillFn = Callable[[nn.Module, nn.Module, str], nn.Module]
+EvaluateFn = Callable[[nn.Module], float]
+
+TEACHER = "S"          # the teacher itself: the reference point of every sweep
+SWEEP_FORMAT = "cheapconv-sweep"
+SWEEP_VERSION = 1
+#: configuration fields that change what a point means; a folder is resumed only when they all agree
+_KEY_FIELDS = ("model", "input_size", "batch", "dtype", "channels_last", "device", "data", "epochs")
+
+
+def parse_blocks(text: str) -> list[str]:
+    """Split ``"G(2),G(4),BG(2,M)"`` at the commas outside parentheses; each item must parse as a policy.
+
+    >>> parse_blocks("G(2), G(N/8),BG(2,M)")
+    ['G(2)', 'G(N/8)', 'BG(2,M)']
+    """
+    from .surgery.policy import parse_policy
+
+    items, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += ch
+    items.append(current)
+    blocks = [b.strip() for b in items if b.strip()]
+    if not blocks:
+        raise UsageError(f"No block specs in {text!r}; give a comma-separated list such as 'G(2),G(4),B(2)'.")
+    for b in blocks:
+        parse_policy(b)  # raises PolicySyntaxError pointing at the column
+    if len(set(blocks)) != len(blocks):
+        raise UsageError(f"A block spec is listed twice in {text!r}.")
+    return blocks
+
+
+@dataclass
+class SweepPoint:
+    """One block type of a sweep. Latencies in ms per forward pass; the teacher's were measured alongside."""
+
+    block: str
+    params_paper: int
+    params_trainable: int
+    macs: int
+    replaced: int
+    latency_b1_ms: float
+    latency_bn_ms: float
+    teacher_b1_ms: float
+    teacher_bn_ms: float
+    accuracy: float | None = None
+    distilled: bool = False
+    seconds: float = 0.0
+
+    @property
+    def error(self) -> float | None:
+        """Top-1 error in percent."""
+        return None if self.accuracy is None else 100.0 * (1.0 - self.accuracy)
+
+    @property
+    def speedup_b1(self) -> float:
+        return self.teacher_b1_ms / self.latency_b1_ms
+
+    @property
+    def speedup_bn(self) -> float:
+        return self.teacher_bn_ms / self.latency_bn_ms
+
+    @property
+    def label(self) -> str:
+        return "teacher" if self.block == TEACHER else self.block
+
+
+@dataclass
+class SweepResult:
+    config: dict
+    points: list[SweepPoint]
+    files: dict[str, str] = field(default_factory=dict)
+    computed: list[str] = field(default_factory=list)   # computed in this run (the others were resumed)
+    notes: list[str] = field(default_factory=list)
+
+
+def default_hooks(data: str, epochs: int | None, *, input_size: tuple[int, ...], data_dir: str | None = None,
+                  device: str | None = None, checkpoint_dir: str | Path | None = None,
+                  ) -> tuple[DistillFn, EvaluateFn]:
+    """Distil with :func:`cheapconv.distill` (its defaults: the spec's recipe, AT from the teacher)
+    on the train split of ``data`` for ``epochs``, and evaluate top-1 on its test split. With
+    ``checkpoint_dir``, each student's run checkpoints to ``<block>.ckpt`` there and an interrupted sweep
+    resumes inside the point. :mod:`cheapconv.train.loop` is imported here, lazily: a cheapconv without it can
+    still run cheapen-only sweeps."""
+    try:
+        from .train.loop import distill
+    except ImportError:
+        raise UsageError("Distilling in a sweep needs cheapconv.train.loop, which this installation lacks. Run "
+                         "the sweep without --data (params, MACs and latency only), or pass your own "
+                         "distill_fn from Python.") from None
+    from .data import get_dataset
+    from .measure.profiler import evaluate_accuracy
+    from .train.config import DistillConfig
+
+    c, h, _ = input_size
+    train = get_dataset(data, "train", data_dir=data_dir, in_chans=c, image_size=h)
+    config = DistillConfig(**({"epochs": epochs} if epochs else {}), device=device or "auto")
+
+    def distill_fn(student: nn.Module, teacher: nn.Module, block: str) -> nn.Module:
+        ckpt = Path(checkpoint_dir) / f"{_slug(block)}.ckpt" if checkpoint_dir is not None else None
+        result = distill(teacher, student, train, config=config, checkpoint=ckpt,
+                         resume=bool(ckpt is not None and ckpt.exists()))
+        return result.student
+
+    def evaluate_fn(model: nn.Module) -> float:
+        return evaluate_accuracy(model, data, input_shape=input_size, data_dir=data_dir, device=device)
+
+    return distill_fn, evaluate_fn
+
+
+def _slug(block: str) -> str:
+    readable = re.sub(r"[^A-Za-z0-9]+", "_", block).strip("_") or "block"
+    return f"{readable}-{hashlib.sha1(block.encode()).hexdigest()[:8]}"
+
+
+def _write_json(path: Path, obj) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def _make_folder(folder: Path) -> None:
+    """``mkdir -p`` with a clear message when it fails (read-only place, full disk)."""
+    from .store.files import DiskFullError, is_disk_full
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFullError(f"No space left on {str(folder.parent)!r}: cannot create the sweep folder "
+                                f"{str(folder)!r}. Free some space there, or choose another --output.") from e
+        raise UsageError(f"Cannot create the sweep folder {str(folder)!r}: {e.strerror or e}. Choose an output "
+                         "folder you can write to.") from None
+
+
+def _load_state(out_dir: Path, config: dict) -> dict[str, SweepPoint]:
+    state = out_dir / "sweep.json"
+    if not state.exists():
+        return {}
+    try:
+        saved = json.loads(state.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UsageError(f"{str(state)!r} is not a readable sweep state ({e}); choose another output "
+                         "folder.") from None
+    if not isinstance(saved, dict) or saved.get("format") != SWEEP_FORMAT:
+        raise UsageError(f"{str(out_dir)!r} holds a sweep.json that cheapconv did not write; choose another "
+                         "output folder.")
+    old = saved.get("config", {})
+    differ = [k for k in _KEY_FIELDS if old.get(k) != config.get(k)]
+    if differ:
+        detail = ", ".join(f"{k}: {old.get(k)!r} there, {config.get(k)!r} now" for k in differ)
+        raise UsageError(f"{str(out_dir)!r} holds a sweep of another configuration ({detail}); its points "
+                         "cannot be reused. Choose another output folder, or delete that one to start over.")
+    points = {}
+    known = {f.name for f in fields(SweepPoint)}
+    for file in sorted((out_dir / "points").glob("*.json")):
+        try:
+            d = json.loads(file.read_text())
+            point = SweepPoint(**{k: v for k, v in d.items() if k in known})
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            raise UsageError(f"{str(file)!r} is not a readable sweep point ({type(e).__name__}: {e}); delete it "
+                             "to recompute that point, or choose another output folder.") from None
+        points[point.block] = point
+    return points
+
+
+def sweep(model: nn.Module, blocks: Sequence[str], out_dir: str | Path, *, model_name: str | None = None,
+          input_size: tuple[int, ...] | None = None, batch: int = 32, dtype: str = "fp32",
+          channels_last: bool = False, threads: int | None = None, warmup: int = 2, repeats: int = 10,
+          data: str | None = None, epochs: int | None = None, data_dir: str | None = None,
+          distill_fn: DistillFn | None = None, evaluate_fn: EvaluateFn | None = None,
+          include_teacher: bool = True, save_students: bool = True,
+          log: Callable[[str], None] | None = None) -> SweepResult:
+    """Cheapen ``model`` with each of ``blocks``, measure (and optionally distil and evaluate) each student
+    and write ``sweep.csv``, ``sweep.md`` and ``sweep.png`` into ``out_dir`` (see the module docstring).
+
+    ``data``/``epochs`` describe the distillation and are part of the configuration; with ``data`` and no
+    hooks, :func:`default_hooks` provides them. ``evaluate_fn`` alone (no distillation) evaluates the
+    students as cheapened. Distilled students are saved to ``points/<block>.pt`` (``save_students``).
+
+    >>> from cheapconv.models import WideResNet
+    >>> result = sweep(WideResNet(10, 1), ["G(2)", "B(2)"], "/tmp/sweep", repeats=2)   # doctest: +SKIP
+    >>> [p.label for p in result.points]                                                # doctest: +SKIP
+    ['teacher', 'G(2)', 'B(2)']
+    """
+    from .measure.profiler import default_device, input_shape_of, model_label, parse_dtype
+
+    log = log or (lambda message: None)
+    blocks = [b for b in blocks if b != TEACHER]
+    shape = input_shape_of(model, input_size)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"The sweep output {str(out_dir)!r} is a file; give a folder.")
+    config = {"model": model_name or model_label(model), "input_size": list(shape), "batch": int(batch),
+              "dtype": str(parse_dtype(dtype)).removeprefix("torch."), "channels_last": bool(channels_last),
+              "data": data, "epochs": epochs, "threads": threads or torch.get_num_threads(),
+              "repeats": repeats, "device": str(default_device()), "blocks": list(blocks)}
+    done = _load_state(out_dir, config)
+    if data is not None and distill_fn is None and evaluate_fn is None:
+        distill_fn, evaluate_fn = default_hooks(data, epochs, input_size=shape, data_dir=data_dir,
+                                                checkpoint_dir=out_dir / "points")
+    _make_folder(out_dir / "points")
+    _write_json(out_dir / "sweep.json", {"format": SWEEP_FORMAT, "version": SWEEP_VERSION, "config": config})
+    result = SweepResult(config, [])
+    order = ([TEACHER] if include_teacher else []) + list(blocks)
+    try:
+        for i, block in enumerate(order, 1):
+            if block in done:
+                log(f"[{i}/{len(order)}] {block}: done earlier, reused")
+                continue
+            log(f"[{i}/{len(order)}] {block}: measuring")
+            point = _run_point(model, block, shape, out_dir, batch=int(batch), dtype=dtype,
+                               channels_last=channels_last, threads=threads, warmup=warmup, repeats=repeats,
+                               epochs=epochs, distill_fn=distill_fn, evaluate_fn=evaluate_fn,
+                               save_students=save_students, log=log, notes=result.notes)
+            if point is not None:
+                done[block] = point
+                result.computed.append(block)
+    finally:  # an interrupted sweep still leaves the report of the points it finished
+        result.points = [done[b] for b in order if b in done]
+        result.files = write_report(out_dir, result.points, config, notes=result.notes)
+    return result
+
+
+def _run_point(model: nn.Module, block: str, shape: tuple[int, ...], out_dir: Path, *, batch: int, dtype: str,
+               channels_last: bool, threads: int | None, warmup: int, repeats: int, epochs: int | None,
+               distill_fn: DistillFn | None, evaluate_fn: EvaluateFn | None, save_students: bool,
+               log: Callable[[str], None], notes: list[str]) -> SweepPoint | None:
+    """Measure (distil, evaluate) one point and store it in ``points/``; None if the block does not apply."""
+    from .measure.profiler import measure_side_by_side
+    from .surgery.rewrite import cheapen
+
+    start = time.perf_counter()
+    student = model
+    if block != TEACHER:
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                student = cheapen(model, block, input_size=shape)
+            for w in caught:
+                log(f"  note: {w.message}")
+        except CheapconvError as e:
+            notes.append(f"{block}: skipped, {e}")
+            log(f"  skipped: {e}")
+            return None
+        if not student.cheapconv_plan.replaced:
+            reasons = sorted({e.reason for e in student.cheapconv_plan.impossible})
+            why = f"it replaced no layer ({'; '.join(reasons[:2]) or 'nothing eligible'})"
+            notes.append(f"{block}: skipped, {why}")
+            log(f"  skipped: {why}")
+            return None
+    timing = {b: measure_side_by_side([model, student], (b, *shape), dtype=dtype, channels_last=channels_last,
+                                      warmup=warmup, repeats=repeats, threads=threads)
+              for b in sorted({1, batch})}
+    plan = getattr(student, "cheapconv_plan", None)
+    point = SweepPoint(block, count_params(student, "paper"), count_params(student, "trainable"),
+                       count_macs(student, (1, *shape)), len(plan.replaced) if plan else 0,
+                       timing[1][1].median_ms, timing[batch][1].median_ms,
+                       timing[1][0].median_ms, timing[batch][0].median_ms)
+    if distill_fn is not None and block != TEACHER:
+        log(f"  distilling {block}" + (f" for {epochs} epochs" if epochs else ""))
+        student = distill_fn(student, model, block)
+        point.distilled = True
+        if save_students:
+            from .store.modelfile import save
+
+            save(student, out_dir / "points" / f"{_slug(block)}.pt")
+    if evaluate_fn is not None:
+        point.accuracy = float(evaluate_fn(student))
+    point.seconds = time.perf_counter() - start
+    _write_json(out_dir / "points" / f"{_slug(block)}.json", asdict(point))
+    return point
+
+
+# --- the report --------------------------------------------------------------------------------------------
+def _axes(points: Sequence[SweepPoint]) -> list[tuple[str, str, list[float], str, list[float]]]:
+    """The two trade-offs a report shows, as (key, x label, xs, y label, ys): error against params and
+    against batch-1 latency when every point has an accuracy, else latency against params and MACs."""
+    params = [float(p.params_paper) for p in points]
+    lat = [p.latency_b1_ms for p in points]
+    if all(p.error is not None for p in points):
+        errs = [float(p.error) for p in points]
+        return [("params_error", "params (paper convention)", params, "top-1 error (%)", errs),
+                ("latency_error", "latency, batch 1 (ms)", lat, "top-1 error (%)", errs)]
+    macs = [float(p.macs) for p in points]
+    return [("params_latency", "params (paper convention)", params, "latency, batch 1 (ms)", lat),
+            ("macs_latency", "MACs per image", macs, "latency, batch 1 (ms)", lat)]
+
+
+def _fronts(points: Sequence[SweepPoint]) -> dict[str, list[bool]]:
+    """``pareto_<x>_<y>`` -> for each point, whether it is on that trade-off's Pareto front."""
+    return {f"pareto_{key}": pareto_front(xs, ys) for key, _, xs, _, ys in _axes(points)}
+
+
+def _rows(points: Sequence[SweepPoint], batch: int) -> list[dict]:
+    fronts = _fronts(points)
+    rows = []
+    for i, p in enumerate(points):
+        rows.append({"block": p.label, "params_paper": p.params_paper, "params_trainable": p.params_trainable,
+                     "macs": p.macs, "replaced": p.replaced, "latency_b1_ms": round(p.latency_b1_ms, 4),
+                     f"latency_b{batch}_ms": round(p.latency_bn_ms, 4),
+                     "teacher_latency_b1_ms": round(p.teacher_b1_ms, 4),
+                     f"teacher_latency_b{batch}_ms": round(p.teacher_bn_ms, 4),
+                     "speedup_b1": round(p.speedup_b1, 3), f"speedup_b{batch}": round(p.speedup_bn, 3),
+                     "accuracy": "" if p.accuracy is None else round(p.accuracy, 5),
+                     "error_pct": "" if p.error is None else round(p.error, 3), "distilled": p.distilled,
+                     **{key: flags[i] for key, flags in fronts.items()}})
+    return rows
+
+
+def _markdown(points: Sequence[SweepPoint], config: dict, notes: Sequence[str]) -> str:
+    from .surgery.report import human
+
+    b = config["batch"]
+    c, h, w = config["input_size"]
+    has_err = all(p.error is not None for p in points)
+    fronts = _fronts(points)
+    layout = "channels_last" if config["channels_last"] else "NCHW"
+    device = config.get("device", "cpu")
+    lines = [f"# Sweep: {config['model']} ({c}×{h}×{w})", "",
+             f"Latency: median of {config['repeats']} passes on {device}, {config['dtype']}, {layout}, "
+             f"{config['threads']} thread(s); each student timed side by side with the teacher, "
+             "speed-up = teacher time ÷ student time. "
+             + (f"Students distilled on {config['data']} for {config['epochs']} epochs." if config.get("data")
+                else "Students not trained (params, MACs and latency only)."), ""]
+    header = ["block", "params (paper)", "MACs", "batch 1 ms", "speed-up b1", f"batch {b} ms",
+              f"speed-up b{b}"]
+    header += ["error %"] if has_err else []
+    header += [f"Pareto ({key.replace('_', ', ')})" for key, *_ in _axes(points)]
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for i, p in enumerate(points):
+        cells = [p.label, f"{p.params_paper:,}", human(p.macs), f"{p.latency_b1_ms:.3g}",
+                 f"{p.speedup_b1:.2f}×", f"{p.latency_bn_ms:.3g}", f"{p.speedup_bn:.2f}×"]
+        cells += [f"{p.error:.2f}"] if has_err else []
+        cells += ["●" if flags[i] else "" for flags in fronts.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "● Pareto front of (x, y): no other point is at least as low on both and lower on one. "
+                  "The teacher's speed-up compares it with a copy of itself: its distance from 1.00× is the "
+                  "timing noise of this run."]
+    lines += [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: str | Path, points: Sequence[SweepPoint], config: dict, *,
+                 notes: Sequence[str] = ()) -> dict[str, str]:
+    """Write ``sweep.csv``, ``sweep.md`` and (with matplotlib installed) ``sweep.png``; returns the paths."""
+    out_dir = Path(out_dir)
+    files: dict[str, str] = {}
+    if not points:
+        return files
+    rows = _rows(points, config["batch"])
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(out_dir / "sweep.csv", lambda tmp: Path(tmp).write_text(buffer.getvalue()))
+    files["csv"] = str(out_dir / "sweep.csv")
+    md = _markdown(points, config, notes)
+    atomic_write(out_dir / "sweep.md", lambda tmp: Path(tmp).write_text(md))
+    files["md"] = str(out_dir / "sweep.md")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return files
+    from .plots import pareto_plot
+
+    labels = [p.label for p in points]
+    panels = [(xlabel, xs, ylabel, ys) for _, xlabel, xs, ylabel, ys in _axes(points)]
+    c, h, w = config["input_size"]
+    pareto_plot(out_dir / "sweep.png", labels, panels,
+                title=f"{config['model']} {c}×{h}×{w}, {config['dtype']}; red: Pareto front")
+    files["png"] = str(out_dir / "sweep.png")
+    return files

@@ -1,0 +1,332 @@
+"""Distillation losses: attention maps, attention transfer (AT), knowledge distillation (KD).
+
+Pure functions of tensors: no modules, no hooks, no state. The formulas are those of the specification
+(``spec/moonshine.md`` section 5), restated in each docstring. Where the Moonshine paper and its reference
+code (BayesWatch/pytorch-moonshine, ``funcs.py`` and ``main.py``) differ, the docstring says which one runs.
+
+Teacher tensors are always detached: the teacher is fixed, so no gradient may flow into it even when a caller
+forgets ``torch.no_grad()``.
+
+Example::
+
+    total, terms = distillation_loss(
+        "at", student_logits, labels, student_acts=s_taps, teacher_acts=t_taps
+    )
+    total.backward()
+    print({k: float(v) for k, v in terms.items()})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import UsageError
+
+__all__ = [
+    "KD_REDUCTIONS",
+    "LOSS_KINDS",
+    "DistillationLoss",
+    "at_loss",
+    "at_term",
+    "attention_map",
+    "distillation_loss",
+    "kd_loss",
+]
+
+KDReduction = Literal["batchmean", "reference"]
+KD_REDUCTIONS: tuple[str, ...] = ("batchmean", "reference")
+
+LossKind = Literal["ce", "at", "kd", "at+kd"]
+LOSS_KINDS: tuple[str, ...] = ("ce", "at", "kd", "at+kd")
+# Spellings accepted on input and what they mean. "scratch" is the spec's word for training the same student
+# with no teacher, which is plain cross-entropy.
+_KIND_ALIASES = {"scratch": "ce", "kd+at": "at+kd"}
+
+
+def attention_map(x: Tensor) -> Tensor:
+    """Spatial attention map of an activation, as in attention transfer.
+
+    For ``x`` of shape B×C×H×W::
+
+        a[b, i] = mean_c x[b, c, i]²                     (i runs over the H·W positions, row-major)
+        map[b]  = a[b] / max(‖a[b]‖₂, 1e-12)
+
+    i.e. ``F.normalize(x.pow(2).mean(1).flatten(1), p=2, dim=1)``; the result is B×HW. The computation runs in
+    float32 whatever the input dtype, because under bf16/fp16 autocast the squared activations and the norm
+    lose most of their precision and the AT loss is a difference of two such maps.
+    """
+    if x.dim() != 4:
+        raise UsageError(
+            f"attention_map expects an activation of shape B×C×H×W, got a tensor of shape {tuple(x.shape)}."
+        )
+    return F.normalize(x.float().pow(2).mean(1).flatten(1), p=2.0, dim=1, eps=1e-12)
+
+
+def at_term(student_act: Tensor, teacher_act: Tensor, *, tap: str | int | None = None) -> Tensor:
+    """Attention-transfer term for one tap: ``mean over all elements of (map_s − map_t)²``.
+
+    ``map_*`` are :func:`attention_map` of the student and teacher activations (B×HW each), so the mean runs
+    over B·H·W elements. Channel counts may differ (the maps average them away); batch and spatial sizes must
+    agree, otherwise :class:`~cheapconv.errors.UsageError`. ``tap`` only names the tap in error messages.
+    The teacher side is detached.
+    """
+    where = f" at tap {tap!r}" if tap is not None else ""
+    for role, act in (("student", student_act), ("teacher", teacher_act)):
+        if act.dim() != 4:
+            raise UsageError(
+                f"Attention transfer{where}: the {role} activation must be B×C×H×W, "
+                f"got shape {tuple(act.shape)}."
+            )
+    if student_act.shape[-2:] != teacher_act.shape[-2:]:
+        raise UsageError(
+            f"Attention transfer{where}: spatial sizes differ, student {tuple(student_act.shape[-2:])} vs "
+            f"teacher {tuple(teacher_act.shape[-2:])} (H×W). AT compares attention maps position by "
+            "position, so teacher and student taps must have the same resolution: tap the matching stage "
+            "outputs, or feed both networks the same input size. (Channel counts may differ.)"
+        )
+    if student_act.shape[0] != teacher_act.shape[0]:
+        raise UsageError(
+            f"Attention transfer{where}: batch sizes differ, student {student_act.shape[0]} vs teacher "
+            f"{teacher_act.shape[0]}; both networks must see the same batch."
+        )
+    diff = attention_map(student_act) - attention_map(teacher_act.detach())
+    return diff.pow(2).mean()
+
+
+def _at_terms(student_acts: Sequence[Tensor], teacher_acts: Sequence[Tensor]) -> list[Tensor]:
+    """Per-tap AT terms after checking that the two sequences pair up."""
+    if len(student_acts) != len(teacher_acts):
+        raise UsageError(
+            f"Attention transfer needs as many student taps as teacher taps, matched by position; got "
+            f"{len(student_acts)} student and {len(teacher_acts)} teacher activations."
+        )
+    if len(student_acts) == 0:
+        raise UsageError(
+            "Attention transfer needs at least one tap (a stage output) in both networks; got none. "
+            "Mark the stage outputs as taps, or use the 'kd' or 'ce' loss."
+        )
+    return [at_term(s, t, tap=i) for i, (s, t) in enumerate(zip(student_acts, teacher_acts, strict=True))]
+
+
+def at_loss(student_acts: Sequence[Tensor], teacher_acts: Sequence[Tensor], beta: float = 1000.0) -> Tensor:
+    """Total attention-transfer loss over matched taps.
+
+    The spec writes the scaling as "β/len(taps)·3 × Σ_taps term (the reference code's scaling)". The reference
+    code computes ``adjusted_beta = (beta * 3) / len(taps)`` and adds ``adjusted_beta * at_term`` per tap, so
+    this reads as ``(3·β / n_taps) · Σ_taps at_term`` with n_taps = ``len(student_acts)``. With the three WRN
+    stage outputs it is exactly ``β · Σ terms``; with ResNet's four stages it is ``0.75·β · Σ terms`` (the
+    reference's "assume three taps and adjust β" rule, which keeps the loss's magnitude comparable).
+
+    Taps are matched by position; both sequences must have the same non-zero length, else
+    :class:`~cheapconv.errors.UsageError`. β defaults to 1000 (the paper's value).
+    """
+    terms = _at_terms(student_acts, teacher_acts)
+    return (3.0 * beta / len(terms)) * torch.stack(terms).sum()
+
+
+def _check_kd_args(alpha: float, temperature: float, reduction: str) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise UsageError(f"KD weight alpha must lie in [0, 1], got {alpha}.")
+    if not temperature > 0.0:
+        raise UsageError(f"KD temperature must be positive, got {temperature}.")
+    if reduction not in KD_REDUCTIONS:
+        raise UsageError(
+            f"Unknown KD reduction {reduction!r}; valid: {', '.join(KD_REDUCTIONS)} "
+            "('batchmean' is the standard form, 'reference' reproduces the Moonshine code)."
+        )
+
+
+def _kd_parts(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    alpha: float,
+    temperature: float,
+    reduction: str,
+) -> tuple[Tensor, Tensor]:
+    """Return ``(CE, weighted soft term)`` so that ``kd_loss = (1 − α)·CE + soft``."""
+    _check_kd_args(alpha, temperature, reduction)
+    if student_logits.dim() != 2 or student_logits.shape != teacher_logits.shape:
+        raise UsageError(
+            f"KD compares class distributions, so student and teacher logits must both be B×num_classes "
+            f"with the same shape; got student {tuple(student_logits.shape)} and teacher "
+            f"{tuple(teacher_logits.shape)}. Check that both networks have the same classifier head."
+        )
+    t = float(temperature)
+    # log_softmax/softmax in float32: under autocast the logits may be bf16 and the KL of two nearly equal
+    # distributions is a small difference of large numbers.
+    log_p_student = F.log_softmax(student_logits.float() / t, dim=1)
+    p_teacher = F.softmax(teacher_logits.detach().float() / t, dim=1)
+    ce = F.cross_entropy(student_logits.float(), labels)
+    if reduction == "batchmean":
+        # True KL(p_t ‖ p_s) per sample, averaged over the batch.
+        soft = alpha * t * t * F.kl_div(log_p_student, p_teacher, reduction="batchmean")
+    else:
+        # The reference code: F.kl_div's old default reduction averaged over batch × classes, and the
+        # result was multiplied by 2αT². Reproduced as written, factor 2 included. Spelled as sum/numel
+        # because PyTorch announces that reduction="mean" will come to mean "batchmean".
+        kl_mean = F.kl_div(log_p_student, p_teacher, reduction="sum") / log_p_student.numel()
+        soft = 2.0 * alpha * t * t * kl_mean
+    return ce, soft
+
+
+def kd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    alpha: float = 0.9,
+    temperature: float = 4.0,
+    reduction: KDReduction = "batchmean",
+) -> Tensor:
+    """Knowledge-distillation objective (Hinton et al.), the CE term included.
+
+    With p_s = softmax(s/T), p_t = softmax(t/T), B the batch size and K the number of classes:
+
+    - ``reduction="batchmean"`` (default, the standard form)::
+
+          (1 − α)·CE(s, labels) + α·T² · (1/B) Σ_b Σ_k p_t[b,k]·(log p_t[b,k] − log p_s[b,k])
+
+    - ``reduction="reference"`` (reproduces the Moonshine reference code,
+      ``F.kl_div(...) * (T*T * 2. * alpha) + F.cross_entropy(...) * (1. - alpha)`` with the old element-wise
+      mean reduction)::
+
+          (1 − α)·CE(s, labels) + 2·α·T² · (1/(B·K)) Σ_b Σ_k p_t[b,k]·(log p_t[b,k] − log p_s[b,k])
+
+      so its soft term equals the batchmean soft term times ``2/K``: for CIFAR-10 (K = 10) it is 5× weaker,
+      for CIFAR-100 50× weaker.
+
+    Paper values: α = 0.9, T = 4. The teacher logits are detached. ``labels`` are class indices (B,).
+    """
+    ce, soft = _kd_parts(student_logits, teacher_logits, labels, alpha, temperature, reduction)
+    return (1.0 - alpha) * ce + soft
+
+
+def _canonical_kind(kind: str) -> str:
+    k = kind.strip().lower().replace(" ", "")
+    k = _KIND_ALIASES.get(k, k)
+    if k not in LOSS_KINDS:
+        raise UsageError(
+            f"Unknown loss kind {kind!r}; valid: {', '.join(LOSS_KINDS)} "
+            f"(aliases: {', '.join(f'{a}={b}' for a, b in _KIND_ALIASES.items())})."
+        )
+    return k
+
+
+def distillation_loss(
+    kind: str,
+    student_logits: Tensor,
+    labels: Tensor,
+    *,
+    teacher_logits: Tensor | None = None,
+    student_acts: Sequence[Tensor] = (),
+    teacher_acts: Sequence[Tensor] = (),
+    beta: float = 1000.0,
+    alpha: float = 0.9,
+    temperature: float = 4.0,
+    kd_reduction: KDReduction = "batchmean",
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One training objective by name; returns ``(total, terms)``.
+
+    Kinds (spec section 5):
+
+    - ``"ce"`` (alias ``"scratch"``): ``CE(student, labels)``; no teacher.
+    - ``"at"``: ``CE + at_loss(student_acts, teacher_acts, beta)``.
+    - ``"kd"``: ``kd_loss(...)`` = ``(1 − α)·CE + α·T²·KL`` (see :func:`kd_loss` for ``kd_reduction``).
+    - ``"at+kd"`` (alias ``"kd+at"``): the KD objective plus the AT loss,
+      ``(1 − α)·CE + α·T²·KL + at_loss``. This is what the reference code does when both are switched on
+      (its loss starts from the KD objective and adds the AT terms), so the CE weight is (1 − α), not 1.
+
+    ``terms`` holds detached 0-d tensors (no host sync is forced; call ``float()`` when logging):
+    ``"ce"`` the *unweighted* cross-entropy (comparable across kinds), ``"kd"`` the weighted soft term
+    (α·T²·KL, or its reference variant), ``"at"`` the scaled AT loss, and ``"total"``. Only the terms the kind
+    uses are present, and ``total = w·ce + kd + at`` with w = 1 for "ce"/"at" and w = 1 − α for "kd"/"at+kd".
+    """
+    k = _canonical_kind(kind)
+    uses_kd = k in ("kd", "at+kd")
+    uses_at = k in ("at", "at+kd")
+    if uses_kd and teacher_logits is None:
+        raise UsageError(f"The {k!r} loss needs the teacher's logits (teacher_logits=...); none were given.")
+
+    terms: dict[str, Tensor] = {}
+    if uses_kd:
+        assert teacher_logits is not None  # checked above; narrows the type
+        ce, soft = _kd_parts(student_logits, teacher_logits, labels, alpha, temperature, kd_reduction)
+        total = (1.0 - alpha) * ce + soft
+        terms["kd"] = soft.detach()
+    else:
+        ce = F.cross_entropy(student_logits.float(), labels)
+        total = ce
+    terms["ce"] = ce.detach()
+    if uses_at:
+        at = at_loss(student_acts, teacher_acts, beta)
+        total = total + at
+        terms["at"] = at.detach()
+    terms["total"] = total.detach()
+    return total, terms
+
+
+@dataclass(frozen=True)
+class DistillationLoss:
+    """A configured :func:`distillation_loss`: validate the settings once, call it every step.
+
+    ``needs_teacher`` and ``needs_taps`` tell a training loop whether to run the teacher and record stage
+    outputs at all (a "ce" run needs neither).
+
+    Example::
+
+        loss_fn = DistillationLoss("at", beta=1000.0)
+        total, terms = loss_fn(logits, labels, student_acts=s_taps, teacher_acts=t_taps)
+    """
+
+    kind: str = "at"
+    beta: float = 1000.0
+    alpha: float = 0.9
+    temperature: float = 4.0
+    kd_reduction: KDReduction = "batchmean"
+
+    def __post_init__(self) -> None:
+        # Canonicalise once so that str(self) and saved recipes show "ce", never an alias.
+        object.__setattr__(self, "kind", _canonical_kind(self.kind))
+        if self.kind in ("kd", "at+kd"):
+            _check_kd_args(self.alpha, self.temperature, self.kd_reduction)
+        if self.kind in ("at", "at+kd") and not self.beta >= 0.0:
+            raise UsageError(f"AT weight beta must be non-negative, got {self.beta}.")
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether the objective uses the teacher at all."""
+        return self.kind != "ce"
+
+    @property
+    def needs_taps(self) -> bool:
+        """Whether the objective uses stage-output activations (AT)."""
+        return self.kind in ("at", "at+kd")
+
+    def __call__(
+        self,
+        student_logits: Tensor,
+        labels: Tensor,
+        *,
+        teacher_logits: Tensor | None = None,
+        student_acts: Sequence[Tensor] = (),
+        teacher_acts: Sequence[Tensor] = (),
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Evaluate the objective; see :func:`distillation_loss` for the returned terms."""
+        return distillation_loss(
+            self.kind,
+            student_logits,
+            labels,
+            teacher_logits=teacher_logits,
+            student_acts=student_acts,
+            teacher_acts=teacher_acts,
+            beta=self.beta,
+            alpha=self.alpha,
+            temperature=self.temperature,
+            kd_reduction=self.kd_reduction,
+        )
