@@ -3,13 +3,20 @@
 * ``trainable``: the sum of parameters with ``requires_grad``.
 * ``paper``: every state-dict tensor except BatchNorm's ``num_batches_tracked`` (trainable + BN running
   mean and variance). The paper's tables use this convention.
-* MACs: multiply-accumulates of Conv and Linear layers (stem, shortcuts and classifier included) for the
-  given input shape. They are MACs, not FLOPs (FLOPs ≈ 2 × MACs).
+* MACs: multiply-accumulates of every operator of one forward pass for the given input shape, counted at
+  the aten level by torch's own ``FlopCounterMode`` (MACs = its FLOPs / 2): convolutions, linear layers,
+  matrix products, ``einsum`` (ACDC's DCTs), attention. For networks of Conv and Linear layers this is
+  exactly the paper's convention (stem, shortcuts and classifier included); elementwise operations (norms,
+  activations, adds) are not multiply-accumulates and count zero, as in the paper.
+
+Counting never changes the model it is given: the forward pass runs on a throw-away copy whose weights are
+storage-less meta tensors (or, for models that cannot run on meta tensors, on a real copy).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 from typing import Literal
 
@@ -46,66 +53,91 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = flag
 
 
-def layer_macs(module: nn.Module, output: torch.Tensor) -> int:
-    """MACs of one Conv or Linear call, given its output (the batch dimension included)."""
-    if isinstance(module, nn.modules.conv._ConvNd):
-        per_output = (module.in_channels // module.groups) * int(torch.tensor(module.kernel_size).prod())
-        return output.numel() * per_output
-    if isinstance(module, nn.Linear):
-        return output.numel() * module.in_features
-    return 0
-
-
 def count_macs(model: nn.Module, input_shape: tuple[int, ...] | torch.Size, *,
                per_layer: bool = False) -> int | tuple[int, dict[str, int]]:
     """Multiply-accumulates of one forward pass on an input of ``input_shape`` (batch included, e.g.
     ``(1, 3, 32, 32)``); the count covers the whole batch, so use batch 1 for "MACs per image".
 
-    With ``per_layer=True`` returns ``(total, {module_name: macs})``. A module called several times is
-    counted at every call. The model runs once in eval mode under no_grad on a zero input.
+    Every operator is counted (see the module docstring), so cheap blocks that compute with matrices
+    (ACDC's DCT, low-rank products) are charged what they really cost. With ``per_layer=True`` returns
+    ``(total, {module_name: macs})``, each module charged for the operators it runs itself, not those of its
+    submodules. A module called several times is counted at every call. The model runs once in eval mode
+    under no_grad on a zero input, on a copy.
 
     >>> from cheapconv.models import WideResNet
     >>> round(count_macs(WideResNet(40, 2), (1, 3, 32, 32)) / 1e6, 1)
     327.6
     """
-    counts: dict[str, int] = {}
-    handles = []
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
-            def hook(mod, args, out, _name=name):
-                counts[_name] = counts.get(_name, 0) + layer_macs(mod, out)
-            handles.append(m.register_forward_hook(hook))
-    try:
-        shape_forward(model, input_shape, on_retry=counts.clear)
-    finally:
-        for h in handles:
-            h.remove()
-    total = sum(counts.values())
-    return (total, counts) if per_layer else total
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counters: list[FlopCounterMode] = []
+
+    def counting():
+        counters.append(FlopCounterMode(display=False))
+        return counters[-1]
+
+    shape_forward(model, input_shape, mode=counting)
+    counter = counters[-1]  # the attempt that succeeded
+    total = counter.get_total_flops() // 2
+    if not per_layer:
+        return total
+    return total, _own_macs(counter.get_flop_counts())
 
 
-def shape_forward(model: nn.Module, input_shape: tuple[int, ...] | torch.Size, on_retry=None) -> None:
+def _own_macs(flop_counts: dict[str, dict]) -> dict[str, int]:
+    """Per-module MACs from FlopCounterMode's nested totals: each module minus its direct children."""
+    totals = {name.partition(".")[2]: sum(ops.values()) // 2 for name, ops in flop_counts.items()
+              if "." in name and name != "Global"}
+    own = dict(totals)
+    for name, macs in totals.items():
+        parent = name.rpartition(".")[0]
+        while parent and parent not in totals:
+            parent = parent.rpartition(".")[0]
+        if parent:
+            own[parent] -= macs
+    return {name: macs for name, macs in own.items() if macs > 0}
+
+
+def throwaway_copy(model: nn.Module, device: str | torch.device | None = "meta") -> nn.Module:
+    """A deep copy of ``model`` to run passes on without touching it; with ``device="meta"`` its parameters
+    and buffers are storage-less stand-ins of the same shapes (nothing is allocated or copied)."""
+    if device is None:
+        return copy.deepcopy(model)
+    memo: dict[int, torch.Tensor] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        if id(t) not in memo:
+            stand_in = torch.empty_like(t, device=device)
+            memo[id(t)] = nn.Parameter(stand_in, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) \
+                else stand_in
+    return copy.deepcopy(model, memo)
+
+
+def shape_forward(model: nn.Module, input_shape: tuple[int, ...] | torch.Size, on_retry=None, *,
+                  mode=None) -> None:
     """Run ``model`` once on a zero input of ``input_shape`` in eval mode, for its hooks' sake.
 
-    Shapes are all that counting needs, so this first runs on the meta device (no arithmetic: ResNet-34 at
-    224 in ~50 ms instead of a real forward), swapping meta stand-ins for the weights with
-    ``torch.func.functional_call`` (the model's own tensors are untouched). Models that cannot run on meta
-    tensors (data-dependent Python, ops without meta kernels) fall back to a real forward; ``on_retry`` is
-    called first so hooks can forget what the failed attempt recorded.
+    Shapes are all that counting needs, so this first runs on a meta copy (no arithmetic: ResNet-34 at 224
+    in ~50 ms instead of a real forward, and nothing the forward caches, such as a detector's anchors, lands
+    on the model). Hooks registered on ``model``'s modules fire on the copy's. Models that cannot run on meta
+    tensors (data-dependent Python, ops without meta kernels) fall back to a real forward on a copy;
+    ``on_retry`` is called first so hooks can forget what the failed attempt recorded. ``mode`` is a factory
+    of a context manager entered around each attempt (a fresh one per attempt).
     """
     param = next(iter(model.parameters()), None)
     dtype = param.dtype if param is not None and param.dtype.is_floating_point else torch.float32
-    with eval_mode(model), torch.no_grad():
+    with torch.no_grad():
         try:
-            from torch.func import functional_call
-
-            stand_ins = {name: torch.empty_like(t, device="meta")
-                         for name, t in [*model.named_parameters(), *model.named_buffers()]}
-            functional_call(model, stand_ins, (torch.zeros(tuple(input_shape), device="meta", dtype=dtype),),
-                            strict=False)
+            work = throwaway_copy(model, "meta")
+            with eval_mode(work), (mode() if mode else contextlib.nullcontext()):
+                work(torch.zeros(tuple(input_shape), device="meta", dtype=dtype))
             return
         except Exception:  # noqa: BLE001 - any failure on meta means: measure for real
             if on_retry is not None:
                 on_retry()
+        try:
+            work = throwaway_copy(model, None)
+        except Exception:  # noqa: BLE001 - a model that cannot be copied runs as it is (hooks only read)
+            work = model
         device = param.device if param is not None else None
-        model(torch.zeros(tuple(input_shape), device=device, dtype=dtype))
+        with eval_mode(work), (mode() if mode else contextlib.nullcontext()):
+            work(torch.zeros(tuple(input_shape), device=device, dtype=dtype))

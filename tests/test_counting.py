@@ -1,0 +1,113 @@
+"""MACs agree with an independent counter, and counting never changes the model it is given."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import cheapconv
+from cheapconv.counting import count_macs
+
+#: one spelling per registered block family
+BLOCKS = ["S", "S-2x2", "G(4)", "G(N)", "B(2)", "BG(2,M)", "Sep", "LR(0.5)", "Shuffle(2)", "ACDC(2)"]
+
+
+def _flop_counter_macs(model, shape):
+    work = copy.deepcopy(model).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        work(torch.zeros(shape))
+    return counter.get_total_flops() // 2
+
+
+def test_every_registered_block_family_is_covered():
+    assert {b.split("(")[0] for b in BLOCKS} == set(cheapconv.BLOCK_REGISTRY)
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+@pytest.mark.parametrize("model_name, size", [("wrn_10_2", 32), ("resnet18", 64), ("mobilenet_v2", 64)])
+def test_count_macs_equals_flop_counter(block, model_name, size):
+    if model_name != "wrn_10_2":
+        pytest.importorskip("torchvision")
+    teacher = cheapconv.create_model(model_name)
+    policy = block if model_name != "mobilenet_v2" or block in ("S", "Sep", "LR(0.5)", "Shuffle(2)", "ACDC(2)") \
+        else "S"  # mobilenet has no dense k×k conv for the grouped/bottleneck families
+    try:
+        student = cheapconv.cheapen(teacher, policy, input_size=(3, size, size))
+    except cheapconv.PolicyMatchError:
+        pytest.skip(f"{block} selects nothing in {model_name}")
+    shape = (1, 3, size, size)
+    assert count_macs(student, shape) == _flop_counter_macs(student, shape)
+
+
+def test_paper_fixture_is_unchanged():
+    assert round(count_macs(cheapconv.create_model("wrn_40_2"), (1, 3, 32, 32)) / 1e6, 1) == 327.6
+
+
+def test_acdc_is_charged_for_its_transforms():
+    """ACDC's DCTs run as dense N×N products; wave 1 counted them as zero (a false 51× reduction)."""
+    teacher = cheapconv.create_model("wrn_16_2")
+    student = cheapconv.cheapen(teacher, "ACDC(2)")
+    total, per_layer = count_macs(student, (1, 3, 32, 32), per_layer=True)
+    assert total == sum(per_layer.values())
+    acdc = student.get_submodule("block3.1.conv2")
+    depthwise = per_layer.get("block3.1.conv2.depthwise", 0)
+    assert per_layer["block3.1.conv2"] > depthwise  # its own einsums, not only the depthwise child
+    assert total > count_macs(teacher, (1, 3, 32, 32)) / 10
+    assert type(acdc).__name__ == "ACDCPointwise"
+
+
+def _snapshot(model):
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    attrs = {}
+    for name, m in model.named_modules():
+        for k, v in vars(m).items():
+            if k.startswith("_") or k == "training":
+                continue
+            if isinstance(v, torch.Tensor):
+                attrs[(name, k)] = (v.device, v.clone())
+            elif isinstance(v, list) and v and all(isinstance(t, torch.Tensor) for t in v):
+                attrs[(name, k)] = [(t.device, t.clone()) for t in v]
+    return state, attrs
+
+
+def _same(a, b):
+    (sa, aa), (sb, ab) = a, b
+    if sa.keys() != sb.keys() or any(not torch.equal(sa[k], sb[k]) for k in sa):
+        return False
+    if aa.keys() != ab.keys():
+        return False
+    for k in aa:
+        x, y = aa[k], ab[k]
+        pairs = zip(x, y, strict=True) if isinstance(x, list) else [(x, y)]
+        for (dx, tx), (dy, ty) in pairs:
+            if dx != dy or tx.shape != ty.shape or (not tx.is_meta and not torch.equal(tx, ty)):
+                return False
+    return True
+
+
+def test_counting_leaves_a_detector_untouched():
+    """RetinaNet caches its anchors during forward; a meta pass used to leave them on the meta device."""
+    detection = pytest.importorskip("torchvision.models.detection")
+    model = detection.retinanet_resnet50_fpn(weights=None, weights_backbone=None, min_size=128, max_size=128).eval()
+    before = _snapshot(model)
+    assert count_macs(model, (1, 3, 128, 128)) > 0  # a batch tensor iterates as the list of images it takes
+    assert _same(before, _snapshot(model))
+    with torch.no_grad():
+        out = model([torch.randn(3, 128, 128)])
+    assert isinstance(out, list) and "boxes" in out[0]
+
+
+@pytest.mark.parametrize("name", ["wrn_10_1", "resnet18", "mobilenet_v3_small"])
+def test_count_macs_and_plan_leave_the_model_untouched(name):
+    if name != "wrn_10_1":
+        pytest.importorskip("torchvision")
+    model = cheapconv.create_model(name).train()
+    before = _snapshot(model)
+    flags = [m.training for m in model.modules()]
+    count_macs(model, (1, 3, 64, 64), per_layer=True)
+    cheapconv.plan(model, "G(4)" if name != "mobilenet_v3_small" else "LR(0.5)", input_size=(3, 64, 64))
+    assert _same(before, _snapshot(model))
+    assert flags == [m.training for m in model.modules()]
