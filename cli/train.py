@@ -89,36 +89,18 @@ def load_model(spec: str, *, weights: Path | None = None, num_classes: int | Non
     return resolve_model(spec, weights=weights, num_classes=num_classes, trust=trust, what=what, **kwargs)
 
 
-def model_input(model) -> tuple[int | None, int | None]:
-    """(channels, native image size) the model reads, where known."""
-    from torch import nn
-
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    size = getattr(model, "default_input_size", None)
-    if size is None:
-        size = (getattr(model, "cheapconv_recipe", None) or {}).get("input_size")
-    return (conv.in_channels if conv is not None else None), (int(size[-1]) if size else None)
-
-
 def load_data(name: str, split: str, model, *, in_chans: int | None, image_size: int | None,
               data_dir: Path | None, download: bool, announce: bool = True):
-    """The dataset, adapted to ``model``'s input: the adapters applied are stated on stderr."""
-    from cheapconv.data import dataset_info, get_dataset
+    """The dataset, adapted to ``model``'s input (cheapconv.data.adapt_for_model decides how); the adapters
+    applied are stated on stderr, with the option that overrides each."""
+    from cheapconv.data import adapt_for_model, get_dataset
 
-    native = dataset_info(name)
-    chans, size = model_input(model)
-    chans = in_chans or chans or native.channels
-    in_memory = not name.lower().startswith("imagefolder")
-    if image_size is None and size is not None and (not in_memory or size > native.image_size):
-        image_size = size
+    fit = adapt_for_model(name, model, in_chans=in_chans, image_size=image_size)
     if announce and _is_main():
-        if chans != native.channels:
-            _note(f"{native.name} has {native.channels} channel(s) and the model reads {chans}: repeating the "
-                  "channel (set --in-chans to change).")
-        if in_memory and image_size is not None and image_size != native.image_size:
-            _note(f"{native.name} images are {native.image_size}×{native.image_size}; zero-padding them to "
-                  f"{image_size}×{image_size}, the model's native size (set --image-size to change).")
-    return get_dataset(name, split, data_dir=data_dir, download=download, in_chans=chans, image_size=image_size)
+        for arg, note in fit.notes.items():
+            _note(f"{note} (set --{arg.replace('_', '-')} to change).")
+    return get_dataset(name, split, data_dir=data_dir, download=download, in_chans=fit.in_chans,
+                       image_size=fit.image_size)
 
 
 def _prepare_run(output: Path, checkpoint: Path | None, *, resume: bool, overwrite: bool, lr: float | None,

@@ -1,4 +1,5 @@
-"""Datasets by name: IDX parsing, augmentation, adapters, synthetic data, messages for missing data.
+"""Datasets by name: IDX parsing, augmentation, adapters (and fitting data to a model), synthetic data,
+messages for missing data, loaders and the worker-count rule.
 
 Everything runs on small files written to a temporary folder; the test that reads the real Fashion-MNIST
 (Debian package ``dataset-fashion-mnist``) skips when it is not installed.
@@ -7,6 +8,7 @@ Everything runs on small files written to a temporary folder; the test that read
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
 import subprocess
@@ -16,16 +18,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from cheapconv.data import datasets as data
-from cheapconv.data.datasets import (
+from cheapconv.data import (
     DatasetInfo,
     TensorImageDataset,
+    adapt_for_model,
     dataset_info,
+    default_workers,
     get_dataset,
     make_loader,
     read_idx,
     synthetic_dataset,
 )
+from cheapconv.data import datasets as data  # the module that reads DEBIAN_FASHION_MNIST_DIR
 from cheapconv.errors import DatasetNotFoundError, FileFormatError, UsageError
 
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
@@ -362,3 +366,69 @@ def test_make_loader_distributed_needs_process_group() -> None:
         pytest.skip("a process group is already initialised")
     with pytest.raises(UsageError, match="torch.distributed"):
         make_loader(get_dataset("synthetic"), 8, shuffle=True, distributed=True)
+
+
+class _Plain(torch.utils.data.Dataset):
+    """A dataset that is not in memory (stands for ImageFolder: one decoded image per item)."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.zeros(3, 8, 8), i
+
+
+def test_one_worker_rule_for_loaders_training_and_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cheapconv.train import distributed
+
+    in_memory, plain = get_dataset("synthetic:1x8x8:4:16"), _Plain()
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for cuda in (False, True):  # in-memory data is batched in the main process, GPU or not
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        assert default_workers(in_memory) == 0 and make_loader(in_memory, 4, shuffle=False).num_workers == 0
+        assert default_workers(plain) == min(8, cpus) == make_loader(plain, 4, shuffle=False).num_workers
+    # the training loop and evaluation ask through train.distributed: the same answers
+    for dataset in (in_memory, plain):
+        assert distributed.default_workers(dataset, torch.device("cpu")) == default_workers(dataset)
+
+
+# -------------------------------------------------------------------------------- fitting to a model
+
+
+def _net(in_chans: int = 3, declared: int | None = None, recipe_size: int | None = None) -> torch.nn.Module:
+    net = torch.nn.Sequential(torch.nn.Conv2d(in_chans, 4, 3), torch.nn.Flatten())
+    if declared is not None:
+        net.default_input_size = (in_chans, declared, declared)
+    if recipe_size is not None:
+        net.cheapconv_recipe = {"input_size": [in_chans, recipe_size, recipe_size]}
+    return net
+
+
+def test_adapt_for_model_repeats_grey_and_pads_to_the_declared_size() -> None:
+    fit = adapt_for_model("synthetic:1x28x28:10:8", _net(3, declared=32))
+    assert (fit.in_chans, fit.image_size, fit.native.channels) == (3, 32, 1)
+    assert "repeating the channel" in fit.notes["in_chans"] and "zero-padding them to 32×32" in fit.notes["image_size"]
+    ds = get_dataset("synthetic:1x28x28:10:8", in_chans=fit.in_chans, image_size=fit.image_size)
+    assert ds[0][0].shape == (3, 32, 32)
+    # a cheapconv file declares its size in the recipe; Fashion-MNIST is described without reading files
+    fit = adapt_for_model("fashion-mnist", _net(1, recipe_size=32))
+    assert (fit.in_chans, fit.image_size, list(fit.notes)) == (1, 32, ["image_size"])
+
+
+def test_adapt_for_model_leaves_fitting_data_alone_and_caller_wins() -> None:
+    fit = adapt_for_model("synthetic:3x32x32:10:8", _net(3, declared=32))
+    assert (fit.in_chans, fit.image_size, fit.notes) == (3, None, {})
+    # nothing declared (a timm network, say): the data keeps its size, no 224 guess
+    assert adapt_for_model("synthetic:3x32x32:10:8", _net(3)).image_size is None
+    # in-memory data is never cropped to a smaller declared size
+    assert adapt_for_model("synthetic:3x32x32:10:8", _net(3, declared=16)).image_size is None
+    fit = adapt_for_model("synthetic:1x28x28:10:8", _net(3, declared=32), in_chans=1, image_size=28)
+    assert (fit.in_chans, fit.image_size, fit.notes) == (1, 28, {})
+    with pytest.raises(UsageError, match="Unknown dataset"):
+        adapt_for_model("mnist", _net())
+
+
+def test_adapt_for_model_imagefolder_takes_the_declared_size(tmp_path: Path) -> None:
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    fit = adapt_for_model(f"imagefolder:{tmp_path}", _net(3, declared=32))
+    assert (fit.in_chans, fit.image_size, fit.notes) == (3, 32, {})  # a crop size, not padding: no note

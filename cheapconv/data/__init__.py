@@ -1,20 +1,24 @@
-"""Datasets by name (Fashion-MNIST, CIFAR, ImageFolder, synthetic), batched augmentation and loaders."""
+"""Datasets by name (Fashion-MNIST, CIFAR, ImageFolder, synthetic), batched augmentation and loaders.
+
+Modules, one job each: :mod:`~cheapconv.data.info` (what a dataset is, by name), :mod:`~cheapconv.data.folders`
+(where files are looked for), :mod:`~cheapconv.data.idx` (IDX files), :mod:`~cheapconv.data.augment`
+(in-memory datasets, batched augmentation), :mod:`~cheapconv.data.datasets` (loading by name),
+:mod:`~cheapconv.data.adapters` (fitting data to a model's input), :mod:`~cheapconv.data.batching`
+(loaders, the worker-count rule).
+"""
 
 from __future__ import annotations
 
-from .datasets import (
-    DATA_DIR_ENV,
-    DEBIAN_FASHION_MNIST_DIR,
-    DatasetInfo,
-    TensorImageDataset,
-    dataset_info,
-    get_dataset,
-    make_loader,
-    read_idx,
-    synthetic_dataset,
-)
+from .adapters import ModelAdapters, adapt_for_model
+from .augment import TensorImageDataset
+from .batching import default_workers, make_loader
+from .datasets import DEBIAN_FASHION_MNIST_DIR, get_dataset, synthetic_dataset
+from .folders import DATA_DIR_ENV
+from .idx import read_idx
+from .info import DATASET_NAMES, DatasetInfo, dataset_info
 
 __all__ = [
-    "DATA_DIR_ENV", "DEBIAN_FASHION_MNIST_DIR", "DatasetInfo", "TensorImageDataset", "dataset_info",
-    "get_dataset", "make_loader", "read_idx", "synthetic_dataset",
+    "DATASET_NAMES", "DATA_DIR_ENV", "DEBIAN_FASHION_MNIST_DIR", "DatasetInfo", "ModelAdapters",
+    "TensorImageDataset", "adapt_for_model", "dataset_info", "default_workers", "get_dataset", "make_loader",
+    "read_idx", "synthetic_dataset",
 ]

@@ -129,14 +129,13 @@ def teardown(ctx: DistContext) -> None:
 # ------------------------------------------------------------------------------------------ batches
 
 
-def default_workers(dataset: Dataset, device: torch.device) -> int:
-    """In-memory tensor datasets: 0 (batched in the main process); others: min(8, usable CPUs)."""
-    from ..data import TensorImageDataset
+def default_workers(dataset: Dataset, device: torch.device | None = None) -> int:
+    """DataLoader workers for ``dataset``: :func:`cheapconv.data.default_workers`, the one rule (0 for
+    in-memory datasets, batched in the main process; ``min(8, usable CPUs)`` for others). It does not depend
+    on ``device``; the parameter stays so the training loop's call keeps working."""
+    from .. import data
 
-    if isinstance(dataset, TensorImageDataset):
-        return 0
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(8, cpus)
+    return data.default_workers(dataset)
 
 
 class EpochBatchSampler:
@@ -219,6 +218,6 @@ def batches_for_eval(data, batch_size: int, *, shard: tuple[int, int] | None = N
             index = torch.arange(start, min(start + batch_size, hi))
             yield data.transform_batch(index), data.labels[index]
         return
-    workers = num_workers if num_workers is not None else default_workers(data, torch.device("cpu"))
+    workers = num_workers if num_workers is not None else default_workers(data)
     batches = [list(range(s, min(s + batch_size, hi))) for s in range(lo, hi, batch_size)]
     yield from DataLoader(data, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory)

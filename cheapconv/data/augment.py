@@ -1,0 +1,123 @@
+"""In-memory image datasets: uint8 tensors augmented and normalised a whole batch at a time.
+
+Fashion-MNIST, CIFAR and synthetic data live in memory as :class:`TensorImageDataset`; training augmentation
+is random crop with 4-pixel zero padding + horizontal flip, the CIFAR recipe of the spec (section 6), then
+per-channel normalisation. :func:`in_memory_dataset` applies the ``in_chans``/``image_size`` adapters of
+:func:`~cheapconv.data.get_dataset` (channel repetition, centred zero padding) to native images.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ..errors import UsageError
+from .info import DatasetInfo, adapt_info
+
+__all__ = ["TensorImageDataset"]
+
+
+class TensorImageDataset(Dataset):
+    """uint8 images kept in memory (N×C×S×S), augmented and normalised with batched tensor ops.
+
+    Training augmentation (``augment=True``): zero-pad by ``crop_padding`` pixels, take a random S×S crop,
+    flip horizontally with probability 1/2; the padding is black in pixel space (0 before normalisation),
+    exactly like torchvision's ``RandomCrop(S, padding=4)`` on the raw image. Then ``x/255``, per-channel
+    ``(x − mean)/std``, and the channel is repeated ``repeat`` times (grayscale -> RGB adapter).
+
+    ``__getitems__`` transforms a whole batch in one go (the DataLoader calls it when present), which is much
+    cheaper than per-sample work; ``__getitem__`` goes through the same code with a batch of one, so both
+    paths apply the same transform (without augmentation, bit for bit the same tensors). Randomness comes
+    from torch's global generator (seeded per worker by the DataLoader; seed it with ``torch.manual_seed``
+    when loading in the main process).
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        info: DatasetInfo,
+        *,
+        augment: bool,
+        crop_padding: int = 4,
+        flip: bool = True,
+        repeat: int = 1,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != images.shape[-2]:
+            raise UsageError(f"Expected uint8 images N×C×S×S, got {images.dtype} {tuple(images.shape)}.")
+        if labels.shape != (images.shape[0],):
+            raise UsageError(f"Expected {images.shape[0]} labels, got shape {tuple(labels.shape)}.")
+        self.images = images.contiguous()
+        self.labels = labels.to(torch.int64)
+        self.info = info
+        self.augment, self.crop_padding, self.flip, self.repeat = augment, crop_padding, flip, repeat
+        c = images.shape[1]
+        mean = torch.tensor(info.mean[:c], dtype=torch.float32).view(1, c, 1, 1)
+        std = torch.tensor(info.std[:c], dtype=torch.float32).view(1, c, 1, 1)
+        # (x/255 − mean)/std folded into one multiply-add.
+        self._scale, self._shift = 1.0 / (255.0 * std), -mean / std
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def classes(self) -> tuple[str, ...] | None:
+        """Class names, where known."""
+        return self.info.classes
+
+    def transform_batch(self, index: Tensor) -> Tensor:
+        """Images ``index`` (1-D int64), augmented (if enabled) and normalised: B×C'×S×S float32."""
+        x = self.images[index]
+        if self.augment:
+            b, c, s, p = x.shape[0], x.shape[1], x.shape[-1], self.crop_padding
+            if p > 0:
+                padded = F.pad(x, (p, p, p, p))
+                top = torch.randint(0, 2 * p + 1, (b, 1))
+                left = torch.randint(0, 2 * p + 1, (b, 1))
+                span = torch.arange(s)
+                rows, cols = (top + span)[:, None, :, None], (left + span)[:, None, None, :]
+                batch, chan = torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None]
+                x = padded[batch, chan, rows, cols]
+            if self.flip:
+                x = torch.where((torch.rand(b) < 0.5)[:, None, None, None], x.flip(-1), x)
+        out = x.to(torch.float32) * self._scale + self._shift
+        return out.repeat(1, self.repeat, 1, 1) if self.repeat > 1 else out
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self.transform_batch(torch.tensor([i]))[0], int(self.labels[i])
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[Tensor, int]]:
+        index = torch.as_tensor(indices, dtype=torch.int64)
+        return list(zip(self.transform_batch(index).unbind(0), self.labels[index].tolist(), strict=True))
+
+
+def in_memory_info(info: DatasetInfo, in_chans: int | None, image_size: int | None) -> DatasetInfo:
+    """Adapted info for an in-memory dataset; checked before any file is read."""
+    if image_size is not None and image_size < info.image_size:
+        raise UsageError(
+            f"{info.name} images are {info.image_size}×{info.image_size}; image_size={image_size} would crop "
+            "them. In-memory datasets can only be enlarged (by zero padding)."
+        )
+    return adapt_info(info, in_chans, image_size)
+
+
+def in_memory_dataset(
+    images: Tensor, labels: Tensor, info: DatasetInfo, split: str, augment: bool | None,
+    in_chans: int | None, image_size: int | None,
+) -> TensorImageDataset:  # fmt: skip
+    """Wrap native uint8 images with the adapters: zero padding up to ``image_size``, channel repetition.
+
+    ``augment=None`` means the training augmentation for ``split="train"`` and none otherwise.
+    """
+    adapted = in_memory_info(info, in_chans, image_size)
+    native, size = images.shape[-1], adapted.image_size
+    if size != native:
+        # Centred zero padding (black border) keeps every pixel at its native scale: 28 -> 32 adds 2 px
+        # per side, which is how Fashion-MNIST fits networks built for 32×32 inputs, no interpolation.
+        lo = (size - native) // 2
+        images = F.pad(images, (lo, size - native - lo, lo, size - native - lo))
+    repeat = adapted.channels // info.channels
+    do_augment = (split == "train") if augment is None else augment
+    return TensorImageDataset(images, labels, adapted, augment=do_augment, repeat=repeat)
