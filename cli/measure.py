@@ -71,8 +71,8 @@ def profile(
 
     Example: cheapconv profile student.pt --batch 32 --dtype bf16 --channels-last
     """
-    from cheapconv.measure.profiler import blocks_table, parse_dtype
-    from cheapconv.measure.profiler import profile as run_profile
+    from cheapconv.measure import blocks_table, parse_dtype
+    from cheapconv.measure import profile as run_profile
 
     _check_batch(batch, repeats)
     size = parse_input_size(input_size)
@@ -124,7 +124,7 @@ def compare(
 
     Example: cheapconv compare wrn_40_2 g4.pt b2.pt --batch 32
     """
-    from cheapconv.measure.profiler import blocks_table, compare_table, evaluate_accuracy, parse_dtype, profile_many
+    from cheapconv.measure import blocks_table, compare_table, evaluate_accuracy, parse_dtype, profile_many
 
     if len(models) < 2:
         raise typer.BadParameter("give at least two models to compare", param_hint="MODELS")
@@ -186,7 +186,7 @@ def sweep(
     Example: cheapconv sweep wrn_40_2 --blocks 'G(2),G(4),G(N/8),B(2),BG(2,M)' -o sweep-wrn
     """
     from cheapconv.errors import UsageError
-    from cheapconv.measure.profiler import parse_dtype
+    from cheapconv.measure import parse_dtype
     from cheapconv.sweeper import parse_blocks
     from cheapconv.sweeper import sweep as run_sweep
 

@@ -15,16 +15,6 @@ from cheapconv.train.checkpoint import load_checkpoint
 from cheapconv.train.loop import Interrupted
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a second intra-op thread, and on a 2-core machine shared with other
-    jobs two OpenMP threads wait on each other at every operator (5-10× slower steps)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _data():
     # 16×16 images keep the steps cheap; augmentation is on, so the saved RNG state matters.
     train = synthetic_dataset("train", channels=3, image_size=16, num_samples=96, seed=1)

@@ -24,14 +24,6 @@ from cheapconv.store.modelfile import read_recipe
 from cheapconv_cli.main import main
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def run(capsys, *argv):
     code = main([str(a) for a in argv])
     captured = capsys.readouterr()

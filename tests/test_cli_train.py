@@ -19,16 +19,6 @@ DATA = "synthetic:3x32x32:10:128"
 FAST = ["--epochs", "1", "--batch-size", "32", "--no-progress"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a second intra-op thread, and on a 2-core machine shared with other
-    jobs two OpenMP threads wait on each other at every operator (5-10× slower steps)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def run(capsys, *argv):
     code = main(list(argv))
     captured = capsys.readouterr()

@@ -21,16 +21,6 @@ from cheapconv import DistillConfig, distill
 from cheapconv.data import synthetic_dataset
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a second intra-op thread, and on a 2-core machine shared with other
-    jobs two OpenMP threads wait on each other at every operator (5-10× slower steps)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Staged(nn.Module):
     """Two stages, ``layer1`` and ``layer2`` (found as taps by name), no BatchNorm."""
 

@@ -19,16 +19,6 @@ from cheapconv.train.loop import NonFiniteLossError
 HAVE_FMNIST = (DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a second intra-op thread, and on a 2-core machine shared with other
-    jobs two OpenMP threads wait on each other at every operator (5-10× slower steps)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _subset(ds: TensorImageDataset, n: int, augment: bool) -> TensorImageDataset:
     return TensorImageDataset(ds.images[:n], ds.labels[:n], ds.info, augment=augment)
 

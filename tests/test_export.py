@@ -22,14 +22,6 @@ from cheapconv.surgery.fold import deployable
 from cheapconv_cli.main import main
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _randomise_bn(model: nn.Module) -> nn.Module:
     """Non-trivial running statistics and affine parameters, so folding has something to fold."""
     g = torch.Generator().manual_seed(1)

@@ -11,14 +11,6 @@ from cheapconv.blockswap.fisher import channel_fisher, fisher_potential, module_
 from cheapconv.errors import UsageError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add overhead (and contention on shared machines)
-    yield
-    torch.set_num_threads(old)
-
-
 class TinyResidual(nn.Module):
     """x -> x + branch(x) -> global mean -> linear. ``inplace`` uses ``h += x`` after the branch."""
 

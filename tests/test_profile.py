@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 import cheapconv
-from cheapconv.measure.latency import Latency
-from cheapconv.measure.profiler import (
+from cheapconv.measure import (
     BlockTiming,
+    Latency,
     block_timings,
     blocks_table,
     evaluate_accuracy,
@@ -18,21 +18,14 @@ from cheapconv.measure.profiler import (
     peak_memory,
     profile_many,
 )
+from cheapconv.measure.chain import Chain, node_steps
 from cheapconv.models import WideResNet
+from cheapconv.models.inputs import input_shape_of, resolve_input_size
 from cheapconv.surgery.report import render_plain
+from cheapconv.threads import limited_threads
 from cheapconv_cli.main import main
 
 FAST = dict(warmup=0, repeats=1, batch=1, memory=False)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, two OpenMP threads can wait on each other for
-    milliseconds per op when other processes hold a core, making tiny forwards 100× slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +141,55 @@ def test_slower_blocks_are_flagged():
     assert [b.slower() for b in (slow, same, fast)] == [True, False, False]
     rows = render_plain(blocks_table([slow, same, fast])).splitlines()
     assert [("SLOWER" in r) for r in rows if r.startswith("│ ")] == [True, False, False]
+
+
+class _ConvActConv(nn.Module):
+    """conv -> leaky ReLU (slope 0.5) -> clamp(max=0.25) -> conv: the ops between take arguments of their own."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(torch.nn.functional.leaky_relu(self.a(x), 0.5).clamp(max=0.25))
+
+
+def test_a_chain_of_graph_nodes_keeps_each_nodes_arguments():
+    gm = torch.fx.symbolic_trace(_ConvActConv())
+    between = [n for n in gm.graph.nodes if n.op in ("call_function", "call_method")]
+    chain = Chain([gm.a, *node_steps(gm, between), gm.b])
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(chain(x), gm(x))
+        # the profiler's former copy called each node on the tensor alone: leaky_relu at its default slope,
+        # and clamp() with no bound at all, which torch refuses
+        y = torch.nn.functional.leaky_relu(gm.a(x))
+        assert not torch.equal(y, torch.nn.functional.leaky_relu(gm.a(x), 0.5))
+        with pytest.raises(RuntimeError):
+            y.clamp()
+
+
+def test_input_shape_precedence_explicit_then_recipe_then_native():
+    plain = WideResNet(10, 1)
+    student = WideResNet(10, 1)
+    student.cheapconv_recipe = {"input_size": [3, 40, 40]}
+    assert input_shape_of(plain) == (3, 32, 32)
+    assert input_shape_of(student) == (3, 40, 40)
+    assert input_shape_of(student, (8, 3, 24, 24)) == (3, 24, 24)  # a leading batch dimension is dropped
+    assert resolve_input_size(student) == (3, 32, 32)  # the recipe step only where asked for
+    assert resolve_input_size(student, recipe=True) == (3, 40, 40)
+    with pytest.raises(cheapconv.UsageError, match="C, H, W"):
+        input_shape_of(plain, (3, 32))
+
+
+def test_limited_threads_restores_the_count_also_on_errors():
+    before = torch.get_num_threads()
+    with pytest.raises(ValueError), limited_threads(2):
+        assert torch.get_num_threads() == 2
+        raise ValueError
+    assert torch.get_num_threads() == before
+    with limited_threads(None):
+        assert torch.get_num_threads() == before
 
 
 def test_evaluate_accuracy_on_synthetic_data():

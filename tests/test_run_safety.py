@@ -21,15 +21,6 @@ from cheapconv.train.loop import Interrupted, NonFiniteLossError
 from cheapconv_cli.main import main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a second intra-op thread (and a 2-core machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _data(seed: int = 1, n: int = 96):
     return synthetic_dataset("train", channels=3, image_size=16, num_samples=n, seed=seed)
 

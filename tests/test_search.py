@@ -25,14 +25,6 @@ from cheapconv.surgery.policy import Policy
 FEW = "S, G(2), G(N/4), B(2), BG(2,M/2)"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add overhead (and contention on shared machines)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def wrn16():
     return cheapconv.create_model("wrn_16_1")

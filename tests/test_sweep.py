@@ -18,14 +18,6 @@ from cheapconv_cli.main import main
 FAST = dict(batch=2, warmup=0, repeats=1, threads=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def teacher():
     return cheapconv.create_model("wrn_10_1")

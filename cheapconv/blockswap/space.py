@@ -33,6 +33,7 @@ from ..errors import UsageError
 from ..fx.analysis import PairSite
 from ..fx.ops import is_add, is_passthrough, single_user
 from ..surgery.policy import Policy, parse_policy
+from ..threads import limited_threads
 
 #: BlockSwap's candidate types (``blockswap-and-structured.md`` section 1, item 1).
 DEFAULT_CANDIDATES: tuple[str, ...] = (
@@ -144,12 +145,8 @@ def single_thread() -> Iterator[None]:
     """torch on one intra-op thread inside the block (restored after). Pricing and planning run many tiny
     batch-1 forwards, which threads do not speed up; on a busy machine two spinning threads make them 5-10×
     slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with limited_threads(1):
         yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _cost(module: nn.Module, shape: tuple[int, ...] | None) -> tuple[int, int, int]:

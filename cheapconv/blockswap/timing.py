@@ -15,37 +15,11 @@ import dataclasses
 from collections.abc import Callable
 
 import torch
-from torch import fx, nn
+from torch import nn
 
+from ..measure.chain import Chain, node_steps
 from ..measure.latency import measure_latency
 from .space import SearchSpace
-
-
-class _Chain(nn.Module):
-    """Run modules and graph functions one after another (the original pair, or two replaced convs)."""
-
-    def __init__(self, steps: list[nn.Module | Callable]):
-        super().__init__()
-        self.mods = nn.ModuleList([s for s in steps if isinstance(s, nn.Module)])
-        self.steps = steps
-
-    def forward(self, x):
-        for step in self.steps:
-            x = step(x)
-        return x
-
-
-def _between_steps(gm: fx.GraphModule, nodes: list[fx.Node]) -> list[nn.Module | Callable]:
-    steps: list[nn.Module | Callable] = []
-    for node in nodes:
-        if node.op == "call_module":
-            steps.append(copy.deepcopy(gm.get_submodule(node.target)))
-        elif node.op == "call_function":
-            steps.append(lambda x, _f=node.target, _a=node.args[1:], _k=node.kwargs: _f(x, *_a, **_k))
-        else:  # call_method
-            steps.append(lambda x, _m=node.target, _a=node.args[1:], _k=node.kwargs:
-                         getattr(x, _m)(*_a, **_k))
-    return steps
 
 
 def _conv_step(candidate, site, block) -> nn.Module:
@@ -71,9 +45,9 @@ def measure_latencies(space: SearchSpace, teacher: nn.Module, *, batch: int = 1,
         if id(block.candidates) in done:
             continue
         pair = space.pairs[block.label]
-        between = _between_steps(space.graph, pair.between)
+        between = node_steps(space.graph, pair.between)
         shape = (batch, *block.input_shape)
-        original = measure_latency(_Chain([copy.deepcopy(pair.a.conv), *between, copy.deepcopy(pair.b.conv)]),
+        original = measure_latency(Chain([copy.deepcopy(pair.a.conv), *between, copy.deepcopy(pair.b.conv)]),
                                    shape, **kw).median_ms
         for j, cand in enumerate(block.candidates):
             if cand.level == "keep":
@@ -82,7 +56,7 @@ def measure_latencies(space: SearchSpace, teacher: nn.Module, *, batch: int = 1,
                 if cand.level == "block":
                     module: nn.Module = cand.spec.build_pair(pair.a.conv, pair.b.conv)
                 else:  # conv-level: the k×k convs replaced, a 1×1 end of the pair kept
-                    module = _Chain([_conv_step(cand, pair.a, block), *between, _conv_step(cand, pair.b, block)])
+                    module = Chain([_conv_step(cand, pair.a, block), *between, _conv_step(cand, pair.b, block)])
                 delta = measure_latency(module, shape, **kw).median_ms - original
             block.candidates[j] = dataclasses.replace(cand, latency_ms=delta)
             count += 1

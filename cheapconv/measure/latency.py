@@ -1,8 +1,8 @@
 """Measured latency: the median of repeated timed forward passes after warm-up, never an estimate.
 
-Used by :mod:`cheapconv.measure.profiler` (whole models and per-layer comparisons) and by the block search (latency
-budgets). On CPU the clock is ``time.perf_counter``; on CUDA, CUDA events around each pass. The thread count
-and dtype are part of the result, because both change CPU convolution speed several-fold.
+Used by :mod:`cheapconv.measure.profiler` (whole models and per-layer comparisons) and by the block search
+(latency budgets). On CPU the clock is ``time.perf_counter``; on CUDA, CUDA events around each pass. The
+thread count and dtype are part of the result, because both change CPU convolution speed several-fold.
 
 Models compared with each other are timed side by side (:func:`measure_side_by_side`: one pass of each in
 turn, repeated), so that load on a shared machine hits all of them alike and their ratios stay meaningful.
@@ -22,6 +22,11 @@ from torch import nn
 
 from ..counting import eval_mode
 from ..errors import UsageError
+from ..threads import limited_threads
+
+#: a block counts as slower (or faster) than what it replaced only beyond this relative margin, so that
+#: timing noise alone does not flag it (here, not in the profiler, because the tables print it too)
+SLOWER_MARGIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -63,10 +68,7 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, device: s
     with ``channels_last``, converted in place (pass a copy if that matters).
     """
     device = torch.device(device)
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with limited_threads(threads):
         model = model.to(device)
         x = torch.randn(tuple(input_shape), device=device)
         if channels_last and x.dim() == 4:
@@ -83,8 +85,6 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, device: s
             while len(times) < repeats or (time.perf_counter() - start_all) < min_time_s:
                 times.append(timed_forward(model, x, device))
         return _summary(times, int(input_shape[0]), device, dtype, channels_last)
-    finally:
-        torch.set_num_threads(old_threads)
 
 
 def synchronize(device: torch.device) -> None:
@@ -168,10 +168,7 @@ def measure_side_by_side(models: Sequence[nn.Module], input_shape: tuple[int, ..
         raise UsageError(f"repeats must be at least 1 and warmup at least 0 (got {repeats}, {warmup}).")
     device = torch.device(device) if device is not None else default_device()
     dtype = parse_dtype(dtype)
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with limited_threads(threads):
         work = [prepared_copy(m, device, channels_last) for m in models]
         x = timing_input(input_shape, device, channels_last)
         times: list[list[float]] = [[] for _ in work]
@@ -197,5 +194,3 @@ def measure_side_by_side(models: Sequence[nn.Module], input_shape: tuple[int, ..
                                  f"shape {tuple(input_shape)}: {first}. Give the input size it expects "
                                  "(--input-size C,H,W).") from e
         return [_summary(t, int(input_shape[0]), device, dtype, channels_last) for t in times]
-    finally:
-        torch.set_num_threads(old_threads)

@@ -14,32 +14,29 @@ throughput per MAC, so a student with 4× fewer MACs can be no faster, or slower
   ``B``/``BG``, the original conv → norm → act → conv chain) timed side by side at the input shape that layer
   sees in the model; blocks slower than what they replaced are flagged.
 
-``cheapconv.profile`` is the function :func:`profile`; import this module's other names from
-``cheapconv.profile`` (``from cheapconv.profile import measure_side_by_side``).
+``cheapconv.profile`` is the function :func:`profile`; the rest is in :mod:`cheapconv.measure`
+(``from cheapconv.measure import profile_many``). The tables are rendered by :mod:`cheapconv.measure.tables`,
+accuracy is :mod:`cheapconv.measure.accuracy`; this module only measures.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
-from ..counting import count_macs, count_params, eval_mode
+from ..counting import count_macs, count_params
 from ..errors import UsageError
-from .latency import (
-    Latency,
-    default_device,
-    measure_side_by_side,
-    parse_dtype,
-    prepared_copy,
-)
-from .memory import peak_memory  # noqa: F401
+from ..models.inputs import example_input_for, input_shape_of
+from .accuracy import evaluate_accuracy  # noqa: F401 - lives in .accuracy; the sweeper still imports it from here
+from .chain import Chain, node_steps
+from .latency import SLOWER_MARGIN, Latency, default_device, measure_side_by_side, parse_dtype
+from .memory import peak_memory
+from .tables import profile_table
 
-#: a block counts as slower (or faster) than what it replaced only beyond this relative margin
-SLOWER_MARGIN = 0.05
 
 # --- results ------------------------------------------------------------------------------------------------
 @dataclass
@@ -71,6 +68,7 @@ class BlockTiming:
         return self.before[batch].median_ms / self.after[batch].median_ms
 
     def verdict(self, batch: int) -> str:
+        """``"slower"``, ``"faster"`` or ``"same"`` (within :data:`SLOWER_MARGIN`) at ``batch``."""
         s = self.speedup(batch)
         return "slower" if s < 1 / (1 + SLOWER_MARGIN) else "faster" if s > 1 + SLOWER_MARGIN else "same"
 
@@ -143,28 +141,6 @@ def _layer_costs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, l
     return total, rows
 
 
-class _Chain(nn.Module):
-    """The original conv → (norm, act, ...) → conv chain that a B/BG block replaced, runnable on its own."""
-
-    def __init__(self, steps: list[nn.Module | Callable]):
-        super().__init__()
-        self.mods = nn.ModuleList([s for s in steps if isinstance(s, nn.Module)])
-        self.steps = steps
-
-    def forward(self, x):
-        for step in self.steps:
-            x = step(x)
-        return x
-
-
-def _node_step(gm: nn.Module, node) -> nn.Module | Callable:
-    if node.op == "call_module":
-        return gm.get_submodule(node.target)
-    if node.op == "call_method":
-        return lambda x, _name=node.target: getattr(x, _name)()
-    return lambda x, _fn=node.target: _fn(x)
-
-
 def _student_plan(student: nn.Module):
     from ..surgery.planner import Plan
 
@@ -199,7 +175,6 @@ def block_timings(student: nn.Module, teacher: nn.Module | None = None, *,
     from ..errors import TraceError
     from ..fx.analysis import analyse
     from ..fx.tracer import trace
-    from ..models.inputs import example_input_for
 
     notes = notes if notes is not None else []
     plan = _student_plan(student)
@@ -239,8 +214,8 @@ def block_timings(student: nn.Module, teacher: nn.Module | None = None, *,
             if pair is None:
                 notes.append(f"per-block timing: the pair {entry.layer} is not found in the teacher; skipped")
                 continue
-            steps = [pair.a.conv, *[_node_step(work, n) for n in pair.between], pair.b.conv]
-            original, in_shape = _Chain(steps), pair.a.input_shape
+            steps = [pair.a.conv, *node_steps(work, pair.between), pair.b.conv]
+            original, in_shape = Chain(steps), pair.a.input_shape
         if in_shape is None:
             continue
         block = student.get_submodule(entry.convs[0])
@@ -255,22 +230,6 @@ def block_timings(student: nn.Module, teacher: nn.Module | None = None, *,
 
 
 # --- whole models -------------------------------------------------------------------------------------------
-def input_shape_of(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
-    """(C, H, W) from ``input_shape`` (a leading batch dimension is dropped), else the student's recipe, else
-    the model's native size."""
-    if input_shape is None:
-        from ..models.inputs import default_input_size
-
-        recipe = getattr(model, "cheapconv_recipe", None) or {}
-        return tuple(recipe["input_size"]) if recipe.get("input_size") else tuple(default_input_size(model))
-    shape = tuple(int(v) for v in input_shape)
-    if len(shape) == 4:
-        shape = shape[1:]
-    if len(shape) != 3 or min(shape) < 1:
-        raise UsageError(f"input_shape must be (C, H, W) such as (3, 224, 224); got {tuple(input_shape)}.")
-    return shape
-
-
 def profile_many(models: Sequence[nn.Module], input_shape: tuple[int, ...] | None = None, *,
                  names: Sequence[str] | None = None, device: str | torch.device | None = None,
                  dtype: str | torch.dtype = torch.float32, channels_last: bool = False, batch: int = 32,
@@ -344,124 +303,3 @@ def profile(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
                                  dtype=dtype, channels_last=channels_last, warmup=warmup,
                                  repeats=layer_repeats or repeats, threads=threads, notes=p.notes)
     return p
-
-
-# --- accuracy -----------------------------------------------------------------------------------------------
-def evaluate_accuracy(model: nn.Module, data: str, *, input_shape: tuple[int, ...] | None = None,
-                      data_dir: str | None = None, split: str = "test", batch_size: int = 256,
-                      limit: int | None = None, device: str | torch.device | None = None) -> float:
-    """Top-1 accuracy (0..1) of ``model`` on the ``split`` of dataset ``data`` (a :mod:`cheapconv.data` name),
-    through :func:`cheapconv.train.metrics.evaluate`. The dataset is adapted to the model's input (grayscale
-    repeated to C channels, padded to the size); ``limit`` evaluates the first that many images only."""
-    from ..data import get_dataset
-    from ..train.metrics import evaluate
-
-    c, h, _ = input_shape_of(model, input_shape)
-    dataset = get_dataset(data, split, data_dir=data_dir, augment=False, in_chans=c, image_size=h)
-    classes = dataset.info.num_classes
-    with eval_mode(model), torch.inference_mode():
-        param = next(iter(model.parameters()), None)
-        outputs = model(torch.zeros(1, c, h, h, device=param.device if param is not None else None)).shape[-1]
-    if outputs < classes:
-        raise UsageError(f"The model has {outputs} outputs but {data} has {classes} classes; evaluate it on "
-                         "the dataset it was trained for.")
-    if limit is not None:
-        dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
-    work = model if device is None else prepared_copy(model, torch.device(device), False)
-    return float(evaluate(work, dataset, batch_size=batch_size)["top1"])
-
-
-# --- tables -------------------------------------------------------------------------------------------------
-def _ms(lat: Latency) -> str:
-    return f"{lat.median_ms:.3g} ms (IQR {lat.iqr_ms:.2g})"
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.3g} MiB"
-
-
-def profile_table(p: Profile):
-    """Totals of one profile: params, MACs, latency per batch, peak memory."""
-    from rich.table import Table
-
-    from ..surgery.report import human
-
-    c, h, w = p.input_shape
-    t = Table(title=f"{p.model} (input {c}×{h}×{w}; {p.describe_setting()})", title_justify="left")
-    t.add_column("")
-    t.add_column("value", justify="right")
-    t.add_row("params (paper)", f"{p.params_paper:,}")
-    t.add_row("params (trainable)", f"{p.params_trainable:,}")
-    t.add_row("MACs per image", f"{p.macs:,} ({human(p.macs)})")
-    t.add_row("weights", _mib(p.weight_bytes))
-    for b in p.batches:
-        lat = p.latency[b]
-        t.add_row(f"latency, batch {b}", f"{_ms(lat)}; {lat.per_image_ms:.3g} ms/image")
-        if b in p.peak_memory:
-            t.add_row(f"peak memory, batch {b}", _mib(p.peak_memory[b]))
-    if p.blocks:
-        t.add_row("blocks slower than what they replaced", f"{len(p.slower_blocks)} of {len(p.blocks)}")
-    return t
-
-
-def blocks_table(blocks: Sequence[BlockTiming], *, title: str = "Replaced blocks against the original layers"
-                 ):
-    """One row per replaced layer: MACs and side-by-side latency before → after per batch, slower ones
-    flagged."""
-    from rich.table import Table
-
-    from ..surgery.report import human
-
-    batches = sorted({b for bt in blocks for b in bt.after})
-    t = Table(title=f"{title} (speed-up = original ÷ block; SLOWER beyond {SLOWER_MARGIN:.0%})",
-              title_justify="left")
-    for col in ("layer", "block", "input", "MACs", *[f"batch {b}: ms" for b in batches],
-                *[f"speed-up b{b}" for b in batches], "flag"):
-        t.add_column(col, justify="left" if col in ("layer", "block", "input", "flag") else "right")
-    for bt in blocks:
-        cells = [bt.layer, bt.block, "×".join(str(v) for v in bt.input_shape),
-                 f"{human(bt.macs_before)}→{human(bt.macs_after)}"]
-        cells += [f"{bt.before[b].median_ms:.3g}→{bt.after[b].median_ms:.3g}" for b in batches]
-        cells += [f"{bt.speedup(b):.2f}×" for b in batches]
-        slower = bt.slower()
-        cells.append("SLOWER" if slower else "")
-        t.add_row(*cells, style="yellow" if slower else None)
-    return t
-
-
-def compare_table(profiles: Sequence[Profile], accuracies: Sequence[float | None] | None = None):
-    """Models side by side with ratios against the first (rel. = this ÷ first: below 1 is smaller/faster)."""
-    from rich.table import Table
-
-    from ..surgery.report import human
-
-    first = profiles[0]
-    batches = first.batches
-    c, h, w = first.input_shape
-    t = Table(title=f"Compared on {c}×{h}×{w} ({first.describe_setting()}; latencies measured side by side). "
-                    "rel. = this ÷ first model", title_justify="left")
-    t.add_column("model", overflow="fold")
-    latency_cols = [x for b in batches for x in (f"batch {b} ms", "rel.")]
-    for col in ("params (paper)", "rel.", "MACs", "rel.", *latency_cols):
-        t.add_column(col, justify="right")
-    show_acc = accuracies is not None and any(a is not None for a in accuracies)
-    if show_acc:
-        t.add_column("top-1", justify="right")
-        t.add_column("Δ", justify="right")
-    show_blocks = any(p.blocks for p in profiles)
-    if show_blocks:
-        t.add_column("slower blocks", justify="right")
-    for i, p in enumerate(profiles):
-        row = [p.model, f"{p.params_paper:,}", f"{p.params_paper / first.params_paper:.3f}", human(p.macs),
-               f"{p.macs / first.macs:.3f}" if first.macs else "–"]
-        for b in batches:
-            rel = p.latency[b].median_ms / first.latency[b].median_ms
-            row += [f"{p.latency[b].median_ms:.3g}", f"{rel:.2f}"]
-        if show_acc:
-            acc, base = accuracies[i], accuracies[0]
-            row += ["–" if acc is None else f"{100 * acc:.2f}%",
-                    "" if acc is None or base is None or i == 0 else f"{100 * (acc - base):+.2f}"]
-        if show_blocks:
-            row.append(f"{len(p.slower_blocks)} of {len(p.blocks)}" if p.blocks else "")
-        t.add_row(*row)
-    return t

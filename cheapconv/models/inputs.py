@@ -3,6 +3,10 @@
 Precedence, everywhere (cheapen, plan, profile, search, train, the file format): an explicit size from the
 caller; else the size the model declares (``default_input_size`` on built-in WRNs, timm's
 ``pretrained_cfg["input_size"]``); else ImageNet's 224×224 with the first conv's input channels.
+
+Measuring and exporting a saved student add one step after the explicit size (``recipe=True``,
+:func:`input_shape_of`): the size its recipe records, the one it was cheapened (and usually trained) at,
+which a zoo teacher's declared size need not match.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["default_input_size", "example_input_for", "resolve_input_size"]
+from ..errors import UsageError
+
+__all__ = ["default_input_size", "example_input_for", "input_shape_of", "recipe_input_size", "resolve_input_size"]
 
 
 def default_input_size(model: nn.Module) -> tuple[int, int, int]:
@@ -29,9 +35,34 @@ def default_input_size(model: nn.Module) -> tuple[int, int, int]:
     return (in_chans, 224, 224)
 
 
-def resolve_input_size(model: nn.Module, input_size: tuple[int, ...] | None = None) -> tuple[int, ...]:
-    """``input_size`` (C, H, W) when given, else :func:`default_input_size` of ``model``."""
-    return tuple(input_size) if input_size else default_input_size(model)
+def recipe_input_size(model: nn.Module) -> tuple[int, ...] | None:
+    """The (C, H, W) a cheapconv student's recipe records (what it was cheapened at), or None."""
+    recipe = getattr(model, "cheapconv_recipe", None) or {}
+    return tuple(recipe["input_size"]) if recipe.get("input_size") else None
+
+
+def resolve_input_size(model: nn.Module, input_size: tuple[int, ...] | None = None, *,
+                       recipe: bool = False) -> tuple[int, ...]:
+    """``input_size`` (C, H, W) when given, else (with ``recipe``) the student's :func:`recipe_input_size`,
+    else :func:`default_input_size` of ``model``."""
+    if input_size:
+        return tuple(input_size)
+    recorded = recipe_input_size(model) if recipe else None
+    return recorded or tuple(default_input_size(model))
+
+
+def input_shape_of(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """(C, H, W) to measure or export ``model`` at: ``input_shape`` (a leading batch dimension is dropped),
+    else the student's recipe, else the model's native size. A shape that is not three positive sizes is
+    the caller's mistake (:class:`~cheapconv.errors.UsageError`)."""
+    if input_shape is None:
+        return resolve_input_size(model, recipe=True)
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) == 4:
+        shape = shape[1:]
+    if len(shape) != 3 or min(shape) < 1:
+        raise UsageError(f"input_shape must be (C, H, W) such as (3, 224, 224); got {tuple(input_shape)}.")
+    return shape
 
 
 def example_input_for(model: nn.Module, input_size: tuple[int, ...] | None = None) -> torch.Tensor:
