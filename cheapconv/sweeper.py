@@ -36,6 +36,7 @@ from .counting import count_macs, count_params
 from .errors import CheapconvError, UsageError
 from .plots import pareto_front
 from .store.files import atomic_write
+from .surgery.policy import parse_policy_list as parse_blocks  # noqa: F401 - the sweep's --blocks list
 
 DistillFn = Callable[[nn.Module, nn.Module, str], nn.Module]
 EvaluateFn = Callable[[nn.Module], float]
@@ -45,34 +46,6 @@ SWEEP_FORMAT = "cheapconv-sweep"
 SWEEP_VERSION = 1
 #: configuration fields that change what a point means; a folder is resumed only when they all agree
 _KEY_FIELDS = ("model", "input_size", "batch", "dtype", "channels_last", "device", "data", "epochs")
-
-
-def parse_blocks(text: str) -> list[str]:
-    """Split ``"G(2),G(4),BG(2,M)"`` at the commas outside parentheses; each item must parse as a policy.
-
-    >>> parse_blocks("G(2), G(N/8),BG(2,M)")
-    ['G(2)', 'G(N/8)', 'BG(2,M)']
-    """
-    from .surgery.policy import parse_policy
-
-    items, depth, current = [], 0, ""
-    for ch in text:
-        depth += ch == "("
-        depth -= ch == ")"
-        if ch == "," and depth == 0:
-            items.append(current)
-            current = ""
-        else:
-            current += ch
-    items.append(current)
-    blocks = [b.strip() for b in items if b.strip()]
-    if not blocks:
-        raise UsageError(f"No block specs in {text!r}; give a comma-separated list such as 'G(2),G(4),B(2)'.")
-    for b in blocks:
-        parse_policy(b)  # raises PolicySyntaxError pointing at the column
-    if len(set(blocks)) != len(blocks):
-        raise UsageError(f"A block spec is listed twice in {text!r}.")
-    return blocks
 
 
 @dataclass

@@ -49,6 +49,48 @@ def _metric(value: str | None) -> str | None:
     return value
 
 
+def _progress_bar():
+    """A rich progress bar (on stderr) with one row per search phase, and the callback that advances it."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    labels = {"latency": "Timing blocks", "scoring": "Scoring (Fisher)", "spread": "Re-scoring the top"}
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
+    tasks: dict[str, int] = {}
+
+    def tick(phase: str, done: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = progress.add_task(labels.get(phase, phase), total=total)
+        progress.update(tasks[phase], completed=done, total=total)
+
+    return progress, tick
+
+
+def _print_result(result, show: int) -> None:
+    """The top ``show`` configurations, what was sampled and scored, and the winner as cheapen built it."""
+    from cheapconv.blockswap import format_cost
+
+    out.print(literal_table(result.table(top=show)))
+    win = result.winner
+    out.print(f"Sampled {result.draws:,} configurations, {result.in_budget:,} within the budget window; "
+              f"scored {len(result.results):,} distinct students on {result.minibatch}.", highlight=False)
+    line = (f"Winner: {format_cost(win.cost, result.metric)}; built by cheapen: "
+            f"{int(result.measured['paper']):,} parameters (paper), {int(result.measured['macs']):,} MACs")
+    if result.metric == "latency":
+        cond = result.latency_conditions
+        line += (f"; latency {win.latency_ms:.3f} ms estimated (additive, per-block), "
+                 f"{result.measured['latency']:.3f} ms measured (batch {cond['batch']}, {cond['device']}, "
+                 f"{cond['threads']} threads, {cond['dtype']})")
+    out.print(line + ".", highlight=False)
+
+
 @app.command()
 def search(
     model: str = typer.Argument(..., help="wrn_40_2, resnet18, torchvision:NAME, timm:NAME, or a file."),
@@ -92,16 +134,7 @@ def search(
     import warnings
 
     import torch
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
-    from cheapconv.blockswap import format_cost
     from cheapconv.blockswap import search as run_search
 
     metric = _metric(metric)
@@ -120,16 +153,7 @@ def search(
     check_input_size(teacher, size, what=model)
     name = getattr(teacher, "cheapconv_source", None) or model
 
-    labels = {"latency": "Timing blocks", "scoring": "Scoring (Fisher)", "spread": "Re-scoring the top"}
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
-    tasks: dict[str, int] = {}
-
-    def tick(phase: str, done: int, total: int) -> None:
-        if phase not in tasks:
-            tasks[phase] = progress.add_task(labels.get(phase, phase), total=total)
-        progress.update(tasks[phase], completed=done, total=total)
-
+    progress, tick = _progress_bar()
     with progress, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = run_search(teacher, budget, metric=metric, candidates=candidates, samples=samples, data=data,
@@ -141,18 +165,7 @@ def search(
     for note in result.notes:
         warn(note)
     result.model = name
-    out.print(literal_table(result.table(top=show)))
-    win = result.winner
-    out.print(f"Sampled {result.draws:,} configurations, {result.in_budget:,} within the budget window; "
-              f"scored {len(result.results):,} distinct students on {result.minibatch}.", highlight=False)
-    line = (f"Winner: {format_cost(win.cost, result.metric)}; built by cheapen: "
-            f"{int(result.measured['paper']):,} parameters (paper), {int(result.measured['macs']):,} MACs")
-    if result.metric == "latency":
-        cond = result.latency_conditions
-        line += (f"; latency {win.latency_ms:.3f} ms estimated (additive, per-block), "
-                 f"{result.measured['latency']:.3f} ms measured (batch {cond['batch']}, {cond['device']}, "
-                 f"{cond['threads']} threads, {cond['dtype']})")
-    out.print(line + ".", highlight=False)
+    _print_result(result, show)
     if output is None:
         out.print(result.policy_text(1), highlight=False, markup=False)
         return

@@ -123,6 +123,24 @@ class Parser:
             raise self.fail(f"{name} takes {expected} argument{'s' if expected != 1 else ''}: {usage}", col)
 
 
+def split_top_level(text: str, separators: str = ",") -> list[str]:
+    """``"G(2), BG(2,M)"`` -> ``["G(2)", "BG(2,M)"]``: split at ``separators`` outside parentheses (a spec's
+    own arguments are comma-separated too); items stripped, empty ones dropped."""
+    parts, depth, current = [], 0, []
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch in separators and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return [p.strip() for p in parts if p.strip()]
+
+
 def parse_block(text: str, *, source: str | None = None, offset: int = 0) -> BlockSpec:
     """Parse one block spec, e.g. ``parse_block("BG(2,M/4)")``. ``str()`` of the result parses back to it."""
     return Parser(text, source, offset).parse()

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from ..errors import UsageError
+from ..fx.edit import insert_after
 from .fisher import FisherScores, fisher_potential, seeded_init_
 from .space import SearchSpace, single_thread
 
@@ -103,13 +104,8 @@ def _probe_nodes(student: fx.GraphModule, node_names: dict[int, str]) -> dict[in
     nodes = {n.name: n for n in student.graph.nodes}
     sites = {}
     for i, name in node_names.items():
-        node = nodes[name]
-        target = f"cheapconv_probe_{i}"
-        student.add_module(target, _Probe())
-        with student.graph.inserting_after(node):
-            probe = student.graph.call_module(target, (node,))
-        node.replace_all_uses_with(probe, delete_user_cb=lambda user, _p=probe: user is not _p)
-        sites[i] = target
+        sites[i] = f"cheapconv_probe_{i}"
+        insert_after(student, nodes[name], sites[i], _Probe())
     if sites:
         student.recompile()
     return sites

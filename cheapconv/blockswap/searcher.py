@@ -116,55 +116,27 @@ def search(teacher: nn.Module | str, budget: str | float | Budget, *, metric: st
     >>> teacher = cheapconv.create_model("wrn_16_1")                                 # doctest: +SKIP
     >>> student = cheapconv.cheapen(teacher, result.winner.policy)                    # doctest: +SKIP
     """
-    from ..counting import count_macs, count_params
-    from ..surgery.rewrite import cheapen
-
-    if not 0 <= tolerance < 1:
-        raise UsageError(f"tolerance is a fraction of the budget in [0, 1), got {tolerance}.")
-    if samples < 1 or batch_size < 1 or top < 1 or spread_runs < 1:
-        raise UsageError("samples, batch_size, top and spread_runs must be at least 1.")
-    if convention not in ("paper", "trainable"):
-        raise UsageError(f"convention must be 'paper' or 'trainable', not {convention!r}.")
+    _check_arguments(tolerance=tolerance, samples=samples, batch_size=batch_size, top=top,
+                     spread_runs=spread_runs, convention=convention)
     t_start = time.perf_counter()
-    if isinstance(teacher, str):
-        from ..models import create_model
-
-        model_name, teacher = teacher, create_model(teacher)
-    else:
-        model_name = getattr(teacher, "cheapconv_source", None) or type(teacher).__name__
+    model_name, teacher = _resolve_teacher(teacher)
     the_budget = parse_budget(budget, metric)
     metric = the_budget.metric
     tick = (lambda phase, done, total: progress(phase, done, total)) if progress else (lambda *a: None)
 
-    space = SearchSpace.of(teacher, candidates, input_size=input_size, leaf_modules=leaf_modules,
-                           model_name=model_name)
-    latency_conditions = {}
-    if metric == "latency":
-        device = latency_device or next(iter(teacher.parameters())).device
-        latency_conditions = measure_latencies(space, teacher, batch=latency_batch, device=device,
-                                               progress=lambda d, t: tick("latency", d, t))
+    space, latency_conditions = _cost_tables(
+        teacher, candidates, metric=metric, input_size=input_size, leaf_modules=leaf_modules,
+        model_name=model_name, latency_batch=latency_batch, latency_device=latency_device, tick=tick)
     t_tables = time.perf_counter()
     key = space.cost_key(metric, convention)
     teacher_cost = space.base[key]
     target = the_budget.target(teacher_cost)
     window = (target * (1 - tolerance), target * (1 + tolerance))
     reachable = space.cost_range(key)
-    if window[1] < reachable[0] or window[0] > reachable[1]:
-        what = format_cost(target, metric)
-        raise UsageError(
-            f"The budget {the_budget} ({what}) is out of reach for {model_name}: with these candidates its "
-            f"students cost between {format_cost(reachable[0], metric)} and "
-            f"{format_cost(reachable[1], metric)} "
-            f"(the teacher: {format_cost(teacher_cost, metric)}). Choose a budget in that range, e.g. "
-            f"{math.ceil(100 * (reachable[0] + reachable[1]) / 2 / teacher_cost)}% of the teacher.")
+    _check_reachable(the_budget, target, window, reachable, teacher_cost, model_name)
     configs, draws, hits = sample_configurations(space, key, window, samples, seed=seed, max_draws=max_draws)
     t_sampled = time.perf_counter()
-    if not configs:
-        raise UsageError(
-            f"No configuration within ±{tolerance:.1%} of {format_cost(target, metric)} in {draws:,} uniform "
-            "draws: "
-            f"the budget lies at the edge of the reachable range {format_cost(reachable[0], metric)} – "
-            f"{format_cost(reachable[1], metric)}. Move it inward or widen --tolerance.")
+    _check_sampled(configs, draws, tolerance, target, reachable, metric)
     notes = list(space.notes)
     if len(configs) < samples:
         notes.append(f"only {len(configs)} distinct configurations lie within the budget window "
@@ -176,52 +148,17 @@ def search(teacher: nn.Module | str, budget: str | float | Budget, *, metric: st
         notes.append(f"no data given, so candidates were scored on {batch.source}; real training images "
                      "(data=, --data) give scores that reflect real inputs")
     scorer = Scorer(teacher, space, batch, seed=seed, input_size=input_size, leaf_modules=leaf_modules)
-    scored = []
-    for n, config in enumerate(configs):
-        scores = scorer.score(config)
-        scored.append((config, scores))
-        tick("scoring", n + 1, len(configs))
+    ranked, results = _score_all(scorer, space, configs, key, tick)
     t_scored = time.perf_counter()
     scoring_parts = dict(scorer.seconds)
-    order = sorted(range(len(scored)), key=lambda i: -scored[i][1].total)  # stable: ties keep draw order
-    results = []
-    for rank, i in enumerate(order, start=1):
-        config, scores = scored[i]
-        costs = space.costs(config)
-        results.append(ScoredConfiguration(
-            rank=rank, choice=space.choice(config), rules=tuple(space.rules(config)), cost=costs[key],
-            params=int(costs["params"]), paper=int(costs["paper"]), macs=int(costs["macs"]),
-            latency_ms=costs.get("latency"), score=scores.total,
-            block_scores=tuple(scores.per_site.values())))
-    # spread: the top configurations under other seeds (init, and minibatch where the data allow)
-    top_n = min(top, len(results))
     extra = [fixed_minibatch(data, batch_size=batch_size, seed=seed + r, input_shape=space.input_shape,
                              teacher=teacher) for r in range(1, spread_runs)]
-    for j in range(top_n):
-        config = scored[order[j]][0]
-        values = [results[j].score]
-        for r, other in enumerate(extra, start=1):
-            values.append(scorer.score(config, seed=seed + r, batch=other).total)
-            tick("spread", j * (spread_runs - 1) + r, top_n * (spread_runs - 1))
-        results[j].spread_scores = tuple(values)
+    _spread(scorer, ranked, results, extra, seed=seed, top=top, tick=tick)
     t_spread = time.perf_counter()
 
-    # the winner as the user will get it: cheapen(teacher, policy), counted
-    winner_config = scored[order[0]][0]
-    student = cheapen(teacher, space.policy(winner_config), input_size=input_size, leaf_modules=leaf_modules,
-                      strict=True, model_name=model_name)
-    shape = (1, *space.input_shape)
-    measured: dict[str, float] = {"params": count_params(student, "trainable"),
-                                  "paper": count_params(student, "paper"), "macs": count_macs(student, shape)}
-    if metric == "latency":
-        from ..measure.latency import measure_latency
-
-        measured["latency"] = measure_latency(student, (latency_batch, *space.input_shape),
-                                              device=latency_conditions["device"]).median_ms
-    for k in ("params", "paper", "macs"):
-        if measured[k] != getattr(results[0], k):
-            raise RuntimeError(f"cheapconv bug: the winner counts {measured[k]} {k} once built, the search "
-                               f"computed {getattr(results[0], k)}")
+    measured = _verify_winner(teacher, space, ranked[0], results[0], metric=metric, input_size=input_size,
+                              leaf_modules=leaf_modules, model_name=model_name, latency_batch=latency_batch,
+                              latency_conditions=latency_conditions)
     seconds = {"tables": t_tables - t_start, "sampling": t_sampled - t_tables,
                "scoring": t_scored - t_sampled, "spread": t_spread - t_scored,
                "total": time.perf_counter() - t_start,
@@ -232,3 +169,122 @@ def search(teacher: nn.Module | str, budget: str | float | Budget, *, metric: st
         blocks=[b.label for b in space.blocks],
         results=results, draws=draws, in_budget=hits, samples=samples, minibatch=batch.source, seed=seed,
         seconds=seconds, measured=measured, latency_conditions=latency_conditions, notes=notes)
+
+
+# --- the phases of search() -----------------------------------------------------------------------------------
+def _check_arguments(*, tolerance: float, samples: int, batch_size: int, top: int, spread_runs: int,
+                     convention: str) -> None:
+    if not 0 <= tolerance < 1:
+        raise UsageError(f"tolerance is a fraction of the budget in [0, 1), got {tolerance}.")
+    if samples < 1 or batch_size < 1 or top < 1 or spread_runs < 1:
+        raise UsageError("samples, batch_size, top and spread_runs must be at least 1.")
+    if convention not in ("paper", "trainable"):
+        raise UsageError(f"convention must be 'paper' or 'trainable', not {convention!r}.")
+
+
+def _resolve_teacher(teacher: nn.Module | str) -> tuple[str, nn.Module]:
+    """(name, module) of a teacher given as a module or a model name."""
+    if isinstance(teacher, str):
+        from ..models import create_model
+
+        return teacher, create_model(teacher)
+    return getattr(teacher, "cheapconv_source", None) or type(teacher).__name__, teacher
+
+
+def _cost_tables(teacher: nn.Module, candidates, *, metric: str, input_size, leaf_modules, model_name: str,
+                 latency_batch: int, latency_device, tick: Progress) -> tuple[SearchSpace, dict]:
+    """The search space with its cost tables; per-block latencies too (measured once) for a latency budget.
+    Returns the space and the latency measurement's conditions (empty for other metrics)."""
+    space = SearchSpace.of(teacher, candidates, input_size=input_size, leaf_modules=leaf_modules,
+                           model_name=model_name)
+    latency_conditions = {}
+    if metric == "latency":
+        device = latency_device or next(iter(teacher.parameters())).device
+        latency_conditions = measure_latencies(space, teacher, batch=latency_batch, device=device,
+                                               progress=lambda d, t: tick("latency", d, t))
+    return space, latency_conditions
+
+
+def _check_reachable(the_budget: Budget, target: float, window: tuple[float, float],
+                     reachable: tuple[float, float], teacher_cost: float, model_name: str) -> None:
+    """Refuse a budget window outside the range the candidates can reach, giving the range."""
+    metric = the_budget.metric
+    if window[1] < reachable[0] or window[0] > reachable[1]:
+        what = format_cost(target, metric)
+        raise UsageError(
+            f"The budget {the_budget} ({what}) is out of reach for {model_name}: with these candidates its "
+            f"students cost between {format_cost(reachable[0], metric)} and "
+            f"{format_cost(reachable[1], metric)} "
+            f"(the teacher: {format_cost(teacher_cost, metric)}). Choose a budget in that range, e.g. "
+            f"{math.ceil(100 * (reachable[0] + reachable[1]) / 2 / teacher_cost)}% of the teacher.")
+
+
+def _check_sampled(configs: list, draws: int, tolerance: float, target: float, reachable: tuple[float, float],
+                   metric: str) -> None:
+    """Refuse a window that no draw fell into (a budget at the very edge of the reachable range)."""
+    if not configs:
+        raise UsageError(
+            f"No configuration within ±{tolerance:.1%} of {format_cost(target, metric)} in {draws:,} uniform "
+            "draws: "
+            f"the budget lies at the edge of the reachable range {format_cost(reachable[0], metric)} – "
+            f"{format_cost(reachable[1], metric)}. Move it inward or widen --tolerance.")
+
+
+def _score_all(scorer: Scorer, space: SearchSpace, configs: list[tuple[int, ...]], key: str, tick: Progress
+               ) -> tuple[list[tuple[int, ...]], list[ScoredConfiguration]]:
+    """Score every configuration once; returns the configurations best first and their results."""
+    scored = []
+    for n, config in enumerate(configs):
+        scores = scorer.score(config)
+        scored.append((config, scores))
+        tick("scoring", n + 1, len(configs))
+    order = sorted(range(len(scored)), key=lambda i: -scored[i][1].total)  # stable: ties keep draw order
+    results = []
+    for rank, i in enumerate(order, start=1):
+        config, scores = scored[i]
+        costs = space.costs(config)
+        results.append(ScoredConfiguration(
+            rank=rank, choice=space.choice(config), rules=tuple(space.rules(config)), cost=costs[key],
+            params=int(costs["params"]), paper=int(costs["paper"]), macs=int(costs["macs"]),
+            latency_ms=costs.get("latency"), score=scores.total,
+            block_scores=tuple(scores.per_site.values())))
+    return [scored[i][0] for i in order], results
+
+
+def _spread(scorer: Scorer, ranked: list[tuple[int, ...]], results: list[ScoredConfiguration], extra: list, *,
+            seed: int, top: int, tick: Progress) -> None:
+    """Re-score the ``top`` configurations under other seeds (init, and the ``extra`` minibatches where the
+    data allow) and record all their scores as ``spread_scores``."""
+    top_n = min(top, len(results))
+    runs = len(extra) + 1
+    for j in range(top_n):
+        values = [results[j].score]
+        for r, other in enumerate(extra, start=1):
+            values.append(scorer.score(ranked[j], seed=seed + r, batch=other).total)
+            tick("spread", j * (runs - 1) + r, top_n * (runs - 1))
+        results[j].spread_scores = tuple(values)
+
+
+def _verify_winner(teacher: nn.Module, space: SearchSpace, config: tuple[int, ...], winner: ScoredConfiguration,
+                   *, metric: str, input_size, leaf_modules, model_name: str, latency_batch: int,
+                   latency_conditions: dict) -> dict[str, float]:
+    """The winner as the user will get it, ``cheapen(teacher, policy)``, counted (and timed for a latency
+    budget); raises if a count differs from what the search computed."""
+    from ..counting import count_macs, count_params
+    from ..surgery.rewrite import cheapen
+
+    student = cheapen(teacher, space.policy(config), input_size=input_size, leaf_modules=leaf_modules,
+                      strict=True, model_name=model_name)
+    shape = (1, *space.input_shape)
+    measured: dict[str, float] = {"params": count_params(student, "trainable"),
+                                  "paper": count_params(student, "paper"), "macs": count_macs(student, shape)}
+    if metric == "latency":
+        from ..measure.latency import measure_latency
+
+        measured["latency"] = measure_latency(student, (latency_batch, *space.input_shape),
+                                              device=latency_conditions["device"]).median_ms
+    for k in ("params", "paper", "macs"):
+        if measured[k] != getattr(winner, k):
+            raise RuntimeError(f"cheapconv bug: the winner counts {measured[k]} {k} once built, the search "
+                               f"computed {getattr(winner, k)}")
+    return measured

@@ -28,10 +28,11 @@ import torch
 from torch import fx, nn
 
 from ..blocks import BlockSpec, parse_block
-from ..counting import count_macs, count_params
+from ..blocks.grammar import split_top_level
 from ..errors import UsageError
 from ..fx.analysis import PairSite
 from ..fx.ops import is_add, is_passthrough, single_user
+from ..surgery.planner import Cost, module_cost, modules_cost
 from ..surgery.policy import Policy, parse_policy
 from ..threads import limited_threads
 
@@ -100,19 +101,7 @@ class SearchBlock:
 
 def split_specs(text: str) -> list[str]:
     """``"S, G(4); BG(2,4)"`` -> ``["S", "G(4)", "BG(2,4)"]``: commas and semicolons outside parentheses."""
-    parts, depth, current = [], 0, []
-    for ch in text:
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        if ch in ",;" and depth == 0:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    parts.append("".join(current))
-    return [p.strip() for p in parts if p.strip()]
+    return split_top_level(text, ",;")
 
 
 def parse_candidates(candidates: str | Sequence[str | BlockSpec] | None) -> list[BlockSpec]:
@@ -149,16 +138,7 @@ def single_thread() -> Iterator[None]:
         yield
 
 
-def _cost(module: nn.Module, shape: tuple[int, ...] | None) -> tuple[int, int, int]:
-    macs = count_macs(module, (1, *shape)) if shape is not None else 0
-    return count_params(module, "trainable"), count_params(module, "paper"), macs
-
-
-def _add(*costs: tuple[int, int, int]) -> tuple[int, int, int]:
-    return tuple(sum(c[i] for c in costs) for i in range(3))
-
-
-def _sub(a: tuple[int, int, int], b: tuple[int, int, int]) -> tuple[int, int, int]:
+def _sub(a: Cost, b: Cost) -> Cost:
     return tuple(x - y for x, y in zip(a, b, strict=True))
 
 
@@ -372,8 +352,7 @@ def _is_kxk(conv: nn.Conv2d) -> bool:
 def _price(pair: PairSite, between: list[nn.Module], specs: list[BlockSpec]
            ) -> tuple[list[Candidate], dict[str, str]]:
     a, b = pair.a, pair.b
-    pair_before = _add(_cost(a.conv, a.input_shape), _cost(b.conv, b.input_shape),
-                       *[_cost(m, None) for m in between])
+    pair_before = modules_cost([a.conv, b.conv, *between], [a.input_shape, b.input_shape, *[None] * len(between)])
     targets = [s for s in (a, b) if _is_kxk(s.conv)]   # conv-level blocks replace k×k convs only
     candidates, excluded = [], {}
     for spec in specs:
@@ -384,7 +363,7 @@ def _price(pair: PairSite, between: list[nn.Module], specs: list[BlockSpec]
             reason = spec.pair_reason(a.conv, b.conv)
             if reason is None:
                 module = spec.build_pair(a.conv, b.conv)
-                delta = _sub(_cost(module, a.input_shape), pair_before)
+                delta = _sub(module_cost(module, a.input_shape), pair_before)
                 candidates.append(Candidate(spec, "block: " + _module_key([module]), *delta))
         else:
             reason = next((r for r in (spec.conv_reason(s.conv) for s in targets) if r), None)
@@ -392,8 +371,8 @@ def _price(pair: PairSite, between: list[nn.Module], specs: list[BlockSpec]
                 reason = "the pair has no k×k conv for a conv-level block"
             if reason is None:
                 new = [spec.build_conv(s.conv) for s in targets]
-                before = _add(*[_cost(s.conv, s.input_shape) for s in targets])
-                after = _add(*[_cost(m, s.input_shape) for m, s in zip(new, targets, strict=True)])
+                shapes = [s.input_shape for s in targets]
+                before, after = modules_cost([s.conv for s in targets], shapes), modules_cost(new, shapes)
                 candidates.append(Candidate(spec, "conv: " + _module_key(new), *_sub(after, before)))
         if reason is not None:
             excluded[str(spec)] = reason

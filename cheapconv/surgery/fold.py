@@ -80,15 +80,9 @@ def strip_taps(model: nn.Module) -> int:
         return removed
     for name, module in list(model.named_modules()):
         if isinstance(module, Tap):
-            parent_name, _, leaf = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, leaf, nn.Identity())
+            model.set_submodule(name, nn.Identity())
             removed += 1
     return removed
-
-
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, leaf = name.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, leaf, module)
 
 
 def fold_batchnorm(gm: fx.GraphModule) -> FoldReport:
@@ -110,7 +104,7 @@ def fold_batchnorm(gm: fx.GraphModule) -> FoldReport:
         if not ok:
             report.kept.append(node.target)
             continue
-        _set_submodule(gm, src.target, fuse_conv_bn_eval(conv.eval(), bn.eval()))
+        gm.set_submodule(src.target, fuse_conv_bn_eval(conv.eval(), bn.eval()))
         node.replace_all_uses_with(src)
         gm.graph.erase_node(node)
         report.folded.append((src.target, node.target))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -101,22 +102,30 @@ class Plan:
 
 
 # --- costs -------------------------------------------------------------------------------------------------
-def _cost(module: nn.Module, input_shape: tuple[int, ...] | None) -> tuple[int, int, int]:
+#: (trainable parameters, paper-convention parameters, MACs per image)
+Cost = tuple[int, int, int]
+
+
+def module_cost(module: nn.Module, input_shape: tuple[int, ...] | None = None) -> Cost:
+    """What ``module`` costs: parameters in both conventions and, given the (C, H, W) it reads, MACs per
+    image (0 without). The plan prices layers with it and the block search its cost tables, so the two agree
+    exactly."""
     params = count_params(module, "trainable")
     paper = count_params(module, "paper")
     macs = count_macs(module, (1, *input_shape)) if input_shape else 0
     return params, paper, macs
 
 
-def _cost_of_modules(modules: list[nn.Module], shapes: list[tuple[int, ...] | None]) -> tuple[int, int, int]:
+def modules_cost(modules: Sequence[nn.Module], shapes: Sequence[tuple[int, ...] | None]) -> Cost:
+    """The summed :func:`module_cost` of ``modules``, each at its input shape in ``shapes`` (None: no MACs)."""
     total = [0, 0, 0]
     for m, s in zip(modules, shapes, strict=True):
-        for i, v in enumerate(_cost(m, s) if s is not None else (count_params(m), count_params(m, "paper"), 0)):
+        for i, v in enumerate(module_cost(m, s)):
             total[i] += v
     return tuple(total)
 
 
-def _price(entry: PlanEntry, before: tuple[int, int, int], after: tuple[int, int, int]) -> PlanEntry:
+def _price(entry: PlanEntry, before: Cost, after: Cost) -> PlanEntry:
     entry.params_before, entry.paper_before, entry.macs_before = before
     entry.params_after, entry.paper_after, entry.macs_after = after
     return entry
@@ -125,7 +134,7 @@ def _price(entry: PlanEntry, before: tuple[int, int, int], after: tuple[int, int
 # --- decisions ---------------------------------------------------------------------------------------------
 def _conv_entry(site: ConvSite, rule_match: tuple[int, Rule] | None, analysis: Analysis) -> PlanEntry:
     entry = PlanEntry(site.name, (site.name,), "keep", shape=site.describe())
-    before = _cost(site.conv, site.input_shape)
+    before = module_cost(site.conv, site.input_shape)
     if rule_match is None:
         entry.reason = "the stem (reads the image); name it in a rule to change it" if site.is_stem \
             else "no rule matches"
@@ -171,7 +180,7 @@ def _conv_entry(site: ConvSite, rule_match: tuple[int, Rule] | None, analysis: A
         return _price(entry, before, before)
     analysis.replacements[entry.layer] = replacement
     entry.action, entry.block, entry.reason = "replace", str(spec), f"rule '{rule}'"
-    return _price(entry, before, _cost(replacement, site.input_shape))
+    return _price(entry, before, module_cost(replacement, site.input_shape))
 
 
 def _pair_entry(pair: PairSite, rule: Rule, analysis: Analysis) -> PlanEntry:
@@ -180,8 +189,8 @@ def _pair_entry(pair: PairSite, rule: Rule, analysis: Analysis) -> PlanEntry:
     between = [gm.get_submodule(n.target) for n in pair.between if n.op == "call_module"]
     entry = PlanEntry(pair.label, (pair.a.name, pair.b.name), "keep", rule=str(rule),
                       shape=f"{pair.a.describe()} + {pair.b.describe()}")
-    before = _cost_of_modules([pair.a.conv, *between, pair.b.conv],
-                              [pair.a.input_shape, *[None] * len(between), pair.b.input_shape])
+    before = modules_cost([pair.a.conv, *between, pair.b.conv],
+                          [pair.a.input_shape, *[None] * len(between), pair.b.input_shape])
     reason = spec.pair_reason(pair.a.conv, pair.b.conv)
     if reason is not None:
         entry.action, entry.reason = "cannot", reason
@@ -193,7 +202,7 @@ def _pair_entry(pair: PairSite, rule: Rule, analysis: Analysis) -> PlanEntry:
         return _price(entry, before, before)
     analysis.replacements[entry.layer] = replacement
     entry.action, entry.block, entry.reason = "replace", str(spec), f"rule '{rule}'"
-    return _price(entry, before, _cost(replacement, pair.a.input_shape))
+    return _price(entry, before, module_cost(replacement, pair.a.input_shape))
 
 
 def decide(analysis: Analysis, policy: Policy) -> tuple[list[PlanEntry], dict[int, int]]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..blocks import BlockSpec, parse_block
-from ..blocks.grammar import Parser
+from ..blocks.grammar import Parser, split_top_level
 from ..errors import PolicySyntaxError, UsageError
 
 
@@ -143,6 +143,23 @@ def parse_policy(text: str | Policy | BlockSpec) -> Policy:
         raise PolicySyntaxError("The policy is empty. Give a block spec such as 'G(4)' or rules such as "
                                 "'conv1=keep; G(4)'.")
     return Policy(tuple(rules))
+
+
+def parse_policy_list(text: str) -> list[str]:
+    """Split ``"G(2),G(4),BG(2,M)"`` at the commas outside parentheses; each item must parse as a policy
+    (a sweep's list of block types).
+
+    >>> parse_policy_list("G(2), G(N/8),BG(2,M)")
+    ['G(2)', 'G(N/8)', 'BG(2,M)']
+    """
+    blocks = split_top_level(text, ",")
+    if not blocks:
+        raise UsageError(f"No block specs in {text!r}; give a comma-separated list such as 'G(2),G(4),B(2)'.")
+    for b in blocks:
+        parse_policy(b)  # raises PolicySyntaxError pointing at the column
+    if len(set(blocks)) != len(blocks):
+        raise UsageError(f"A block spec is listed twice in {text!r}.")
+    return blocks
 
 
 def _parse_rule(piece: str, source: str, start: int) -> Rule:

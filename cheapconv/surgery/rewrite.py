@@ -20,22 +20,16 @@ from .policy import Policy, parse_policy
 from .taps import insert_taps
 
 
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, leaf = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, leaf, module)
-
-
 def apply_plan(analysis: Analysis, plan: Plan) -> nn.Module:
     """Mutate ``analysis.model`` (cheapconv's private working copy) as ``plan`` says; return it."""
     model = analysis.model
     for entry in plan.replaced:
         replacement = analysis.replacements[entry.layer]
         if len(entry.convs) == 1:
-            _set_submodule(model, entry.convs[0], replacement)
+            model.set_submodule(entry.convs[0], replacement)
             continue
         pair = analysis.pair_starting_at(entry.convs[0])
-        _set_submodule(model, pair.a.name, replacement)
+        model.set_submodule(pair.a.name, replacement)
         graph = model.graph
         pair.b.node.replace_all_uses_with(pair.a.node)
         graph.erase_node(pair.b.node)

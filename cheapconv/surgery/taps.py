@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import fx, nn
 
+from ..fx.edit import insert_after
 from ..fx.tap import TAPS_ATTR, Tap
 from ..fx.tracer import module_path_of
 
@@ -115,8 +116,7 @@ def _size_hook(seen: dict, name: str):
 
 def insert_taps(gm: fx.GraphModule, stages: Sequence[str]) -> list[str]:
     """Add a :class:`Tap` after the output node of each stage; returns the stages that were marked."""
-    container = nn.ModuleDict()
-    gm.add_module(TAPS_ATTR, container)  # registered first: call_module checks that targets exist
+    gm.add_module(TAPS_ATTR, nn.ModuleDict())  # holds the taps; removed again when no stage is found
     marked = []
     nodes = list(gm.graph.nodes)
     for stage in stages:
@@ -126,11 +126,7 @@ def insert_taps(gm: fx.GraphModule, stages: Sequence[str]) -> list[str]:
                 last = node
         if last is None:
             continue
-        key = stage.replace(".", "__")
-        container[key] = Tap(stage)
-        with gm.graph.inserting_after(last):
-            tap_node = gm.graph.call_module(f"{TAPS_ATTR}.{key}", (last,))
-        last.replace_all_uses_with(tap_node, delete_user_cb=lambda user, _t=tap_node: user is not _t)
+        insert_after(gm, last, f"{TAPS_ATTR}.{stage.replace('.', '__')}", Tap(stage))
         marked.append(stage)
     if marked:
         gm.recompile()
