@@ -9,7 +9,12 @@ command; only rank 0 prints and writes files.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import json
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -21,54 +26,126 @@ _LOSSES = "at, kd, at+kd or ce"
 
 
 # ------------------------------------------------------------------------------------------ options
-# Shared by train and distill; typer needs them spelled out per command, so they live here once as defaults.
 
 def _opt(default, *names, **kw):
     return typer.Option(default, *names, **kw)
 
 
+# also used by evaluate
 DATA = _opt(..., "--data", "-d", help="fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic[:CxHxW...].")
 DATA_DIR = _opt(None, "--data-dir", help="Where datasets are looked for (default $CHEAPCONV_DATA_DIR or ./data).")
 DOWNLOAD = _opt(False, "--download", help="Allow downloading the dataset (needs network).")
 IN_CHANS = _opt(None, "--in-chans", min=1, help="Input channels (default: the model's; grayscale is repeated).")
 IMAGE_SIZE = _opt(None, "--image-size", min=1, help="Image size (default: the model's native size; zero padding).")
-EPOCHS = _opt(None, "--epochs", min=1, help="Epochs (default 200, the paper's recipe).")
-MAX_STEPS = _opt(None, "--max-steps", min=1, help="Stop after this many optimiser steps (overrides --epochs).")
-BATCH = _opt(128, "--batch-size", "-b", min=1, help="Global batch size (split across torchrun processes).")
-LR = _opt(None, "--lr", help="Learning rate (default 0.1; with --resume, the checkpoint's: give --lr to change it).")
-MOMENTUM = _opt(0.9, "--momentum", help="SGD momentum.")
-NESTEROV = _opt(False, "--nesterov", help="Nesterov momentum.")
-WD = _opt(5e-4, "--weight-decay", "--wd", help="Weight decay.")
-SCHEDULE = _opt("multistep", "--schedule", help="multistep (×0.2 at 30/60/80 %), cosine or constant.")
-WARMUP = _opt(0.0, "--warmup-epochs", help="Linear learning-rate warm-up, in epochs.")
-SEED = _opt(0, "--seed", help="Seed of shuffling, augmentation and (train) initialisation.")
 PRECISION = _opt("fp32", "--precision", help="fp32, bf16 (autocast) or fp16 (GPU, with a grad scaler).")
-CHANNELS_LAST = _opt(False, "--channels-last", help="NHWC memory format (faster convs on recent CPUs/GPUs).")
-GRAD_CLIP = _opt(None, "--grad-clip", help="Clip the gradient norm to this value (default off; with --resume, "
-                 "the checkpoint's: give --grad-clip to change it).")
 DEVICE = _opt("auto", "--device", help="auto, cpu, cuda or cuda:N.")
 WORKERS = _opt(None, "--workers", min=0, help="DataLoader workers (default: chosen for the dataset).")
-CKPT = _opt(None, "--checkpoint", help="Resume checkpoint (default: OUTPUT with suffix .ckpt).")
-CKPT_EVERY = _opt(1, "--checkpoint-every", min=1, help="Epochs between checkpoints.")
-CKPT_STEPS = _opt(None, "--checkpoint-every-steps", min=1, help="Also checkpoint every N steps.")
-RESUME = _opt(False, "--resume", help="Continue exactly from the checkpoint of an interrupted run (a finished "
-              "run's: write its model again, no training).")
-OVERWRITE = _opt(False, "--overwrite", help="Start over even where an unfinished run's checkpoint exists "
-                 "(it and its metrics are discarded).")
-LOG_EVERY = _opt(50, "--log-every", min=1, help="Steps between metrics records.")
-NO_PROGRESS = _opt(False, "--no-progress", help="No progress bar (epoch lines and the metrics file remain).")
-TENSORBOARD = _opt(False, "--tensorboard", help="Also write TensorBoard events (if installed).")
-COMPILE = _opt(False, "--compile", help="torch.compile the networks (measure: it does not always help).")
 TRUST = _opt(False, "--trust", help="Allow model files that need unpickling (runs code from the file).")
-OUTPUT = _opt(None, "--output", "-o", help="Where to write the trained model (.pt).")
 
 
-def _config(**kw):
-    from cheapconv import DistillConfig
+@dataclass
+class RunOptions:
+    """The options ``train`` and ``distill`` share, defined once. Each field's default is its typer Option
+    (the names, default and help the user sees); :func:`_with_run_options` puts the fields into both
+    commands' signatures, and the command receives the values typer parsed as one ``RunOptions``."""
 
-    if kw.get("epochs") is None:
-        kw.pop("epochs")
-    return DistillConfig(**kw)
+    data: str = DATA
+    output: Path = _opt(None, "--output", "-o", help="Where to write the trained model (.pt).")
+    in_chans: int = IN_CHANS
+    image_size: int = IMAGE_SIZE
+    data_dir: Path = DATA_DIR
+    download: bool = DOWNLOAD
+    epochs: int = _opt(None, "--epochs", min=1, help="Epochs (default 200, the paper's recipe).")
+    max_steps: int = _opt(None, "--max-steps", min=1, help="Stop after this many optimiser steps (overrides --epochs).")
+    batch_size: int = _opt(128, "--batch-size", "-b", min=1, help="Global batch size (split across torchrun "
+                           "processes).")
+    lr: float = _opt(None, "--lr", help="Learning rate (default 0.1; with --resume, the checkpoint's: give --lr to "
+                     "change it).")
+    momentum: float = _opt(0.9, "--momentum", help="SGD momentum.")
+    nesterov: bool = _opt(False, "--nesterov", help="Nesterov momentum.")
+    weight_decay: float = _opt(5e-4, "--weight-decay", "--wd", help="Weight decay.")
+    schedule: str = _opt("multistep", "--schedule", help="multistep (×0.2 at 30/60/80 %), cosine or constant.")
+    warmup_epochs: float = _opt(0.0, "--warmup-epochs", help="Linear learning-rate warm-up, in epochs.")
+    seed: int = _opt(0, "--seed", help="Seed of shuffling, augmentation and (train) initialisation.")
+    precision: str = PRECISION
+    channels_last: bool = _opt(False, "--channels-last", help="NHWC memory format (faster convs on recent "
+                               "CPUs/GPUs).")
+    grad_clip: float = _opt(None, "--grad-clip", help="Clip the gradient norm to this value (default off; with "
+                            "--resume, the checkpoint's: give --grad-clip to change it).")
+    device: str = DEVICE
+    workers: int = WORKERS
+    checkpoint: Path = _opt(None, "--checkpoint", help="Resume checkpoint (default: OUTPUT with suffix .ckpt).")
+    checkpoint_every: int = _opt(1, "--checkpoint-every", min=1, help="Epochs between checkpoints.")
+    checkpoint_every_steps: int = _opt(None, "--checkpoint-every-steps", min=1, help="Also checkpoint every N "
+                                       "steps.")
+    resume: bool = _opt(False, "--resume", help="Continue exactly from the checkpoint of an interrupted run (a "
+                        "finished run's: write its model again, no training).")
+    overwrite: bool = _opt(False, "--overwrite", help="Start over even where an unfinished run's checkpoint exists "
+                           "(it and its metrics are discarded).")
+    log_every: int = _opt(50, "--log-every", min=1, help="Steps between metrics records.")
+    no_progress: bool = _opt(False, "--no-progress", help="No progress bar (epoch lines and the metrics file "
+                             "remain).")
+    tensorboard: bool = _opt(False, "--tensorboard", help="Also write TensorBoard events (if installed).")
+    compile: bool = _opt(False, "--compile", help="torch.compile the networks (measure: it does not always help).")
+    trust: bool = TRUST
+
+    def prepare(self, inputs: dict) -> tuple[Path, float, float | None]:
+        """Checks before any work: the output path, outputs that are ``inputs``, the checkpoint (see
+        :func:`_prepare_run`). Returns the checkpoint path and the lr and grad-clip to use."""
+        output_path(self.output)
+        check_outputs(inputs=inputs,   # the default checkpoint as in _prepare_run
+                      outputs={"-o/--output": self.output,
+                               "--checkpoint": self.checkpoint or self.output.with_suffix(".ckpt")})
+        return _prepare_run(self.output, self.checkpoint, resume=self.resume, overwrite=self.overwrite, lr=self.lr,
+                            grad_clip=self.grad_clip)
+
+    def config(self, *, lr: float, grad_clip: float | None, **objective):
+        """The DistillConfig of these options (the library validates every value), with the objective's
+        settings (``loss`` and its weights) added."""
+        from cheapconv import DistillConfig
+
+        length = {"epochs": self.epochs} if self.epochs is not None else {}   # None: the config's default
+        return DistillConfig(
+            **length, max_steps=self.max_steps, batch_size=self.batch_size, lr=lr, momentum=self.momentum,
+            nesterov=self.nesterov, weight_decay=self.weight_decay, schedule=self.schedule,
+            warmup_epochs=self.warmup_epochs, seed=self.seed, precision=self.precision,
+            channels_last=self.channels_last, grad_clip=grad_clip, device=self.device, num_workers=self.workers,
+            checkpoint_every=self.checkpoint_every, checkpoint_every_steps=self.checkpoint_every_steps,
+            log_every=self.log_every, progress=not self.no_progress, tensorboard=self.tensorboard,
+            compile=self.compile, **objective)
+
+    def datasets(self, model) -> tuple:
+        """The training and test sets, adapted to ``model`` (the adapters are stated once)."""
+        kw = {"in_chans": self.in_chans, "image_size": self.image_size, "data_dir": self.data_dir,
+              "download": self.download}
+        return load_data(self.data, "train", model, **kw), load_data(self.data, "test", model, announce=False, **kw)
+
+
+def _with_run_options(lead: int):
+    """Give a command the :class:`RunOptions`. Its signature (what typer reads) becomes: its own first
+    ``lead`` parameters, ``--data`` and ``--output``, its other parameters, then the rest of the shared
+    options, which is the order ``--help`` lists them in; the command itself takes them as ``opts``."""
+    shared_hints = typing.get_type_hints(RunOptions)
+    shared = [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default,
+                                annotation=shared_hints[f.name]) for f in dataclasses.fields(RunOptions)]
+    names = [p.name for p in shared]
+
+    def decorate(command):
+        hints = typing.get_type_hints(command)
+        own = [p.replace(annotation=hints[p.name]) for p in inspect.signature(command).parameters.values()
+               if p.name != "opts"]
+        params = own[:lead] + shared[:2] + own[lead:] + shared[2:]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs):
+            opts = RunOptions(**{name: kwargs.pop(name) for name in names})
+            return command(**kwargs, opts=opts)
+
+        wrapper.__signature__ = inspect.Signature(params)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+
+    return decorate
 
 
 def _note(message: str) -> None:
@@ -170,19 +247,12 @@ def _save_and_report(model, output: Path, result, *, role: str, data: str, cfg, 
 
 
 @app.command()
+@_with_run_options(lead=1)
 def train(
     model: str = typer.Argument(..., help="wrn_16_2, resnet18, timm:NAME, or a cheapconv file to keep training."),
-    data: str = DATA, output: Path = OUTPUT,
     num_classes: int = _opt(None, "--num-classes", min=1, help="Classifier size (default: the dataset's)."),
     weights: Path = _opt(None, "--weights", help="Local weights to start from (zoo names only)."),
-    in_chans: int = IN_CHANS, image_size: int = IMAGE_SIZE, data_dir: Path = DATA_DIR, download: bool = DOWNLOAD,
-    epochs: int = EPOCHS, max_steps: int = MAX_STEPS, batch_size: int = BATCH, lr: float = LR,
-    momentum: float = MOMENTUM, nesterov: bool = NESTEROV, weight_decay: float = WD, schedule: str = SCHEDULE,
-    warmup_epochs: float = WARMUP, seed: int = SEED, precision: str = PRECISION, channels_last: bool = CHANNELS_LAST,
-    grad_clip: float = GRAD_CLIP, device: str = DEVICE, workers: int = WORKERS, checkpoint: Path = CKPT,
-    checkpoint_every: int = CKPT_EVERY, checkpoint_every_steps: int = CKPT_STEPS, resume: bool = RESUME,
-    overwrite: bool = OVERWRITE, log_every: int = LOG_EVERY, no_progress: bool = NO_PROGRESS,
-    tensorboard: bool = TENSORBOARD, compile: bool = COMPILE, trust: bool = TRUST,
+    *, opts: RunOptions,
 ) -> None:
     """Train MODEL from scratch (a teacher, or a baseline student) with cross-entropy.
 
@@ -191,37 +261,24 @@ def train(
     import torch
 
     from cheapconv.data import dataset_info
-
-    output_path(output)
-    check_outputs(inputs={"MODEL": model, "--weights": weights},  # default checkpoint as in _prepare_run
-                  outputs={"-o/--output": output, "--checkpoint": checkpoint or output.with_suffix(".ckpt")})
-    ckpt, lr, grad_clip = _prepare_run(output, checkpoint, resume=resume, overwrite=overwrite, lr=lr,
-                                       grad_clip=grad_clip)
-    cfg = _config(epochs=epochs, max_steps=max_steps, batch_size=batch_size, loss="ce", lr=lr, momentum=momentum,
-                  nesterov=nesterov, weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup_epochs,
-                  seed=seed, precision=precision, channels_last=channels_last, grad_clip=grad_clip, device=device,
-                  num_workers=workers, checkpoint_every=checkpoint_every,
-                  checkpoint_every_steps=checkpoint_every_steps, log_every=log_every, progress=not no_progress,
-                  tensorboard=tensorboard, compile=compile)
-    info = dataset_info(data)
-    torch.manual_seed(seed)  # the initial weights (every rank builds the same model)
     from cheapconv.store.resolve import is_model_file
 
-    kwargs = {"in_chans": in_chans} if in_chans is not None and not is_model_file(model) else {}
-    net = load_model(model, weights=weights, num_classes=num_classes or info.num_classes, trust=trust, **kwargs)
-    train_set = load_data(data, "train", net, in_chans=in_chans, image_size=image_size, data_dir=data_dir,
-                          download=download)
-    test_set = load_data(data, "test", net, in_chans=in_chans, image_size=image_size, data_dir=data_dir,
-                         download=download, announce=False)
-    result = _run(None, net, train_set, test_set, cfg, checkpoint=ckpt, resume=resume, overwrite=overwrite)
-    _save_and_report(net, output, result, role=model, data=data, cfg=cfg, extra={"teacher": None})
+    ckpt, lr, grad_clip = opts.prepare(inputs={"MODEL": model, "--weights": weights})
+    cfg = opts.config(lr=lr, grad_clip=grad_clip, loss="ce")
+    info = dataset_info(opts.data)
+    torch.manual_seed(opts.seed)  # the initial weights (every rank builds the same model)
+    kwargs = {"in_chans": opts.in_chans} if opts.in_chans is not None and not is_model_file(model) else {}
+    net = load_model(model, weights=weights, num_classes=num_classes or info.num_classes, trust=opts.trust, **kwargs)
+    train_set, test_set = opts.datasets(net)
+    result = _run(None, net, train_set, test_set, cfg, checkpoint=ckpt, resume=opts.resume, overwrite=opts.overwrite)
+    _save_and_report(net, opts.output, result, role=model, data=opts.data, cfg=cfg, extra={"teacher": None})
 
 
 @app.command("distill")
+@_with_run_options(lead=2)
 def distill_cmd(
     teacher: str = _opt(..., "--teacher", "-t", help="A cheapconv file, or a zoo name with --teacher-weights."),
     student: str = _opt(..., "--student", "-s", help="Student: a cheapconv file (from `cheapconv cheapen`)."),
-    data: str = DATA, output: Path = OUTPUT,
     teacher_weights: Path = _opt(None, "--teacher-weights", help="Local weights for a teacher given by zoo name."),
     num_classes: int = _opt(None, "--num-classes", min=1, help="Classifier size of a zoo teacher."),
     loss: str = _opt("at", "--loss", help=f"Objective: {_LOSSES}."),
@@ -230,39 +287,21 @@ def distill_cmd(
     temperature: float = _opt(4.0, "--temperature", help="KD temperature."),
     kd_reduction: str = _opt("batchmean", "--kd-reduction", help="batchmean (standard) or reference (the "
                              "Moonshine code: batch×classes mean × 2)."),
-    in_chans: int = IN_CHANS, image_size: int = IMAGE_SIZE, data_dir: Path = DATA_DIR, download: bool = DOWNLOAD,
-    epochs: int = EPOCHS, max_steps: int = MAX_STEPS, batch_size: int = BATCH, lr: float = LR,
-    momentum: float = MOMENTUM, nesterov: bool = NESTEROV, weight_decay: float = WD, schedule: str = SCHEDULE,
-    warmup_epochs: float = WARMUP, seed: int = SEED, precision: str = PRECISION, channels_last: bool = CHANNELS_LAST,
-    grad_clip: float = GRAD_CLIP, device: str = DEVICE, workers: int = WORKERS, checkpoint: Path = CKPT,
-    checkpoint_every: int = CKPT_EVERY, checkpoint_every_steps: int = CKPT_STEPS, resume: bool = RESUME,
-    overwrite: bool = OVERWRITE, log_every: int = LOG_EVERY, no_progress: bool = NO_PROGRESS,
-    tensorboard: bool = TENSORBOARD, compile: bool = COMPILE, trust: bool = TRUST,
+    *, opts: RunOptions,
 ) -> None:
     """Distil STUDENT from TEACHER (attention transfer by default) with the teacher's recipe.
 
     Example: cheapconv distill --teacher teacher.pt --student s.pt --data fashion-mnist --loss at -o trained.pt
     """
-    output_path(output)
-    check_outputs(inputs={"--teacher": teacher, "--student": student, "--teacher-weights": teacher_weights},
-                  outputs={"-o/--output": output, "--checkpoint": checkpoint or output.with_suffix(".ckpt")})
-    ckpt, lr, grad_clip = _prepare_run(output, checkpoint, resume=resume, overwrite=overwrite, lr=lr,
-                                       grad_clip=grad_clip)
-    cfg = _config(epochs=epochs, max_steps=max_steps, batch_size=batch_size, loss=loss, beta=beta, alpha=alpha,
-                  temperature=temperature, kd_reduction=kd_reduction, lr=lr, momentum=momentum, nesterov=nesterov,
-                  weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup_epochs, seed=seed,
-                  precision=precision, channels_last=channels_last, grad_clip=grad_clip, device=device,
-                  num_workers=workers, checkpoint_every=checkpoint_every,
-                  checkpoint_every_steps=checkpoint_every_steps, log_every=log_every, progress=not no_progress,
-                  tensorboard=tensorboard, compile=compile)
-    t = load_model(teacher, weights=teacher_weights, num_classes=num_classes, trust=trust, what="teacher")
-    s = load_model(student, trust=trust, what="student")
-    train_set = load_data(data, "train", s, in_chans=in_chans, image_size=image_size, data_dir=data_dir,
-                          download=download)
-    test_set = load_data(data, "test", s, in_chans=in_chans, image_size=image_size, data_dir=data_dir,
-                         download=download, announce=False)
-    result = _run(t, s, train_set, test_set, cfg, checkpoint=ckpt, resume=resume, overwrite=overwrite)
-    _save_and_report(s, output, result, role=student, data=data, cfg=cfg, extra={"teacher": teacher})
+    ckpt, lr, grad_clip = opts.prepare(inputs={"--teacher": teacher, "--student": student,
+                                               "--teacher-weights": teacher_weights})
+    cfg = opts.config(lr=lr, grad_clip=grad_clip, loss=loss, beta=beta, alpha=alpha, temperature=temperature,
+                      kd_reduction=kd_reduction)
+    t = load_model(teacher, weights=teacher_weights, num_classes=num_classes, trust=opts.trust, what="teacher")
+    s = load_model(student, trust=opts.trust, what="student")
+    train_set, test_set = opts.datasets(s)
+    result = _run(t, s, train_set, test_set, cfg, checkpoint=ckpt, resume=opts.resume, overwrite=opts.overwrite)
+    _save_and_report(s, opts.output, result, role=student, data=opts.data, cfg=cfg, extra={"teacher": teacher})
 
 
 @app.command()
@@ -281,18 +320,17 @@ def evaluate(
 
     Example: cheapconv evaluate trained.pt --data fashion-mnist
     """
-    from cheapconv import UsageError
     from cheapconv import evaluate as evaluate_model
-    from cheapconv.train.distributed import _resolve_device
+    from cheapconv.train.config import check_precision
+    from cheapconv.train.distributed import resolve_device
 
     if split not in ("test", "train"):
         raise typer.BadParameter("expected test or train", param_hint="--split")
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise UsageError(f"Unknown precision {precision!r}; valid: fp32, bf16, fp16.")
+    check_precision(precision)   # before any work; evaluate_model checks it too
     net = load_model(model, weights=weights, num_classes=num_classes, trust=trust)
     dataset = load_data(data, split, net, in_chans=in_chans, image_size=image_size, data_dir=data_dir,
                         download=download)
-    dev = _resolve_device(device, 0)
+    dev = resolve_device(device)
     with err.status(f"Evaluating on {data} ({split})..."):
         res = evaluate_model(net.to(dev), dataset, batch_size=batch_size, device=dev, precision=precision,
                              num_workers=workers)

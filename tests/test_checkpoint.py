@@ -103,10 +103,10 @@ def test_first_ctrl_c_only_requests_a_stop_and_the_second_interrupts():
     import os
     import signal
 
-    from cheapconv.train.loop import _StopSignal
+    from cheapconv.train.stopping import StopSignal
 
     previous = signal.getsignal(signal.SIGINT)
-    with _StopSignal() as stop:
+    with StopSignal() as stop:
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.requested                      # the loop finishes its step, then checkpoints
         with pytest.raises(KeyboardInterrupt):

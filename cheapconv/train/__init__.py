@@ -1,4 +1,5 @@
-"""Training and distillation: the loop, its config, losses, callbacks, checkpoints, distributed runs, metrics."""
+"""Training and distillation: the loop (and the run state around it), its config, losses, callbacks, checkpoints,
+resume, distributed runs, metrics."""
 
 from __future__ import annotations
 

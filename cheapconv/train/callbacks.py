@@ -131,6 +131,7 @@ class RichProgress(Callback):
         self.description = description
         self._progress = None
         self._task = None
+        self._epoch: int | None = None
 
     def on_start(self, run: RunInfo) -> None:
         from rich.console import Console
@@ -151,11 +152,15 @@ class RichProgress(Callback):
         self._progress.start()
         self._task = self._progress.add_task(self.description, total=run.total_steps, completed=run.step,
                                              info="")
+        self._epoch = None
 
     def on_step(self, run: RunInfo) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, completed=run.step,
-                                  description=f"{self.description} epoch {run.epoch + 1}/{run.epochs}")
+        if self._progress is None:
+            return
+        if run.epoch != self._epoch:   # the description changes once an epoch, not every step
+            self._epoch = run.epoch
+            self._progress.update(self._task, description=f"{self.description} epoch {run.epoch + 1}/{run.epochs}")
+        self._progress.update(self._task, completed=run.step)
 
     def on_record(self, record: dict[str, Any]) -> None:
         if self._progress is None:

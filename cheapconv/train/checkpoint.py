@@ -215,6 +215,7 @@ def restore_previous(path: str | Path) -> bool:
 
 
 def discard_previous(path: str | Path) -> None:
+    """Remove the previous checkpoint kept beside ``path`` (a finished run needs no going back)."""
     previous_checkpoint(path).unlink(missing_ok=True)
 
 

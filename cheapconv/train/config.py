@@ -16,15 +16,17 @@ Example::
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import UsageError
 from .losses import KD_REDUCTIONS, DistillationLoss
 
-__all__ = ["CONFIG_VERSION", "RESUME_ADJUSTABLE", "DistillConfig"]
+__all__ = ["CONFIG_VERSION", "PRECISIONS", "RESUME_ADJUSTABLE", "DistillConfig", "check_precision"]
 
 CONFIG_VERSION = 1
 
@@ -32,6 +34,14 @@ Precision = Literal["fp32", "bf16", "fp16"]
 Schedule = Literal["multistep", "cosine", "constant"]
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("multistep", "cosine", "constant")
+
+
+def check_precision(precision: str) -> None:
+    """Raise :class:`~cheapconv.errors.UsageError` unless ``precision`` is one of :data:`PRECISIONS` (for
+    callers without a :class:`DistillConfig`, which checks its own: evaluation, the CLI's early checks)."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"Unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}.")
+
 
 # Fields that only say where and how verbosely to run. They may differ between a run and its resumption;
 # every other field shapes the trajectory of the weights and must match for an exact resume.
@@ -182,15 +192,26 @@ class DistillConfig:
         are exactly the starts of epochs 60, 120 and 160; short runs get their decays inside epochs rather
         than rounded to whole epochs.
         """
+        return self.lr_schedule(steps_per_epoch)(step)
+
+    def lr_schedule(self, steps_per_epoch: int) -> Callable[[int], float]:
+        """:meth:`lr_factor` as a function of the step alone, for the scheduler to call every step: the run's
+        constants (total steps, warm-up length, milestone steps) are worked out once, here."""
         total = self.total_steps(steps_per_epoch)
-        factor = 1.0
         warmup = self.warmup_epochs * steps_per_epoch
-        if warmup > 0 and step < warmup:
-            factor = min(1.0, (step + 1) / warmup)
-        if self.schedule == "multistep":
-            factor *= self.gamma ** sum(step >= round(m * total) for m in self.milestones)
-        elif self.schedule == "cosine":
-            factor *= 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+        milestones = [round(m * total) for m in self.milestones]   # non-decreasing, as the fractions are
+        schedule, gamma = self.schedule, self.gamma
+
+        def factor(step: int) -> float:
+            f = 1.0
+            if warmup > 0 and step < warmup:
+                f = min(1.0, (step + 1) / warmup)
+            if schedule == "multistep":
+                f *= gamma ** bisect.bisect_right(milestones, step)   # milestones passed: step >= m
+            elif schedule == "cosine":
+                f *= 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+            return f
+
         return factor
 
     # ------------------------------------------------------------------------------ serialisation

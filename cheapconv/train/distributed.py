@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import UsageError
 
-__all__ = ["DistContext", "EpochBatchSampler", "batches_for_eval", "setup", "teardown", "train_batches"]
+__all__ = ["DistContext", "EpochBatchSampler", "batches_for_eval", "resolve_device", "setup", "teardown",
+           "train_batches"]
 
 
 @dataclass
@@ -47,6 +48,7 @@ class DistContext:
 
     @property
     def distributed(self) -> bool:
+        """More than one process."""
         return self.world_size > 1
 
     def wrap(self, model: nn.Module) -> nn.Module:
@@ -75,11 +77,15 @@ class DistContext:
         return out
 
     def barrier(self) -> None:
+        """Wait for every rank (nothing in one process)."""
         if self.distributed:
             torch.distributed.barrier()
 
 
-def _resolve_device(device: str, local_rank: int) -> torch.device:
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """The device a setting names: ``"auto"`` (``cuda:LOCAL_RANK`` if CUDA is available, else CPU), ``"cpu"``,
+    ``"cuda"`` (``cuda:local_rank``) or ``"cuda:N"``; an unknown name or an absent GPU is a
+    :class:`~cheapconv.errors.UsageError`."""
     if device == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     try:
@@ -106,7 +112,7 @@ def setup(device: str = "auto") -> DistContext:
     elif env_world > 1:
         if not dist.is_available():
             raise UsageError("WORLD_SIZE > 1 but this torch build has no torch.distributed support.")
-        dev = _resolve_device(device, local_rank)
+        dev = resolve_device(device, local_rank)
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
@@ -114,7 +120,7 @@ def setup(device: str = "auto") -> DistContext:
         rank, world, created = dist.get_rank(), dist.get_world_size(), True
     else:
         rank, world = 0, 1
-    dev = _resolve_device(device, local_rank)
+    dev = resolve_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     return DistContext(rank, world, local_rank, dev, created)
@@ -168,10 +174,15 @@ class EpochBatchSampler:
         return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
 
     def __iter__(self) -> Iterator[list[int]]:
+        for index in self.index_batches():
+            yield index.tolist()
+
+    def index_batches(self) -> Iterator[Tensor]:
+        """The same batches as iterating, as int64 tensors (slices of the epoch's permutation)."""
         order = self.order()
         for i in range(self.start, self.steps_per_epoch()):
             lo = i * self.batch_size + self.rank * self.local
-            yield order[lo: lo + self.local].tolist()
+            yield order[lo: lo + self.local]
 
     def __len__(self) -> int:
         return self.steps_per_epoch() - self.start
@@ -183,8 +194,7 @@ def train_batches(dataset: Dataset, sampler: EpochBatchSampler, loader: DataLoad
     if loader is not None:
         yield from loader
         return
-    for idx in sampler:
-        index = torch.tensor(idx, dtype=torch.int64)
+    for index in sampler.index_batches():   # no round trip through a Python list
         yield dataset.transform_batch(index), dataset.labels[index]  # type: ignore[attr-defined]
 
 

@@ -76,6 +76,14 @@ def at_term(student_act: Tensor, teacher_act: Tensor, *, tap: str | int | None =
     agree, otherwise :class:`~cheapconv.errors.UsageError`. ``tap`` only names the tap in error messages.
     The teacher side is detached.
     """
+    s_shape, t_shape = student_act.shape, teacher_act.shape
+    if len(s_shape) != 4 or len(t_shape) != 4 or s_shape[-2:] != t_shape[-2:] or s_shape[0] != t_shape[0]:
+        _at_shape_error(student_act, teacher_act, tap)   # messages built only when needed (this runs every step)
+    diff = attention_map(student_act) - attention_map(teacher_act.detach())
+    return diff.pow(2).mean()
+
+
+def _at_shape_error(student_act: Tensor, teacher_act: Tensor, tap: str | int | None) -> None:
     where = f" at tap {tap!r}" if tap is not None else ""
     for role, act in (("student", student_act), ("teacher", teacher_act)):
         if act.dim() != 4:
@@ -90,13 +98,10 @@ def at_term(student_act: Tensor, teacher_act: Tensor, *, tap: str | int | None =
             "position, so teacher and student taps must have the same resolution: tap the matching stage "
             "outputs, or feed both networks the same input size. (Channel counts may differ.)"
         )
-    if student_act.shape[0] != teacher_act.shape[0]:
-        raise UsageError(
-            f"Attention transfer{where}: batch sizes differ, student {student_act.shape[0]} vs teacher "
-            f"{teacher_act.shape[0]}; both networks must see the same batch."
-        )
-    diff = attention_map(student_act) - attention_map(teacher_act.detach())
-    return diff.pow(2).mean()
+    raise UsageError(
+        f"Attention transfer{where}: batch sizes differ, student {student_act.shape[0]} vs teacher "
+        f"{teacher_act.shape[0]}; both networks must see the same batch."
+    )
 
 
 def _at_terms(student_acts: Sequence[Tensor], teacher_acts: Sequence[Tensor]) -> list[Tensor]:
@@ -247,7 +252,14 @@ def distillation_loss(
     (α·T²·KL, or its reference variant), ``"at"`` the scaled AT loss, and ``"total"``. Only the terms the kind
     uses are present, and ``total = w·ce + kd + at`` with w = 1 for "ce"/"at" and w = 1 − α for "kd"/"at+kd".
     """
-    k = _canonical_kind(kind)
+    return _objective(_canonical_kind(kind), student_logits, labels, teacher_logits, student_acts, teacher_acts,
+                      beta, alpha, temperature, kd_reduction)
+
+
+def _objective(k: str, student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None,
+               student_acts: Sequence[Tensor], teacher_acts: Sequence[Tensor], beta: float, alpha: float,
+               temperature: float, kd_reduction: str) -> tuple[Tensor, dict[str, Tensor]]:
+    """:func:`distillation_loss` for a canonical kind ``k``."""
     uses_kd = k in ("kd", "at+kd")
     uses_at = k in ("at", "at+kd")
     if uses_kd and teacher_logits is None:
@@ -318,15 +330,6 @@ class DistillationLoss:
         teacher_acts: Sequence[Tensor] = (),
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Evaluate the objective; see :func:`distillation_loss` for the returned terms."""
-        return distillation_loss(
-            self.kind,
-            student_logits,
-            labels,
-            teacher_logits=teacher_logits,
-            student_acts=student_acts,
-            teacher_acts=teacher_acts,
-            beta=self.beta,
-            alpha=self.alpha,
-            temperature=self.temperature,
-            kd_reduction=self.kd_reduction,
-        )
+        # the kind was canonicalised at construction: straight to the objective (this runs every step)
+        return _objective(self.kind, student_logits, labels, teacher_logits, student_acts, teacher_acts,
+                          self.beta, self.alpha, self.temperature, self.kd_reduction)
