@@ -84,8 +84,6 @@ def cheapen(
     out.print(literal_table(summary_table(the_plan)))
     if the_plan.stages:
         out.print(f"Attention-transfer taps: {literal(', '.join(the_plan.stages))}", highlight=False)
-    if not the_plan.replaced:
-        warn("no layer was replaced: every matched layer was kept (see the reasons above).")
     if dry_run:
         err.print("Dry run: nothing written.")
         return

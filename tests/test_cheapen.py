@@ -253,3 +253,36 @@ def test_resnet_taps():
     tv = pytest.importorskip("torchvision")
     student = cheapen(tv.models.resnet18(), "G(4)")
     assert student.cheapconv_plan.stages == ["layer1", "layer2", "layer3", "layer4"]
+
+
+def test_a_stem_that_pads_same_at_run_time_takes_a_block():
+    """timm's Conv2dSame pads in forward; its replacement pads the same way (and is saved as data)."""
+    pytest.importorskip("timm")
+    teacher = cheapconv.create_model("timm:tf_efficientnet_lite0").eval()
+    student = cheapconv.cheapen(teacher, "conv_stem=G(N)", input_size=(3, 65, 65)).eval()
+    assert type(student.get_submodule("conv_stem")).__name__ == "SamePadded"
+    x = torch.randn(1, 3, 65, 65)  # odd size: "same" padding is asymmetric here
+    assert student(x).shape == teacher(x).shape
+    assert cheapconv.count_params(student) < cheapconv.count_params(teacher)
+
+
+def test_saved_same_padded_student_reloads_equal(tmp_path):
+    pytest.importorskip("timm")
+    student = cheapconv.cheapen(cheapconv.create_model("timm:tf_efficientnet_lite0"), "conv_stem=G(N)",
+                                input_size=(3, 64, 64)).eval()
+    assert cheapconv.save(student, tmp_path / "s.pt") == "graph"
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.equal(cheapconv.load(tmp_path / "s.pt")(x), student(x))
+
+
+def test_a_policy_that_selects_nothing_says_what_applies():
+    pytest.importorskip("torchvision")
+    with pytest.raises(PolicyMatchError, match="only dense k×k conv is the stem conv_proj.*'conv_proj=G\\(N\\)'"):
+        cheapconv.cheapen(cheapconv.create_model("vit_b_16"), "G(4)")
+
+
+def test_a_depthwise_network_gets_advice_that_fits_it():
+    pytest.importorskip("torchvision")
+    with pytest.warns(UserWarning, match="depthwise.*1×1 convs hold"):
+        p = cheapconv.plan(cheapconv.create_model("mobilenet_v2"), "G(4)", input_size=(3, 64, 64))
+    assert not p.replaced

@@ -1,25 +1,21 @@
-"""``cheapen`` across model zoos: every torchvision classification CNN and a broad sample of timm families.
+"""``cheapen`` across model zoos: every torchvision classification model and a broad sample of timm families.
 
-Each model is built with random weights (no downloads) and cheapened at a small input. The contract, for
-every model: the student's output shape is the teacher's, forward and backward run in train mode, the
-student has strictly fewer trainable parameters, the teacher is left bit-for-bit unchanged, and a
-save/load round trip gives the same eval-mode outputs.
+Each model is built with random weights (no downloads) and cheapened at a small input, and must meet *the
+contract* of ``benchmarks/coverage.py`` (:func:`contract_failures`: one definition, also the one the
+headline of ``docs/coverage.md`` and the README counts): the input model is unchanged, every policy tried
+builds a student or refuses clearly, and the contract student (``G(4)``, or ``*=G(N)`` where ``G(4)``
+removes nothing) is smaller, keeps the output shape, trains, matches its plan and reloads equal.
 
 The default run covers a handful of models (< 1 minute); ``-m slow`` runs the whole list of
-``benchmarks/coverage.py``, whose table is ``docs/coverage.md``.
+``benchmarks/coverage.py``.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import warnings
 from pathlib import Path
 
 import pytest
-import torch
-
-import cheapconv
-from cheapconv.counting import eval_mode
 
 pytest.importorskip("torchvision")
 pytest.importorskip("timm")
@@ -37,53 +33,16 @@ FAST = [("torchvision:resnet18", "G(4)", "graph"), ("torchvision:mobilenet_v3_sm
         ("timm:efficientnet_b0", "*=G(N)", "graph"), ("timm:convnext_atto", "G(4)", "graph")]
 
 
-def _policy_for(plan_g4) -> str:
-    """G(4), or, where it replaces nothing (depthwise nets), G(N) with a selector, which reaches the stem."""
-    return "G(4)" if plan_g4.replaced else coverage.STEM_POLICY
-
-
-def _out(y):
-    return y if isinstance(y, torch.Tensor) else coverage._first_tensor(y)
-
-
-def check_model(name: str, tmp_path: Path, policy: str | None = None, storage: str | None = None) -> None:
-    teacher = cheapconv.create_model(name)
-    size = coverage.pick_input_size(teacher)
-    before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    if policy is None:
-        policy = _policy_for(cheapconv.plan(teacher, "G(4)", input_size=size))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        student = cheapconv.cheapen(teacher, policy, input_size=size)
-    assert student.cheapconv_plan.replaced, f"{name}: {policy} replaced nothing"
-    x = torch.randn(2, *size)
-
-    with eval_mode(teacher), eval_mode(student), torch.no_grad():
-        assert coverage._shape_of(student(x)) == coverage._shape_of(teacher(x))
-
-    student.train()
-    _out(student(x)).square().mean().backward()
-    grads = [p.grad for p in student.parameters() if p.requires_grad]
-    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
-    student.zero_grad(set_to_none=True)
-
-    assert cheapconv.count_params(student) < cheapconv.count_params(teacher)
-
-    after = teacher.state_dict()
-    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
-
-    path = tmp_path / "student.pt"
-    kind = cheapconv.save(student, path)
+def _assert_contract(res: dict, storage: str | None = None) -> None:
+    failures = coverage.contract_failures(res)
+    assert not failures, f"{res['model']}: " + "; ".join(failures)
     if storage is not None:
-        assert kind == storage
-    loaded = cheapconv.load(path, trust=kind == "pickle")
-    with eval_mode(student), torch.no_grad():
-        torch.testing.assert_close(_out(loaded(x)), _out(student(x)), rtol=1e-4, atol=1e-5)
+        assert res["policies"][coverage.contract_policy(res)]["storage"] == storage
 
 
 @pytest.mark.parametrize("name,policy,storage", FAST)
-def test_zoo_fast(name, policy, storage, tmp_path):
-    check_model(name, tmp_path, policy, storage)
+def test_zoo_fast(name, policy, storage):
+    _assert_contract(coverage.measure(name, policies=(policy,)), storage)
 
 
 def _zoo():
@@ -95,5 +54,21 @@ def _zoo():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", _zoo())
-def test_zoo_full(name, tmp_path):
-    check_model(name, tmp_path)
+def test_zoo_full(name):
+    # each model in its own process, as the coverage sweep runs it: memory is returned after every model
+    # (the largest, such as regnet_y_128gf, need several GB) and a hang cannot stop the suite
+    _assert_contract(coverage.run_isolated(name, timeout=900, save=True, policies=(coverage.POLICIES[0],)))
+
+
+def test_the_contract_catches_what_it_promises():
+    """The definition fails a model for each broken promise (so a green zoo run means something)."""
+    good = {"model": "m", "primary": "G(4)", "unchanged": True, "policies": {"G(4)": {
+        "ok": True, "replaced": 3, "params_before": 10, "params_after": 5, "shape_ok": True, "backward_ok": True,
+        "plan_agrees": True, "load_ok": True}}}
+    assert coverage.contract_failures(good) == []
+    for key, value in (("shape_ok", False), ("backward_ok", False), ("load_ok", False), ("plan_agrees", False),
+                       ("params_after", 11), ("ok", False)):
+        bad = {**good, "policies": {"G(4)": {**good["policies"]["G(4)"], key: value}}}
+        assert coverage.contract_failures(bad), key
+    assert coverage.contract_failures({**good, "unchanged": False})
+    assert coverage.contract_failures({"model": "m", "error": "build: boom", "policies": {}})

@@ -19,6 +19,7 @@ from .base import (
 from .bottleneck import Bottleneck, BottleneckSpec, GroupedBottleneckSpec
 from .grammar import parse_block, valid_block_names
 from .grouped import Grouped, GroupedPointwise
+from .same import SamePadded, pads_at_run_time
 from .standard import Dilated2x2, Standard
 from .structured import (
     ACDC,
@@ -34,7 +35,7 @@ from .structured import (
 __all__ = [
     "ACDC", "ACDCPointwise", "BLOCK_ALIASES", "BLOCK_MODULES", "BLOCK_REGISTRY", "BlockSpec", "Bottleneck",
     "BottleneckSpec", "ConvGeometry", "Dilated2x2", "GroupCount", "Grouped", "GroupedBottleneckSpec",
-    "GroupedPointwise", "LowRank", "LowRankPointwise", "Separable", "SeparablePointwise", "Shuffle",
-    "ShufflePointwise", "Standard", "parse_block", "register_alias", "register_block", "register_module",
-    "valid_block_names",
+    "GroupedPointwise", "LowRank", "LowRankPointwise", "SamePadded", "Separable", "SeparablePointwise",
+    "Shuffle", "ShufflePointwise", "Standard", "pads_at_run_time", "parse_block", "register_alias",
+    "register_block", "register_module", "valid_block_names",
 ]

@@ -23,11 +23,12 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..blocks import BlockSpec
+from ..blocks import BlockSpec, SamePadded, pads_at_run_time
 from ..counting import count_macs, count_params
 from ..errors import PolicyMatchError, TraceError
 from ..fx.analysis import Analysis, ConvSite, PairSite, analyse, shape_mismatch
 from ..fx.tap import Tap
+from .advice import nothing_replaced_advice
 from .policy import Policy, Rule, parse_policy
 
 Action = Literal["replace", "keep", "skip", "cannot"]
@@ -175,12 +176,22 @@ def _conv_entry(site: ConvSite, rule_match: tuple[int, Rule] | None, analysis: A
         return _price(entry, before, before)
     replacement = spec.build_conv(site.conv)
     mismatch = shape_mismatch(replacement, site.input_shape, site.output_shape)
+    if mismatch is not None and pads_at_run_time(site.conv):  # timm's Conv2dSame: pad as it does, then the block
+        replacement = _same_padded(spec, site.conv)
+        mismatch = shape_mismatch(replacement, site.input_shape, site.output_shape)
     if mismatch is not None:
         entry.action, entry.reason = "cannot", mismatch
         return _price(entry, before, before)
     analysis.replacements[entry.layer] = replacement
     entry.action, entry.block, entry.reason = "replace", str(spec), f"rule '{rule}'"
     return _price(entry, before, module_cost(replacement, site.input_shape))
+
+
+def _same_padded(spec: BlockSpec, conv: nn.Conv2d) -> nn.Module:
+    block = SamePadded(str(spec), conv.in_channels, conv.out_channels, tuple(conv.kernel_size), tuple(conv.stride),
+                       tuple(conv.dilation), bias=False)
+    block = block.to(device=conv.weight.device, dtype=conv.weight.dtype)
+    return block.train(conv.training)
 
 
 def _pair_entry(pair: PairSite, rule: Rule, analysis: Analysis) -> PlanEntry:
@@ -254,8 +265,10 @@ def build_plan(analysis: Analysis, policy: Policy, *, model_name: str, strict: b
     if policy.changes_anything and not any(used[i] for i, r in enumerate(policy.rules) if r.block.level != "keep"):
         raise PolicyMatchError(
             f"The policy '{policy}' selects nothing in {model_name}: no rule that changes a block matches a "
-            f"conv (conv names look like: {names}, ...). Fix the selectors, or run with --dry-run to list "
-            "every layer.")
+            f"conv (conv names look like: {names}, ...). {nothing_replaced_advice(analysis)} Run with --dry-run "
+            "to list every layer.")
+    if policy.changes_anything and not any(e.action == "replace" for e in entries):
+        notes.append(f"nothing was replaced in {model_name}. {nothing_replaced_advice(analysis)}")
     if strict and any(e.action == "cannot" for e in entries):
         rows = "; ".join(f"{e.layer}: {e.reason}" for e in entries if e.action == "cannot")
         raise PolicyMatchError(f"Under --strict, every matched layer must take its block, but: {rows}. Change "
