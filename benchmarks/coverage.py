@@ -13,6 +13,8 @@ Every model runs in its own subprocess (a crash or a timeout in one model cannot
     python benchmarks/coverage.py --json out.json > table.md
     python benchmarks/coverage.py --timm-families --policies 'G(4)'   # one model per timm family
     python benchmarks/coverage.py --render a.json b.json              # tables from saved results
+    CHEAPCONV_ZOO_RESULTS=zoo.jsonl make test-all && python benchmarks/coverage.py --render zoo.jsonl
+                                                                      # docs/coverage.md from the slow tests
 
 Policies: ``G(4)`` (the conv-level default), ``B(2)`` where the model has residual-branch conv pairs,
 ``G(N)``, and, for models where ``G(4)`` removes no parameter (depthwise-only nets, vision transformers),
@@ -475,6 +477,19 @@ def summary(results: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _read_results(path: Path) -> list[dict]:
+    """Results saved by ``--json`` (a JSON list) or by the slow zoo tests (JSON lines, the last of each model)."""
+    text = path.read_text()
+    if text.lstrip().startswith("["):
+        return json.loads(text)
+    latest = {}
+    for line in text.splitlines():
+        if line.strip():
+            r = json.loads(line)
+            latest[r["model"]] = r
+    return list(latest.values())
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="model names (torchvision:x, timm:x, or bare torchvision names)")
@@ -492,7 +507,7 @@ def main(argv=None) -> int:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.render:
-        saved = [r for path in args.render for r in json.loads(Path(path).read_text())]
+        saved = [r for path in args.render for r in _read_results(Path(path))]
         order = {n: i for i, n in enumerate(all_models())}
         saved.sort(key=lambda r: order.get(r["model"], len(order)))
         print(render(saved))

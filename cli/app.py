@@ -6,6 +6,7 @@ Tables and results go to stdout, progress and diagnostics to stderr.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -45,6 +46,13 @@ def parse_input_size(text: str | None) -> tuple[int, int, int] | None:
     if len(values) != 3 or min(values) < 1:
         raise typer.BadParameter(f"expected C,H,W such as 3,224,224; got {text!r}", param_hint="--input-size")
     return values
+
+
+def emit(text: str) -> None:
+    """Write machine-readable output (JSON, policy files, paths) to stdout as plain text: never through rich,
+    so it is not wrapped at the console width, marked up or coloured, whatever the terminal or the pipe."""
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
 
 
 def warn(message: str) -> None:

@@ -10,6 +10,7 @@ from .app import (
     app,
     check_input_size,
     check_outputs,
+    emit,
     err,
     literal,
     literal_table,
@@ -167,7 +168,7 @@ def search(
     result.model = name
     _print_result(result, show)
     if output is None:
-        out.print(result.policy_text(1), highlight=False, markup=False)
+        emit(result.policy_text(1))
         return
     written = _write_policies(result, output, top)
     err.print(literal(f"Wrote {', '.join(map(str, written))}. Apply with: cheapconv cheapen {model} --policy-file "

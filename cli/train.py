@@ -20,7 +20,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .app import app, check_outputs, err, out, output_path
+from .app import app, check_outputs, emit, err, out, output_path
 
 _LOSSES = "at, kd, at+kd or ce"
 
@@ -335,7 +335,7 @@ def evaluate(
         res = evaluate_model(net.to(dev), dataset, batch_size=batch_size, device=dev, precision=precision,
                              num_workers=workers)
     if as_json:
-        out.print(json.dumps({"model": model, "data": data, "split": split, **res}), highlight=False)
+        emit(json.dumps({"model": model, "data": data, "split": split, **res}))
         return
     t = Table(title=f"{model} on {data} ({split}, {res['n']:,} images)", title_justify="left")
     for col in ("top-1", "top-5", "loss"):
