@@ -111,3 +111,34 @@ def test_count_macs_and_plan_leave_the_model_untouched(name):
     cheapconv.plan(model, "G(4)" if name != "mobilenet_v3_small" else "LR(0.5)", input_size=(3, 64, 64))
     assert _same(before, _snapshot(model))
     assert flags == [m.training for m in model.modules()]
+
+
+def _segmentation(name):
+    segmentation = pytest.importorskip("torchvision.models.segmentation")
+    kwargs = {"weights": None, "weights_backbone": None}
+    return getattr(segmentation, name)(**kwargs, **({"aux_loss": False} if "deeplab" in name else {}))
+
+
+@pytest.mark.parametrize("name, policy", [
+    ("mobilenet_v2", "LR(0.5)"), ("efficientnet_b0", "LR(0.5)"), ("mobilenet_v2", "G(4)"),
+    ("deeplabv3_resnet50", "G(4)"), ("lraspp_mobilenet_v3_large", "LR(0.25)"), ("densenet121", "G(4)")])
+def test_default_rules_never_make_a_layer_bigger(name, policy):
+    pytest.importorskip("torchvision")
+    model = _segmentation(name) if "_resnet50" in name or "lraspp" in name else cheapconv.create_model(name)
+    plan = cheapconv.plan(model, policy, input_size=(3, 64, 64))
+    assert all(e.params_after <= e.params_before for e in plan.entries)
+    assert plan.totals["params_after"] <= plan.totals["params_before"]
+    grown = [e for e in plan.entries if e.action == "skip" and "name the layer to force it" in e.reason]
+    if (name, policy) in {("mobilenet_v2", "LR(0.5)"), ("efficientnet_b0", "LR(0.5)"), ("densenet121", "G(4)"),
+                          ("deeplabv3_resnet50", "G(4)")}:  # the cases where wave 1 grew the model
+        assert grown, "the layers that would grow are kept, each with its reason"
+
+
+def test_a_rule_that_names_a_layer_still_applies_and_warns():
+    pytest.importorskip("torchvision")
+    model = cheapconv.create_model("mobilenet_v2")
+    layer = "features.18.0"  # 320→1280 1×1: LR(0.5) has rank 640, more parameters than the conv
+    with pytest.warns(UserWarning, match="more parameters than they had.*features.18.0"):
+        plan = cheapconv.plan(model, f"{layer}=LR(0.5)", input_size=(3, 64, 64))
+    entry = next(e for e in plan.entries if e.layer == layer)
+    assert entry.action == "replace" and entry.params_after > entry.params_before

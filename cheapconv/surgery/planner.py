@@ -182,9 +182,25 @@ def _conv_entry(site: ConvSite, rule_match: tuple[int, Rule] | None, analysis: A
     if mismatch is not None:
         entry.action, entry.reason = "cannot", mismatch
         return _price(entry, before, before)
+    after = module_cost(replacement, site.input_shape)
+    if _grows(entry, spec, before, after, named=rule.names_exactly(site.name), what="the conv"):
+        return _price(entry, before, before)
     analysis.replacements[entry.layer] = replacement
     entry.action, entry.block, entry.reason = "replace", str(spec), f"rule '{rule}'"
-    return _price(entry, before, module_cost(replacement, site.input_shape))
+    return _price(entry, before, after)
+
+
+def _grows(entry: PlanEntry, spec: BlockSpec, before: Cost, after: Cost, *, named: bool, what: str) -> bool:
+    """Wildcard and default rules never make a layer bigger: such a layer is kept (True), with the reason.
+    A rule that names the layer exactly still applies the block (False); build_plan warns about it."""
+    if after[0] <= before[0] or named:
+        return False
+    from .report import human
+
+    entry.action = "skip"
+    entry.reason = (f"{spec} here: {human(after[0])} params > {human(before[0])} of {what}; name the layer "
+                    "to force it")
+    return True
 
 
 def _same_padded(spec: BlockSpec, conv: nn.Conv2d) -> nn.Module:
@@ -211,9 +227,13 @@ def _pair_entry(pair: PairSite, rule: Rule, analysis: Analysis) -> PlanEntry:
     if mismatch is not None:
         entry.action, entry.reason = "cannot", mismatch
         return _price(entry, before, before)
+    after = module_cost(replacement, pair.a.input_shape)
+    named = rule.names_exactly(pair.a.name) or rule.names_exactly(pair.label)
+    if _grows(entry, spec, before, after, named=named, what="the pair"):
+        return _price(entry, before, before)
     analysis.replacements[entry.layer] = replacement
     entry.action, entry.block, entry.reason = "replace", str(spec), f"rule '{rule}'"
-    return _price(entry, before, module_cost(replacement, pair.a.input_shape))
+    return _price(entry, before, after)
 
 
 def decide(analysis: Analysis, policy: Policy) -> tuple[list[PlanEntry], dict[int, int]]:
@@ -277,8 +297,23 @@ def build_plan(analysis: Analysis, policy: Policy, *, model_name: str, strict: b
     for key, attr in (("params", "params"), ("paper", "paper"), ("macs", "macs")):
         delta = sum(getattr(e, f"{attr}_after") - getattr(e, f"{attr}_before") for e in entries)
         totals[f"{key}_after"] = totals[f"{key}_before"] + delta
+    notes += _growth_notes(entries, totals, model_name)
     return Plan(model_name, str(policy), analysis.input_shape, "graph" if analysis.graph_mode else "module",
                 entries, totals, stages, notes)
+
+
+def _growth_notes(entries: list[PlanEntry], totals: dict[str, int], model_name: str) -> list[str]:
+    """Say so when a named layer grows, and in one line when the student costs more than the teacher."""
+    notes = []
+    grown = [e.layer for e in entries if e.action == "replace" and e.params_after > e.params_before]
+    if grown:
+        notes.append(f"{len(grown)} named layer(s) get more parameters than they had ({', '.join(grown[:4])}"
+                     f"{', ...' if len(grown) > 4 else ''}): applied because the rule names them")
+    worse = [label for key, label in (("params", "parameters"), ("macs", "MACs"))
+             if totals[f"{key}_after"] > totals[f"{key}_before"]]
+    if worse:
+        notes.append(f"the student has more {' and more '.join(worse)} than {model_name}")
+    return notes
 
 
 def prepare(model: nn.Module, *, example_input: torch.Tensor | None = None,
