@@ -35,10 +35,17 @@ def count_params(model: nn.Module, convention: Convention = "trainable") -> int:
     """
     if convention == "trainable":
         return sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if convention == "paper":
-        return sum(t.numel() for name, t in model.state_dict().items()
-                   if not name.endswith("num_batches_tracked"))
-    raise ValueError(f"convention must be 'trainable' or 'paper', not {convention!r}")
+    return count_state(model.state_dict(), convention)
+
+
+def count_state(state: dict[str, torch.Tensor], convention: Convention = "paper") -> int:
+    """Values of a state dict in the ``paper`` convention (every tensor but ``num_batches_tracked``): a
+    model's size from its weights alone, e.g. a saved file's."""
+    if convention != "paper":
+        raise ValueError(f"convention must be 'trainable' or 'paper', not {convention!r}"
+                         + ("; a state dict does not say which tensors are trainable" if convention == "trainable"
+                            else ""))
+    return sum(t.numel() for name, t in state.items() if not name.endswith("num_batches_tracked"))
 
 
 @contextlib.contextmanager

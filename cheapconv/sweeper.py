@@ -115,7 +115,7 @@ def default_hooks(data: str, epochs: int | None, *, input_size: tuple[int, ...],
     config = DistillConfig(**({"epochs": epochs} if epochs else {}), device=device or "auto")
 
     def distill_fn(student: nn.Module, teacher: nn.Module, block: str) -> nn.Module:
-        ckpt = Path(checkpoint_dir) / f"{_slug(block)}.ckpt" if checkpoint_dir is not None else None
+        ckpt = Path(checkpoint_dir) / f"{point_slug(block)}.ckpt" if checkpoint_dir is not None else None
         result = distill(teacher, student, train, config=config, checkpoint=ckpt,
                          resume=bool(ckpt is not None and ckpt.exists()))
         return result.student
@@ -126,7 +126,8 @@ def default_hooks(data: str, epochs: int | None, *, input_size: tuple[int, ...],
     return distill_fn, evaluate_fn
 
 
-def _slug(block: str) -> str:
+def point_slug(block: str) -> str:
+    """The file-name stem of a sweep point: readable, and unique per spelling (a short hash)."""
     readable = re.sub(r"[^A-Za-z0-9]+", "_", block).strip("_") or "block"
     return f"{readable}-{hashlib.sha1(block.encode()).hexdigest()[:8]}"
 
@@ -280,11 +281,11 @@ def _run_point(model: nn.Module, block: str, shape: tuple[int, ...], out_dir: Pa
         if save_students:
             from .store.modelfile import save
 
-            save(student, out_dir / "points" / f"{_slug(block)}.pt")
+            save(student, out_dir / "points" / f"{point_slug(block)}.pt")
     if evaluate_fn is not None:
         point.accuracy = float(evaluate_fn(student))
     point.seconds = time.perf_counter() - start
-    _write_json(out_dir / "points" / f"{_slug(block)}.json", asdict(point))
+    _write_json(out_dir / "points" / f"{point_slug(block)}.json", asdict(point))
     return point
 
 

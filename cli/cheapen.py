@@ -101,17 +101,17 @@ def inspect(
 
     Every string from the file is printed literally (rich markup and terminal control characters escaped).
     """
+    import json
+
     from rich.table import Table
 
     from cheapconv.errors import FileFormatError
-    from cheapconv.store.modelfile import _check_payload, _read
+    from cheapconv.store.modelfile import describe_file
     from cheapconv.surgery.planner import Plan
     from cheapconv.surgery.report import summary_table
 
-    payload = _read(file)
-    import json
-
-    recipe = _check_payload(payload, Path(file))
+    summary = describe_file(file)
+    recipe = summary["recipe"]
     t = Table(title=f"{file}", title_justify="left", show_header=False)
     t.add_column("field")
     t.add_column("value", overflow="fold")
@@ -120,9 +120,7 @@ def inspect(
             t.add_row(key, str(recipe[key]))
     for key, value in (recipe.get("versions") or {}).items():
         t.add_row(f"version {key}", str(value))
-    state = payload["state_dict"]
-    trainable_like = sum(v.numel() for k, v in state.items() if not k.endswith("num_batches_tracked"))
-    t.add_row("state-dict tensors", f"{len(state)} ({trainable_like:,} values, paper convention)")
+    t.add_row("state-dict tensors", f"{summary['tensors']} ({summary['paper_values']:,} values, paper convention)")
     extra = {k: v for k, v in recipe.items() if k not in ("source", "source_kwargs", "model", "policy", "storage",
                                                            "input_size", "saved_at", "versions", "plan",
                                                            "leaf_modules", "notes")}

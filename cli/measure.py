@@ -225,7 +225,7 @@ def _check_sweep_folder(output: Path, specs: list[str], *, inputs: dict) -> None
     import os
 
     from cheapconv.errors import UsageError
-    from cheapconv.sweeper import _slug
+    from cheapconv.sweeper import point_slug
 
     where = output if output.exists() else (output.parent if str(output.parent) else Path("."))
     if not os.access(where, os.W_OK | os.X_OK):
@@ -237,7 +237,7 @@ def _check_sweep_folder(output: Path, specs: list[str], *, inputs: dict) -> None
             raise UsageError(f"{str(folder)!r} is not a writable folder, so the sweep's points cannot be stored. "
                              "Choose another --output.")
     files = [output / name for name in ("sweep.json", "sweep.csv", "sweep.md", "sweep.png")]
-    files += [output / "points" / f"{_slug(b)}{ext}" for b in ["S", *specs] for ext in (".json", ".pt", ".ckpt")]
+    files += [output / "points" / f"{point_slug(b)}{ext}" for b in ["S", *specs] for ext in (".json", ".pt", ".ckpt")]
     from .app import _pairs, _same_file
 
     for label, path in _pairs(inputs):

@@ -6,8 +6,9 @@ import warnings
 
 import pytest
 import torch
+from helpers import StopAt
 
-from cheapconv import Callback, DistillConfig, distill
+from cheapconv import DistillConfig, distill
 from cheapconv.data import synthetic_dataset
 from cheapconv.errors import FileFormatError, UsageError
 from cheapconv.models import WideResNet
@@ -38,13 +39,6 @@ CFG = DistillConfig(epochs=2, batch_size=32, lr=0.05, loss="at+kd", progress=Fal
                     checkpoint_every_steps=2)
 
 
-class StopAt(Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step(self, run) -> None:
-        if run.step == self.step:
-            run.request_stop()
 
 
 def test_interrupted_then_resumed_run_reaches_the_same_weights(tmp_path):

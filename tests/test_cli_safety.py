@@ -97,10 +97,10 @@ def test_an_output_that_is_an_input_is_refused_before_any_work(tmp_path, capsys,
 
 
 def test_sweep_refuses_an_input_it_would_overwrite(tmp_path, capsys):
-    from cheapconv.sweeper import _slug
+    from cheapconv.sweeper import point_slug
 
     (tmp_path / "sw" / "points").mkdir(parents=True)
-    model = tmp_path / "sw" / "points" / f"{_slug('G(2)')}.pt"
+    model = tmp_path / "sw" / "points" / f"{point_slug('G(2)')}.pt"
     model.write_bytes(b"a distilled student")
     code, _, err = run(capsys, "sweep", model, "--blocks", "G(2)", "-o", tmp_path / "sw")
     assert code == 2 and "the sweep writes" in err

@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import StopAt
 
 import cheapconv
 from cheapconv import Callback, DistillConfig, distill
@@ -35,13 +36,6 @@ CFG = DistillConfig(max_steps=8, batch_size=16, lr=0.05, loss="ce", progress=Fal
                     checkpoint_every_steps=2)
 
 
-class StopAt(Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step(self, run) -> None:
-        if run.step == self.step:
-            run.request_stop()
 
 
 def _interrupted(tmp_path, stop: int = 3, cfg: DistillConfig = CFG, teacher=None, name: str = "run"):

@@ -241,6 +241,17 @@ def _looks_like_torch_file(path: Path) -> bool:
         return f.read(1) == b"\x80"  # pickle protocol marker of torch's legacy format
 
 
+def describe_file(path: str | Path) -> dict[str, Any]:
+    """What a cheapconv file says about itself, without building the model (``cheapconv inspect``): its
+    checked recipe, the number of state-dict tensors and their values in the paper convention."""
+    from ..counting import count_state
+
+    payload = _read(path)
+    recipe = _check_payload(payload, Path(path))
+    state = payload["state_dict"]
+    return {"recipe": recipe, "tensors": len(state), "paper_values": count_state(state, "paper")}
+
+
 def read_recipe(path: str | Path) -> dict:
     """The recipe stored in a cheapconv file, without building the model."""
     return _check_payload(_read(path), Path(path))
