@@ -286,3 +286,14 @@ def test_a_depthwise_network_gets_advice_that_fits_it():
     with pytest.warns(UserWarning, match="depthwise.*1×1 convs hold"):
         p = cheapconv.plan(cheapconv.create_model("mobilenet_v2"), "G(4)", input_size=(3, 64, 64))
     assert not p.replaced
+
+
+def test_plan_totals_account_for_modules_tracing_drops():
+    """GoogLeNet's auxiliary classifiers run only in training: the traced student has none of their weights,
+    and the plan's totals must say what the student really holds."""
+    pytest.importorskip("torchvision")
+    with pytest.warns(UserWarning, match="aux1, aux2"):
+        student = cheapconv.cheapen(cheapconv.create_model("googlenet"), "G(4)", input_size=(3, 64, 64))
+    totals = student.cheapconv_plan.totals
+    assert totals["params_after"] == count_params(student)
+    assert totals["paper_after"] == count_params(student, "paper")

@@ -294,9 +294,10 @@ def build_plan(analysis: Analysis, policy: Policy, *, model_name: str, strict: b
         raise PolicyMatchError(f"Under --strict, every matched layer must take its block, but: {rows}. Change "
                                "those rules, or drop --strict to keep these layers as they are.")
     totals = dict(totals_before)
+    dropped = totals.pop("dropped", {})
     for key, attr in (("params", "params"), ("paper", "paper"), ("macs", "macs")):
         delta = sum(getattr(e, f"{attr}_after") - getattr(e, f"{attr}_before") for e in entries)
-        totals[f"{key}_after"] = totals[f"{key}_before"] + delta
+        totals[f"{key}_after"] = totals[f"{key}_before"] + delta - dropped.get(key, 0)
     notes += _growth_notes(entries, totals, model_name)
     return Plan(model_name, str(policy), analysis.input_shape, "graph" if analysis.graph_mode else "module",
                 entries, totals, stages, notes)
@@ -346,6 +347,15 @@ def prepare(model: nn.Module, *, example_input: torch.Tensor | None = None,
         stages = getattr(model, "cheapconv_stages", None) or find_stages(model, example_input)
     totals = {"params_before": count_params(model), "paper_before": count_params(model, "paper"),
               "macs_before": count_macs(model, tuple(example_input.shape[:1]) + tuple(example_input.shape[1:]))}
+    # A traced graph keeps only the modules its (eval-mode) forward calls: train-only heads such as
+    # GoogLeNet's auxiliary classifiers are not in the student. Their parameters leave with them.
+    dropped = {"params": totals["params_before"] - count_params(work),
+               "paper": totals["paper_before"] - count_params(work, "paper")}
+    if dropped["params"] or dropped["paper"]:
+        names = sorted({n for n, _ in model.named_children()} - {n for n, _ in work.named_children()})
+        notes.append(f"tracing keeps only what forward uses: {', '.join(names[:4]) or 'some modules'} "
+                     f"({dropped['paper']:,} parameters, paper convention) are not in the student")
+    totals["dropped"] = dropped
     return analysis, list(stages), notes, totals
 
 
