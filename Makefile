@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install data test test-all demo lint bench clean
+.PHONY: install data test test-all test-slow demo lint bench clean
 
 FMNIST := /usr/share/datasets/fashion-mnist
 
@@ -28,6 +28,9 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check cheapconv cli tests examples benchmarks

@@ -52,8 +52,10 @@ def log(msg: str) -> None:
 
 
 def plain_loop(teacher, student, data, *, batch_size: int, steps: int, cfg: DistillConfig, seed: int,
-               epochs: int | None = None) -> list[float]:
-    """The reference code's loop, written plainly. Returns per-step wall times (seconds)."""
+               epochs: int | None = None, device: str = "cpu") -> list[float]:
+    """The reference code's loop, written plainly. Returns per-step wall times (seconds; on a GPU each step
+    ends with the reference code's ``.item()`` reads, which synchronise)."""
+    teacher, student = teacher.to(device), student.to(device)
     loss_fn = DistillationLoss("at", beta=cfg.beta)
     optimizer = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
@@ -69,6 +71,7 @@ def plain_loop(teacher, student, data, *, batch_size: int, steps: int, cfg: Dist
     with record(teacher) as t_acts, record(student) as s_acts:
         while step < total:
             for x, y in loader:
+                x, y = x.to(device), y.to(device)
                 t_logits = teacher(x)                      # autograd on, as in the reference code
                 s_logits = student(x)
                 loss, _ = loss_fn(s_logits, y, teacher_logits=t_logits, student_acts=list(s_acts),
@@ -96,6 +99,8 @@ class StepTimer(Callback):
         self._last = time.perf_counter()
 
     def on_step(self, run) -> None:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()  # a step's time is its GPU work, not its launch (the plain loop syncs too)
         now = time.perf_counter()
         self.times.append(now - self._last)
         self._last = now
@@ -113,6 +118,9 @@ def ours(teacher, student, data, cfg: DistillConfig) -> list[float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--teacher", default="wrn_16_2")
+    p.add_argument("--data", default="fashion-mnist", help="Dataset name (e.g. synthetic:3x32x32:10:8192 where "
+                   "Fashion-MNIST is not installed, as on the GPU machine).")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (both loops run there).")
     p.add_argument("--teacher-file", default=None, help="A trained teacher (cheapconv file).")
     p.add_argument("--block", default="G(4)")
     p.add_argument("--batch-size", type=int, default=128)
@@ -131,15 +139,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*(group|divide|kept).*")
 
-    train = get_dataset("fashion-mnist", "train", in_chans=3, image_size=32)
-    test = get_dataset("fashion-mnist", "test", in_chans=3, image_size=32)
+    train = get_dataset(args.data, "train", in_chans=3, image_size=32)
+    test = get_dataset(args.data, "test", in_chans=3, image_size=32)
     torch.manual_seed(0)
     if args.teacher_file:
         teacher = cheapconv.load(args.teacher_file)
     else:
         teacher = cheapconv.create_model(args.teacher)
-    base = DistillConfig(batch_size=args.batch_size, loss="at", progress=False, seed=0)
+    base = DistillConfig(batch_size=args.batch_size, loss="at", progress=False, seed=0, device=args.device)
     results: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
+                                 "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
                                  "cores": os.cpu_count(), "torch": torch.__version__,
                                  "load_avg_at_start": os.getloadavg()[0]},
                      "teacher": args.teacher_file or args.teacher, "block": args.block,
@@ -180,7 +189,8 @@ def main() -> None:
             n = args.warmup + args.steps + (2 if "compile" in name else 0)
             t0 = time.perf_counter()
             if variants[name] is None:
-                t = plain_loop(teacher_r, student, train, batch_size=args.batch_size, steps=n, cfg=base, seed=r)
+                t = plain_loop(teacher_r, student, train, batch_size=args.batch_size, steps=n, cfg=base, seed=r,
+                               device=args.device)
             else:
                 t = ours(teacher_r, student, train, variants[name].replace(max_steps=n, seed=r, epochs=None))
             whole[name].append(n * args.batch_size / (time.perf_counter() - t0))

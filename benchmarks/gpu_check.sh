@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One short GPU run (about 5-8 minutes on one H200) that exercises what CPU CI cannot: cheapen on the GPU,
+# distil with AMP (bf16) + channels_last + torch.compile, profile with CUDA-event timing, and the throughput of
+# cheapconv.distill against the plain loop. Figures go under $OUT (default: gpu-out/), logs included.
+#
+#   OUT=/tmp/gpu bash benchmarks/gpu_check.sh
+#
+# The GPU machine has torch, torchvision, timm, typer and rich but no network and no Fashion-MNIST, so cheapconv
+# runs from this checkout (no install) on synthetic data.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+WORK=$(mktemp -d)
+ln -s "$PWD/cli" "$WORK/cheapconv_cli"                   # the CLI's installed name, without installing
+export PYTHONPATH="$PWD:$WORK${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PY:-python}
+CLI="$PY -m cheapconv_cli.main"
+DATA=${DATA:-synthetic:3x32x32:10:8192}
+DEVICE=${DEVICE:-cuda}            # DEVICE=cpu DATA=synthetic:3x32x32:10:256 STEPS=3: a local smoke test of this script
+STEPS=${STEPS:-40}                 # and WARMUP=1 ROUNDS=1 PY=.venv/bin/python
+status=0
+step() {  # step NAME COMMAND...: run, log to $OUT/NAME.log, keep going on failure
+  local name=$1; shift
+  echo "== $name: $*" | tee -a "$OUT/summary.txt"
+  local t0=$SECONDS
+  if "$@" > "$OUT/$name.log" 2>&1; then echo "   ok ($((SECONDS - t0)) s)" | tee -a "$OUT/summary.txt"
+  else echo "   FAILED ($((SECONDS - t0)) s): $(tail -n 3 "$OUT/$name.log" | tr '\n' ' ')" | tee -a "$OUT/summary.txt"; status=1; fi
+}
+
+{ nvidia-smi; $PY -c "import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"; } \
+  > "$OUT/machine.txt" 2>&1
+step cheapen      $CLI cheapen wrn_16_2 --block 'G(4)' -o "$WORK/student.pt"
+step cheapen-r50  $CLI cheapen resnet50 --block 'B(2)' -o "$WORK/r50-b2.pt"
+step teacher      $CLI train wrn_16_2 --data $DATA --epochs 1 --device $DEVICE --precision bf16 --channels-last \
+                      --no-progress -o "$WORK/teacher.pt"
+step distill-amp  $CLI distill -t "$WORK/teacher.pt" -s "$WORK/student.pt" --data $DATA --epochs 1 --device $DEVICE \
+                      --precision bf16 --channels-last --no-progress -o "$WORK/distilled.pt"
+step distill-compile $CLI distill -t "$WORK/teacher.pt" -s "$WORK/student.pt" --data $DATA --max-steps $STEPS \
+                      --device $DEVICE --precision bf16 --channels-last --compile --no-progress -o "$WORK/compiled.pt"
+step evaluate     $CLI evaluate "$WORK/distilled.pt" --data $DATA --device $DEVICE --json
+step profile-cuda $CLI profile "$WORK/r50-b2.pt" --device $DEVICE --json "$OUT/profile_r50_b2_cuda.json"
+step compare-cuda $CLI compare resnet50 "$WORK/r50-b2.pt" --device $DEVICE --json "$OUT/compare_r50_cuda.json"
+step throughput   $PY benchmarks/distill_throughput.py --device $DEVICE --data $DATA --threads 4 --steps $STEPS \
+                      --warmup ${WARMUP:-5} --rounds ${ROUNDS:-3} --compile --json "$OUT/throughput_cuda.json"
+rm -rf "$WORK"
+echo "exit $status" >> "$OUT/summary.txt"
+exit $status
