@@ -214,7 +214,7 @@ def check_student(teacher, student, x, workdir: str | None = None) -> dict:
             from cheapconv.store import graph_codec
 
             try:
-                graph_codec.describe_graph_module(student)
+                graph_codec.describe_graph_module(student, input_size=tuple(x.shape[1:]))
             except graph_codec.NotDescribable as e:
                 r["storage_note"] = _first_line(e)
         loaded = cheapconv.load(path, trust=r["storage"] == "pickle")
@@ -451,7 +451,7 @@ def summary(results: list[dict]) -> str:
             stages = next((p.get("stage_names") for p in r["policies"].values() if "stage_names" in p), None)
             extra = f" (stages found: {stages})" if "taps" in bad else ""
             failures.append(f"- {r['model']}: {', '.join(bad)}{extra}")
-    out.append("**Criteria not met**\n\n" + ("\n".join(failures) if failures else "none"))
+    out.append("**Other checks not met** (outside the contract)\n\n" + ("\n".join(failures) if failures else "none"))
     none = [r for r in results if "error" not in r and best_policy(r) is None]
     lines = []
     for r in none:

@@ -29,8 +29,10 @@ def nothing_replaced_advice(analysis: Analysis) -> str:
     parts = []
     if stems and not dense:
         stem = stems[0]
-        parts.append(f"Its only dense k×k conv is the stem {stem.name} ({stem.describe()}), which default rules "
-                     f"leave alone; name it to change it, e.g. '{stem.name}=G(N)'.")
+        what = "Its only dense k×k conv is the stem" if _dense_kxk(stem.conv) else \
+            "It has no dense k×k conv outside its stem"
+        parts.append(f"{what} {stem.name} ({stem.describe()}), which default rules leave alone; name it to change "
+                     f"it, e.g. '{stem.name}=G(N)'.")
     if depthwise:
         parts.append(f"{len(depthwise)} of its {len(convs)} convs are depthwise (already grouped), which the "
                      "grouped and bottleneck blocks do not replace.")
