@@ -142,3 +142,29 @@ def test_a_rule_that_names_a_layer_still_applies_and_warns():
         plan = cheapconv.plan(model, f"{layer}=LR(0.5)", input_size=(3, 64, 64))
     entry = next(e for e in plan.entries if e.layer == layer)
     assert entry.action == "replace" and entry.params_after > entry.params_before
+
+
+@pytest.mark.parametrize("name", ["wrn_10_1", "resnet18"])
+def test_public_entry_points_leave_the_model_untouched(name, tmp_path):
+    """Nothing we call changes the model it is given, unless that is its job (distill trains its student)."""
+    if name != "wrn_10_1":
+        pytest.importorskip("torchvision")
+    model = cheapconv.create_model(name).train()
+    before = _snapshot(model)
+    flags = [m.training for m in model.modules()]
+    size = (3, 32, 32)
+    x = torch.randn(2, *size)
+    cheapconv.cheapen(model, "G(4)", input_size=size)
+    cheapconv.plan(model, "S", input_size=size)
+    cheapconv.count_params(model, "paper")
+    count_macs(model, (1, *size), per_layer=True)
+    cheapconv.find_stages(model, x[:1])
+    with cheapconv.record(model):
+        model.eval()(x)
+    model.train()
+    cheapconv.profile(model, size, batch=2, warmup=1, repeats=2, per_layer=False)
+    cheapconv.search(model, "80%", samples=2, batch_size=4, candidates="S, G(2)", spread_runs=1, tolerance=0.5)
+    cheapconv.export(model, tmp_path / "m.pt2", input_shape=size)
+    assert _same(before, _snapshot(model))
+    assert flags == [m.training for m in model.modules()]
+    assert not any(h for m in model.modules() for h in (m._forward_hooks, m._forward_pre_hooks))
