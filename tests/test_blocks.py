@@ -13,7 +13,7 @@ from cheapconv.fx.tracer import CheapTracer
 
 # At least one concrete spelling per family, plus the aliases and relative group counts.
 SPELLINGS = ["S", "keep", "S-2x2", "G(2)", "G(4)", "G(N/4)", "G(N)", "DW", "B(2)", "B(4)", "BG(2,4)",
-             "BG(2,M/4)", "BG(2,M)", "Sep", "LR(0.25)", "LR(1)", "Shuffle(4)", "ACDC(2)"]
+             "BG(2,M/4)", "BG(2,M)", "Sep", "LR(0.25)", "LR(1)", "LRp(0.25)", "Shuffle(4)", "ACDC(2)"]
 
 
 def test_every_family_has_a_spelling_here():

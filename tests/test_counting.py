@@ -12,7 +12,8 @@ import cheapconv
 from cheapconv.counting import count_macs
 
 #: one spelling per registered block family
-BLOCKS = ["S", "S-2x2", "G(4)", "G(N)", "B(2)", "BG(2,M)", "Sep", "LR(0.5)", "Shuffle(2)", "ACDC(2)"]
+BLOCKS = ["S", "S-2x2", "G(4)", "G(N)", "B(2)", "BG(2,M)", "Sep", "LR(0.5)", "LRp(0.25)", "Shuffle(2)",
+          "ACDC(2)"]
 
 
 def _flop_counter_macs(model, shape):
@@ -32,8 +33,9 @@ def test_count_macs_equals_flop_counter(block, model_name, size):
     if model_name != "wrn_10_2":
         pytest.importorskip("torchvision")
     teacher = cheapconv.create_model(model_name)
-    policy = block if model_name != "mobilenet_v2" or block in ("S", "Sep", "LR(0.5)", "Shuffle(2)", "ACDC(2)") \
-        else "S"  # mobilenet has no dense k×k conv for the grouped/bottleneck families
+    structured = ("S", "Sep", "LR(0.5)", "LRp(0.25)", "Shuffle(2)", "ACDC(2)")
+    # mobilenet has no dense k×k conv for the grouped/bottleneck families
+    policy = block if model_name != "mobilenet_v2" or block in structured else "S"
     try:
         student = cheapconv.cheapen(teacher, policy, input_size=(3, size, size))
     except cheapconv.PolicyMatchError:
@@ -168,3 +170,14 @@ def test_public_entry_points_leave_the_model_untouched(name, tmp_path):
     assert _same(before, _snapshot(model))
     assert flags == [m.training for m in model.modules()]
     assert not any(h for m in model.modules() for h in (m._forward_hooks, m._forward_pre_hooks))
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_b0"])
+def test_lrp_keeps_a_fraction_of_every_layer(name):
+    """LRp(f) takes its rank from the layer's own shape, so it shrinks narrowing and widening layers alike."""
+    pytest.importorskip("torchvision")
+    plan = cheapconv.plan(cheapconv.create_model(name), "LRp(0.25)", input_size=(3, 64, 64))
+    replaced = plan.replaced
+    assert replaced and all(e.params_after <= 0.25 * e.params_before + 1 or e.params_after < e.params_before
+                            for e in replaced)
+    assert plan.totals["params_after"] < 0.75 * plan.totals["params_before"]

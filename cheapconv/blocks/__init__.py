@@ -25,6 +25,7 @@ from .structured import (
     ACDC,
     ACDCPointwise,
     LowRank,
+    LowRankFraction,
     LowRankPointwise,
     Separable,
     SeparablePointwise,
@@ -35,7 +36,7 @@ from .structured import (
 __all__ = [
     "ACDC", "ACDCPointwise", "BLOCK_ALIASES", "BLOCK_MODULES", "BLOCK_REGISTRY", "BlockSpec", "Bottleneck",
     "BottleneckSpec", "ConvGeometry", "Dilated2x2", "GroupCount", "Grouped", "GroupedBottleneckSpec",
-    "GroupedPointwise", "LowRank", "LowRankPointwise", "SamePadded", "Separable", "SeparablePointwise",
-    "Shuffle", "ShufflePointwise", "Standard", "pads_at_run_time", "parse_block", "register_alias",
-    "register_block", "register_module", "valid_block_names",
+    "GroupedPointwise", "LowRank", "LowRankFraction", "LowRankPointwise", "SamePadded", "Separable",
+    "SeparablePointwise", "Shuffle", "ShufflePointwise", "Standard", "pads_at_run_time", "parse_block",
+    "register_alias", "register_block", "register_module", "valid_block_names",
 ]

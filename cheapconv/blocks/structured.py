@@ -9,6 +9,7 @@ alone (a strided 1×1 keeps its stride on the first structured op). There is no 
 |-------------|------------------------------------------------------------------------------|-------------------|
 | ``Sep``     | dense 1×1                                                                    | C_in·C_out        |
 | ``LR(s)``   | 1×1 C_in→r, 1×1 r→C_out, r = max(1, int(s·max(C_in, C_out)))                 | r·(C_in + C_out)  |
+| ``LRp(f)``  | as ``LR``, r chosen from the layer's shape to keep a fraction f of its params | ≤ f·C_in·C_out·k² |
 | ``Shuffle(g)`` | grouped 1×1 C_in→C_out/4 (g groups) → channel shuffle → depthwise 3×3 → grouped 1×1 C_out/4→C_out | |
 | ``ACDC(n)`` | n factors A·DCT·D·IDCT with a riffle permutation between them, N = max(C_in, C_out) | 2·N per factor |
 
@@ -240,6 +241,39 @@ class LowRank(BlockSpec):
 
     def build_conv(self, conv):
         return finish(LowRankPointwise(**_args(conv), rank=self.rank(conv)), ConvGeometry.of(conv))
+
+
+@register_block
+@dataclass(frozen=True)
+class LowRankFraction(LowRank):
+    """``LRp(f)``: low-rank pointwise whose rank keeps a fraction f of the conv's own parameters, 0 < f ≤ 1.
+
+    ``LR(s)`` takes its rank from the larger channel count, which on a narrowing or widening layer can give a
+    block *bigger* than the conv (``LR(0.5)`` on MobileNetV2's 320→1280 1×1 conv). ``LRp(f)`` reads the
+    layer's own shape: r = max(1, floor((f·C_in·C_out·k² − C_in·k²) / (C_in + C_out))) with the depthwise
+    k×k part (k > 1) counted, so the block holds at most ``f`` of the conv's parameters (rank 1 is the floor)."""
+
+    scale: float = 0.25
+
+    family = "LRp"
+    signature = "LRp(f)"
+    structure = ("[DWConv k×k] → Conv1x1 C_in→r → Conv1x1 r→C_out, r chosen to keep a fraction f of the conv's "
+                 "parameters")
+    params = "≈ f · C_in·C_out·k² per conv"
+
+    def __str__(self) -> str:
+        return f"LRp({self.scale:g})"
+
+    @classmethod
+    def from_args(cls, args, parser):
+        parser.arity("LRp", args, 1, "LRp(f) with 0 < f <= 1, e.g. LRp(0.25)")
+        return cls(parser.fraction(args[0], "the kept fraction f"))
+
+    def rank(self, conv: nn.Conv2d) -> int:
+        k2 = conv.kernel_size[0] * conv.kernel_size[1]
+        cin, cout = conv.in_channels, conv.out_channels
+        depthwise = cin * k2 if conv.kernel_size[0] > 1 else 0
+        return max(1, math.floor((self.scale * cin * cout * k2 - depthwise) / (cin + cout)))
 
 
 @register_block

@@ -41,10 +41,9 @@ def nothing_replaced_advice(analysis: Analysis) -> str:
         share = 100 * sum(s.conv.weight.numel() for s in pointwise) / max(params, 1)
         example = pointwise[len(pointwise) // 2]
         parts.append(f"Its {len(pointwise)} 1×1 convs hold {share:.0f}% of the conv parameters: the structured "
-                     f"pointwise blocks replace those (e.g. '{example.name}=LR(0.25)'; a low-rank factor is "
-                     "smaller than a 1×1 conv only when its rank is below C_in·C_out/(C_in+C_out), so check the "
-                     "plan's params column; 'ACDC(2)' keeps the fewest parameters but computes its DCTs as dense "
-                     "products, so it costs more MACs).")
+                     "pointwise blocks replace those; 'LRp(0.25)' keeps a quarter of each layer's parameters "
+                     f"(or name one layer, e.g. '{example.name}=LRp(0.25)'); 'ACDC(2)' keeps the fewest "
+                     "parameters but computes its DCTs as dense products, so it costs more MACs.")
     if not parts:
         names = ", ".join(s.name for s in convs[:4])
         parts.append(f"Its convs (e.g. {names}) do not take this block; run with --dry-run to see each reason.")
