@@ -9,6 +9,8 @@ figures as JSON.
     python benchmarks/latency_table.py                      # full run, ~10 min on the 2-core CPU
     python benchmarks/latency_table.py --quick              # WRN-40-2 only, few repeats (a smoke test)
     python benchmarks/latency_table.py --threads 1 --json latency.json
+    python benchmarks/latency_table.py --threads 2 --networks wrn_40_2 --settings fp32/NCHW bf16/CL \
+        --students 'G(4)' Sep 'LR(0.25)' 'LRp(0.25)' 'Shuffle(2)' 'ACDC(2)'     # the structured blocks
 """
 
 from __future__ import annotations
@@ -120,13 +122,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
     parser.add_argument("--json", default=None, help="also write the raw figures here")
     parser.add_argument("--quick", action="store_true", help="WRN-40-2 only, few repeats (smoke test)")
+    parser.add_argument("--students", nargs="+", default=list(STUDENTS), help="block specs of the students")
+    parser.add_argument("--networks", nargs="+", default=[n[0] for n in NETWORKS], help="zoo names among "
+                        + ", ".join(n[0] for n in NETWORKS))
+    parser.add_argument("--settings", nargs="+", default=None, metavar="DTYPE/LAYOUT",
+                        help="e.g. fp32/NCHW bf16/CL (default: all four)")
     args = parser.parse_args(argv)
-    networks = NETWORKS
+    networks = tuple(n for n in NETWORKS if n[0] in args.networks)
+    settings = SETTINGS if args.settings is None else tuple(
+        (text.split("/")[0], text.split("/")[1].upper() in ("CL", "CHANNELS_LAST")) for text in args.settings)
     if args.quick:
         networks = (("wrn_40_2", "WRN-40-2", (3, 32, 32), {1: (1, 3), 32: (1, 2)}),)
     start = time.perf_counter()
     log = lambda line: print(line, file=sys.stderr, flush=True)
-    results = measure(networks, STUDENTS, SETTINGS, args.threads, log)
+    results = measure(networks, tuple(args.students), settings, args.threads, log)
     results["seconds"] = round(time.perf_counter() - start)
     if args.json:
         from cheapconv.store.files import atomic_write
