@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from .analysis import Analysis, ConvSite, FunctionalConv, PairSite, analyse, shape_mismatch, shape_pass
+from .analysis import Analysis, ConvSite, FunctionalConv, PairSite, analyse, shape_mismatch
 from .tap import TAPS_ATTR, Tap
 from .tracer import CheapTracer, is_traceable, module_path_of, trace
 
 __all__ = [
     "Analysis", "CheapTracer", "ConvSite", "FunctionalConv", "PairSite", "TAPS_ATTR", "Tap", "analyse",
-    "is_traceable", "module_path_of", "shape_mismatch", "shape_pass", "trace",
+    "is_traceable", "module_path_of", "shape_mismatch", "trace",
 ]

@@ -11,7 +11,8 @@ when tracing is impossible.
 * Between ``conv_b`` and the add may sit norms, activations, parameter-free leaves (drop-path), layer scale
   (a multiply by a parameter) and attention gates ``x * gate(x)`` (squeeze-excitation, ECA); the two convs
   need not share a parent module (timm's ``conv1_kxk.conv`` / ``conv2_kxk.conv``).
-* Shapes are recorded on meta tensors where the model allows it (:func:`shape_pass`).
+* Shapes are recorded on meta tensors where the model allows it, on a throw-away copy
+  (:func:`cheapconv.counting.shape_forward`).
 """
 
 from __future__ import annotations
@@ -181,20 +182,6 @@ def _is_stem_node(gm, node: fx.Node) -> bool:
     return False
 
 
-def shape_pass(model: nn.Module, input_shape: tuple[int, ...], on_retry=None) -> None:
-    """:func:`cheapconv.counting.shape_forward`, guarded: every parameter and buffer object of ``model`` is
-    put back afterwards. (``torch.func.functional_call`` can leave meta stand-ins behind in modules registered
-    under two names, such as CoaT's shared ``cpe`` layers.)"""
-    saved = [(slots, key, t) for m in model.modules() for slots in (m._parameters, m._buffers)
-             for key, t in slots.items()]
-    try:
-        shape_forward(model, input_shape, on_retry=on_retry)
-    finally:
-        for slots, key, t in saved:
-            if slots.get(key) is not t:
-                slots[key] = t
-
-
 def _record_shapes(model: nn.Module, example_input: torch.Tensor) -> tuple[dict, dict, Counter]:
     inputs, outputs, calls = {}, {}, Counter()
     handles = []
@@ -210,8 +197,8 @@ def _record_shapes(model: nn.Module, example_input: torch.Tensor) -> tuple[dict,
         for record in (inputs, outputs, calls):
             record.clear()
 
-    try:  # shapes only: on meta tensors where the model allows it (see counting.shape_forward)
-        shape_pass(model, tuple(example_input.shape), on_retry=forget)
+    try:  # shapes only: on meta tensors where the model allows it
+        shape_forward(model, tuple(example_input.shape), on_retry=forget)
     finally:
         for h in handles:
             h.remove()
@@ -284,7 +271,7 @@ def shape_mismatch(replacement: nn.Module, input_shape: tuple[int, ...] | None,
     seen: list[tuple[int, ...]] = []
     handle = replacement.register_forward_hook(lambda m, a, out: seen.append(tuple(out.shape[1:])))
     try:
-        shape_pass(replacement, (1, *input_shape), on_retry=seen.clear)
+        shape_forward(replacement, (1, *input_shape), on_retry=seen.clear)
     finally:
         handle.remove()
     got = seen[-1]

@@ -33,8 +33,15 @@ import torch
 from torch import fx, nn
 
 from . import graph_limits
-from .graph_vocab import GETATTR_NAMES, METHODS, NotDescribable, check_dotted, check_identifier, function_name
-from .graph_vocab import resolve_function as _resolve_function
+from .graph_vocab import (
+    GETATTR_NAMES,
+    METHODS,
+    NotDescribable,
+    check_dotted,
+    check_identifier,
+    function_name,
+    resolve_function,
+)
 from .module_codec import JSON_SCALARS, build_module, describe_module
 from .module_codec import module_types as _module_types  # noqa: F401 - tests call it here (no timm on import)
 
@@ -51,11 +58,6 @@ def encode_function(fn: Any) -> str:
         raise NotDescribable(f"function {getattr(fn, '__module__', '?')}.{getattr(fn, '__name__', fn)} is "
                              "outside the allow-list of pure tensor computations")
     return name
-
-
-def resolve_function(qualified: Any) -> Any:
-    """The allowed callable named ``qualified`` (see :mod:`cheapconv.store.graph_vocab`)."""
-    return _resolve_function(qualified)
 
 
 # --- arguments ----------------------------------------------------------------------------------------------

@@ -78,10 +78,10 @@ def _input_size_for(model: nn.Module, recipe: dict) -> tuple[int, ...] | None:
 
 def _rebuilds_from_recipe(model: nn.Module, recipe: dict) -> bool:
     """Whether :func:`load` will rebuild exactly this model from ``recipe`` (the same checks as loading)."""
-    from .rebuild import rebuild_from_recipe
+    from .rebuild import check_recipe
 
     try:
-        rebuild_from_recipe(recipe, expected=model.state_dict())
+        check_recipe(recipe, expected=model.state_dict())
     except Exception:  # noqa: BLE001 - any failure just means this storage kind is not usable
         return False
     return True

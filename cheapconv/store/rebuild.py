@@ -15,7 +15,6 @@ that model, so a crafted recipe must not be able to make us read other files (a 
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from typing import Any
@@ -24,8 +23,9 @@ import torch
 from torch import nn
 
 from ..errors import FileFormatError
+from .graph_limits import tensor_bytes
 
-__all__ = ["MAX_TEACHER_BYTES", "SOURCE_KWARGS", "rebuild_from_recipe", "teacher_from_recipe"]
+__all__ = ["MAX_TEACHER_BYTES", "SOURCE_KWARGS", "check_recipe", "rebuild_from_recipe", "teacher_from_recipe"]
 
 #: the largest model a recipe may name (8 GiB of parameters and buffers)
 MAX_TEACHER_BYTES = 8 * 2**30
@@ -66,10 +66,6 @@ def _input_size(recipe: dict) -> tuple[int, int, int] | None:
     return tuple(size)
 
 
-def _size_bytes(model: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-
-
 def teacher_from_recipe(recipe: dict) -> nn.Module:
     """The (randomly initialised) zoo model a recipe names, after the checks in the module docstring.
 
@@ -82,10 +78,17 @@ def teacher_from_recipe(recipe: dict) -> nn.Module:
     if source.startswith("wrn_"):
         with torch.device("meta"):
             meta = create_model(source, **kwargs)
-        if _size_bytes(meta) > MAX_TEACHER_BYTES:
-            raise _refuse(f"builds {source!r} with {_size_bytes(meta) / 2**30:.1f} GiB of parameters (the limit "
+        size = tensor_bytes([*meta.parameters(), *meta.buffers()])
+        if size > MAX_TEACHER_BYTES:
+            raise _refuse(f"builds {source!r} with {size / 2**30:.1f} GiB of parameters (the limit "
                           f"is {MAX_TEACHER_BYTES / 2**30:.0f} GiB)")
     return create_model(source, **kwargs)
+
+
+def check_recipe(recipe: dict, expected: dict[str, torch.Tensor] | None = None) -> None:
+    """Raise :class:`FileFormatError` unless :func:`rebuild_from_recipe` would build ``recipe`` within the
+    limits (and, with ``expected``, with exactly those tensor names and shapes). Nothing is cheapened for real."""
+    _checked_teacher(recipe, expected)
 
 
 def rebuild_from_recipe(recipe: dict, expected: dict[str, torch.Tensor] | None = None) -> nn.Module:
@@ -96,7 +99,16 @@ def rebuild_from_recipe(recipe: dict, expected: dict[str, torch.Tensor] | None =
     """
     from ..surgery.rewrite import cheapen
 
-    source, kwargs = _source(recipe)
+    teacher, policy, size, leaves = _checked_teacher(recipe, expected)
+    return cheapen(teacher, policy, input_size=size, leaf_modules=leaves) if policy else teacher
+
+
+def _checked_teacher(recipe: dict, expected: dict[str, torch.Tensor] | None):
+    """The recipe's teacher and cheapen arguments, after every check (the student tried on meta tensors)."""
+    from ..counting import throwaway_copy
+    from ..surgery.rewrite import cheapen
+
+    _source(recipe)
     policy = recipe.get("policy")
     if policy is not None and (not isinstance(policy, str) or len(policy) > 20_000):
         raise _refuse("has a malformed policy")
@@ -111,9 +123,9 @@ def rebuild_from_recipe(recipe: dict, expected: dict[str, torch.Tensor] | None =
     if not policy:
         student = teacher
     else:  # cheapened first on a copy without storage: a policy cannot make us allocate without bound
-        student = cheapen(copy.deepcopy(teacher).to("meta"), policy, input_size=size, leaf_modules=leaves)
+        student = cheapen(throwaway_copy(teacher, "meta"), policy, input_size=size, leaf_modules=leaves)
     if expected is not None:
         want = {k: tuple(v.shape) for k, v in expected.items()}
         if {k: tuple(v.shape) for k, v in student.state_dict().items()} != want:
             raise _refuse("builds a model whose tensors differ from the weights in the file")
-    return cheapen(teacher, policy, input_size=size, leaf_modules=leaves) if policy else teacher
+    return teacher, policy, size, leaves

@@ -72,7 +72,7 @@ def find_stages(model: nn.Module, example_input: torch.Tensor | None = None) -> 
         from ..models.inputs import example_input_for
 
         example_input = example_input_for(model)
-    from ..fx.analysis import shape_pass
+    from ..counting import shape_forward
 
     trunk = _trunk(model)
     prefix = {m: n for n, m in model.named_modules()}
@@ -80,7 +80,7 @@ def find_stages(model: nn.Module, example_input: torch.Tensor | None = None) -> 
     seen: dict[str, tuple[int, tuple[int, ...]]] = {}   # name -> (first call, output H×W)
     handles = [c.register_forward_hook(_size_hook(seen, n)) for n, c in children]
     try:  # shapes only, on meta tensors where possible; the model's flags and tensors stay as they are
-        shape_pass(model, tuple(example_input.shape), on_retry=seen.clear)
+        shape_forward(model, tuple(example_input.shape), on_retry=seen.clear)
     finally:
         for h in handles:
             h.remove()
