@@ -389,7 +389,7 @@ def test_one_worker_rule_for_loaders_training_and_evaluation(monkeypatch: pytest
         assert default_workers(plain) == min(8, cpus) == make_loader(plain, 4, shuffle=False).num_workers
     # the training loop and evaluation ask through train.distributed: the same answers
     for dataset in (in_memory, plain):
-        assert distributed.default_workers(dataset, torch.device("cpu")) == default_workers(dataset)
+        assert distributed.default_workers(dataset) == default_workers(dataset)
 
 
 # -------------------------------------------------------------------------------- fitting to a model

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..data import default_workers
 from ..errors import UsageError
 
 __all__ = ["DistContext", "EpochBatchSampler", "batches_for_eval", "resolve_device", "setup", "teardown",
@@ -133,15 +134,6 @@ def teardown(ctx: DistContext) -> None:
 
 
 # ------------------------------------------------------------------------------------------ batches
-
-
-def default_workers(dataset: Dataset, device: torch.device | None = None) -> int:
-    """DataLoader workers for ``dataset``: :func:`cheapconv.data.default_workers`, the one rule (0 for
-    in-memory datasets, batched in the main process; ``min(8, usable CPUs)`` for others). It does not depend
-    on ``device``; the parameter stays so the training loop's call keeps working."""
-    from .. import data
-
-    return data.default_workers(dataset)
 
 
 class EpochBatchSampler:
