@@ -6,6 +6,7 @@ Tables and results go to stdout, progress and diagnostics to stderr.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -130,20 +131,16 @@ def check_outputs(*, inputs=None, outputs=None) -> None:
 
 # ------------------------------------------------------------------------ strings that come from files
 
-_CONTROL = None
+#: C0/C1 controls (newline excepted), DEL, and the bidirectional overrides that can reorder what a terminal shows
+_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def literal(text) -> str:
     """``text`` made safe to print with rich: markup escaped (so ``[red]`` prints as ``[red]``) and control
     characters (ESC and the other C0/C1 controls except newline, DEL, bidirectional overrides) shown as
     ``\\xNN``/``\\uNNNN`` escapes instead of being sent to the terminal. Use it on every string read from a file."""
-    import re
-
     from rich.markup import escape
 
-    global _CONTROL
-    if _CONTROL is None:
-        _CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
     text = str(text)
 
     def show(m) -> str:
