@@ -4,7 +4,8 @@ The policy, decided once for every caller (the CLI's ``train``, ``distill`` and 
 
 - channels: the caller's ``in_chans``, else the channels of the model's first convolution, else the
   dataset's own. Grayscale data read by a 3-channel model is repeated to 3 channels.
-- size: the caller's ``image_size``, else the size the model declares (``default_input_size`` of built-in
+- size (segmentation data: the caller's ``image_size`` or the data's own; no padding of masks): the
+  caller's ``image_size``, else the size the model declares (``default_input_size`` of built-in
   WRNs, ``input_size`` in the recipe of a cheapconv file) where the dataset can take it: ImageFolder crops
   at any size; in-memory data (Fashion-MNIST, CIFAR, synthetic) is only ever zero-padded, so only a larger
   declared size is used (Fashion-MNIST 28×28 -> 32×32 for a WRN). A model that declares nothing (a timm
@@ -67,8 +68,11 @@ def adapt_for_model(name: str, model: nn.Module, *, in_chans: int | None = None,
     native = dataset_info(name)
     model_chans, model_size = _declared_input(model)
     chans = in_chans or model_chans or native.channels
-    in_memory = parse_name(name)[0] != "imagefolder"
-    if image_size is None and model_size is not None and (not in_memory or model_size > native.image_size):
+    in_memory = parse_name(name)[0] not in ("imagefolder", "voc", "cityscapes")
+    # segmentation models are fully convolutional and masks are not padded: the data keeps its own size
+    dense = native.task == "segmentation"
+    if (image_size is None and model_size is not None and not dense
+            and (not in_memory or model_size > native.image_size)):
         image_size = model_size
     notes = {}
     if chans != native.channels:

@@ -10,6 +10,8 @@ Names (case-insensitive; ``-`` and ``_`` optional in the fixed names):
 - ``imagefolder:<path>``: an ImageNet-style tree, ``<path>/train/<class>/*`` and ``<path>/val/<class>/*``
   (``test/`` or ``validation/`` also accepted for the test split). A path with none of these sub-folders is
   taken as one class tree and serves whichever split is asked for (useful to evaluate on a folder).
+- ``fashion-mnist-seg[:SIZE[:ITEMS]]``, ``voc``, ``cityscapes``: segmentation (masks as labels), see
+  :mod:`cheapconv.data.segmentation`.
 - ``synthetic[:CxHxW[:classes[:samples]]]``: deterministic random images, default
   ``synthetic:3x32x32:10:512``; keyword arguments through :func:`synthetic_dataset`, the seed through
   ``seed=`` of either function.
@@ -45,7 +47,8 @@ from ..errors import CheapconvError, DatasetNotFoundError, FileFormatError, Usag
 from .augment import TensorImageDataset, in_memory_dataset, in_memory_info
 from .folders import data_root, fashion_mnist_files, imagefolder_root
 from .idx import read_idx
-from .info import dataset_info, parse_name, parse_synthetic
+from .info import adapt_info, dataset_info, parse_name, parse_synthetic
+from .segmentation import fashion_mnist_seg, torchvision_segmentation
 
 __all__ = ["DEBIAN_FASHION_MNIST_DIR", "get_dataset", "synthetic_dataset"]
 
@@ -207,7 +210,7 @@ def get_dataset(
       224).
     - ``data_dir``: where to look and download to; default ``$CHEAPCONV_DATA_DIR`` or ``./data``.
     - ``download``: allow torchvision to download Fashion-MNIST/CIFAR when not found locally.
-    - ``seed``: only for ``synthetic`` data.
+    - ``seed``: only for ``synthetic`` data and the scenes of ``fashion-mnist-seg``.
 
     The returned dataset yields ``(float32 C×S×S tensor, int label)`` and carries ``.info``
     (:class:`~cheapconv.data.DatasetInfo` after adapters). Missing data raises
@@ -218,6 +221,8 @@ def get_dataset(
         raise UsageError(f"Unknown split {split!r}; valid: train, test.")
     if kind == "imagefolder":
         return _load_imagefolder(arg, split, augment, in_chans, image_size)
+    if kind in ("fashion-mnist-seg", "voc", "cityscapes"):
+        return _load_segmentation(kind, name, split, data_dir, download, augment, in_chans, image_size, seed)
     info = dataset_info(name)
     # Check the adapters before reading (possibly downloading) anything.
     in_memory_info(info, in_chans, image_size)
@@ -232,3 +237,19 @@ def get_dataset(
         images, labels, classes = _load_cifar(kind, split, root, download)
         info = replace(info, classes=classes)
     return in_memory_dataset(images, labels, info, split, augment, in_chans, image_size)
+
+
+def _load_segmentation(kind: str, name: str, split: str, data_dir, download: bool, augment: bool | None,
+                       in_chans: int | None, image_size: int | None, seed: int) -> Dataset:
+    info = dataset_info(name)
+    if kind != "fashion-mnist-seg":   # VOC, Cityscapes: image_size is the crop size
+        return torchvision_segmentation(kind, split, data_root(data_dir), adapt_info(info, in_chans, image_size),
+                                        augment)
+    if image_size is not None and image_size != info.image_size:
+        raise UsageError(f"{info.name} scenes are {info.image_size}×{info.image_size}; image_size={image_size} "
+                         f"would need the masks rescaled. Build scenes of that size instead: "
+                         f"--data fashion-mnist-seg:{image_size}.")
+    adapted = adapt_info(info, in_chans, None)
+    images, labels = _load_fashion_mnist(split, data_root(data_dir), download)
+    return fashion_mnist_seg(images, labels, adapted, split=split, augment=augment,
+                             repeat=adapted.channels // info.channels, seed=seed)

@@ -4,7 +4,10 @@ Accepted names (files are loaded by :func:`cheapconv.store.resolve.create_model`
 ``cheapconv.create_model`` is):
 
 * ``wrn_<depth>_<width>`` (also ``wrn-40-2``): the built-in pre-activation Wide ResNet for 32×32 input;
-* ``torchvision:<name>`` or a bare torchvision classification name (``resnet34``);
+* ``torchvision:<name>`` or a bare torchvision classification or segmentation name (``resnet34``,
+  ``deeplabv3_mobilenet_v3_large``, ``fcn_resnet50``, ``lraspp_mobilenet_v3_large``; segmentation models take
+  ``num_classes`` and ``aux_loss``, and are built without hub backbone weights unless ``pretrained=True``);
+* ``segwrn_<depth>_<width>``: the built-in small segmentation network (:mod:`cheapconv.models.segwrn`);
 * ``timm:<name>``;
 
 ``pretrained`` is False, True (the hub's weights: needs network) or a local weights file (works offline).
@@ -22,9 +25,11 @@ from torch import nn
 
 from ..errors import CheapconvError, UnknownModelError, UsageError
 from .hub import download_error, is_network_error
+from .segwrn import SegWRN
 from .wrn import WideResNet
 
 _WRN = re.compile(r"wrn[_-](\d+)[_-](\d+)$")
+_SEGWRN = re.compile(r"segwrn[_-](\d+)[_-](\d+)$")
 
 
 def canonical_name(name: str) -> str:
@@ -32,6 +37,9 @@ def canonical_name(name: str) -> str:
     m = _WRN.fullmatch(name)
     if m:
         return f"wrn_{m.group(1)}_{m.group(2)}"
+    m = _SEGWRN.fullmatch(name)
+    if m:
+        return f"segwrn_{m.group(1)}_{m.group(2)}"
     if name.startswith(("torchvision:", "timm:")):
         return name
     return f"torchvision:{name}"
@@ -40,7 +48,14 @@ def canonical_name(name: str) -> str:
 def _torchvision_names() -> list[str]:
     import torchvision
 
-    return sorted(torchvision.models.list_models(module=torchvision.models))
+    return sorted(torchvision.models.list_models(module=torchvision.models)
+                  + torchvision.models.list_models(module=torchvision.models.segmentation))
+
+
+def _is_segmentation(tv_name: str) -> bool:
+    import torchvision
+
+    return tv_name in torchvision.models.list_models(module=torchvision.models.segmentation)
 
 
 def _timm_names() -> list[str]:
@@ -116,11 +131,12 @@ def create_model(name: str, *, num_classes: int | None = None, pretrained: bool 
 
 def _create_model(name: str, *, num_classes: int | None = None, pretrained: bool | str | Path = False,
                   **kwargs) -> nn.Module:
-    m = _WRN.fullmatch(name)
+    m = _WRN.fullmatch(name) or _SEGWRN.fullmatch(name)
     if m:
         depth, width = int(m.group(1)), int(m.group(2))
+        cls, default_classes = (SegWRN, 11) if name.startswith("seg") else (WideResNet, 10)
         try:
-            model = WideResNet(depth, width, num_classes=num_classes or 10, **kwargs)
+            model = cls(depth, width, num_classes=num_classes or default_classes, **kwargs)
         except ValueError as e:
             raise UsageError(f"Cannot build {name!r}: {e}.") from None
         if pretrained is True:
@@ -148,9 +164,14 @@ def _create_torchvision(name, tv_name, num_classes, pretrained, **kwargs) -> nn.
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     weights = "DEFAULT" if pretrained is True else None
-    if weights and num_classes not in (None, 1000):
-        raise UsageError("Hub weights for torchvision models have 1000 classes; drop --num-classes or pass "
-                         "a local weights file.")
+    hub_classes = 1000
+    if _is_segmentation(tv_name):
+        hub_classes = 21   # torchvision's segmentation weights: the 20 VOC classes + background
+        # the backbone's ImageNet weights are a download too: only with pretrained=True (offline users pass a file)
+        kwargs.setdefault("weights_backbone", "DEFAULT" if pretrained is True else None)
+    if weights and num_classes not in (None, hub_classes):
+        raise UsageError(f"Hub weights for torchvision {tv_name} have {hub_classes} classes; drop --num-classes or "
+                         "pass a local weights file.")
     model = torchvision.models.get_model(tv_name, weights=weights, **kwargs)
     if pretrained and pretrained is not True:
         load_weights_file(model, pretrained)
