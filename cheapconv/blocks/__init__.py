@@ -17,6 +17,7 @@ from .base import (
     register_module,
 )
 from .bottleneck import Bottleneck, BottleneckSpec, GroupedBottleneckSpec
+from .decomposed import FractionSpec, SpatialSVD, SpatialSVDConv, Tucker2, Tucker2Conv
 from .grammar import parse_block, valid_block_names
 from .grouped import Grouped, GroupedPointwise
 from .same import SamePadded, pads_at_run_time
@@ -32,6 +33,7 @@ from .structured import (
     Shuffle,
     ShufflePointwise,
 )
+from .tensorized import TensorTrain, TensorTrainPointwise, Tucker, TuckerPointwise
 
 __all__ = [
     "ACDC", "ACDCPointwise", "BLOCK_ALIASES", "BLOCK_MODULES", "BLOCK_REGISTRY", "BlockSpec", "Bottleneck",
@@ -39,4 +41,6 @@ __all__ = [
     "GroupedPointwise", "LowRank", "LowRankFraction", "LowRankPointwise", "SamePadded", "Separable",
     "SeparablePointwise", "Shuffle", "ShufflePointwise", "Standard", "pads_at_run_time", "parse_block",
     "register_alias", "register_block", "register_module", "valid_block_names",
+    "FractionSpec", "SpatialSVD", "SpatialSVDConv", "TensorTrain", "TensorTrainPointwise", "Tucker", "Tucker2",
+    "Tucker2Conv", "TuckerPointwise",
 ]

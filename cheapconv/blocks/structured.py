@@ -14,7 +14,8 @@ alone (a strided 1×1 keeps its stride on the first structured op). There is no 
 | ``ACDC(n)`` | n factors A·DCT·D·IDCT with a riffle permutation between them, N = max(C_in, C_out) | 2·N per factor |
 
 Unlike the reference code: ``ACDC(n)`` builds exactly n factors, low-rank never reaches rank 0, and no
-bias is forced anywhere. The Tucker/tensor-train substitute is not implemented. The paper's recipe also scales
+bias is forced anywhere. The tensor-train and Tucker substitutes are in :mod:`cheapconv.blocks.tensorized`.
+The paper's recipe also scales
 the weight decay of structured parameters by the compression ratio; that is a training option, not part of
 the block.
 """
@@ -30,7 +31,7 @@ from torch import nn
 from .base import BlockSpec, ConvGeometry, finish, register_block, register_module
 
 
-def _structured_reason(conv: nn.Conv2d, what: str) -> str | None:
+def structured_reason(conv: nn.Conv2d, what: str) -> str | None:
     if conv.groups != 1:
         return f"already grouped (groups={conv.groups}); {what} replaces dense convs only"
     if conv.padding_mode != "zeros":
@@ -40,7 +41,7 @@ def _structured_reason(conv: nn.Conv2d, what: str) -> str | None:
     return None
 
 
-class _DepthwiseThen(nn.Module):
+class DepthwiseThen(nn.Module):
     """Optional depthwise k×k (carrying the stride) then a structured pointwise; shared by all substitutes."""
 
     def _depthwise(self, g: ConvGeometry) -> tuple[nn.Module | None, tuple[int, int]]:
@@ -52,7 +53,7 @@ class _DepthwiseThen(nn.Module):
 
 
 @register_module
-class LowRankPointwise(_DepthwiseThen):
+class LowRankPointwise(DepthwiseThen):
     """[depthwise k×k →] 1×1 C_in→r → 1×1 r→C_out."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride=1, padding=0, dilation=1,
@@ -60,7 +61,7 @@ class LowRankPointwise(_DepthwiseThen):
         super().__init__()
         self.init_args = dict(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size,
                               stride=stride, padding=padding, dilation=dilation, rank=rank)
-        g = _geometry(in_channels, out_channels, kernel_size, stride, padding, dilation)
+        g = geometry_of_args(in_channels, out_channels, kernel_size, stride, padding, dilation)
         self.depthwise, pw_stride = self._depthwise(g)
         self.down = nn.Conv2d(in_channels, rank, 1, stride=pw_stride, bias=False)
         self.up = nn.Conv2d(rank, out_channels, 1, bias=False)
@@ -72,14 +73,14 @@ class LowRankPointwise(_DepthwiseThen):
 
 
 @register_module
-class SeparablePointwise(_DepthwiseThen):
+class SeparablePointwise(DepthwiseThen):
     """[depthwise k×k →] dense 1×1 C_in→C_out (a depthwise-separable conv without the inner BN/ReLU)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride=1, padding=0, dilation=1):
         super().__init__()
         self.init_args = dict(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size,
                               stride=stride, padding=padding, dilation=dilation)
-        g = _geometry(in_channels, out_channels, kernel_size, stride, padding, dilation)
+        g = geometry_of_args(in_channels, out_channels, kernel_size, stride, padding, dilation)
         self.depthwise, pw_stride = self._depthwise(g)
         self.pointwise = nn.Conv2d(in_channels, out_channels, 1, stride=pw_stride, bias=False)
 
@@ -90,7 +91,7 @@ class SeparablePointwise(_DepthwiseThen):
 
 
 @register_module
-class ShufflePointwise(_DepthwiseThen):
+class ShufflePointwise(DepthwiseThen):
     """[depthwise k×k →] grouped 1×1 C_in→C_out/4 → channel shuffle → depthwise 3×3 → grouped 1×1 →C_out."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride=1, padding=0, dilation=1,
@@ -98,7 +99,7 @@ class ShufflePointwise(_DepthwiseThen):
         super().__init__()
         self.init_args = dict(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size,
                               stride=stride, padding=padding, dilation=dilation, groups=groups)
-        g = _geometry(in_channels, out_channels, kernel_size, stride, padding, dilation)
+        g = geometry_of_args(in_channels, out_channels, kernel_size, stride, padding, dilation)
         self.depthwise, pw_stride = self._depthwise(g)
         mid = out_channels // 4
         self.reduce = nn.Conv2d(in_channels, mid, 1, stride=pw_stride, groups=groups, bias=False)
@@ -132,7 +133,7 @@ def _riffle(n: int) -> torch.Tensor:
 
 
 @register_module
-class ACDCPointwise(_DepthwiseThen):
+class ACDCPointwise(DepthwiseThen):
     """[depthwise k×k →] n factors x ↦ IDCT(D ⊙ DCT(A ⊙ x)) over channels, riffle-permuted between factors.
 
     Channels are zero-padded to N = max(C_in, C_out) and the first C_out are kept. The DCT matrices and
@@ -143,7 +144,7 @@ class ACDCPointwise(_DepthwiseThen):
         super().__init__()
         self.init_args = dict(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size,
                               stride=stride, padding=padding, dilation=dilation, factors=factors)
-        g = _geometry(in_channels, out_channels, kernel_size, stride, padding, dilation)
+        g = geometry_of_args(in_channels, out_channels, kernel_size, stride, padding, dilation)
         self.depthwise, self.stride = self._depthwise(g)
         n = max(in_channels, out_channels)
         self.in_channels, self.out_channels, self.width = in_channels, out_channels, n
@@ -171,13 +172,13 @@ class ACDCPointwise(_DepthwiseThen):
         return x[:, :self.out_channels]
 
 
-def _geometry(cin, cout, k, stride, padding, dilation) -> ConvGeometry:
+def geometry_of_args(cin, cout, k, stride, padding, dilation) -> ConvGeometry:
     pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)
     return ConvGeometry(cin, cout, pair(k), pair(stride), padding if isinstance(padding, str) else pair(padding),
                         pair(dilation), 1, torch.device("cpu"), torch.float32, True)
 
 
-def _args(conv: nn.Conv2d) -> dict:
+def conv_args(conv: nn.Conv2d) -> dict:
     g = ConvGeometry.of(conv)
     return dict(in_channels=g.in_channels, out_channels=g.out_channels, kernel_size=g.kernel_size[0],
                 stride=g.stride, padding=g.padding, dilation=g.dilation)
@@ -203,13 +204,13 @@ class Separable(BlockSpec):
         return cls()
 
     def conv_reason(self, conv):
-        reason = _structured_reason(conv, "Sep")
+        reason = structured_reason(conv, "Sep")
         if reason is None and conv.kernel_size[0] == 1:
             reason = "Sep on a 1×1 conv is the conv itself"
         return reason
 
     def build_conv(self, conv):
-        return finish(SeparablePointwise(**_args(conv)), ConvGeometry.of(conv))
+        return finish(SeparablePointwise(**conv_args(conv)), ConvGeometry.of(conv))
 
 
 @register_block
@@ -237,10 +238,10 @@ class LowRank(BlockSpec):
         return max(1, int(self.scale * max(conv.in_channels, conv.out_channels)))
 
     def conv_reason(self, conv):
-        return _structured_reason(conv, str(self))
+        return structured_reason(conv, str(self))
 
     def build_conv(self, conv):
-        return finish(LowRankPointwise(**_args(conv), rank=self.rank(conv)), ConvGeometry.of(conv))
+        return finish(LowRankPointwise(**conv_args(conv), rank=self.rank(conv)), ConvGeometry.of(conv))
 
 
 @register_block
@@ -298,7 +299,7 @@ class Shuffle(BlockSpec):
         return cls(parser.positive_int(args[0], "the group count"))
 
     def conv_reason(self, conv):
-        reason = _structured_reason(conv, str(self))
+        reason = structured_reason(conv, str(self))
         if reason:
             return reason
         mid = conv.out_channels // 4
@@ -310,7 +311,7 @@ class Shuffle(BlockSpec):
         return None
 
     def build_conv(self, conv):
-        return finish(ShufflePointwise(**_args(conv), groups=self.groups), ConvGeometry.of(conv))
+        return finish(ShufflePointwise(**conv_args(conv), groups=self.groups), ConvGeometry.of(conv))
 
 
 @register_block
@@ -335,7 +336,7 @@ class ACDC(BlockSpec):
         return cls(parser.positive_int(args[0], "the number of factors"))
 
     def conv_reason(self, conv):
-        return _structured_reason(conv, str(self))
+        return structured_reason(conv, str(self))
 
     def build_conv(self, conv):
-        return finish(ACDCPointwise(**_args(conv), factors=self.factors), ConvGeometry.of(conv))
+        return finish(ACDCPointwise(**conv_args(conv), factors=self.factors), ConvGeometry.of(conv))

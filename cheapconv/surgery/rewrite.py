@@ -13,11 +13,16 @@ import torch
 from torch import fx, nn
 
 from ..blocks import BlockSpec
+from ..errors import UsageError
 from ..fx.analysis import Analysis
 from ..fx.tap import Tap
 from .planner import Plan, build_plan, prepare
 from .policy import Policy, parse_policy
 from .taps import insert_taps
+from .teacher_init import init_from_teacher
+
+#: how replaced blocks start: "random" (the papers) or "teacher" (closed forms from the replaced convs)
+INITS = ("random", "teacher")
 
 
 def apply_plan(analysis: Analysis, plan: Plan) -> nn.Module:
@@ -44,13 +49,18 @@ def apply_plan(analysis: Analysis, plan: Plan) -> nn.Module:
 
 def cheapen(model: nn.Module, policy: str | Policy | BlockSpec, *, example_input: torch.Tensor | None = None,
             input_size: tuple[int, ...] | None = None, strict: bool = False, leaf_modules=(),
-            stages: list[str] | None = None, taps: bool = True, model_name: str | None = None) -> nn.Module:
+            stages: list[str] | None = None, taps: bool = True, model_name: str | None = None,
+            init: str = "random") -> nn.Module:
     """Return a student: ``model`` with its convolutions replaced by cheap blocks as ``policy`` says.
 
     ``policy`` is a block spec (``"G(4)"``) or rules (``"conv1=keep; layer4.*=BG(2,4); G(4)"``); see
     :mod:`cheapconv.surgery.policy`. The result is a new module (an ``fx.GraphModule`` when the model traces, else a
     copy with replaced conv modules) with the same output shape; ``model`` is left untouched.
-    Replacements inherit the replaced conv's device, dtype and training flag and start from random weights.
+    Replacements inherit the replaced conv's device, dtype and training flag. With ``init="random"`` (the
+    default, as in the papers) they start from random weights; with ``init="teacher"`` from the replaced convs'
+    weights (:func:`~cheapconv.surgery.teacher_init.init_from_teacher`: closed forms, exact at full rank, for
+    the linear blocks and a documented linear start for ``G``, ``B``, ``BG``), with one record per site in
+    ``student.cheapconv_init``. Either way ``model`` is only read.
 
     The student carries ``cheapconv_plan`` (the :class:`~cheapconv.surgery.planner.Plan` that was applied) and
     ``cheapconv_recipe`` (what :func:`cheapconv.save` records), and Tap modules at the stage outputs.
@@ -65,6 +75,9 @@ def cheapen(model: nn.Module, policy: str | Policy | BlockSpec, *, example_input
     >>> count_params(student, "paper")
     825210
     """
+    if init not in INITS:
+        raise UsageError(f"init={init!r} is not a way to start the student: use 'random' (fresh weights, as in the "
+                         "papers) or 'teacher' (set from the teacher's convs).")
     policy = parse_policy(policy)
     name = model_name or getattr(model, "cheapconv_source", None) or type(model).__name__
     analysis, found_stages, notes, totals = prepare(model, example_input=example_input, input_size=input_size,
@@ -83,6 +96,8 @@ def cheapen(model: nn.Module, policy: str | Policy | BlockSpec, *, example_input
             if isinstance(tap, (Tap, nn.ModuleDict)):
                 tap.training = student.training
     student.cheapconv_plan = the_plan
+    if init == "teacher":
+        student.cheapconv_init = init_from_teacher(student, model)
     student.cheapconv_stages = list(the_plan.stages)
     student.cheapconv_recipe = {
         "source": getattr(model, "cheapconv_source", None),
@@ -93,4 +108,6 @@ def cheapen(model: nn.Module, policy: str | Policy | BlockSpec, *, example_input
         "leaf_modules": [m if isinstance(m, str) else m.__name__ for m in leaf_modules],
         "plan": the_plan.to_dict(),
     }
+    if init == "teacher":
+        student.cheapconv_recipe["init"] = "teacher"
     return student
