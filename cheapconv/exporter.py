@@ -23,9 +23,7 @@ What a user needs to run the files (see the README):
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -35,17 +33,20 @@ from torch import nn
 
 from .counting import eval_mode
 from .errors import CheapconvError, UsageError
+from .measure.exports import RUNNERS, WRITERS, ExportCheckError, check_outputs, first_line, flat_tensors, write_export
 from .measure.profiler import input_shape_of
 from .store.files import atomic_write, check_writable, ensure_free_space, is_disk_full
 from .surgery.fold import deployable
 
+__all__ = ["FORMATS", "SUFFIX", "ExportCheckError", "ExportReport", "export"]
+
 Format = Literal["pt2", "onnx", "torchscript"]
 FORMATS: tuple[str, ...] = ("pt2", "onnx", "torchscript")
 SUFFIX = {"pt2": ".pt2", "onnx": ".onnx", "torchscript": ".pt"}
-
-
-class ExportCheckError(CheapconvError):
-    """The exported model's outputs differ from the original's beyond the tolerance; nothing was written."""
+# The writers and loaders live in cheapconv.measure.exports (the latency runtimes export with them too);
+# these are the same dicts, named here for the tests that replace one entry.
+_WRITERS = WRITERS
+_RUNNERS = RUNNERS
 
 
 @dataclass
@@ -81,102 +82,6 @@ class ExportReport:
         return asdict(self)
 
 
-def _flat(output) -> list[torch.Tensor]:
-    from torch.utils._pytree import tree_leaves
-
-    return [t for t in tree_leaves(output) if isinstance(t, torch.Tensor)]
-
-
-def _max_diffs(got: list, want: list[torch.Tensor]) -> tuple[float, float]:
-    if len(got) != len(want):
-        return float("inf"), 0.0
-    diff, ref = 0.0, 0.0
-    for g, w in zip(got, want, strict=True):
-        g = torch.as_tensor(g).float()
-        w = w.detach().float()
-        if g.shape != w.shape:
-            return float("inf"), 0.0
-        diff = max(diff, (g - w).abs().max().item() if w.numel() else 0.0)
-        ref = max(ref, w.abs().max().item() if w.numel() else 0.0)
-    return diff, ref
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-
-# --- writers and loaders, one pair per format ---------------------------------------------------------------
-def _dynamic_batch():
-    return ({0: torch.export.Dim("batch", min=1, max=65536)},)
-
-
-def _write_pt2(model: nn.Module, example: torch.Tensor, path: str) -> None:
-    program = torch.export.export(model, (example,), dynamic_shapes=_dynamic_batch())
-    torch.export.save(program, path)
-
-
-def _run_pt2(path: str, x: torch.Tensor) -> list:
-    module = torch.export.load(path).module()
-    with torch.no_grad():
-        return _flat(module(x))
-
-
-def _write_onnx(model: nn.Module, example: torch.Tensor, path: str) -> None:
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        raise UsageError("ONNX export needs the onnx package (and onnxruntime for the check): "
-                         "pip install 'cheapconv[export]' (onnx, onnxscript, onnxruntime)") from None
-    quiet = io.StringIO()
-    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-        try:
-            import onnxscript  # noqa: F401
-            torch.onnx.export(model, (example,), path, dynamo=True, dynamic_shapes=_dynamic_batch(),
-                              input_names=["input"], output_names=["output"], verbose=False,
-                              external_data=False)
-        except ImportError:  # no onnxscript: the TorchScript-based exporter
-            torch.onnx.export(model, (example,), path, dynamo=False, input_names=["input"],
-                              output_names=["output"],
-                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-
-
-def _run_onnx(path: str, x: torch.Tensor) -> list:
-    try:
-        import onnx
-        import onnxruntime as ort
-    except ImportError:
-        raise UsageError("Checking an ONNX export needs onnxruntime: pip install 'cheapconv[export]'") from None
-    onnx.checker.check_model(path)
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return [torch.from_numpy(a) for a in session.run(None, {name: x.numpy()})]
-
-
-def _write_torchscript(model: nn.Module, example: torch.Tensor, path: str) -> None:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript's deprecation notice; the check below is what matters
-        traced = torch.jit.trace(model, example, check_trace=False)
-        torch.jit.save(traced, path)
-
-
-def _run_torchscript(path: str, x: torch.Tensor) -> list:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        module = torch.jit.load(path, map_location="cpu")
-        with torch.no_grad():
-            return _flat(module(x))
-
-
-_WRITERS = {"pt2": _write_pt2, "onnx": _write_onnx, "torchscript": _write_torchscript}
-_RUNNERS = {"pt2": _run_pt2, "onnx": _run_onnx, "torchscript": _run_torchscript}
-
-
 def export(model: nn.Module, path: str | Path, format: Format = "pt2", *,
            input_shape: tuple[int, ...] | None = None, fold: bool = True, atol: float = 1e-4,
            rtol: float = 1e-4, check_batch: int = 3, leaf_modules=(), seed: int = 0) -> ExportReport:
@@ -206,12 +111,12 @@ def export(model: nn.Module, path: str | Path, format: Format = "pt2", *,
     x = torch.randn((check_batch, *shape), generator=gen)
     try:
         with eval_mode(original), torch.no_grad():
-            want = _flat(original(x))
+            want = flat_tensors(original(x))
     except Exception as e:  # noqa: BLE001 - the model cannot run on this input
         c, h, w = shape
         error = UsageError if input_shape is not None else CheapconvError
         raise error(f"{type(model).__name__} cannot run on a {c}×{h}×{w} input: {type(e).__name__}: "
-                    f"{_first_line(e)}. Give the input size it expects (--input-size C,H,W"
+                    f"{first_line(e)}. Give the input size it expects (--input-size C,H,W"
                     + ("" if input_shape is not None else "; it could not be taken from the model")
                     + "). Nothing was written.") from None
     # Some writers (torch.export.save's C++ stream writer) abort the whole process on a full disk instead of
@@ -223,26 +128,14 @@ def export(model: nn.Module, path: str | Path, format: Format = "pt2", *,
 
     def write_and_check(tmp: str) -> None:
         nonlocal report
+        write_export(prepared, format, example, tmp, label=type(model).__name__, then="Nothing was written.",
+                     passthrough=lambda e: is_disk_full(e, path.parent if str(path.parent) else "."))
         try:
-            _WRITERS[format](prepared, example, tmp)
-        except CheapconvError:
-            raise
-        except Exception as e:  # noqa: BLE001 - exporters raise many types; one paragraph for the user
-            if is_disk_full(e, path.parent if str(path.parent) else "."):
-                raise  # atomic_write reports the full disk and removes the temporary
-            raise CheapconvError(f"Exporting {type(model).__name__} to {format} failed: {type(e).__name__}: "
-                                 f"{_first_line(e)}. Nothing was written. Try another --format (pt2 is the "
-                                 "most complete), or rerun with --debug for the full error.") from e
-        try:
-            got = _RUNNERS[format](tmp, x)
-        except CheapconvError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise ExportCheckError(f"The exported {format} file does not run: {type(e).__name__}: "
-                                   f"{_first_line(e)}. Nothing was written.") from e
-        diff, ref = _max_diffs(got, want)
-        report = ExportReport(str(path), format, shape, check_batch, diff, ref, atol, rtol,
-                              passed=diff <= atol + rtol * ref, folded=len(folding.folded),
+            check = check_outputs(format, lambda t: _RUNNERS[format](tmp, t), x, want, atol=atol, rtol=rtol)
+        except ExportCheckError as e:
+            raise ExportCheckError(f"{e} Nothing was written.") from e.__cause__
+        report = ExportReport(str(path), format, shape, check_batch, check.max_abs_diff, check.max_abs_ref,
+                              atol, rtol, passed=check.passed, folded=len(folding.folded),
                               kept_bn=len(folding.kept), taps_removed=folding.taps_removed,
                               notes=folding.notes)
         if not report.passed:

@@ -6,6 +6,13 @@ thread count and dtype are part of the result, because both change CPU convoluti
 
 Models compared with each other are timed side by side (:func:`measure_side_by_side`: one pass of each in
 turn, repeated), so that load on a shared machine hits all of them alike and their ratios stay meaningful.
+
+One loop times every runtime (:func:`time_side_by_side`): it takes *runners*, objects that make a model
+runnable in one runtime. :class:`EagerRunner` is torch eager mode (this module); the compiled, exported and
+ONNX Runtime runners are in :mod:`cheapconv.measure.runtimes`. A runner offers ``check(x)`` (compare its
+output with the eager model's; the loop calls it before any timed or warm-up pass), ``adapt(x)`` (the input
+in the form it takes: a numpy array for ONNX Runtime), ``session()`` (the context its passes run in) and
+``__call__``.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ class Latency:
     dtype: str
     channels_last: bool
     threads: int
+    runtime: str = "torch"
 
     @property
     def iqr_ms(self) -> float:
@@ -59,32 +67,97 @@ class Latency:
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32, channels_last: bool = False, warmup: int = 3,
                     repeats: int = 10, min_time_s: float = 0.0, threads: int | None = None) -> Latency:
-    """Time ``model`` on a random input of ``input_shape`` (batch included) in eval mode under inference mode.
+    """Time ``model`` in torch eager mode on a random input of ``input_shape`` (batch included), in eval mode
+    under inference mode, on a copy (the model is never moved or converted).
 
     ``dtype`` other than float32 runs under autocast (bf16 on CPU, fp16/bf16 on CUDA), the way such models
     are deployed. ``repeats`` timed passes follow ``warmup`` untimed ones; with ``min_time_s`` the loop
     continues until that much time was measured. ``threads`` sets torch's intra-op threads for the
-    measurement (restored afterwards). The model's training flags are restored; it is moved to ``device`` and,
-    with ``channels_last``, converted in place (pass a copy if that matters).
+    measurement (restored afterwards). Other runtimes: :func:`cheapconv.measure.runtimes.measure_in_runtime`.
     """
     device = torch.device(device)
     with limited_threads(threads):
-        model = model.to(device)
-        x = torch.randn(tuple(input_shape), device=device)
-        if channels_last and x.dim() == 4:
-            model = model.to(memory_format=torch.channels_last)
-            x = x.contiguous(memory_format=torch.channels_last)
-        autocast = dtype != torch.float32
-        times: list[float] = []
-        with eval_mode(model), torch.inference_mode(), \
-                torch.autocast(device.type, dtype=dtype, enabled=autocast):
-            for _ in range(warmup):
-                model(x)
-            synchronize(device)
-            start_all = time.perf_counter()
-            while len(times) < repeats or (time.perf_counter() - start_all) < min_time_s:
-                times.append(timed_forward(model, x, device))
-        return _summary(times, int(input_shape[0]), device, dtype, channels_last)
+        runner = EagerRunner(model, device, parse_dtype(dtype), channels_last)
+    (lat,) = time_side_by_side([runner], input_shape, warmup=warmup, repeats=repeats, min_time_s=min_time_s,
+                               threads=threads)
+    return lat
+
+
+class EagerRunner:
+    """torch eager mode: a copy of the model on ``device`` (channels_last if asked), run in eval mode under
+    inference mode and, for a non-fp32 ``dtype``, autocast. The reference every other runtime is checked
+    against, so its :meth:`check` has nothing to do."""
+
+    runtime = "torch"
+
+    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype = torch.float32,
+                 channels_last: bool = False, label: str | None = None):
+        self.model = prepared_copy(model, device, channels_last)
+        self.device, self.dtype, self.channels_last = device, dtype, channels_last
+        self.label = label or type(model).__name__
+        self.checks: dict = {}
+
+    def check(self, x: torch.Tensor) -> None:
+        """Nothing to compare: eager mode is the reference."""
+
+    def adapt(self, x: torch.Tensor):
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    @contextlib.contextmanager
+    def session(self):
+        with eval_mode(self.model), torch.inference_mode(), \
+                torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            yield
+
+    def __call__(self, x):
+        return self.model(x)
+
+    def close(self) -> None:
+        """Release what the runner holds (compiled code, sessions, temporary files); eager holds nothing."""
+
+
+def time_side_by_side(runners: Sequence, input_shape: tuple[int, ...], *, warmup: int = 3, repeats: int = 10,
+                      min_time_s: float = 0.0, threads: int | None = None, seed: int | None = None,
+                      ) -> list[Latency]:
+    """Time several runners (see the module docstring) on one random input of ``input_shape`` (batch
+    included), one pass of each in turn, starting with a different one each round, so that drifting machine
+    load biases none of them. Each runner's ``check`` runs first, before any pass is timed: an exported graph
+    that computes something else than the eager model is refused, never timed. With ``min_time_s`` the
+    rounds continue until that much time was measured in all."""
+    if repeats < 1 or warmup < 0:
+        raise UsageError(f"repeats must be at least 1 and warmup at least 0 (got {repeats}, {warmup}).")
+    if not runners:
+        return []
+    device = runners[0].device
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    x = torch.randn(tuple(input_shape), generator=gen).to(device)
+    with limited_threads(threads):
+        for r in runners:
+            r.check(x)
+        inputs = [r.adapt(x) for r in runners]
+        times: list[list[float]] = [[] for _ in runners]
+        n, i = len(runners), 0
+        with contextlib.ExitStack() as stack:
+            for r in runners:
+                stack.enter_context(r.session())
+            try:
+                for i in range(n):
+                    for _ in range(warmup):
+                        runners[i](inputs[i])
+                synchronize(device)
+                start, rounds = time.perf_counter(), 0
+                while rounds < repeats or (time.perf_counter() - start) < min_time_s:
+                    for k in range(n):
+                        i = (rounds + k) % n
+                        times[i].append(timed_forward(runners[i], inputs[i], device))
+                    rounds += 1
+            except RuntimeError as e:  # wrong input size or channels for this model: the user's to fix
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise UsageError(f"Model {i + 1} ({runners[i].label}) cannot run on an input of shape "
+                                 f"{tuple(input_shape)}: {first}. Give the input size it expects "
+                                 "(--input-size C,H,W).") from e
+        return [_summary(t, int(input_shape[0]), device, r.dtype, r.channels_last, r.runtime)
+                for t, r in zip(times, runners, strict=True)]
 
 
 def synchronize(device: torch.device) -> None:
@@ -92,7 +165,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_forward(model: nn.Module, x: torch.Tensor, device: torch.device) -> float:
+def timed_forward(model, x, device: torch.device) -> float:
+    """Milliseconds of one ``model(x)``: CUDA events on a GPU, ``time.perf_counter`` on the CPU."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -139,14 +213,14 @@ def timing_input(shape: tuple[int, ...], device: torch.device, channels_last: bo
 
 
 def _summary(times: list[float], batch: int, device: torch.device, dtype: torch.dtype, channels_last: bool,
-             ) -> Latency:
+             runtime: str = "torch") -> Latency:
     """Median, quartiles and minimum of per-pass times (ms) as a :class:`Latency`."""
     times = sorted(times)
     q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
     return Latency(median_ms=statistics.median(times), q1_ms=q[0], q3_ms=q[2], min_ms=times[0],
                    repeats=len(times), batch=batch, device=str(device),
                    dtype=str(dtype).removeprefix("torch."), channels_last=channels_last,
-                   threads=torch.get_num_threads())
+                   threads=torch.get_num_threads(), runtime=runtime)
 
 
 def measure_side_by_side(models: Sequence[nn.Module], input_shape: tuple[int, ...], *,
@@ -164,33 +238,8 @@ def measure_side_by_side(models: Sequence[nn.Module], input_shape: tuple[int, ..
     >>> a.median_ms > 0 and b.median_ms > 0
     True
     """
-    if repeats < 1 or warmup < 0:
-        raise UsageError(f"repeats must be at least 1 and warmup at least 0 (got {repeats}, {warmup}).")
     device = torch.device(device) if device is not None else default_device()
     dtype = parse_dtype(dtype)
     with limited_threads(threads):
-        work = [prepared_copy(m, device, channels_last) for m in models]
-        x = timing_input(input_shape, device, channels_last)
-        times: list[list[float]] = [[] for _ in work]
-        with contextlib.ExitStack() as stack:
-            for m in work:
-                stack.enter_context(eval_mode(m))
-            stack.enter_context(torch.inference_mode())
-            stack.enter_context(torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32))
-            n = len(work)
-            i = 0
-            try:
-                for i in range(n):
-                    for _ in range(warmup):
-                        work[i](x)
-                synchronize(device)
-                for r in range(repeats):
-                    for k in range(n):
-                        i = (r + k) % n
-                        times[i].append(timed_forward(work[i], x, device))
-            except RuntimeError as e:  # wrong input size or channels for this model: the user's to fix
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise UsageError(f"Model {i + 1} ({type(models[i]).__name__}) cannot run on an input of "
-                                 f"shape {tuple(input_shape)}: {first}. Give the input size it expects "
-                                 "(--input-size C,H,W).") from e
-        return [_summary(t, int(input_shape[0]), device, dtype, channels_last) for t in times]
+        runners = [EagerRunner(m, device, dtype, channels_last) for m in models]
+    return time_side_by_side(runners, input_shape, warmup=warmup, repeats=repeats, threads=threads)

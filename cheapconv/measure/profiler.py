@@ -13,6 +13,10 @@ throughput per MAC, so a student with 4× fewer MACs can be no faster, or slower
 * **per block**: for each layer a student replaced, the cheap block and the original conv (or, for
   ``B``/``BG``, the original conv → norm → act → conv chain) timed side by side at the input shape that layer
   sees in the model; blocks slower than what they replaced are flagged.
+* **runtime**: all of it in torch eager mode by default, or where the model will run (``runtime="compile"``,
+  ``"pt2"``, ``"onnxruntime"``; :mod:`cheapconv.measure.runtimes`): each model is exported once, checked
+  against its eager output, then timed; per-block timings export each block and the layers it replaced as
+  small graphs of their own.
 
 ``cheapconv.profile`` is the function :func:`profile`; the rest is in :mod:`cheapconv.measure`
 (``from cheapconv.measure import profile_many``). The tables are rendered by :mod:`cheapconv.measure.tables`,
@@ -33,8 +37,16 @@ from ..errors import UsageError
 from ..models.inputs import example_input_for, input_shape_of
 from .accuracy import evaluate_accuracy  # noqa: F401 - lives in .accuracy; the sweeper still imports it from here
 from .chain import Chain, node_steps
-from .latency import SLOWER_MARGIN, Latency, default_device, measure_side_by_side, parse_dtype
+from .latency import (
+    SLOWER_MARGIN,
+    Latency,
+    default_device,
+    measure_side_by_side,  # noqa: F401 - imported from here by older callers
+    parse_dtype,
+    time_side_by_side,
+)
 from .memory import peak_memory
+from .runtimes import check_runtime, describe_runtime, make_runners, runner_notes
 from .tables import profile_table
 
 
@@ -99,6 +111,9 @@ class Profile:
     layers: list[LayerCost] = field(default_factory=list)
     blocks: list[BlockTiming] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    runtime: str = "torch"
+    runtime_info: str = ""                        # what was timed: version, provider, threads
+    checks: dict[int, str] = field(default_factory=dict)   # batch -> the runtime-vs-eager check line
 
     @property
     def batches(self) -> list[int]:
@@ -111,7 +126,8 @@ class Profile:
     def describe_setting(self) -> str:
         lat = next(iter(self.latency.values()))
         layout = "channels_last" if lat.channels_last else "NCHW"
-        return (f"{lat.device}, {lat.dtype}, {layout}, {lat.threads} threads, "
+        where = self.runtime_info or describe_runtime(self.runtime, lat.threads, lat.device)
+        return (f"{where}, {lat.device}, {lat.dtype}, {layout}, {lat.threads} threads, "
                 f"median of {lat.repeats} after warm-up")
 
     def to_dict(self) -> dict:
@@ -164,8 +180,13 @@ def block_timings(student: nn.Module, teacher: nn.Module | None = None, *,
                   input_shape: tuple[int, ...] | None = None, batches: Sequence[int] = (1,),
                   device: str | torch.device | None = None, dtype: str | torch.dtype = torch.float32,
                   channels_last: bool = False, warmup: int = 3, repeats: int = 10,
-                  threads: int | None = None, notes: list[str] | None = None) -> list[BlockTiming]:
+                  threads: int | None = None, notes: list[str] | None = None, runtime: str = "torch",
+                  progress=None) -> list[BlockTiming]:
     """Time each block a student replaced against the original layer, side by side at the same input.
+
+    In ``runtime`` (see :mod:`cheapconv.measure.runtimes`), each block and the original layers are exported
+    as graphs of their own and checked against eager mode before they are timed; a block that cannot be is
+    skipped with a note. ``progress(done, total)`` is called after each layer.
 
     ``teacher`` supplies the original layers; by default it is rebuilt from the student's recipe (the zoo
     name it was cheapened from: only shapes matter for timing, not weights). ``input_shape`` (C, H, W)
@@ -192,6 +213,9 @@ def block_timings(student: nn.Module, teacher: nn.Module | None = None, *,
             notes.append("per-block timing needs the original model: pass teacher=... (--teacher on the "
                          "command line); the student's recipe names no source to rebuild it from")
             return []
+    if not check_runtime(runtime, device=device, dtype=dtype, channels_last=channels_last).per_block:
+        notes.append(f"per-block timing: {runtime} cannot time blocks on their own; whole-model latency only")
+        return []
     shape = tuple(input_shape) if input_shape else tuple(plan.input_shape)
     recipe = getattr(student, "cheapconv_recipe", None) or {}
     example = example_input_for(teacher, shape)
@@ -202,31 +226,65 @@ def block_timings(student: nn.Module, teacher: nn.Module | None = None, *,
     analysis = analyse(work, example, graph_mode)
     sites = {s.name: s for s in analysis.convs}
     out: list[BlockTiming] = []
-    for entry in plan.replaced:
-        if entry.convs[0] not in sites:
-            notes.append(f"per-block timing: {entry.layer} is not in the teacher given; skipped")
-            continue
-        if len(entry.convs) == 1:
-            site = sites[entry.convs[0]]
-            original, in_shape = site.conv, site.input_shape
-        else:
-            pair = analysis.pair_starting_at(entry.convs[0])
-            if pair is None:
-                notes.append(f"per-block timing: the pair {entry.layer} is not found in the teacher; skipped")
-                continue
-            steps = [pair.a.conv, *node_steps(work, pair.between), pair.b.conv]
-            original, in_shape = Chain(steps), pair.a.input_shape
-        if in_shape is None:
-            continue
-        block = student.get_submodule(entry.convs[0])
+    for k, entry in enumerate(plan.replaced, 1):
+        pair = _original_layers(work, analysis, sites, entry, notes)
+        if pair is not None:
+            original, in_shape = pair
+            block = student.get_submodule(entry.convs[0])
+            timed = _time_pair(original, block, entry.layer, in_shape, batches, runtime, notes, device=device,
+                               dtype=dtype, channels_last=channels_last, warmup=warmup, repeats=repeats,
+                               threads=threads)
+            if timed is not None:
+                before, after = timed
+                out.append(BlockTiming(entry.layer, entry.block or "", tuple(in_shape), entry.params_before,
+                                       entry.params_after, entry.macs_before, entry.macs_after, before, after))
+        if progress is not None:
+            progress(k, len(plan.replaced))
+    if runtime != "torch" and plan.replaced and not out:
+        notes.append(f"per-block timing: no block could be timed on its own in {runtime}; whole-model "
+                     "latency only")
+    return out
+
+
+def _original_layers(work, analysis, sites: dict, entry, notes: list[str]):
+    """(the original conv, or conv → norm → act → conv chain, that ``entry`` replaced; its input shape), or
+    None with a note."""
+    if entry.convs[0] not in sites:
+        notes.append(f"per-block timing: {entry.layer} is not in the teacher given; skipped")
+        return None
+    if len(entry.convs) == 1:
+        site = sites[entry.convs[0]]
+        original, in_shape = site.conv, site.input_shape
+    else:
+        pair = analysis.pair_starting_at(entry.convs[0])
+        if pair is None:
+            notes.append(f"per-block timing: the pair {entry.layer} is not found in the teacher; skipped")
+            return None
+        original, in_shape = Chain([pair.a.conv, *node_steps(work, pair.between), pair.b.conv]), pair.a.input_shape
+    return None if in_shape is None else (original, in_shape)
+
+
+def _time_pair(original: nn.Module, block: nn.Module, layer: str, in_shape, batches, runtime: str,
+               notes: list[str], *, device, dtype, channels_last, warmup, repeats, threads):
+    """({batch: original's latency}, {batch: block's}) timed side by side in ``runtime``, or None (with a
+    note) when the runtime cannot take one of them on its own."""
+    from ..errors import CheapconvError
+
+    try:
+        runners = make_runners([original, block], runtime, tuple(in_shape), device=device, dtype=dtype,
+                               channels_last=channels_last, threads=threads, labels=[f"{layer} (original)", layer])
+    except CheapconvError as e:
+        notes.append(f"per-block timing: {layer} cannot be timed on its own in {runtime} ({e}); skipped")
+        return None
+    try:
         before, after = {}, {}
         for b in batches:
-            before[b], after[b] = measure_side_by_side(
-                [original, block], (b, *in_shape), device=device, dtype=dtype, channels_last=channels_last,
-                warmup=warmup, repeats=repeats, threads=threads)
-        out.append(BlockTiming(entry.layer, entry.block or "", tuple(in_shape), entry.params_before,
-                               entry.params_after, entry.macs_before, entry.macs_after, before, after))
-    return out
+            before[b], after[b] = time_side_by_side(runners, (b, *in_shape), warmup=warmup, repeats=repeats,
+                                                    threads=threads)
+        return before, after
+    finally:
+        for r in runners:
+            r.close()
 
 
 # --- whole models -------------------------------------------------------------------------------------------
@@ -234,33 +292,45 @@ def profile_many(models: Sequence[nn.Module], input_shape: tuple[int, ...] | Non
                  names: Sequence[str] | None = None, device: str | torch.device | None = None,
                  dtype: str | torch.dtype = torch.float32, channels_last: bool = False, batch: int = 32,
                  warmup: int = 3, repeats: int = 10, threads: int | None = None, memory: bool = True,
-                 per_layer: bool = False, layer_repeats: int | None = None) -> list[Profile]:
+                 per_layer: bool = False, layer_repeats: int | None = None, runtime: str = "torch",
+                 progress=None) -> list[Profile]:
     """:func:`profile` for several models at once, their latencies measured side by side (batch 1 and
-    ``batch``). All models get the same input shape (default: the first model's)."""
+    ``batch``) in ``runtime``. All models get the same input shape (default: the first model's)."""
     if not models:
         raise UsageError("profile_many needs at least one model.")
     shape = input_shape_of(models[0], input_shape)
     device = torch.device(device) if device is not None else default_device()
     dtype = parse_dtype(dtype)
+    check_runtime(runtime, device=device, dtype=dtype, channels_last=channels_last)
     batches = sorted({1, int(batch)})
-    timed = {b: measure_side_by_side(models, (b, *shape), device=device, dtype=dtype,
-                                     channels_last=channels_last, warmup=warmup, repeats=repeats,
-                                     threads=threads) for b in batches}
+    labels = [names[i] if names else model_label(m) for i, m in enumerate(models)]
+    runners = make_runners(models, runtime, shape, device=device, dtype=dtype, channels_last=channels_last,
+                           threads=threads, labels=labels)
+    try:
+        timed = {b: time_side_by_side(runners, (b, *shape), warmup=warmup, repeats=repeats, threads=threads)
+                 for b in batches}
+    finally:
+        for r in runners:
+            r.close()
+    info = describe_runtime(runtime, threads, device)
     profiles = []
     for i, model in enumerate(models):
-        name = names[i] if names else model_label(model)
         macs, layers = _layer_costs(model, shape)
-        p = Profile(model=name, input_shape=shape, params_trainable=count_params(model, "trainable"),
+        p = Profile(model=labels[i], input_shape=shape, params_trainable=count_params(model, "trainable"),
                     params_paper=count_params(model, "paper"), macs=macs,
                     latency={b: timed[b][i] for b in batches}, layers=layers,
-                    weight_bytes=sum(t.numel() * t.element_size() for t in model.state_dict().values()))
+                    weight_bytes=sum(t.numel() * t.element_size() for t in model.state_dict().values()),
+                    runtime=runtime, runtime_info=info, notes=runner_notes(runners[i:i + 1]),
+                    checks={b: c.line() for b, c in
+                            ((int(s[0]), c) for s, c in getattr(runners[i], "checks", {}).items())})
         if memory:
             p.peak_memory = {b: peak_memory(model, (b, *shape), device=device, dtype=dtype,
                                             channels_last=channels_last) for b in batches}
         if per_layer:
             p.blocks = block_timings(model, input_shape=shape, batches=batches, device=device, dtype=dtype,
                                      channels_last=channels_last, warmup=warmup,
-                                     repeats=layer_repeats or repeats, threads=threads, notes=p.notes)
+                                     repeats=layer_repeats or repeats, threads=threads, notes=p.notes,
+                                     runtime=runtime, progress=progress)
         profiles.append(p)
     return profiles
 
@@ -278,7 +348,7 @@ def profile(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
             channels_last: bool = False, batch: int = 32, warmup: int = 3, repeats: int = 10,
             threads: int | None = None, memory: bool = True, per_layer: bool = True,
             teacher: nn.Module | None = None, layer_repeats: int | None = None,
-            name: str | None = None) -> Profile:
+            name: str | None = None, runtime: str = "torch", progress=None) -> Profile:
     """Measure ``model``: params (trainable and paper conventions), MACs per image, latency at batch 1 and at
     ``batch`` (median and quartiles of ``repeats`` timed passes after ``warmup``), peak memory, per-layer
     params/MACs and, for a student, each replaced block timed against the layer it replaced.
@@ -286,8 +356,11 @@ def profile(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
     ``input_shape`` is (C, H, W) (a leading batch dimension is dropped; default: the student's recipe or the
     model's native size). ``device`` defaults to CUDA when present, else the CPU; ``dtype`` other than fp32
     runs under autocast; ``threads`` sets torch's intra-op threads while measuring. ``teacher`` supplies
-    the original layers for the per-block comparison (default: rebuilt from the student's recipe). The model
-    itself is never moved or modified.
+    the original layers for the per-block comparison (default: rebuilt from the student's recipe).
+    ``runtime`` is where latency is measured: ``"torch"`` (eager), ``"compile"``, ``"pt2"`` or
+    ``"onnxruntime"`` (see :mod:`cheapconv.measure.runtimes`; the model is exported once and checked
+    against its eager output before it is timed; ``p.checks`` holds the check per batch). The model
+    itself is never moved or modified. ``progress(done, total)`` follows the per-block timing.
 
     >>> import cheapconv
     >>> from cheapconv.models import WideResNet
@@ -297,9 +370,10 @@ def profile(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
     shape = input_shape_of(model, input_shape)
     (p,) = profile_many([model], shape, names=[name] if name else None, device=device, dtype=dtype,
                         channels_last=channels_last, batch=batch, warmup=warmup, repeats=repeats,
-                        threads=threads, memory=memory)
+                        threads=threads, memory=memory, runtime=runtime)
     if per_layer:
         p.blocks = block_timings(model, teacher, input_shape=shape, batches=p.batches, device=device,
                                  dtype=dtype, channels_last=channels_last, warmup=warmup,
-                                 repeats=layer_repeats or repeats, threads=threads, notes=p.notes)
+                                 repeats=layer_repeats or repeats, threads=threads, notes=p.notes,
+                                 runtime=runtime, progress=progress)
     return p

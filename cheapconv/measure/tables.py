@@ -52,13 +52,15 @@ def profile_table(p: Profile):
 def blocks_table(blocks: Sequence[BlockTiming], *, title: str = "Replaced blocks against the original layers"
                  ):
     """One row per replaced layer: MACs and side-by-side latency before → after per batch, slower ones
-    flagged."""
+    flagged; the runtime they were timed in is named in the title when it is not torch eager."""
     from rich.table import Table
 
     from ..surgery.report import human
 
     batches = sorted({b for bt in blocks for b in bt.after})
-    t = Table(title=f"{title} (speed-up = original ÷ block; SLOWER beyond {SLOWER_MARGIN:.0%})",
+    runtimes = sorted({lat.runtime for bt in blocks for lat in bt.after.values()} - {"torch"})
+    where = f"; timed in {', '.join(runtimes)}" if runtimes else ""
+    t = Table(title=f"{title} (speed-up = original ÷ block; SLOWER beyond {SLOWER_MARGIN:.0%}{where})",
               title_justify="left")
     for col in ("layer", "block", "input", "MACs", *[f"batch {b}: ms" for b in batches],
                 *[f"speed-up b{b}" for b in batches], "flag"):

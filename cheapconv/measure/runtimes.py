@@ -1,0 +1,307 @@
+"""Latency where the model will run: torch eager, ``torch.compile``, an exported ``.pt2`` program, ONNX Runtime.
+
+The runtime changes which students are fast (a depthwise student no faster than its teacher in eager torch
+can be several times faster in ONNX Runtime), so everything that measures latency (``profile``, ``compare``,
+``sweep``, the search's latency costs and budget) takes one ``runtime``:
+
+============== ==============================================================================================
+``torch``      eager mode, the model as it is (the reference the others are checked against)
+``compile``    ``torch.compile`` (inductor, ``dynamic=False``: one compilation per batch size), of the model as
+               a user compiles it
+``pt2``        ``torch.export`` of the deployable copy (eval mode, taps stripped, BatchNorm folded: what
+               ``cheapconv export --format pt2`` writes), run as ``torch.export.load(path).module()``
+``onnxruntime`` the same copy exported to ONNX (what ``cheapconv export --format onnx`` writes), run in an
+               onnxruntime session (CPU execution provider, or CUDA's), ``threads`` intra-op threads
+============== ==============================================================================================
+
+Every model is exported (compiled) **once** per runtime, with a dynamic batch dimension, by the same code
+that ``cheapconv export`` uses (:mod:`cheapconv.measure.exports`). Before any pass is timed at a batch size,
+the runtime's output at that size is compared with the eager model's (:class:`RuntimeRunner.check`, the
+``export`` check and tolerance); a runtime that computes something else is refused
+(:class:`~cheapconv.measure.exports.ExportCheckError`), never timed. On CUDA, passes are timed with CUDA
+events (ONNX Runtime's CUDA provider: around ``session.run``, host copies included).
+
+Per-block timings (the SLOWER flags) are measured in the runtime too: each cheap block and the layers it
+replaced are exported as small graphs of their own. A block that cannot be exported on its own is skipped
+with a note; then only whole-model figures are in that runtime, and the notes say so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+from ..threads import limited_threads
+from .exports import EXTRA_HINT, LOADERS, ExportCheckError, check_outputs, flat_tensors, write_export
+from .latency import EagerRunner, Latency, default_device, parse_dtype, time_side_by_side
+
+__all__ = ["RUNTIMES", "CompiledRunner", "ExportedRunner", "Runtime", "check_runtime", "describe_runtime",
+           "make_runner", "make_runners", "measure_in_runtime", "runner_notes"]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """One place a model can run, for timing."""
+
+    name: str
+    what: str                       # one line for tables and help texts
+    modules: tuple[str, ...] = ()   # Python modules it needs
+    fp32_only: bool = False         # runs the exported fp32 graph: no autocast, no channels_last
+    per_block: bool = True          # can time a cheap block and the layers it replaced as small graphs
+
+
+RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
+    Runtime("torch", "torch eager mode"),
+    Runtime("compile", "torch.compile (inductor)"),
+    Runtime("pt2", "torch.export program, run as torch.export.load(...).module()", fp32_only=True),
+    Runtime("onnxruntime", "ONNX Runtime session of the exported ONNX graph", ("onnx", "onnxscript", "onnxruntime"),
+            fp32_only=True),
+)}
+
+#: dynamo's default recompile limit (8 per function) would let later small graphs fall back to eager mode
+#: silently; raised while timing, and hitting it is an error instead of a silent fallback
+_DYNAMO_LIMITS = {"recompile_limit": 4096, "accumulated_recompile_limit": 65536, "fail_on_recompile_limit_hit": True}
+
+
+def check_runtime(runtime: str, *, device: str | torch.device | None = None,
+                  dtype: str | torch.dtype = torch.float32, channels_last: bool = False) -> Runtime:
+    """The :class:`Runtime` called ``runtime``, after checking that it is installed and can run what was asked;
+    otherwise a :class:`~cheapconv.errors.UsageError` that says what to install or change."""
+    if runtime not in RUNTIMES:
+        raise UsageError(f"Unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}.")
+    info = RUNTIMES[runtime]
+    for name in info.modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise UsageError(f"Timing in {runtime} needs the Python package {name!r}, which is not installed: "
+                             f"{EXTRA_HINT}. Or time in another runtime (--runtime torch).") from None
+    if info.fp32_only and (parse_dtype(dtype) != torch.float32 or channels_last):
+        raise UsageError(f"The {runtime} runtime runs the exported float32 graph, so --dtype {dtype} and "
+                         "--channels-last do not apply to it; time bf16/fp16 or channels_last in the torch or "
+                         "compile runtime, or drop those options.")
+    dev = torch.device(device) if device is not None else default_device()
+    if runtime == "compile" and dev.type == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        raise UsageError("torch.compile (inductor) needs a C++ compiler on the CPU, and none was found (c++, g++ "
+                         "or clang++). Install one (apt-get install g++), or time in another runtime.")
+    return info
+
+
+def describe_runtime(runtime: str, threads: int | None = None, device: str | torch.device = "cpu") -> str:
+    """``'onnxruntime 1.31.1 (CPUExecutionProvider, 2 intra-op threads)'``: what was timed, for outputs."""
+    n = int(threads or torch.get_num_threads())
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        provider = "CUDAExecutionProvider" if torch.device(device).type == "cuda" else "CPUExecutionProvider"
+        return f"onnxruntime {ort.__version__} ({provider}, {n} intra-op threads)"
+    what = {"torch": "torch eager", "compile": "torch.compile (inductor)", "pt2": "torch.export .pt2"}[runtime]
+    return f"{what} {torch.__version__.split('+')[0]} ({n} intra-op threads)"
+
+
+class _CheckedRunner:
+    """What the compiled and exported runners share: an eager copy to check against, one check per input
+    shape before that shape is timed, notes."""
+
+    runtime = "?"
+
+    def _setup(self, model: nn.Module, device: torch.device, label: str | None, atol: float, rtol: float):
+        self.reference = EagerRunner(model, device)   # the eager model, for the checks
+        self.device = device
+        self.label = label or type(model).__name__
+        self.atol, self.rtol = atol, rtol
+        self.checks: dict[tuple[int, ...], object] = {}
+        self.notes: list[str] = []
+
+    def check(self, x: torch.Tensor):
+        """Compare this runtime's output on ``x`` with the eager model's (once per shape); raise
+        :class:`ExportCheckError` when it differs beyond the tolerance. Called before ``x``'s shape is timed."""
+        shape = tuple(x.shape)
+        if shape not in self.checks:
+            with self.reference.session():
+                want = [t.clone() for t in flat_tensors(self.reference(x))]
+            with self.session():
+                result = check_outputs(self.runtime, self._outputs, x, want, atol=self.atol, rtol=self.rtol)
+            if not result.passed:
+                raise ExportCheckError(f"{self.label} in {self.runtime} does not compute what it computes in "
+                                       f"eager torch, so it was not timed: {result.line()}.")
+            self.checks[shape] = result
+        return self.checks[shape]
+
+    def _outputs(self, x: torch.Tensor) -> list:
+        return flat_tensors(self(self.adapt(x)))
+
+    def close(self) -> None:
+        pass
+
+
+class CompiledRunner(_CheckedRunner):
+    """``torch.compile(copy of the model, dynamic=False)``, run in eval mode under inference mode (and
+    autocast for a non-fp32 ``dtype``). Compilation happens at the first pass of each batch size: in the
+    check, before any timing."""
+
+    runtime = "compile"
+
+    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype = torch.float32,
+                 channels_last: bool = False, label: str | None = None, atol: float = 1e-4, rtol: float = 1e-4):
+        self._setup(model, device, label, atol, rtol)
+        self.eager = EagerRunner(model, device, dtype, channels_last)
+        self.dtype, self.channels_last = dtype, channels_last
+        self.compiled = torch.compile(self.eager.model, dynamic=False)
+        if dtype != torch.float32:  # autocast changes the numbers: compare with eager under the same autocast
+            self.reference = self.eager
+
+    def adapt(self, x):
+        return self.eager.adapt(x)
+
+    @contextlib.contextmanager
+    def session(self):
+        # inductor's C++ builder warns on every CPU-only machine that it found no CUDA runtime: not news here
+        quiet = logging.getLogger("torch.utils.cpp_extension")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            with self.eager.session(), torch._dynamo.config.patch(_DYNAMO_LIMITS):
+                yield
+        finally:
+            quiet.setLevel(level)
+
+    def __call__(self, x):
+        return self.compiled(x)
+
+    def close(self) -> None:
+        self.compiled = None
+
+
+class ExportedRunner(_CheckedRunner):
+    """The deployable copy of a model (:func:`cheapconv.surgery.fold.deployable`) exported as ``format``
+    (``pt2`` or ``onnx``) with a dynamic batch, loaded back once, and run from that (the file is deleted once
+    loaded: onnxruntime and torch.export hold the program in memory)."""
+
+    dtype, channels_last = torch.float32, False
+
+    def __init__(self, model: nn.Module, format: str, input_shape: tuple[int, ...], device: torch.device, *,
+                 threads: int | None = None, label: str | None = None, fold: bool = True, atol: float = 1e-4,
+                 rtol: float = 1e-4, leaf_modules=()):
+        from ..surgery.fold import deployable
+
+        self._setup(model, device, label, atol, rtol)
+        self.runtime = {"onnx": "onnxruntime"}.get(format, format)
+        self.format = format
+        work = model
+        param = next(iter(model.parameters()), None)
+        if param is not None and (param.device.type != "cpu" or param.dtype != torch.float32):
+            work = _cpu_float_copy(model)  # export on the CPU in float32; the caller's model stays
+        prepared, folding = deployable(work, fold=fold, leaf_modules=leaf_modules)
+        self.notes += folding.notes
+        self.folded = len(folding.folded)
+        example = torch.randn((2, *input_shape))
+        with tempfile.TemporaryDirectory(prefix="cheapconv-runtime-") as tmp:
+            path = str(Path(tmp) / f"model.{format}")
+            write_export(prepared, format, example, path, label=self.label,
+                         then=f"It cannot be timed in {self.runtime}.")
+            loader = LOADERS[format]
+            self.run = loader(path, device=device, threads=threads) if format == "onnx" else loader(path, device)
+        self._session = getattr(self.run, "session", None)
+        if self._session is not None:
+            self._input_name = self._session.get_inputs()[0].name
+
+    def adapt(self, x):
+        return x.detach().cpu().numpy() if self._session is not None else x
+
+    @contextlib.contextmanager
+    def session(self):
+        with torch.inference_mode():
+            yield
+
+    def __call__(self, x):
+        if self._session is not None:
+            return self._session.run(None, {self._input_name: x})
+        return self.run(x)
+
+    def _outputs(self, x: torch.Tensor) -> list:
+        return self.run(x)
+
+    def close(self) -> None:
+        self.run = self._session = None
+
+
+def _cpu_float_copy(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model).cpu().float()
+
+
+def make_runner(model: nn.Module, runtime: str, input_shape: tuple[int, ...], *,
+                device: str | torch.device | None = None, dtype: str | torch.dtype = torch.float32,
+                channels_last: bool = False, threads: int | None = None, label: str | None = None,
+                atol: float = 1e-4, rtol: float = 1e-4):
+    """``model`` made runnable in ``runtime`` at (C, H, W) ``input_shape``: exported (compiled) once; its
+    output is checked against eager mode by the timing loop before each batch size is timed."""
+    check_runtime(runtime, device=device, dtype=dtype, channels_last=channels_last)
+    dev = torch.device(device) if device is not None else default_device()
+    the_dtype = parse_dtype(dtype)
+    with limited_threads(threads):
+        if runtime == "torch":
+            return EagerRunner(model, dev, the_dtype, channels_last, label=label)
+        if runtime == "compile":
+            return CompiledRunner(model, dev, the_dtype, channels_last, label=label, atol=atol, rtol=rtol)
+        fmt = "onnx" if runtime == "onnxruntime" else runtime
+        return ExportedRunner(model, fmt, tuple(input_shape), dev, threads=threads, label=label, atol=atol,
+                              rtol=rtol)
+
+
+def make_runners(models: Sequence[nn.Module], runtime: str, input_shape: tuple[int, ...], *,
+                 labels: Sequence[str] | None = None, **kw) -> list:
+    """:func:`make_runner` for each model (closing those already made if one fails)."""
+    runners: list = []
+    try:
+        for i, m in enumerate(models):
+            runners.append(make_runner(m, runtime, input_shape, label=labels[i] if labels else None, **kw))
+    except BaseException:
+        for r in runners:
+            r.close()
+        raise
+    return runners
+
+
+def measure_in_runtime(models: Sequence[nn.Module], input_shape: tuple[int, ...], runtime: str = "torch", *,
+                       device: str | torch.device | None = None, dtype: str | torch.dtype = torch.float32,
+                       channels_last: bool = False, warmup: int = 3, repeats: int = 10, min_time_s: float = 0.0,
+                       threads: int | None = None) -> list[Latency]:
+    """Time ``models`` side by side in ``runtime`` on ``input_shape`` (batch included): each exported once,
+    checked against eager mode, then timed (see the module docstring).
+
+    >>> from cheapconv.models import WideResNet
+    >>> (lat,) = measure_in_runtime([WideResNet(10, 1)], (1, 3, 32, 32), "onnxruntime", repeats=3)  # doctest: +SKIP
+    >>> lat.runtime, lat.median_ms > 0                                                            # doctest: +SKIP
+    ('onnxruntime', True)
+    """
+    runners = make_runners(models, runtime, tuple(input_shape[1:]), device=device, dtype=dtype,
+                           channels_last=channels_last, threads=threads)
+    try:
+        return time_side_by_side(runners, input_shape, warmup=warmup, repeats=repeats, min_time_s=min_time_s,
+                                 threads=threads)
+    finally:
+        for r in runners:
+            r.close()
+
+
+def runner_notes(runners: Sequence) -> list[str]:
+    """The notes of the runners (what was folded or could not be), without repeats."""
+    seen: list[str] = []
+    for r in runners:
+        for n in getattr(r, "notes", ()):
+            if n not in seen:
+                seen.append(n)
+    return seen
+
