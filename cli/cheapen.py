@@ -50,6 +50,9 @@ def cheapen(
     strict: bool = typer.Option(False, "--strict", help="Fail if a matched layer cannot take its block."),
     changes_only: bool = typer.Option(False, "--changes-only", help="List only the layers that change."),
     trust: bool = typer.Option(False, "--trust", help="Allow a model file that needs unpickling (runs its code)."),
+    init: str = typer.Option("random", "--init",
+                             help="How replaced blocks start: random (as in the papers) or teacher (closed forms "
+                                  "from the teacher's convs, exact at full rank)."),
 ) -> None:
     """Rewrite MODEL with cheap convolution blocks and write the student.
 
@@ -59,6 +62,9 @@ def cheapen(
     from cheapconv.surgery.report import summary_table
 
     the_policy = resolve_policy(block, policy, policy_file)
+    if init not in ("random", "teacher"):
+        raise typer.BadParameter(f"{init!r} is not a way to start the student: use 'random' or 'teacher'",
+                                 param_hint="--init")
     size = parse_input_size(input_size)
     if not dry_run:
         output_path(output)
@@ -76,7 +82,8 @@ def cheapen(
                                       model_name=getattr(teacher, "cheapconv_source", None) or model)
             student = None
         else:
-            student = cheapconv.cheapen(teacher, the_policy, input_size=size, strict=strict, leaf_modules=leaf)
+            student = cheapconv.cheapen(teacher, the_policy, input_size=size, strict=strict, leaf_modules=leaf,
+                                        init=init)
             the_plan = student.cheapconv_plan
     for w in caught:
         warn(str(w.message))
@@ -87,9 +94,25 @@ def cheapen(
     if dry_run:
         err.print("Dry run: nothing written.")
         return
+    if init == "teacher":
+        out.print(literal_table(init_table(student.cheapconv_init)))
     kind = cheapconv.save(student, output)
     err.print(f"Wrote {literal(output)} ({kind} format" + (": loading it will need --trust" if kind == "pickle" else "")
               + ").", highlight=False)
+
+
+def init_table(records):
+    """The per-site table of ``--init teacher``: how each replaced block started and how close it is."""
+    from rich.table import Table
+
+    t = Table(title="Initialised from the teacher (weight error: ‖Ŵ − W‖/‖W‖ of the kernel the block computes)",
+              title_justify="left")
+    for col in ("layer", "block", "start", "weight error", "note"):
+        t.add_column(col, overflow="fold")
+    for r in records:
+        error = "" if r.weight_error is None else f"{r.weight_error:.3g}"
+        t.add_row(r.name, r.block, r.kind, error, r.note)
+    return t
 
 
 @app.command()
