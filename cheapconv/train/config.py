@@ -63,6 +63,11 @@ class DistillConfig:
       and ``"ce"`` without. ``beta`` (AT weight, 1000), ``alpha`` (KD weight, 0.9), ``temperature`` (4),
       ``kd_reduction`` (``"batchmean"``, the standard per-sample KL, or ``"reference"``, the Moonshine
       code's batch×classes mean times 2: see :func:`cheapconv.train.losses.kd_loss`).
+    - Segmentation: ``aux_weight`` (0.5) weighs an auxiliary head's CE (a model returning ``{"out", "aux"}``);
+      ``ignore_index`` (255, VOC's and Cityscapes') marks mask pixels that count in no loss and no metric.
+    - ``taps``: the stage outputs to match with attention transfer, by module name (the same names in teacher
+      and student, e.g. ``("backbone.layer2", "backbone.layer3", "classifier.0")``); empty: found
+      automatically (:func:`cheapconv.surgery.taps.find_stages`) and matched by name where the names agree.
     - Optimiser: SGD with ``momentum`` (0.9), ``nesterov`` (False), ``lr`` (0.1), ``weight_decay`` (5e-4).
     - ``batch_size``: the *global* batch (128); under ``torchrun`` each of W processes gets batch_size / W,
       so a run on W GPUs follows the same recipe as on one.
@@ -96,6 +101,9 @@ class DistillConfig:
     alpha: float = 0.9
     temperature: float = 4.0
     kd_reduction: str = "batchmean"
+    aux_weight: float = 0.5
+    ignore_index: int = 255
+    taps: tuple[str, ...] = ()
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
@@ -121,6 +129,7 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "milestones", tuple(float(m) for m in self.milestones))
+        object.__setattr__(self, "taps", tuple(str(t) for t in self.taps))
         problems = []
         if self.epochs is None and self.max_steps is None:
             problems.append("give epochs or max_steps")
@@ -147,6 +156,8 @@ class DistillConfig:
             problems.append(f"gamma must lie in (0, 1], got {self.gamma}")
         if self.warmup_epochs < 0:
             problems.append(f"warmup_epochs must be non-negative, got {self.warmup_epochs}")
+        if not self.aux_weight >= 0:
+            problems.append(f"aux_weight must be non-negative, got {self.aux_weight}")
         if self.precision not in PRECISIONS:
             problems.append(f"unknown precision {self.precision!r} (valid: {', '.join(PRECISIONS)})")
         if self.kd_reduction not in KD_REDUCTIONS:
@@ -176,7 +187,8 @@ class DistillConfig:
     def loss_fn(self, *, teacher: bool) -> DistillationLoss:
         """The configured :class:`~cheapconv.train.losses.DistillationLoss`."""
         return DistillationLoss(self.resolved_loss(teacher=teacher), beta=self.beta, alpha=self.alpha,
-                                temperature=self.temperature, kd_reduction=self.kd_reduction)  # type: ignore[arg-type]
+                                temperature=self.temperature, kd_reduction=self.kd_reduction,  # type: ignore[arg-type]
+                                aux_weight=self.aux_weight, ignore_index=self.ignore_index)
 
     def total_steps(self, steps_per_epoch: int) -> int:
         """Optimiser steps of the whole run."""
@@ -227,6 +239,7 @@ class DistillConfig:
         """Plain JSON-able data (tuples become lists)."""
         data = dataclasses.asdict(self)
         data["milestones"] = list(self.milestones)
+        data["taps"] = list(self.taps)
         return data
 
     @classmethod
@@ -240,6 +253,8 @@ class DistillConfig:
         data = dict(data)
         if "milestones" in data:
             data["milestones"] = tuple(data["milestones"])
+        if "taps" in data:
+            data["taps"] = tuple(data["taps"])
         return cls(**data)
 
     def trajectory_diff(self, other: DistillConfig) -> dict[str, tuple[Any, Any]]:

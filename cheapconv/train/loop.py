@@ -16,7 +16,9 @@ What the spec (``moonshine.md`` sections 5-6) asks and where it happens:
 - The teacher runs in eval mode under ``torch.inference_mode`` and is never updated: no autograd graph is
   built for it, its BatchNorm statistics are never touched (eval mode), and its modules' own training flags
   are restored when the run ends. (It is moved to the run's device and memory format; values unchanged.)
-- Taps are matched teacher-to-student by position; different counts or spatial sizes are a
+- Taps are matched teacher-to-student by name (``config.taps``, or the stages both networks have:
+  :func:`cheapconv.surgery.taps.match_taps`), by position where the names have nothing in common; different
+  counts or spatial sizes are a
   :class:`~cheapconv.errors.UsageError` naming both sides' stages and sizes, raised on the first batch
   before any weight changes (:mod:`cheapconv.train.checks`).
 - Checkpoints (:mod:`cheapconv.train.checkpoint`) are written atomically at the configured interval, at the end,
@@ -33,6 +35,11 @@ What the spec (``moonshine.md`` sections 5-6) asks and where it happens:
   (:mod:`cheapconv.train.finite`). A checkpoint is never written after a non-finite loss nor with non-finite
   weights, and the run goes back to the checkpoint before the last one (the last may already hold diverging
   weights), which it keeps (:mod:`cheapconv.train.lineage`).
+
+Outputs: a model may return its logits, a dict (``out``, and ``aux`` for an auxiliary head, as torchvision's
+segmentation models) or a tuple (logits first); :func:`cheapconv.train.losses.split_output` picks the
+prediction, and the auxiliary head's loss is added when present. Segmentation data (masks as labels) gets
+per-pixel losses and mIoU / pixel accuracy in place of top-k (:mod:`cheapconv.train.metrics`).
 
 Per step the loop does no host sync on a GPU (loss checks and metric sums stay on the device until a
 logging point), measures each batch's metrics once for both the logging window and the epoch, and calls
@@ -61,12 +68,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from .callbacks import Callback
 from .checks import check_inputs, check_taps
 from .config import DistillConfig
+from .dense import split_output
 from .finite import NonFiniteLossError
 from .metrics import Meters, batch_stats
 from .run import start_run
@@ -150,11 +158,17 @@ def distill(
                         if teacher_fwd is not None:
                             with torch.inference_mode():   # no graph, no BN updates (eval mode)
                                 t_logits, t_taps = teacher_fwd(x), t_acts
-                        s_logits = model(x)
-                        if first_batch and loss_fn.needs_taps:
-                            check_taps(student, r.teacher, s_acts, t_taps)
+                            if not isinstance(t_logits, Tensor):   # a dict or tuple: its prediction
+                                t_logits = split_output(t_logits)[0]
+                        s_logits, s_aux = model(x), None
+                        if not isinstance(s_logits, Tensor):   # (plain tensors pay for this test only)
+                            s_logits, s_aux = split_output(s_logits)
+                        if first_batch:
+                            _check_prediction(s_logits, y, train_data)
+                            if loss_fn.needs_taps:
+                                check_taps(student, r.teacher, s_acts, t_taps)
                         loss, terms = loss_fn(s_logits, y, teacher_logits=t_logits, student_acts=s_acts,
-                                              teacher_acts=t_taps)
+                                              teacher_acts=t_taps, student_aux=s_aux)
                     first_batch = False
                     guard.add(step + 1, epoch, terms)   # on CPU in one process: checked now, before the step
                     optimizer.zero_grad(set_to_none=True)
@@ -201,3 +215,21 @@ def distill(
         r.close()
     return DistillResult(student=student, history=r.history, last=last, steps=step, checkpoint=r.checkpoint,
                          rank=r.ctx.rank, world_size=r.ctx.world_size)
+
+
+def _check_prediction(logits: Tensor, labels: Tensor, data: Dataset) -> None:
+    """Segmentation masks need a per-pixel prediction of the masks' size with a score for every class."""
+    if labels.dim() < 2:
+        return
+    classes = getattr(getattr(data, "info", None), "num_classes", None)
+    if logits.dim() != labels.dim() + 1 or logits.shape[-2:] != labels.shape[-2:]:
+        from ..errors import UsageError
+
+        raise UsageError(f"The data are segmentation masks of size {tuple(labels.shape[-2:])} but the student "
+                         f"predicts a tensor of shape {tuple(logits.shape)}; a segmentation model must return "
+                         "B×classes×H×W logits at the input's resolution (or a dict with them under 'out').")
+    if classes is not None and logits.shape[1] != classes:
+        from ..errors import UsageError
+
+        raise UsageError(f"The student predicts {logits.shape[1]} classes per pixel but the dataset has {classes}; "
+                         f"build it with num_classes={classes} (--num-classes {classes}).")

@@ -7,6 +7,12 @@ code (BayesWatch/pytorch-moonshine, ``funcs.py`` and ``main.py``) differ, the do
 Teacher tensors are always detached: the teacher is fixed, so no gradient may flow into it even when a caller
 forgets ``torch.no_grad()``.
 
+Dense prediction (segmentation): logits B×K×H×W with label masks B×H×W. Cross-entropy is per pixel, pixels
+labelled ``ignore_index`` left out; KD puts the temperature over the class axis and averages the per-pixel KL
+over the valid pixels; AT is unchanged (any B×C×H×W taps, encoder or decoder). A model may return a dict
+(``out``, ``aux``: torchvision's segmentation models) or a tuple (prediction first): :func:`split_output`
+says which entry is the prediction, and the auxiliary head's CE is added with weight ``aux_weight``.
+
 Example::
 
     total, terms = distillation_loss(
@@ -27,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import UsageError
+from .dense import cross_entropy, dense_kd_parts, split_output
 
 __all__ = [
     "KD_REDUCTIONS",
@@ -35,8 +42,10 @@ __all__ = [
     "at_loss",
     "at_term",
     "attention_map",
+    "cross_entropy",
     "distillation_loss",
     "kd_loss",
+    "split_output",
 ]
 
 KDReduction = Literal["batchmean", "reference"]
@@ -154,15 +163,20 @@ def _kd_parts(
     alpha: float,
     temperature: float,
     reduction: str,
+    ignore_index: int = 255,
 ) -> tuple[Tensor, Tensor]:
     """Return ``(CE, weighted soft term)`` so that ``kd_loss = (1 − α)·CE + soft``."""
     _check_kd_args(alpha, temperature, reduction)
-    if student_logits.dim() != 2 or student_logits.shape != teacher_logits.shape:
+    if student_logits.dim() not in (2, 4) or student_logits.shape != teacher_logits.shape:
         raise UsageError(
             f"KD compares class distributions, so student and teacher logits must both be B×num_classes "
-            f"with the same shape; got student {tuple(student_logits.shape)} and teacher "
-            f"{tuple(teacher_logits.shape)}. Check that both networks have the same classifier head."
+            f"(or B×num_classes×H×W for segmentation) with the same shape; got student "
+            f"{tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)}. Check that both networks "
+            "have the same classifier head and see the same image size."
         )
+    if student_logits.dim() == 4:
+        return dense_kd_parts(student_logits, teacher_logits, labels, alpha, float(temperature), reduction,
+                               ignore_index)
     t = float(temperature)
     # log_softmax/softmax in float32: under autocast the logits may be bf16 and the KL of two nearly equal
     # distributions is a small difference of large numbers.
@@ -188,6 +202,7 @@ def kd_loss(
     alpha: float = 0.9,
     temperature: float = 4.0,
     reduction: KDReduction = "batchmean",
+    ignore_index: int = 255,
 ) -> Tensor:
     """Knowledge-distillation objective (Hinton et al.), the CE term included.
 
@@ -207,8 +222,11 @@ def kd_loss(
       for CIFAR-100 50× weaker.
 
     Paper values: α = 0.9, T = 4. The teacher logits are detached. ``labels`` are class indices (B,).
+
+    Segmentation: logits B×K×H×W and masks B×H×W; the sums over b become sums over every pixel whose label is
+    not ``ignore_index``, and 1/B becomes 1 over the number of those pixels (the KL per pixel, averaged).
     """
-    ce, soft = _kd_parts(student_logits, teacher_logits, labels, alpha, temperature, reduction)
+    ce, soft = _kd_parts(student_logits, teacher_logits, labels, alpha, temperature, reduction, ignore_index)
     return (1.0 - alpha) * ce + soft
 
 
@@ -235,6 +253,9 @@ def distillation_loss(
     alpha: float = 0.9,
     temperature: float = 4.0,
     kd_reduction: KDReduction = "batchmean",
+    student_aux: Tensor | None = None,
+    aux_weight: float = 0.5,
+    ignore_index: int = 255,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """One training objective by name; returns ``(total, terms)``.
 
@@ -251,14 +272,19 @@ def distillation_loss(
     ``"ce"`` the *unweighted* cross-entropy (comparable across kinds), ``"kd"`` the weighted soft term
     (α·T²·KL, or its reference variant), ``"at"`` the scaled AT loss, and ``"total"``. Only the terms the kind
     uses are present, and ``total = w·ce + kd + at`` with w = 1 for "ce"/"at" and w = 1 − α for "kd"/"at+kd".
+
+    ``student_aux``: an auxiliary head's logits (the ``aux`` of a segmentation model); its CE, ``"aux"`` in
+    ``terms``, is added with weight ``aux_weight`` (0.5, as torchvision's segmentation recipe). Dense logits
+    use ``ignore_index`` (see :func:`cross_entropy`).
     """
     return _objective(_canonical_kind(kind), student_logits, labels, teacher_logits, student_acts, teacher_acts,
-                      beta, alpha, temperature, kd_reduction)
+                      beta, alpha, temperature, kd_reduction, student_aux, aux_weight, ignore_index)
 
 
 def _objective(k: str, student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None,
                student_acts: Sequence[Tensor], teacher_acts: Sequence[Tensor], beta: float, alpha: float,
-               temperature: float, kd_reduction: str) -> tuple[Tensor, dict[str, Tensor]]:
+               temperature: float, kd_reduction: str, student_aux: Tensor | None = None, aux_weight: float = 0.5,
+               ignore_index: int = 255) -> tuple[Tensor, dict[str, Tensor]]:
     """:func:`distillation_loss` for a canonical kind ``k``."""
     uses_kd = k in ("kd", "at+kd")
     uses_at = k in ("at", "at+kd")
@@ -268,13 +294,17 @@ def _objective(k: str, student_logits: Tensor, labels: Tensor, teacher_logits: T
     terms: dict[str, Tensor] = {}
     if uses_kd:
         assert teacher_logits is not None  # checked above; narrows the type
-        ce, soft = _kd_parts(student_logits, teacher_logits, labels, alpha, temperature, kd_reduction)
+        ce, soft = _kd_parts(student_logits, teacher_logits, labels, alpha, temperature, kd_reduction, ignore_index)
         total = (1.0 - alpha) * ce + soft
         terms["kd"] = soft.detach()
     else:
-        ce = F.cross_entropy(student_logits.float(), labels)
+        ce = cross_entropy(student_logits, labels, ignore_index)
         total = ce
     terms["ce"] = ce.detach()
+    if student_aux is not None:
+        aux = cross_entropy(student_aux, labels, ignore_index)
+        total = total + aux_weight * aux
+        terms["aux"] = aux.detach()
     if uses_at:
         at = at_loss(student_acts, teacher_acts, beta)
         total = total + at
@@ -301,6 +331,8 @@ class DistillationLoss:
     alpha: float = 0.9
     temperature: float = 4.0
     kd_reduction: KDReduction = "batchmean"
+    aux_weight: float = 0.5
+    ignore_index: int = 255
 
     def __post_init__(self) -> None:
         # Canonicalise once so that str(self) and saved recipes show "ce", never an alias.
@@ -328,8 +360,10 @@ class DistillationLoss:
         teacher_logits: Tensor | None = None,
         student_acts: Sequence[Tensor] = (),
         teacher_acts: Sequence[Tensor] = (),
+        student_aux: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Evaluate the objective; see :func:`distillation_loss` for the returned terms."""
         # the kind was canonicalised at construction: straight to the objective (this runs every step)
         return _objective(self.kind, student_logits, labels, teacher_logits, student_acts, teacher_acts,
-                          self.beta, self.alpha, self.temperature, self.kd_reduction)
+                          self.beta, self.alpha, self.temperature, self.kd_reduction, student_aux, self.aux_weight,
+                          self.ignore_index)

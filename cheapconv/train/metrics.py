@@ -5,6 +5,12 @@ hits, sample counts); nothing is copied to the host until :meth:`Meters.summary`
 training loop does once every ``log_every`` steps and at the end of an epoch. Under ``torchrun`` the sums
 are all-reduced, so every rank reports the global figures.
 
+Segmentation (logits B×K×H×W, masks B×H×W): instead of top-k hits, each batch adds its per-class
+intersection and union pixel counts and its correct and valid pixel counts (pixels whose label is outside
+0..K−1, e.g. the ignore index 255, are not counted), and the summary reports ``miou`` (the mean over the
+classes that occur in the labels or the predictions of intersection/union, the standard dataset-level
+mIoU: counts are summed over all images before dividing) and ``pixel_acc``, as fractions.
+
 Example::
 
     print(evaluate(model, get_dataset("fashion-mnist", "test", in_chans=3, image_size=32)))
@@ -19,13 +25,13 @@ from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..counting import eval_mode
 from .config import check_precision
 
-__all__ = ["BatchStats", "Meters", "autocast", "batch_stats", "evaluate", "peak_memory_mb", "topk_hits"]
+__all__ = ["BatchStats", "Meters", "autocast", "batch_stats", "confusion_counts", "evaluate", "peak_memory_mb",
+           "seg_scores", "topk_hits"]
 
 
 def topk_hits(logits: Tensor, labels: Tensor, ks: Iterable[int] = (1, 5)) -> dict[int, Tensor]:
@@ -76,7 +82,14 @@ class Meters:
         self._n += n
 
     def summary(self, *, reduce: bool = False) -> dict[str, float]:
-        """Means so far (``{"ce": ..., "top1": ..., "n": ...}``); ``reduce`` all-reduces across ranks first."""
+        """Means so far (``{"ce": ..., "top1": ..., "n": ...}``, or ``miou``/``pixel_acc`` in place of the top-k
+        figures for segmentation); ``reduce`` all-reduces across ranks first."""
+        out = self._means(reduce)
+        if _CORRECT in out:   # segmentation counts -> scores (ratios, so dividing the sums by n changes nothing)
+            out.update(seg_scores(_pop_counts(out)))
+        return out
+
+    def _means(self, reduce: bool) -> dict[str, float]:
         n_t = torch.tensor([float(self._n)], dtype=torch.float64, device=self.device)
         packed = n_t if self._sums is None else torch.cat([self._sums, n_t])
         if reduce and torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -86,6 +99,47 @@ class Meters:
         out = {k: (v / n if n else float("nan")) for k, v in sorted(zip(self._names, values[:-1], strict=True))}
         out["n"] = int(n)
         return out
+
+
+_CORRECT, _VALID = "px_correct", "px_valid"
+
+
+def _pop_counts(out: dict[str, float]) -> dict[str, list[float]]:
+    k = sum(1 for key in out if key.startswith("inter_"))
+    counts = {"inter": [out.pop(f"inter_{c}") for c in range(k)], "union": [out.pop(f"union_{c}") for c in range(k)]}
+    counts["correct"], counts["valid"] = [out.pop(_CORRECT)], [out.pop(_VALID)]
+    return counts
+
+
+def seg_scores(counts: dict[str, list[float]]) -> dict[str, float]:
+    """``miou`` and ``pixel_acc`` of summed counts (``inter``/``union`` per class, ``correct``/``valid``): the mean
+    over classes with a non-zero union of intersection/union, and correct/valid pixels (NaN when empty)."""
+    ious = [i / u for i, u in zip(counts["inter"], counts["union"], strict=True) if u > 0]
+    valid = counts["valid"][0]
+    return {"miou": sum(ious) / len(ious) if ious else float("nan"),
+            "pixel_acc": counts["correct"][0] / valid if valid else float("nan")}
+
+
+def confusion_counts(logits: Tensor, labels: Tensor) -> Tensor:
+    """The K×K confusion matrix (rows: label, columns: predicted class, float64, on the logits' device) of dense
+    logits B×K×H×W against masks B×H×W; labels outside 0..K−1 (the ignore index) are not counted. No host
+    sync: ignored pixels go to a spare bin instead of being masked out."""
+    k = logits.shape[1]
+    pred = logits.detach().argmax(dim=1)
+    valid = (labels >= 0) & (labels < k)
+    index = torch.where(valid, labels * k + pred, k * k).flatten()
+    counts = torch.zeros(k * k + 1, dtype=torch.float64, device=logits.device)
+    counts.index_add_(0, index, torch.ones_like(index, dtype=torch.float64))
+    return counts[:-1].view(k, k)
+
+
+def _seg_stats(logits: Tensor, labels: Tensor) -> tuple[tuple[str, ...], Tensor]:
+    conf = confusion_counts(logits, labels)
+    inter = conf.diagonal()
+    union = conf.sum(0) + conf.sum(1) - inter
+    k = conf.shape[0]
+    names = tuple(f"inter_{c}" for c in range(k)) + tuple(f"union_{c}" for c in range(k)) + (_CORRECT, _VALID)
+    return names, torch.cat([inter, union, inter.sum().view(1), conf.sum().view(1)])
 
 
 #: what :func:`batch_stats` measures: the quantities' names, their batch sums (float64, on the device), the
@@ -107,6 +161,10 @@ def batch_stats(terms: Mapping[str, Tensor], logits: Tensor | None = None, label
         values = torch.stack([terms[k] for k in names]).detach().to(torch.float64) * n
     else:
         values = torch.zeros(0, dtype=torch.float64, device=labels.device if labels is not None else None)
+    if logits is not None and labels is not None and logits.dim() > 2:   # segmentation: pixel counts
+        seg_names, counts = _seg_stats(logits, labels)
+        # raw pixel counts: the summary divides every sum by the number of images, which cancels in the ratios
+        return names + seg_names, torch.cat([values, counts]) if names else counts, n
     if logits is not None and labels is not None:
         kmax = min(max(ks), logits.shape[1])
         hit = logits.detach().topk(kmax, dim=1).indices.eq(labels.view(-1, 1))
@@ -136,15 +194,20 @@ def peak_memory_mb(device: torch.device) -> float:
 @torch.no_grad()
 def evaluate(model: nn.Module, data, *, batch_size: int = 256, device: str | torch.device | None = None,
              precision: str = "fp32", channels_last: bool = False, num_workers: int | None = None,
-             shard: tuple[int, int] | None = None) -> dict[str, float]:
-    """Top-1, top-5 and mean cross-entropy of ``model`` on a dataset (or any iterable of ``(x, y)`` batches).
+             shard: tuple[int, int] | None = None, ignore_index: int | None = None) -> dict[str, float]:
+    """Top-1, top-5 and mean cross-entropy of ``model`` on a dataset (or any iterable of ``(x, y)`` batches);
+    for segmentation (masks as labels), mean per-pixel cross-entropy, ``miou``, ``pixel_acc`` and the
+    per-class IoU (``iou``, NaN for a class absent from labels and predictions).
 
     The model runs in eval mode (its own flags are restored afterwards) on ``device`` (default: where its
     parameters are). ``shard=(rank, world_size)`` evaluates a contiguous slice of the dataset and all-reduces
     the sums, so that every rank of a distributed run gets the figures of the whole set. Returns
     ``{"loss", "top1", "top5", "n"}`` (accuracies as fractions). An unknown ``precision`` is a
-    :class:`~cheapconv.errors.UsageError`.
+    :class:`~cheapconv.errors.UsageError`. A model may return a dict (``"out"``) or a tuple (prediction
+    first): see :func:`cheapconv.train.losses.split_output`. ``ignore_index`` (default: the dataset's
+    ``info.ignore_index``, else 255) marks unlabelled mask pixels.
     """
+    from .dense import cross_entropy, split_output
     from .distributed import batches_for_eval
 
     check_precision(precision)
@@ -152,15 +215,30 @@ def evaluate(model: nn.Module, data, *, batch_size: int = 256, device: str | tor
     dev = torch.device(device) if device is not None else (param.device if param is not None else torch.device("cpu"))
     meters = Meters(dev)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if ignore_index is None:
+        ignore_index = getattr(getattr(data, "info", None), "ignore_index", None)
+    ignore = 255 if ignore_index is None else ignore_index
+    conf: Tensor | None = None
     with eval_mode(model):
         for x, y in batches_for_eval(data, batch_size, shard=shard, num_workers=num_workers,
                                      pin_memory=dev.type == "cuda"):
             x = x.to(dev, non_blocking=True).to(memory_format=fmt)
             y = y.to(dev, non_blocking=True)
             with autocast(dev, precision):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
-            meters.update({"loss": loss}, logits, y)
+                logits, _ = split_output(model(x))
+            if logits.dim() > 2 and ignore != 255:   # the metrics skip labels outside 0..K-1 only
+                y = torch.where(y == ignore, 255, y)
+            meters.update({"loss": cross_entropy(logits, y, 255 if logits.dim() > 2 else ignore)}, logits, y)
+            if logits.dim() > 2:
+                c = confusion_counts(logits, y)
+                conf = c if conf is None else conf + c
     s = meters.summary(reduce=shard is not None)
+    if conf is not None:
+        if shard is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(conf)
+        inter, union = conf.diagonal(), conf.sum(0) + conf.sum(1) - conf.diagonal()
+        iou = [float(i / u) if u > 0 else float("nan") for i, u in zip(inter.tolist(), union.tolist(), strict=True)]
+        return {"loss": s.get("loss", float("nan")), "miou": s["miou"], "pixel_acc": s["pixel_acc"], "iou": iou,
+                "n": s["n"]}
     return {"loss": s.get("loss", float("nan")), "top1": s.get("top1", float("nan")),
             "top5": s.get("top5", float("nan")), "n": s["n"]}

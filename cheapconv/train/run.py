@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..counting import eval_mode
 from ..data import default_workers
 from ..errors import UsageError
-from ..surgery.taps import record
+from ..surgery.taps import match_taps, record
 from .callbacks import Callback, JsonlLogger, RichProgress, RunInfo, TensorBoardLogger
 from .checkpoint import (
     capture_rng,
@@ -132,8 +132,9 @@ class Run:
         with ExitStack() as stack:
             stop = stack.enter_context(StopSignal())
             taps = self.loss_fn.needs_taps
-            s_acts = stack.enter_context(record(self.model)) if taps else []
-            t_acts = stack.enter_context(record(self.teacher)) if taps and self.teacher is not None else []
+            t_names, s_names = self.tap_names() if taps else ([], [])
+            s_acts = stack.enter_context(record(self.model, s_names)) if taps else []
+            t_acts = stack.enter_context(record(self.teacher, t_names)) if taps and self.teacher is not None else []
             if self.teacher is not None:
                 stack.enter_context(eval_mode(self.teacher))
             for cb in self.callbacks:
@@ -141,6 +142,12 @@ class Run:
             if self.changes:
                 emit_resume_record(self.info.step, self.changes, self.callbacks)
             yield stop, s_acts, t_acts
+
+    def tap_names(self) -> tuple[list[str], list[str]]:
+        """The stages AT pairs up, (teacher's, student's): ``cfg.taps`` or matched by name (``match_taps``)."""
+        if self.teacher is None:
+            return list(self.cfg.taps), list(self.cfg.taps)
+        return match_taps(self.teacher, self.student, self.cfg.taps)
 
     # ------------------------------------------------------------------------------- between steps
 
@@ -174,7 +181,7 @@ class Run:
             val = evaluate(self.student, self.val_data, batch_size=max(256, cfg.batch_size), device=self.device,
                            precision=cfg.precision, channels_last=cfg.channels_last, num_workers=cfg.num_workers,
                            shard=(ctx.rank, ctx.world_size) if ctx.distributed else None)
-            rec.update({f"val_{k}": v for k, v in val.items() if k != "n"})
+            rec.update({f"val_{k}": v for k, v in val.items() if k not in ("n", "iou")})
         rec["peak_mem_mb"] = round(peak_memory_mb(self.device), 1)
         self.history.append(rec)
         self.emit(rec)
@@ -355,7 +362,7 @@ def _record(kind: str, epoch: int, step: int, lr: float, summary: dict[str, floa
     for key, value in summary.items():
         if key == "total":
             rec["loss"] = value
-        elif key.startswith("top") or key == "n":
+        elif key.startswith("top") or key in ("n", "miou", "pixel_acc"):
             rec[prefix + key] = value
         else:
             rec[key] = value
