@@ -13,7 +13,8 @@ from cheapconv.fx.tracer import CheapTracer
 
 # At least one concrete spelling per family, plus the aliases and relative group counts.
 SPELLINGS = ["S", "keep", "S-2x2", "G(2)", "G(4)", "G(N/4)", "G(N)", "DW", "B(2)", "B(4)", "BG(2,4)",
-             "BG(2,M/4)", "BG(2,M)", "Sep", "LR(0.25)", "LR(1)", "LRp(0.25)", "Shuffle(4)", "ACDC(2)"]
+             "BG(2,M/4)", "BG(2,M)", "Sep", "LR(0.25)", "LR(1)", "LRp(0.25)", "Shuffle(4)", "ACDC(2)",
+             "Tucker2(0.25)", "SVDk(0.5)", "TT(0.25)", "Tucker(0.25)"]
 
 
 def test_every_family_has_a_spelling_here():
@@ -46,7 +47,8 @@ def conv(cin, cout, stride=1, k=3):
     return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False)
 
 
-CONV_LEVEL = ["S-2x2", "G(2)", "G(4)", "G(N/4)", "G(N)", "Sep", "LR(0.25)", "Shuffle(4)", "ACDC(2)"]
+CONV_LEVEL = ["S-2x2", "G(2)", "G(4)", "G(N/4)", "G(N)", "Sep", "LR(0.25)", "Shuffle(4)", "ACDC(2)", "Tucker2(0.25)",
+              "SVDk(0.5)", "TT(0.25)", "Tucker(0.25)"]
 BLOCK_LEVEL = ["B(2)", "B(4)", "BG(2,4)", "BG(2,M/4)", "BG(2,M)"]
 
 
@@ -165,7 +167,7 @@ def test_blocks_trace_as_leaves(text):
 
 
 # --- structured pointwise substitutes (blockswap-and-structured.md §2) ---------------------------------------
-STRUCTURED = ["LR(0.25)", "Shuffle(4)", "ACDC(3)"]
+STRUCTURED = ["LR(0.25)", "Shuffle(4)", "ACDC(3)", "TT(0.25)", "Tucker(0.25)"]
 
 
 @pytest.mark.parametrize("text", STRUCTURED)
@@ -213,3 +215,61 @@ def test_structured_refusals():
     assert "already grouped" in parse_block("LR(0.5)").conv_reason(nn.Conv2d(8, 8, 3, groups=8))
     assert "do not divide" in parse_block("Shuffle(3)").conv_reason(conv(16, 16, k=1))
     assert "1×1" in parse_block("Sep").conv_reason(conv(16, 16, k=1))
+
+
+# --- decomposed and tensorised blocks (issue 11): ranks from the kept fraction f of the conv's parameters ------
+@pytest.mark.parametrize("text", ["Tucker2(0.25)", "SVDk(0.5)", "TT(0.25)", "Tucker(0.25)", "TT(0.6)", "Tucker(0.6)"])
+@pytest.mark.parametrize("cin,cout,k", [(32, 32, 3), (16, 64, 3), (96, 24, 3), (64, 128, 1), (160, 40, 1)])
+def test_fraction_blocks_keep_at_most_f_of_the_conv(text, cin, cout, k):
+    spec = parse_block(text)
+    original = conv(cin, cout, k=k)
+    if spec.conv_reason(original) is not None:
+        assert k == 1 and spec.family in ("Tucker2", "SVDk")  # decomposed k×k blocks leave 1×1 convs alone
+        return
+    block = spec.build_conv(original)
+    kept = trainable(block) / original.weight.numel()
+    assert 0 < kept <= spec.scale + 1e-9
+    # and not far below it, unless the block already holds its full (exact) ranks
+    full = {"TT": lambda b: tuple(b.init_args["ranks"]) == (min(b.init_args["shape"][0], b.init_args["shape"][1] *
+                                                                 b.init_args["shape"][2]),
+                                                             min(b.init_args["shape"][0] * b.init_args["shape"][1],
+                                                                 b.init_args["shape"][2])),
+            "Tucker": lambda b: tuple(b.init_args["ranks"]) == tuple(b.init_args["shape"])}
+    if spec.family not in full or not full[spec.family](block):
+        assert kept > spec.scale / 3
+
+
+def test_decomposed_param_formulas():
+    cin, cout, k = 16, 32, 3
+    t2 = parse_block("Tucker2(0.5)").build_conv(conv(cin, cout))
+    r1, r2 = t2.init_args["rank_in"], t2.init_args["rank_out"]
+    assert trainable(t2) == cin * r1 + r1 * r2 * k * k + r2 * cout
+    assert abs(r1 / cin - r2 / cout) <= 1 / cin  # ranks grow together, in proportion to the channels
+    svd = parse_block("SVDk(0.5)").build_conv(conv(cin, cout))
+    r = svd.init_args["rank"]
+    assert trainable(svd) == r * k * (cin + cout) and r == int(0.5 * cin * cout * k / (cin + cout))
+    assert parse_block("SVDk(0.001)").rank(conv(cin, cout)) == 1  # never rank 0
+    assert parse_block("Tucker2(0.001)").ranks(conv(cin, cout)) == (1, 1)
+    tt = parse_block("TT(0.25)").build_conv(conv(cin, cout))
+    (n1, n2, n3), (a, b) = tt.init_args["shape"], tt.init_args["ranks"]
+    assert (n1, n2, n3) == (8, 8, 8) and trainable(tt) == cin * k * k + n1 * a + a * n2 * b + b * n3
+    tk = parse_block("Tucker(0.25)").build_conv(conv(cin, cout))
+    (a, b, c) = tk.init_args["ranks"]
+    assert trainable(tk) == cin * k * k + a * b * c + 8 * (a + b + c)
+
+
+@pytest.mark.parametrize("text,fragment,col", [("Tucker2(0)", "in (0, 1]", 9), ("SVDk(1.5)", "in (0, 1]", 6),
+                                               ("TT()", "empty argument", 4), ("Tucker(a)", "must be a number", 8)])
+def test_fraction_blocks_bad_specs(text, fragment, col):
+    with pytest.raises(PolicySyntaxError) as info:
+        parse_block(text)
+    assert fragment in str(info.value) and f"(column {col})" in str(info.value)
+
+
+def test_tensorized_blocks_refuse_a_shape_that_does_not_hold_the_matrix():
+    from cheapconv.blocks import TensorTrainPointwise, TuckerPointwise
+
+    with pytest.raises(ValueError, match="does not hold"):
+        TensorTrainPointwise(16, 16, shape=(4, 4, 4), ranks=(2, 2))
+    with pytest.raises(ValueError, match="positive ranks"):
+        TuckerPointwise(16, 16, shape=(4, 8, 8), ranks=(2, 0, 2))

@@ -13,7 +13,7 @@ from cheapconv.counting import count_macs
 
 #: one spelling per registered block family
 BLOCKS = ["S", "S-2x2", "G(4)", "G(N)", "B(2)", "BG(2,M)", "Sep", "LR(0.5)", "LRp(0.25)", "Shuffle(2)",
-          "ACDC(2)"]
+          "ACDC(2)", "Tucker2(0.25)", "SVDk(0.5)", "TT(0.25)", "Tucker(0.25)"]
 
 
 def _flop_counter_macs(model, shape):
@@ -33,7 +33,7 @@ def test_count_macs_equals_flop_counter(block, model_name, size):
     if model_name != "wrn_10_2":
         pytest.importorskip("torchvision")
     teacher = cheapconv.create_model(model_name)
-    structured = ("S", "Sep", "LR(0.5)", "LRp(0.25)", "Shuffle(2)", "ACDC(2)")
+    structured = ("S", "Sep", "LR(0.5)", "LRp(0.25)", "Shuffle(2)", "ACDC(2)", "TT(0.25)", "Tucker(0.25)")
     # mobilenet has no dense k×k conv for the grouped/bottleneck families
     policy = block if model_name != "mobilenet_v2" or block in structured else "S"
     try:

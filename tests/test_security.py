@@ -207,6 +207,20 @@ def _acdc_wide(arch, recipe):
                                "args": {"in_channels": 10**9, "out_channels": 3, "factors": 1}}
 
 
+def _tensor_train_rank_bomb(arch, recipe):
+    # ranks that would allocate 2**36 core values for a 3-channel layer: refused by the allocation budget
+    arch["modules"]["tt"] = {"type": "cheapconv.TensorTrainPointwise",
+                             "args": {"in_channels": 3, "out_channels": 3, "shape": [1, 3, 3], "ranks": [2**18, 2**18]}}
+    _add_node(arch, {"name": "tt", "op": "call_module", "target": "tt",
+                     "args": {"tuple": [{"node": _input_name(arch)}]}, "kwargs": {"dict": []}})
+
+
+def _tucker_shape_mismatch(arch, recipe):
+    arch["modules"]["tk"] = {"type": "cheapconv.TuckerPointwise",
+                             "args": {"in_channels": 3, "out_channels": 3, "shape": [2**13, 2**13, 2**13],
+                                      "ranks": [1, 1, 1]}}
+
+
 def _huge_attr(arch, recipe):
     name = next(iter(arch["attrs"]))
     arch["attrs"][name]["shape"] = [2**30, 2**30]
@@ -284,7 +298,7 @@ def _no_input_size(arch, recipe):
 CASES = [_placeholder_target, _node_name, _kwargs_key, _args_dict_key, _getattr_dunder, _getattr_default,
          _getitem_builtins, _operator_call, _fork, _from_file, _set_default_dtype, _set_num_threads, _method_apply,
          _method_dunder, _get_attr_outside, _call_module_outside, _module_type, _module_arg_key, _huge_conv,
-         _huge_attr, _acdc_factor_loop, _acdc_wide,
+         _huge_attr, _acdc_factor_loop, _acdc_wide, _tensor_train_rank_bomb, _tucker_shape_mismatch,
          _upsample_bomb, _interpolate_bomb, _string_multiplication, _integer_squaring, _integer_power,
          _constant_only_call, _forward_reference, _deep_nesting, _format_version, _no_input_size]
 
