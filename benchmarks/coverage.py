@@ -187,6 +187,9 @@ def check_student(teacher, student, x, workdir: str | None = None) -> dict:
     r["params_before"] = cheapconv.count_params(teacher)
     r["params_after"] = cheapconv.count_params(student)
     r["plan_agrees"] = plan.totals["params_after"] == r["params_after"]
+    # MACs per image at the sweep's input, every operator counted (FlopCounterMode), on throw-away copies
+    r["macs_before"] = cheapconv.count_macs(teacher, (1, *x.shape[1:]))
+    r["macs_after"] = cheapconv.count_macs(student, (1, *x.shape[1:]))
     with eval_mode(teacher), eval_mode(student), torch.no_grad():
         t_out, s_out = teacher(x), student(x)
     r["shape_ok"] = _shape_of(t_out) == _shape_of(s_out)
@@ -361,7 +364,15 @@ def passes(res: dict) -> dict[str, bool]:
         "taps": bool(done) and all(p["taps_ok"] for p in done),
         "load": bool(done) and all(p.get("load_ok", True) for p in done),
         "graph": bool(done) and all(p["mode"] == "graph" for p in done),
+        "fewer_macs": _fewer_macs(res),
     }
+
+
+def _fewer_macs(res: dict) -> bool:
+    """The contract student needs fewer MACs per image than its teacher (every operator counted)."""
+    policy = contract_policy(res)
+    p = res["policies"].get(policy, {}) if policy else {}
+    return "macs_after" in p and p["macs_after"] < p["macs_before"]
 
 
 def contract_policy(res: dict) -> str | None:
@@ -395,13 +406,26 @@ def contract_failures(res: dict) -> list[str]:
     return fails
 
 
+def smaller_cell(p: dict | None) -> str:
+    """"params / MACs" marks of one student against its teacher: ✓ smaller, = equal, ✗ bigger, – not measured."""
+    if not p or "params_after" not in p:
+        return "–"
+
+    def mark(before, after):
+        if before is None or after is None:
+            return "–"
+        return "✓" if after < before else ("=" if after == before else "✗")
+
+    return f"{mark(p['params_before'], p['params_after'])} / {mark(p.get('macs_before'), p.get('macs_after'))}"
+
+
 def render(results: list[dict]) -> str:
-    head = ("| model | input | mode | params | G(4) | B(2) | G(N) | *=G(N) | shape | fwd+bwd | taps | storage "
-            "| load = | unchanged | s |")
+    head = ("| model | input | mode | params | G(4) | B(2) | G(N) | *=G(N) | smaller (params / MACs) | shape "
+            "| fwd+bwd | taps | storage | load = | unchanged | s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['model']} | | | | **{r['error']}** | | | | | | | | | | {r.get('time', 0):.0f} |")
+            lines.append(f"| {r['model']} | | | | **{r['error']}** | | | | | | | | | | | {r.get('time', 0):.0f} |")
             continue
         ok = passes(r)
         built = [p for p in r["policies"].values() if p.get("ok") and "shape_ok" in p]
@@ -410,6 +434,7 @@ def render(results: list[dict]) -> str:
         cells = [r["model"], str(r["input"]), first.get("mode", "–"),
                  _millions(first["params_before"]) if "params_before" in first else "–",
                  *(_policy_cell(r["policies"].get(pol)) for pol in (*POLICIES, STEM_POLICY)),
+                 smaller_cell(r["policies"].get(contract_policy(r) or r.get("primary", POLICIES[0]))),
                  _mark(ok["shape"]), _mark(ok["backward"]),
                  str(first.get("stages", "–")) + ("" if ok["taps"] else " ✗"),
                  "/".join(storages) or "–", _mark(ok["load"]), _mark(ok["unchanged"]), f"{r['time']:.0f}"]
@@ -434,7 +459,8 @@ def summary(results: list[dict]) -> str:
         out.append(f"**{label}** ({n} models): cheapen succeeds under every policy {count['cheapen']}/{n}; "
                    f"same output shape {count['shape']}/{n}; forward+backward {count['backward']}/{n}; "
                    f"fewer parameters under some built-in block {count['fewer']}/{n} "
-                   f"(under G(4) alone {count['fewer_G4']}/{n}); input model unchanged {count['unchanged']}/{n}; "
+                   f"(under G(4) alone {count['fewer_G4']}/{n}); the contract student needs fewer MACs "
+                   f"{count['fewer_macs']}/{n}; input model unchanged {count['unchanged']}/{n}; "
                    f"stage taps (≥ 2, recorded) {count['taps']}/{n}; save/load round trip equal "
                    f"{count['load']}/{n}; traced as a graph {count['graph']}/{n}.\n")
     failures = []

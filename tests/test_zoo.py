@@ -82,3 +82,45 @@ def test_the_contract_catches_what_it_promises():
         assert coverage.contract_failures(bad), key
     assert coverage.contract_failures({**good, "unchanged": False})
     assert coverage.contract_failures({"model": "m", "error": "build: boom", "policies": {}})
+
+
+# --- dense prediction: torchvision's segmentation and detection families ----------------------------------
+_dense_spec = importlib.util.spec_from_file_location("coverage_dense",
+                                                     Path(__file__).parents[1] / "benchmarks" / "coverage_dense.py")
+coverage_dense = importlib.util.module_from_spec(_dense_spec)
+_dense_spec.loader.exec_module(coverage_dense)
+
+
+def test_dense_fast():
+    res = coverage_dense.measure_dense("lraspp_mobilenet_v3_large")
+    assert not coverage_dense.dense_failures(res), res
+    assert res["task"] == "segmentation" and res["storage"] == "graph" and res["macs_counted"] == "whole model"
+
+
+def _dense():
+    every = int(os.environ.get("CHEAPCONV_ZOO_SAMPLE", "1") or 1)
+    return [name for _, name in coverage_dense.dense_models()][::every]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _dense())
+def test_dense_full(name):
+    res = coverage_dense.run_isolated(name, timeout=900)
+    if os.environ.get("CHEAPCONV_DENSE_RESULTS"):  # docs/coverage.md's dense table is rendered from these
+        with open(os.environ["CHEAPCONV_DENSE_RESULTS"], "a") as f:
+            f.write(json.dumps(res) + "\n")
+    failures = coverage_dense.dense_failures(res)
+    assert not failures, f"{name}: " + "; ".join(failures)
+
+
+def test_the_dense_contract_catches_what_it_promises():
+    good = {"model": "m", "task": "segmentation", "unchanged": True, "params_before": 10, "params_after": 5,
+            "macs_before": 10, "macs_after": 5, "structure_ok": True, "train_ok": True, "load_ok": True}
+    assert coverage_dense.dense_failures(good) == []
+    for key, value in (("params_after", 10), ("macs_after", 11), ("structure_ok", False), ("train_ok", False),
+                       ("load_ok", False), ("unchanged", False)):
+        assert coverage_dense.dense_failures({**good, key: value}), key
+    assert coverage_dense.dense_failures({**good, "error": "boom"})
+    assert coverage.smaller_cell({"params_before": 10, "params_after": 5, "macs_before": 4, "macs_after": 6}) \
+        == "✓ / ✗"
+    assert coverage.smaller_cell({"params_before": 10, "params_after": 5}) == "✓ / –"
