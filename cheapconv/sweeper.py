@@ -45,7 +45,7 @@ TEACHER = "S"          # the teacher itself: the reference point of every sweep
 SWEEP_FORMAT = "cheapconv-sweep"
 SWEEP_VERSION = 1
 #: configuration fields that change what a point means; a folder is resumed only when they all agree
-_KEY_FIELDS = ("model", "input_size", "batch", "dtype", "channels_last", "device", "data", "epochs")
+_KEY_FIELDS = ("model", "input_size", "batch", "dtype", "channels_last", "device", "data", "epochs", "runtime")
 
 
 @dataclass
@@ -163,6 +163,7 @@ def _load_state(out_dir: Path, config: dict) -> dict[str, SweepPoint]:
         raise UsageError(f"{str(out_dir)!r} holds a sweep.json that cheapconv did not write; choose another "
                          "output folder.")
     old = saved.get("config", {})
+    old.setdefault("runtime", "torch")  # sweeps from before runtimes were timed in eager torch
     differ = [k for k in _KEY_FIELDS if old.get(k) != config.get(k)]
     if differ:
         detail = ", ".join(f"{k}: {old.get(k)!r} there, {config.get(k)!r} now" for k in differ)
@@ -187,13 +188,16 @@ def sweep(model: nn.Module, blocks: Sequence[str], out_dir: str | Path, *, model
           data: str | None = None, epochs: int | None = None, data_dir: str | None = None,
           distill_fn: DistillFn | None = None, evaluate_fn: EvaluateFn | None = None,
           include_teacher: bool = True, save_students: bool = True,
-          log: Callable[[str], None] | None = None) -> SweepResult:
+          log: Callable[[str], None] | None = None, runtime: str = "torch") -> SweepResult:
     """Cheapen ``model`` with each of ``blocks``, measure (and optionally distil and evaluate) each student
     and write ``sweep.csv``, ``sweep.md`` and ``sweep.png`` into ``out_dir`` (see the module docstring).
 
     ``data``/``epochs`` describe the distillation and are part of the configuration; with ``data`` and no
     hooks, :func:`default_hooks` provides them. ``evaluate_fn`` alone (no distillation) evaluates the
     students as cheapened. Distilled students are saved to ``points/<block>.pt`` (``save_students``).
+    ``runtime`` is where latency is measured (``torch``, ``compile``, ``pt2``, ``onnxruntime``; see
+    :mod:`cheapconv.measure.runtimes`): the teacher is exported once, each student once, both checked against
+    eager mode before they are timed, so the Pareto front is the one of that runtime.
 
     >>> from cheapconv.models import WideResNet
     >>> result = sweep(WideResNet(10, 1), ["G(2)", "B(2)"], "/tmp/sweep", repeats=2)   # doctest: +SKIP
@@ -201,6 +205,7 @@ def sweep(model: nn.Module, blocks: Sequence[str], out_dir: str | Path, *, model
     ['teacher', 'G(2)', 'B(2)']
     """
     from .measure.profiler import default_device, input_shape_of, model_label, parse_dtype
+    from .measure.runtimes import check_runtime, describe_runtime
 
     log = log or (lambda message: None)
     blocks = [b for b in blocks if b != TEACHER]
@@ -211,7 +216,9 @@ def sweep(model: nn.Module, blocks: Sequence[str], out_dir: str | Path, *, model
     config = {"model": model_name or model_label(model), "input_size": list(shape), "batch": int(batch),
               "dtype": str(parse_dtype(dtype)).removeprefix("torch."), "channels_last": bool(channels_last),
               "data": data, "epochs": epochs, "threads": threads or torch.get_num_threads(),
-              "repeats": repeats, "device": str(default_device()), "blocks": list(blocks)}
+              "repeats": repeats, "device": str(default_device()), "blocks": list(blocks), "runtime": runtime}
+    check_runtime(runtime, dtype=dtype, channels_last=channels_last)
+    config["runtime_info"] = describe_runtime(runtime, threads)
     done = _load_state(out_dir, config)
     if data is not None and distill_fn is None and evaluate_fn is None:
         distill_fn, evaluate_fn = default_hooks(data, epochs, input_size=shape, data_dir=data_dir,
@@ -220,31 +227,34 @@ def sweep(model: nn.Module, blocks: Sequence[str], out_dir: str | Path, *, model
     _write_json(out_dir / "sweep.json", {"format": SWEEP_FORMAT, "version": SWEEP_VERSION, "config": config})
     result = SweepResult(config, [])
     order = ([TEACHER] if include_teacher else []) + list(blocks)
+    from .measure.runtimes import ReferenceTimer
+
+    timer = ReferenceTimer(model, shape, runtime, batches=sorted({1, int(batch)}), dtype=dtype,
+                           channels_last=channels_last, threads=threads, warmup=warmup, repeats=repeats)
     try:
         for i, block in enumerate(order, 1):
             if block in done:
                 log(f"[{i}/{len(order)}] {block}: done earlier, reused")
                 continue
             log(f"[{i}/{len(order)}] {block}: measuring")
-            point = _run_point(model, block, shape, out_dir, batch=int(batch), dtype=dtype,
-                               channels_last=channels_last, threads=threads, warmup=warmup, repeats=repeats,
-                               epochs=epochs, distill_fn=distill_fn, evaluate_fn=evaluate_fn,
+            point = _run_point(model, block, shape, out_dir, timer, batch=int(batch), epochs=epochs,
+                               distill_fn=distill_fn, evaluate_fn=evaluate_fn,
                                save_students=save_students, log=log, notes=result.notes)
             if point is not None:
                 done[block] = point
                 result.computed.append(block)
     finally:  # an interrupted sweep still leaves the report of the points it finished
+        timer.close()
+        result.notes += [n for n in timer.notes if n not in result.notes]
         result.points = [done[b] for b in order if b in done]
         result.files = write_report(out_dir, result.points, config, notes=result.notes)
     return result
 
 
-def _run_point(model: nn.Module, block: str, shape: tuple[int, ...], out_dir: Path, *, batch: int, dtype: str,
-               channels_last: bool, threads: int | None, warmup: int, repeats: int, epochs: int | None,
-               distill_fn: DistillFn | None, evaluate_fn: EvaluateFn | None, save_students: bool,
+def _run_point(model: nn.Module, block: str, shape: tuple[int, ...], out_dir: Path, timer, *, batch: int,
+               epochs: int | None, distill_fn: DistillFn | None, evaluate_fn: EvaluateFn | None, save_students: bool,
                log: Callable[[str], None], notes: list[str]) -> SweepPoint | None:
     """Measure (distil, evaluate) one point and store it in ``points/``; None if the block does not apply."""
-    from .measure.profiler import measure_side_by_side
     from .surgery.rewrite import cheapen
 
     start = time.perf_counter()
@@ -266,9 +276,7 @@ def _run_point(model: nn.Module, block: str, shape: tuple[int, ...], out_dir: Pa
             notes.append(f"{block}: skipped, {why}")
             log(f"  skipped: {why}")
             return None
-    timing = {b: measure_side_by_side([model, student], (b, *shape), dtype=dtype, channels_last=channels_last,
-                                      warmup=warmup, repeats=repeats, threads=threads)
-              for b in sorted({1, batch})}
+    timing = timer.time(student)  # {batch: (teacher, student)}, side by side in the sweep's runtime
     plan = getattr(student, "cheapconv_plan", None)
     point = SweepPoint(block, count_params(student, "paper"), count_params(student, "trainable"),
                        count_macs(student, (1, *shape)), len(plan.replaced) if plan else 0,
@@ -334,8 +342,9 @@ def _markdown(points: Sequence[SweepPoint], config: dict, notes: Sequence[str]) 
     fronts = _fronts(points)
     layout = "channels_last" if config["channels_last"] else "NCHW"
     device = config.get("device", "cpu")
+    where = config.get("runtime_info") or "torch eager"
     lines = [f"# Sweep: {config['model']} ({c}×{h}×{w})", "",
-             f"Latency: median of {config['repeats']} passes on {device}, {config['dtype']}, {layout}, "
+             f"Latency: median of {config['repeats']} passes in {where} on {device}, {config['dtype']}, {layout}, "
              f"{config['threads']} thread(s); each student timed side by side with the teacher, "
              "speed-up = teacher time ÷ student time. "
              + (f"Students distilled on {config['data']} for {config['epochs']} epochs." if config.get("data")

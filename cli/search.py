@@ -50,7 +50,7 @@ def _metric(value: str | None) -> str | None:
     return value
 
 
-def _progress_bar():
+def progress_bar():
     """A rich progress bar (on stderr) with one row per search phase, and the callback that advances it."""
     from rich.progress import (
         BarColumn,
@@ -61,7 +61,8 @@ def _progress_bar():
         TimeRemainingColumn,
     )
 
-    labels = {"latency": "Timing blocks", "scoring": "Scoring (Fisher)", "spread": "Re-scoring the top"}
+    labels = {"latency": "Timing blocks", "scoring": "Scoring (Fisher)", "spread": "Re-scoring the top",
+              "blocks": "Timing replaced blocks"}
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
     tasks: dict[str, int] = {}
@@ -86,9 +87,10 @@ def _print_result(result, show: int) -> None:
             f"{int(result.measured['paper']):,} parameters (paper), {int(result.measured['macs']):,} MACs")
     if result.metric == "latency":
         cond = result.latency_conditions
+        where = cond.get("runtime_info") or cond.get("runtime", "torch")
         line += (f"; latency {win.latency_ms:.3f} ms estimated (additive, per-block), "
-                 f"{result.measured['latency']:.3f} ms measured (batch {cond['batch']}, {cond['device']}, "
-                 f"{cond['threads']} threads, {cond['dtype']})")
+                 f"{result.measured['latency']:.3f} ms measured whole (in {where}; batch {cond['batch']}, "
+                 f"{cond['device']}, {cond['threads']} threads, {cond['dtype']})")
     out.print(line + ".", highlight=False)
 
 
@@ -114,6 +116,8 @@ def search(
                                                                     "for the spread."),
     convention: str = typer.Option("paper", "--convention", help="Parameter convention: paper or trainable."),
     threads: int = typer.Option(None, "--threads", min=1, help="Intra-op CPU threads (default: torch's)."),
+    runtime: str = typer.Option("torch", "--runtime", help="Where a latency budget is priced and the winner "
+                                                          "timed: torch (eager), compile, pt2 or onnxruntime."),
     num_classes: int = typer.Option(None, "--num-classes", min=1, help="Classifier size of the teacher."),
     input_size: str = typer.Option(None, "--input-size", help="C,H,W (default: the model's own)."),
     leaf: list[str] = typer.Option([], "--leaf", help="Module class or name fx must not trace into "
@@ -137,8 +141,12 @@ def search(
     import torch
 
     from cheapconv.blockswap import search as run_search
+    from cheapconv.measure.runtimes import RUNTIMES, check_runtime
 
     metric = _metric(metric)
+    if runtime not in RUNTIMES:
+        raise typer.BadParameter(f"choose one of {', '.join(RUNTIMES)}, not {runtime!r}", param_hint="--runtime")
+    check_runtime(runtime)  # not installed: a usage error naming the extra, before any work
     if convention not in ("paper", "trainable"):
         raise typer.BadParameter(f"choose paper or trainable, not {convention!r}", param_hint="--convention")
     output_path(output, required=False)
@@ -154,15 +162,17 @@ def search(
     check_input_size(teacher, size, what=model)
     name = getattr(teacher, "cheapconv_source", None) or model
 
-    progress, tick = _progress_bar()
+    progress, tick = progress_bar()
     with progress, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = run_search(teacher, budget, metric=metric, candidates=candidates, samples=samples, data=data,
                             seed=seed, tolerance=tolerance, batch_size=batch_size, convention=convention,
                             top=max(top, 5), spread_runs=spread_runs, input_size=size,
-                            leaf_modules=leaf, progress=tick)
+                            leaf_modules=leaf, progress=tick, runtime=runtime)
     for w in caught:
         warn(str(w.message))
+    if runtime != "torch" and result.metric != "latency":
+        warn(f"--runtime {runtime} was not used: it prices latency budgets, and this is a {result.metric} budget.")
     for note in result.notes:
         warn(note)
     result.model = name

@@ -82,6 +82,8 @@ class SearchResult:
 
     def describe_budget(self) -> str:
         what = f"{self.metric} ({self.convention})" if self.metric == "params" else self.metric
+        if self.metric == "latency":
+            what += f" in {self.latency_conditions.get('runtime', 'torch')}"
         return (f"{what} budget {self.budget} = {format_cost(self.target, self.metric)} "
                 f"± {self.tolerance:.1%}")
 
@@ -94,7 +96,8 @@ class SearchResult:
             f"# rank {rank} of {len(self.results)} scored configurations (seed {self.seed}; minibatch: "
             f"{self.minibatch})",
             f"# cost {format_cost(c.cost, self.metric)}; parameters {c.paper:,} (paper), {c.params:,} "
-            f"(trainable); {c.macs:,} MACs" + (f"; latency ≈ {c.latency_ms:.3f} ms (additive estimate)"
+            f"(trainable); {c.macs:,} MACs" + (f"; latency ≈ {c.latency_ms:.3f} ms (additive estimate, "
+                                                  f"{self.latency_conditions.get('runtime', 'torch')})"
                                                 if c.latency_ms is not None else ""),
             f"# Fisher potential {c.score:.6g}" + (f" (re-scored: {spread[0]:.6g} ± {spread[1]:.3g} over "
                                                   f"{len(c.spread_scores)} seeds)" if spread else ""),

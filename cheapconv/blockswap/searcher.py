@@ -39,6 +39,7 @@ from torch import nn
 
 from ..blocks import BlockSpec
 from ..errors import UsageError
+from ..measure.runtimes import check_runtime
 from .budget import Budget, format_cost, parse_budget
 from .result import ScoredConfiguration, SearchResult
 from .scoring import Scorer, fixed_minibatch
@@ -90,7 +91,7 @@ def search(teacher: nn.Module | str, budget: str | float | Budget, *, metric: st
            convention: str = "paper", top: int = 5, spread_runs: int = 3,
            input_size: tuple[int, ...] | None = None, leaf_modules: Sequence = (),
            latency_batch: int = 1, latency_device: str | torch.device | None = None,
-           max_draws: int = 2_000_000, progress: Progress | None = None) -> SearchResult:
+           max_draws: int = 2_000_000, progress: Progress | None = None, runtime: str = "torch") -> SearchResult:
     """BlockSwap search: the best mixed-block student of ``teacher`` within ``budget``, by Fisher potential.
 
     - ``teacher``: a module or a model name (``wrn_40_2``, ``resnet18``, ``timm:resnet26``); its weights do
@@ -107,6 +108,9 @@ def search(teacher: nn.Module | str, budget: str | float | Budget, *, metric: st
     - ``top`` configurations are re-scored ``spread_runs`` times in all (seeds ``seed .. seed+spread_runs-1``,
       each with its own initialisation and, where the data allow, its own minibatch) for the spread.
     - ``progress(phase, done, total)`` is called as the phases ("latency", "scoring", "spread") advance.
+    - ``runtime``: where a latency budget is priced and the winner timed: ``"torch"`` (eager),
+      ``"compile"``, ``"pt2"`` or ``"onnxruntime"`` (:mod:`cheapconv.measure.runtimes`); each block and
+      candidate is exported as a small graph of its own, the winner as a whole.
 
     Raises :class:`~cheapconv.errors.UsageError` when the budget is outside the reachable range (the message
     gives the range). The winner's policy, applied by :func:`cheapconv.cheapen`, builds a student whose
@@ -126,7 +130,8 @@ def search(teacher: nn.Module | str, budget: str | float | Budget, *, metric: st
 
     space, latency_conditions = _cost_tables(
         teacher, candidates, metric=metric, input_size=input_size, leaf_modules=leaf_modules,
-        model_name=model_name, latency_batch=latency_batch, latency_device=latency_device, tick=tick)
+        model_name=model_name, latency_batch=latency_batch, latency_device=latency_device, tick=tick,
+        runtime=runtime)
     t_tables = time.perf_counter()
     key = space.cost_key(metric, convention)
     teacher_cost = space.base[key]
@@ -192,16 +197,19 @@ def _resolve_teacher(teacher: nn.Module | str) -> tuple[str, nn.Module]:
 
 
 def _cost_tables(teacher: nn.Module, candidates, *, metric: str, input_size, leaf_modules, model_name: str,
-                 latency_batch: int, latency_device, tick: Progress) -> tuple[SearchSpace, dict]:
+                 latency_batch: int, latency_device, tick: Progress, runtime: str = "torch"
+                 ) -> tuple[SearchSpace, dict]:
     """The search space with its cost tables; per-block latencies too (measured once) for a latency budget.
     Returns the space and the latency measurement's conditions (empty for other metrics)."""
+    if metric == "latency":  # an unknown or missing runtime fails before any work
+        check_runtime(runtime, device=latency_device)
     space = SearchSpace.of(teacher, candidates, input_size=input_size, leaf_modules=leaf_modules,
                            model_name=model_name)
     latency_conditions = {}
     if metric == "latency":
         device = latency_device or next(iter(teacher.parameters())).device
         latency_conditions = measure_latencies(space, teacher, batch=latency_batch, device=device,
-                                               progress=lambda d, t: tick("latency", d, t))
+                                               progress=lambda d, t: tick("latency", d, t), runtime=runtime)
     return space, latency_conditions
 
 
@@ -278,11 +286,12 @@ def _verify_winner(teacher: nn.Module, space: SearchSpace, config: tuple[int, ..
     shape = (1, *space.input_shape)
     measured: dict[str, float] = {"params": count_params(student, "trainable"),
                                   "paper": count_params(student, "paper"), "macs": count_macs(student, shape)}
-    if metric == "latency":
-        from ..measure.latency import measure_latency
+    if metric == "latency":  # the whole winner, in the runtime its blocks were priced in
+        from ..measure.runtimes import measure_in_runtime
 
-        measured["latency"] = measure_latency(student, (latency_batch, *space.input_shape),
-                                              device=latency_conditions["device"]).median_ms
+        (lat,) = measure_in_runtime([student], (latency_batch, *space.input_shape),
+                                    latency_conditions.get("runtime", "torch"), device=latency_conditions["device"])
+        measured["latency"] = lat.median_ms
     for k in ("params", "paper", "macs"):
         if measured[k] != getattr(winner, k):
             raise RuntimeError(f"cheapconv bug: the winner counts {measured[k]} {k} once built, the search "

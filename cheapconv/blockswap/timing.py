@@ -1,8 +1,10 @@
-"""Per-block latency tables for latency budgets, measured once on the device at hand.
+"""Per-block latency tables for latency budgets, measured once on the device at hand, in the chosen runtime.
 
 Each block's original pair (``conv_a -> norm -> act -> conv_b``, run as a small module) and each candidate
-replacement are timed with :func:`cheapconv.measure.latency.measure_latency` at the block's input shape; a
-candidate's latency delta is the difference of the two medians. A configuration's latency is then the
+replacement are timed with :func:`cheapconv.measure.runtimes.measure_in_runtime` at the block's input shape,
+in the runtime the student will run in (``torch`` eager, ``compile``, ``pt2`` or ``onnxruntime``: each
+small graph is exported on its own and checked against eager mode before it is timed); a candidate's
+latency delta is the difference of the two medians. A configuration's latency is then the
 measured teacher latency plus Σ deltas: an **additive estimate** built from measured per-block latencies
 (it ignores effects between layers such as caches and memory layout), which is why the search also measures
 the winner as a whole and reports both.
@@ -17,8 +19,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from ..measure.chain import Chain, node_steps
-from ..measure.latency import measure_latency
+from ..measure.runtimes import check_runtime, describe_runtime, measure_in_runtime
 from .space import SearchSpace
 
 
@@ -29,13 +32,23 @@ def _conv_step(candidate, site, block) -> nn.Module:
 def measure_latencies(space: SearchSpace, teacher: nn.Module, *, batch: int = 1,
                       device: str | torch.device = "cpu", threads: int | None = None, repeats: int = 20,
                       warmup: int = 3, min_time_s: float = 0.02,
-                      progress: Callable[[int, int], None] | None = None) -> dict:
-    """Fill ``latency_ms`` of every candidate and ``space.base["latency"]`` (the whole teacher, ms per batch).
+                      progress: Callable[[int, int], None] | None = None, runtime: str = "torch") -> dict:
+    """Fill ``latency_ms`` of every candidate and ``space.base["latency"]`` (the whole teacher, ms per batch),
+    measured in ``runtime``.
 
-    Blocks of identical geometry share one measurement. Returns the conditions (device, threads, batch).
+    Blocks of identical geometry share one measurement. Returns the conditions (runtime, device, threads,
+    batch).
     """
+    if not check_runtime(runtime, device=device).per_block:
+        raise UsageError(f"The {runtime} runtime cannot time blocks on their own, so a latency budget cannot be "
+                         "priced in it; search with --runtime torch or onnxruntime.")
     kw = dict(device=device, threads=threads, repeats=repeats, warmup=warmup, min_time_s=min_time_s)
-    teacher_lat = measure_latency(copy.deepcopy(teacher), (batch, *space.input_shape), **kw)
+
+    def timed(module: nn.Module, shape: tuple[int, ...], **kw):
+        (lat,) = measure_in_runtime([module], shape, runtime, **kw)
+        return lat
+
+    teacher_lat = timed(copy.deepcopy(teacher), (batch, *space.input_shape), **kw)
     space.base["latency"] = teacher_lat.median_ms
     done: dict[int, list] = {}
     todo = [b for b in space.blocks if id(b.candidates) not in done]
@@ -47,7 +60,7 @@ def measure_latencies(space: SearchSpace, teacher: nn.Module, *, batch: int = 1,
         pair = space.pairs[block.label]
         between = node_steps(space.graph, pair.between)
         shape = (batch, *block.input_shape)
-        original = measure_latency(Chain([copy.deepcopy(pair.a.conv), *between, copy.deepcopy(pair.b.conv)]),
+        original = timed(Chain([copy.deepcopy(pair.a.conv), *between, copy.deepcopy(pair.b.conv)]),
                                    shape, **kw).median_ms
         for j, cand in enumerate(block.candidates):
             if cand.level == "keep":
@@ -57,11 +70,12 @@ def measure_latencies(space: SearchSpace, teacher: nn.Module, *, batch: int = 1,
                     module: nn.Module = cand.spec.build_pair(pair.a.conv, pair.b.conv)
                 else:  # conv-level: the k×k convs replaced, a 1×1 end of the pair kept
                     module = Chain([_conv_step(cand, pair.a, block), *between, _conv_step(cand, pair.b, block)])
-                delta = measure_latency(module, shape, **kw).median_ms - original
+                delta = timed(module, shape, **kw).median_ms - original
             block.candidates[j] = dataclasses.replace(cand, latency_ms=delta)
             count += 1
             if progress is not None:
                 progress(count, total)
         done[id(block.candidates)] = block.candidates
     return {"device": teacher_lat.device, "threads": teacher_lat.threads, "batch": batch,
-            "dtype": teacher_lat.dtype, "teacher_ms": teacher_lat.median_ms}
+            "dtype": teacher_lat.dtype, "teacher_ms": teacher_lat.median_ms, "runtime": runtime,
+            "runtime_info": describe_runtime(runtime, teacher_lat.threads, teacher_lat.device)}

@@ -6,10 +6,12 @@ from .accuracy import evaluate_accuracy
 from .latency import Latency, default_device, measure_latency, measure_side_by_side, parse_dtype
 from .memory import peak_memory
 from .profiler import BlockTiming, LayerCost, Profile, block_timings, profile, profile_many
+from .runtimes import RUNTIMES, check_runtime, measure_in_runtime
 from .tables import blocks_table, compare_table, profile_table
 
 __all__ = [
     "BlockTiming", "Latency", "LayerCost", "Profile", "block_timings", "blocks_table", "compare_table",
     "default_device", "evaluate_accuracy", "measure_latency", "measure_side_by_side", "parse_dtype",
     "peak_memory", "profile", "profile_many", "profile_table",
+    "RUNTIMES", "check_runtime", "measure_in_runtime",
 ]

@@ -324,6 +324,8 @@ def profile_many(models: Sequence[nn.Module], input_shape: tuple[int, ...] | Non
                     checks={b: c.line() for b, c in
                             ((int(s[0]), c) for s, c in getattr(runners[i], "checks", {}).items())})
         if memory:
+            if runtime != "torch":
+                p.notes.append(f"peak memory is measured in torch eager mode, not in {runtime}")
             p.peak_memory = {b: peak_memory(model, (b, *shape), device=device, dtype=dtype,
                                             channels_last=channels_last) for b in batches}
         if per_layer:

@@ -47,7 +47,7 @@ from .exports import EXTRA_HINT, LOADERS, ExportCheckError, check_outputs, flat_
 from .latency import EagerRunner, Latency, default_device, parse_dtype, time_side_by_side
 
 __all__ = ["RUNTIMES", "CompiledRunner", "ExportedRunner", "Runtime", "check_runtime", "describe_runtime",
-           "make_runner", "make_runners", "measure_in_runtime", "runner_notes"]
+           "ReferenceTimer", "make_runner", "make_runners", "measure_in_runtime", "runner_notes"]
 
 
 @dataclass(frozen=True)
@@ -305,3 +305,35 @@ def runner_notes(runners: Sequence) -> list[str]:
                 seen.append(n)
     return seen
 
+
+
+class ReferenceTimer:
+    """Times model after model side by side with one reference (a sweep's teacher) in ``runtime``. The
+    reference is made runnable there (exported, compiled, checked) once, at the first :meth:`time`, and
+    reused; each timed model is exported once and released after its timing."""
+
+    def __init__(self, reference: nn.Module, input_shape: tuple[int, ...], runtime: str = "torch", *,
+                 batches: Sequence[int] = (1,), device: str | torch.device | None = None,
+                 dtype: str | torch.dtype = torch.float32, channels_last: bool = False,
+                 threads: int | None = None, warmup: int = 3, repeats: int = 10):
+        self.reference, self.shape, self.runtime, self.batches = reference, tuple(input_shape), runtime, batches
+        self.common = dict(device=device, dtype=dtype, channels_last=channels_last, threads=threads)
+        self.warmup, self.repeats, self.threads = warmup, repeats, threads
+        self.runner = None
+        self.notes: list[str] = []
+
+    def time(self, model: nn.Module) -> dict[int, list[Latency]]:
+        """{batch: [reference's latency, model's]} for each batch."""
+        if self.runner is None:
+            self.runner = make_runner(self.reference, self.runtime, self.shape, label="reference", **self.common)
+        other = make_runner(model, self.runtime, self.shape, **self.common)
+        try:
+            self.notes += [n for n in runner_notes([self.runner, other]) if n not in self.notes]
+            return {b: time_side_by_side([self.runner, other], (b, *self.shape), warmup=self.warmup,
+                                         repeats=self.repeats, threads=self.threads) for b in self.batches}
+        finally:
+            other.close()
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
