@@ -79,3 +79,13 @@ def test_a_detector_profiles():
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_every_detection_family(name):
     check_family(name)
+
+
+def test_detectors_are_zoo_names():
+    """Detectors build by name, with random backbone weights (no download) and the asked number of classes."""
+    model = cheapconv.create_model("retinanet_resnet50_fpn", num_classes=5)
+    assert type(model).__name__ == "RetinaNet" and model.head.classification_head.num_classes == 5
+    with pytest.raises(cheapconv.UsageError, match="91 classes"):
+        cheapconv.create_model("retinanet_resnet50_fpn", num_classes=5, pretrained=True)
+    with pytest.raises(cheapconv.errors.UnknownModelError, match="fasterrcnn_resnet50_fpn"):
+        cheapconv.create_model("fasterrcnn_resnet5_fpn")

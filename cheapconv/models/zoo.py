@@ -7,6 +7,8 @@ Accepted names (files are loaded by :func:`cheapconv.store.resolve.create_model`
 * ``torchvision:<name>`` or a bare torchvision classification or segmentation name (``resnet34``,
   ``deeplabv3_mobilenet_v3_large``, ``fcn_resnet50``, ``lraspp_mobilenet_v3_large``; segmentation models take
   ``num_classes`` and ``aux_loss``, and are built without hub backbone weights unless ``pretrained=True``);
+  likewise a torchvision detection name (``fasterrcnn_resnet50_fpn``, ``retinanet_resnet50_fpn``,
+  ``ssdlite320_mobilenet_v3_large``, ...), which also takes the detector's own keywords (``min_size``, ...);
 * ``segwrn_<depth>_<width>``: the built-in small segmentation network (:mod:`cheapconv.models.segwrn`);
 * ``timm:<name>``;
 
@@ -49,13 +51,20 @@ def _torchvision_names() -> list[str]:
     import torchvision
 
     return sorted(torchvision.models.list_models(module=torchvision.models)
-                  + torchvision.models.list_models(module=torchvision.models.segmentation))
+                  + torchvision.models.list_models(module=torchvision.models.segmentation)
+                  + torchvision.models.list_models(module=torchvision.models.detection))
 
 
 def _is_segmentation(tv_name: str) -> bool:
     import torchvision
 
     return tv_name in torchvision.models.list_models(module=torchvision.models.segmentation)
+
+
+def _is_detection(tv_name: str) -> bool:
+    import torchvision
+
+    return tv_name in torchvision.models.list_models(module=torchvision.models.detection)
 
 
 def _timm_names() -> list[str]:
@@ -168,6 +177,9 @@ def _create_torchvision(name, tv_name, num_classes, pretrained, **kwargs) -> nn.
     if _is_segmentation(tv_name):
         hub_classes = 21   # torchvision's segmentation weights: the 20 VOC classes + background
         # the backbone's ImageNet weights are a download too: only with pretrained=True (offline users pass a file)
+        kwargs.setdefault("weights_backbone", "DEFAULT" if pretrained is True else None)
+    elif _is_detection(tv_name):
+        hub_classes = 2 if tv_name.startswith("keypointrcnn") else 91   # COCO's person keypoints / 90 + background
         kwargs.setdefault("weights_backbone", "DEFAULT" if pretrained is True else None)
     if weights and num_classes not in (None, hub_classes):
         raise UsageError(f"Hub weights for torchvision {tv_name} have {hub_classes} classes; drop --num-classes or "
