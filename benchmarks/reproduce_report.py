@@ -1,0 +1,400 @@
+"""Render ``benchmarks/reproduction.md`` and its Pareto plots from the study's results file (see reproduce.py).
+
+Everything in the page comes from the records of ``benchmarks/results/reproduce.jsonl`` (and the Fisher
+check's ``fisher_check.json``): the table in the shape of the papers' tables (params, MACs, CPU latency, test
+error from scratch / KD / AT with ± one standard deviation over seeds; "pending" where a planned run has no
+result yet), the plots, the commands, versions and wall time, and the five claims, each held / did not hold /
+not yet measured.
+
+The seed spread: the largest standard deviation of any multi-seed group of the study. A difference smaller
+than it is never called a win, including between single-seed runs (whose own spread is unknown).
+
+    python benchmarks/reproduce_report.py                                 # the real study
+    python benchmarks/reproduce_report.py --results R.jsonl --out R.md    # elsewhere
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from reproduce_stats import bootstrap_spearman, bootstrap_spearman_difference, mean_sd, spearman  # noqa: E402
+
+MODES = ("scratch", "kd", "at")
+MODE_NAMES = {"scratch": "scratch", "kd": "KD", "at": "AT"}
+ROW_TITLES = {"1": "teacher", "2": "cheap student (teacher's architecture)", "3": "smaller standard WRN",
+              "4": "BlockSwap searched student", "5": "teacher-initialised + reconstructed"}
+
+
+def read(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Study:
+    """The records of one schedule, grouped: ``errors[(row, student, mode)] = [error % per seed]``."""
+
+    def __init__(self, records: list[dict], plan: list | None = None):
+        runs = [r for r in records if r.get("kind") == "run"]
+        teacher = [r for r in runs if r["row"] == "1"]
+        main = [r for r in runs if r["row"] not in ("0", "fidelity")]
+        self.schedule = teacher[-1]["schedule"] if teacher else (main[-1]["schedule"] if main else None)
+        self.runs = [r for r in main if r["schedule"] == self.schedule]
+        self.parity = [r for r in runs if r["row"] == "0"]
+        self.fidelity = [r for r in runs if r["row"] == "fidelity"]
+        self.records = records
+        self.errors: dict[tuple, list[float]] = defaultdict(list)
+        self.info: dict[tuple, dict] = {}
+        for r in self.runs:
+            self.errors[(r["row"], r["student"], r["mode"])].append(r["test_error"])
+            self.info[(r["row"], r["student"])] = r
+        self.latency = {r["arch"]: r for r in records if r.get("kind") == "latency"}
+        self.planned = {(j.row, j.student, j.mode) for j in plan or []
+                        if hasattr(j, "mode") and j.row not in ("0", "fidelity")}
+        sds = [mean_sd(v)[1] for v in self.errors.values() if len(v) > 1]
+        self.spread = max(sds) if sds else None
+
+    def stat(self, row: str, student: str, mode: str) -> tuple[float, float | None, int] | None:
+        v = self.errors.get((row, student, mode))
+        if not v:
+            return None
+        m, sd = mean_sd(v)
+        return m, sd, len(v)
+
+    def cell(self, row: str, student: str, mode: str) -> str:
+        s = self.stat(row, student, mode)
+        if s is None:
+            return "pending" if (row, student, mode) in self.planned else "–"
+        m, sd, n = s
+        return f"{m:.2f}" if sd is None else f"{m:.2f} ± {sd:.2f} (n={n})"
+
+    def students(self) -> list[tuple[str, str]]:
+        keys = {(k[0], k[1]) for k in self.errors} | {(k[0], k[1]) for k in self.planned if k[0] != "0"}
+        return sorted(keys, key=lambda k: (k[0], -self.info.get(k, {}).get("params", 0), k[1]))
+
+
+def compare(s: Study, a: tuple, b: tuple) -> tuple[str, str]:
+    """(verdict, text) for "a has lower error than b": held / did not hold / no win / not yet measured."""
+    sa, sb = s.stat(*a), s.stat(*b)
+    if sa is None or sb is None:
+        return "not yet measured", f"{a[1]} {MODE_NAMES[a[2]]} vs {b[1]} {MODE_NAMES[b[2]]}: pending"
+    d = sb[0] - sa[0]
+    text = (f"{a[1]} {MODE_NAMES[a[2]]} {sa[0]:.2f} % vs {b[1]} {MODE_NAMES[b[2]]} {sb[0]:.2f} % "
+            f"(Δ {d:+.2f} points in favour of the first")
+    if s.spread is None:
+        return "not yet measured", text + "; no multi-seed group yet, so the seed spread is unknown)"
+    text += f", seed spread {s.spread:.2f})"
+    if d > s.spread:
+        return "held", text
+    if -d > s.spread:
+        return "did not hold", text
+    return "no win (within the seed spread)", text
+
+
+def overall(verdicts: list[str]) -> str:
+    if not verdicts or all(v == "not yet measured" for v in verdicts):
+        return "not yet measured"
+    measured = [v for v in verdicts if v != "not yet measured"]
+    if all(v == "held" for v in measured):
+        return "held" + (" (so far; some comparisons pending)" if len(measured) < len(verdicts) else "")
+    if all(v == "did not hold" for v in measured):
+        return "did not hold"
+    if any(v == "held" for v in measured):
+        return "mixed"
+    return "did not hold" if any(v == "did not hold" for v in measured) else "no win (within the seed spread)"
+
+
+def claims(s: Study, margin: float) -> list[tuple[str, str, list[str]]]:
+    """The issue's five claims: (claim, verdict, the comparisons behind it)."""
+    out = []
+    cheap = [k for k in s.students() if k[0] == "2"]
+    small = [k for k in s.students() if k[0] == "3"]
+    pairs = []
+    for k in small:   # each smaller WRN against the cheap student with the most parameters not above it
+        p = s.info.get(k, {}).get("params")
+        fits = [c for c in cheap if p and s.info.get(c, {}).get("params", math.inf) <= p]
+        if fits:
+            pairs.append(compare(s, (*max(fits, key=lambda c: s.info[c]["params"]), "at"), (*k, "at")))
+    out.append(("1. Cheap blocks beat smaller architectures at equal (or fewer) parameters (AT both)",
+                overall([v for v, _ in pairs]), [t for _, t in pairs]))
+    c2 = []
+    for k in [k for k in cheap if (*k, "kd") in s.planned or s.stat(*k, "kd")]:
+        c2 += [compare(s, (*k, "at"), (*k, "kd")), compare(s, (*k, "kd"), (*k, "scratch"))]
+    out.append(("2. AT beats KD beats scratch for cheap students", overall([v for v, _ in c2]), [t for _, t in c2]))
+    teacher = s.stat("1", "teacher", "scratch")
+    best = min((st + (k,) for k in cheap if (st := s.stat(*k, "at"))), default=None)
+    title3 = f"3. The best cheap student comes within {margin:g} point(s) of error of the teacher"
+    if teacher is None or best is None:
+        out.append((title3, "not yet measured", []))
+    else:
+        gap = best[0] - teacher[0]
+        out.append((title3, "held" if gap <= margin else "did not hold",
+                    [f"best cheap student {best[3][1]} (AT) {best[0]:.2f} % vs teacher {teacher[0]:.2f} %: "
+                     f"{gap:+.2f} points (the paper: B(2) with AT 0.31 points behind WRN-40-2 on CIFAR-10)"]))
+    c4 = [compare(s, k + ("at",), ("2", k[1].split("@", 1)[1], "at")) for k in s.students() if k[0] == "4"]
+    out.append(("4. The searched student beats the single-type student at equal budget (AT both)",
+                overall([v for v, _ in c4]), [t for _, t in c4]))
+    out.append(fidelity_claim(s))
+    return out
+
+
+def fidelity_rows(s: Study) -> tuple[list[dict], list[float]]:
+    configs = {}
+    for r in s.records:
+        if r.get("kind") == "fidelity-configs":
+            configs = {f"cfg{i:02d}": c for i, c in enumerate(r["configs"])}
+    rows = [configs[r["student"]] for r in s.fidelity if r["student"] in configs]
+    return rows, [r["test_error"] for r in s.fidelity if r["student"] in configs]
+
+
+def fidelity_claim(s: Study) -> tuple[str, str, list[str]]:
+    title = "5. The Fisher score ranks students better than parameter count"
+    rows, err = fidelity_rows(s)
+    if len(rows) < 4:
+        return title, "not yet measured", [f"{len(rows)} of the sampled configurations trained (need 4+)"]
+    texts, rho = [], {}
+    for name, key in (("Fisher score", "fisher"), ("parameters", "paper"), ("MACs", "macs")):
+        x = [c[key] for c in rows]
+        rho[key] = spearman(x, err)
+        lo, hi = bootstrap_spearman(x, err)
+        texts.append(f"ρ({name}, test error) = {rho[key]:+.2f} [{lo:+.2f}, {hi:+.2f}] (95 % bootstrap, "
+                     f"{len(rows)} students; negative: a higher value goes with a lower error)")
+    fis, par = [c["fisher"] for c in rows], [c["paper"] for c in rows]
+    lo, hi = bootstrap_spearman_difference(par, fis, err)
+    texts.append(f"ρ(params) − ρ(Fisher) = {rho['paper'] - rho['fisher']:+.2f} [{lo:+.2f}, {hi:+.2f}] (paired "
+                 "bootstrap; above 0: Fisher ranks better). The paper: ρ(Fisher, error) −0.60 to −0.69.")
+    diff = rho["paper"] - rho["fisher"]
+    if math.isnan(lo):
+        verdict = "not yet measured"
+    elif lo > 0:
+        verdict = "held"
+    elif hi < 0 or diff <= 0:
+        verdict = "did not hold"
+    else:
+        verdict = "inconclusive (Fisher ahead, but the interval includes 0)"
+    return title, verdict, texts
+
+
+def pareto_plots(s: Study, plot_dir: Path) -> dict[str, Path | None]:
+    """Error vs params and error vs measured latency (AT where there is a teacher, else scratch)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = []
+    for row, student in s.students():
+        mode = "scratch" if row == "1" else "at"
+        st = s.stat(row, student, mode)
+        if st and (row, student) in s.info:
+            info = s.info[(row, student)]
+            lat = s.latency.get(info["arch"], {}).get("batch1_ms")
+            points.append((row, student, info["params"], lat, st[0], st[1] or 0.0))
+    out: dict[str, Path | None] = {}
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    colours = {"1": "black", "2": "tab:blue", "3": "tab:orange", "4": "tab:green", "5": "tab:purple"}
+    for name, index, label in (("params", 2, "parameters (paper convention)"),
+                               ("latency", 3, "CPU latency, batch 1, fp32 (ms)")):
+        pts = [p for p in points if p[index] is not None]
+        if not pts:
+            out[name] = None
+            continue
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        for row in sorted({p[0] for p in pts}):
+            sel = [p for p in pts if p[0] == row]
+            ax.errorbar([p[index] for p in sel], [p[4] for p in sel], yerr=[p[5] for p in sel], fmt="o",
+                        color=colours.get(row, "grey"), label=ROW_TITLES.get(row, row), capsize=3)
+            for p in sel:
+                ax.annotate(p[1], (p[index], p[4]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        front, best = [], math.inf
+        for p in sorted(pts, key=lambda p: p[index]):
+            if p[4] < best:
+                best = p[4]
+                front.append(p)
+        ax.step([p[index] for p in front], [p[4] for p in front], where="post", color="grey", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test error (%), AT (teacher: scratch)")
+        ax.set_title(f"Fashion-MNIST, {s.schedule}", fontsize=8)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = plot_dir / f"reproduce-error-vs-{name}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        out[name] = path
+    return out
+
+
+def table(s: Study) -> list[str]:
+    lines = ["| row | student | params | MACs | CPU latency b1 (ms) | scratch error % | KD error % | AT error % |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row, student in s.students():
+        info = s.info.get((row, student), {})
+        lat = s.latency.get(info.get("arch"), {})
+        lat_text = f"{lat['batch1_ms']:.2f} ({lat['threads']} thr)" if lat else "pending"
+        params = f"{info['params']:,}" if info else "pending"
+        macs = f"{info['macs'] / 1e6:.1f} M" if info else "pending"
+        label = student
+        if row == "4" and info:
+            ref = info["build"][1].split(":", 1)[1]
+            found = [r for r in s.records if r.get("kind") == "search" and r["key"] == ref]
+            label = f"{student}: {found[-1]['summary']}" if found else student
+        cells = [s.cell(row, student, m) for m in MODES]
+        lines.append(f"| {row} | {label} | {params} | {macs} | {lat_text} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def provenance(records: list[dict]) -> list[str]:
+    commands = sorted({r["command"] for r in records if "command" in r})
+    versions = sorted({f"cheapconv {r['cheapconv']}, torch {r['torch']}, Python {r['python']}"
+                       for r in records if "torch" in r})
+    wall = sum(r.get("wall_s", 0) for r in records if r.get("kind") in ("run", "search"))
+    dates = sorted(r["date"] for r in records if "date" in r)
+    loads = [r["load_avg"] for r in records if "load_avg" in r]
+    threads = sorted({r["threads"] for r in records if "threads" in r})
+    lines = ["```", *commands, "```", "", f"Versions: {'; '.join(versions) or 'none yet'}.",
+             f"Wall time of the recorded runs and searches: {wall / 3600:.2f} h ({len(records)} records"
+             + (f", {dates[0]} to {dates[-1]}" if dates else "") + ")."]
+    if loads:
+        lines.append(f"Threads {', '.join(map(str, threads))}; load average at the start of each record "
+                     f"{min(loads):.1f}–{max(loads):.1f} (the machine is shared: wall times are not speed claims).")
+    return lines
+
+
+def study_plan(records: list[dict]) -> list:
+    """The jobs the study's command plans (all rows), to mark missing ones "pending"."""
+    import reproduce
+    from reproduce_plan import Settings, plan_runs
+
+    argv = next((shlex.split(r["command"])[2:] for r in records if r.get("row") == "1"), [])
+    drop = {"--only", "--results", "--work"}
+    clean, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in drop:
+            skip = True
+        elif a not in ("--dry-run", "--latency"):
+            clean.append(a)
+    args = reproduce.parse_args(clean)
+    return plan_runs(Settings.from_args(args), args, records)
+
+
+def fidelity_section(s: Study) -> list[str]:
+    """The sampled configurations: their costs, Fisher score (fp32, 128 images) and test error."""
+    configs = next((r for r in reversed(s.records) if r.get("kind") == "fidelity-configs"), None)
+    if configs is None:
+        return ["Pending (the configurations have not been sampled yet)."]
+    errors = {r["student"]: r for r in s.fidelity}
+    first = next(iter(errors.values()), None)
+    lines = [f"{len(configs['configs'])} configurations at the parameter budget of the {configs['budget_of']} "
+             f"student ({configs['budget']:,} ± 2.5 %), drawn by `cheapconv.blockswap.sample_configurations` and "
+             f"scored by its `Scorer` ({configs['minibatch']}); each trained with AT"
+             + (f" for {first['epochs']} epoch(s) ({first['steps']} steps)" if first else "") + ".", "",
+             "| config | blocks | params | MACs | Fisher score | test error % |", "|---|---|---:|---:|---:|---:|"]
+    for i, c in enumerate(configs["configs"]):
+        name = f"cfg{i:02d}"
+        kinds = Counter(rule.split("=", 1)[1] for rule in c["rules"])
+        blocks = ", ".join(f"{k}×{v}" for k, v in kinds.most_common())
+        err = f"{errors[name]['test_error']:.2f}" if name in errors else "pending"
+        lines.append(f"| {name} | {blocks} | {c['paper']:,} | {c['macs'] / 1e6:.1f} M | {c['fisher']:.4g} | {err} |")
+    return lines
+
+
+def parity_section(s: Study) -> list[str]:
+    if not s.parity:
+        return ["Pending (row 0 has not run)."]
+    by = {r["mode"]: r for r in s.parity}
+    lines = ["| setting | test error % | training wall s |", "|---|---:|---:|"]
+    for mode in ("scratch-fp32", "scratch"):
+        if mode in by:
+            r = by[mode]
+            what = f"{r['precision']}{', channels_last' if r['channels_last'] else ', NCHW'}"
+            lines.append(f"| {what} | {r['test_error']:.2f} | {r['wall_s']:.0f} |")
+    if len(by) == 2:
+        d = by["scratch"]["test_error"] - by["scratch-fp32"]["test_error"]
+        r = by["scratch"]
+        spread = f"{s.spread:.2f}" if s.spread is not None else "not yet known"
+        lines += ["", f"The teacher architecture from scratch on the first {r['train_images']:,} training images, "
+                  f"{r['epochs']} epoch(s), seed 0 for both. Difference (fast − fp32): {d:+.2f} points; the study's "
+                  f"seed spread: {spread}. A difference within the spread means no accuracy cost was detected."]
+    return lines
+
+
+def fisher_section(path: Path) -> list[str]:
+    if not path.exists():
+        return ["Pending (`benchmarks/reproduce_fisher.py` has not run)."]
+    r = json.loads(path.read_text())
+    lines = [f"{r['configs']} configurations of {r['teacher']} at the parameter budget of its {r['budget_of']} "
+             f"student ({r['budget_params']:,} params), sampled by the search's machinery, each scored under "
+             f"every setting with the same seeded initialisation; ρ against fp32 / 128 images. Fisher-pass time "
+             f"summed over the configurations, settings interleaved config by config ({r['threads']} thread, load "
+             f"average {r['load_avg_start']}–{r['load_avg_end']}, {r['date']}: the machine was shared, so the "
+             "ratios are indicative, not speed claims).", "",
+             "| setting | Spearman ρ vs fp32/128 | 95 % bootstrap | keeps the ranking (ρ ≥ 0.95) | Fisher pass s | "
+             "× fp32/128 |", "|---|---:|---|---|---:|---:|"]
+    for row in r["settings"]:
+        lo, hi = row["rho_interval"]
+        lines.append(f"| {row['setting']} | {row['rho_vs_fp32_128']:+.3f} | [{lo:+.3f}, {hi:+.3f}] | "
+                     f"{'yes' if row['keeps_ranking'] else 'no'} | {row['fisher_seconds']:.1f} | "
+                     f"{row['speedup_vs_fp32_128']:.2f} |")
+    lines += ["", f"Command: `{r['command']}`"]
+    return lines
+
+
+def render(results: Path, out: Path, *, fisher: Path | None = None, margin: float = 1.0,
+           plot_dir: Path | None = None) -> str:
+    """Write the report for ``results`` to ``out`` (plots into ``plot_dir``, default beside the results)."""
+    records = read(results)
+    s = Study(records, study_plan(records))
+    plots = pareto_plots(s, plot_dir or results.parent)
+    fisher = fisher if fisher is not None else results.parent / "fisher_check.json"
+    lines = ["# Reproducing the papers' claims on real Fashion-MNIST", "",
+             "Generated by `python benchmarks/reproduce_report.py` from "
+             f"`{os.path.relpath(results, out.parent)}` (the study: `benchmarks/reproduce.py`; its docstring "
+             "says what each row is). Error = 100 − top-1 on the test images, fp32 evaluation. ± is one standard "
+             "deviation over seeds (n = seeds); a single figure is one seed. \"pending\": planned, not yet run.",
+             "", f"Schedule: `{s.schedule}` (teacher / epochs / batch / training precision / training images / "
+             "test images).", "", "## Results", "", *table(s), ""]
+    for name, title in (("params", "Error against parameters"), ("latency", "Error against measured latency")):
+        path = plots.get(name)
+        lines += [f"**{title}**: " + (f"![{title}]({os.path.relpath(path, out.parent)})" if path else
+                                      "pending (no latency measured yet: `python benchmarks/reproduce.py --latency` "
+                                      "on a quiet machine)" if name == "latency" else "pending"), ""]
+    lines += ["## The claims", ""]
+    for title, verdict, texts in claims(s, margin):
+        lines += [f"**{title}: {verdict}.**", "", *[f"- {t}" for t in texts], ""]
+    lines += ["### Search fidelity: the sampled configurations (claim 5)", "", *fidelity_section(s), ""]
+    lines += ["## Accuracy parity of the fast setting (row 0)", "", *parity_section(s), "",
+              "## Fisher ranking with bf16 and smaller minibatches", "", *fisher_section(fisher), "",
+              "## Commands, versions, wall time", "", *provenance(records), ""]
+    text = "\n".join(lines)
+    from cheapconv.store.files import atomic_write
+
+    atomic_write(out, lambda tmp: Path(tmp).write_text(text))
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", type=Path, default=HERE / "results" / "reproduce.jsonl")
+    p.add_argument("--out", type=Path, default=HERE / "reproduction.md")
+    p.add_argument("--fisher", type=Path, default=None, help="The Fisher check's JSON (beside the results).")
+    p.add_argument("--plots", type=Path, default=None, help="Where the PNGs go (beside the results).")
+    p.add_argument("--margin", type=float, default=1.0, help="Claim 3's margin, in points of error.")
+    args = p.parse_args(argv)
+    render(args.results, args.out, fisher=args.fisher, margin=args.margin, plot_dir=args.plots)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
