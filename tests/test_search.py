@@ -225,6 +225,18 @@ def test_latency_budget_is_an_additive_estimate_reported_with_the_measured_winne
     assert "latency" in r.policy_text()
 
 
+def test_a_latency_budget_is_priced_and_verified_in_the_chosen_runtime():
+    teacher = cheapconv.create_model("wrn_10_1")
+    r = search(teacher, "70%", metric="latency", samples=2, batch_size=4, spread_runs=1,
+               candidates="S, G(4), B(2)", tolerance=0.5, runtime="pt2")
+    cond = r.latency_conditions
+    assert cond["runtime"] == "pt2" and "torch.export" in cond["runtime_info"] and cond["teacher_ms"] > 0
+    assert r.measured["latency"] > 0 and r.winner.latency_ms is not None
+    assert "latency in pt2" in r.describe_budget() and "(additive estimate, pt2)" in r.policy_text()
+    with pytest.raises(UsageError, match="Unknown runtime"):
+        search(teacher, "70%", metric="latency", samples=2, runtime="tflite")
+
+
 # --- the command line ------------------------------------------------------------------------------------
 def test_cli_writes_policies_that_cheapen_consumes(tmp_path, capsys):
     from cheapconv_cli.main import main

@@ -95,6 +95,22 @@ def test_a_folder_of_another_configuration_is_refused(tmp_path, teacher):
         sweep(teacher, ["G(2)"], tmp_path, include_teacher=False, **{**FAST, "batch": 4})
 
 
+def test_a_sweep_in_a_runtime_is_timed_there_and_not_mixed_with_another(tmp_path, teacher):
+    import json
+
+    result = sweep(teacher, ["B(2)"], tmp_path, runtime="pt2", **FAST)
+    assert result.config["runtime"] == "pt2" and [p.label for p in result.points] == ["teacher", "B(2)"]
+    assert all(p.latency_b1_ms > 0 and p.latency_bn_ms > 0 and p.teacher_bn_ms > 0 for p in result.points)
+    assert "in torch.export .pt2" in (tmp_path / "sweep.md").read_text()
+    with pytest.raises(UsageError, match="another configuration.*runtime: 'pt2' there, 'torch' now"):
+        sweep(teacher, ["B(2)"], tmp_path, **FAST)
+    # a folder from before runtimes existed was timed in eager torch, and resumes as such
+    state = json.loads((tmp_path / "sweep.json").read_text())
+    del state["config"]["runtime"]
+    (tmp_path / "sweep.json").write_text(json.dumps(state))
+    assert sweep(teacher, ["B(2)"], tmp_path, **FAST).computed == []
+
+
 def test_the_distill_hook_is_used_and_students_are_saved(tmp_path, teacher):
     calls = []
 
