@@ -1,0 +1,233 @@
+"""Random-initialised vs teacher-initialised + reconstructed students, on real Fashion-MNIST (issue 11).
+
+The study, every step resumable (each result is one line of a JSON-lines file; a re-run skips what is there):
+
+1. ``teacher``: a WRN teacher trained from scratch with ``cheapconv.distill(None, teacher, ..., loss="ce")``
+   (bf16 autocast, channels_last, SGD lr 0.1 momentum 0.9 wd 5e-4, cosine, batch 128) on the full 60,000
+   training images; saved to ``OUT/teacher.pt`` and reused.
+2. For each block (default ``G(4)``, ``B(2)``, ``BG(2,M)``, ``LR(0.25)``) and each initialisation:
+
+   - ``random``: ``cheapen`` (random weights, as in the papers);
+   - ``teacher``: ``cheapen`` then ``cheapconv.reconstruct`` on calibration images drawn from the training
+     set (never the test set), and ``init_from_teacher`` first where the library has it;
+
+   the student's test accuracy at step 0, then attention-transfer distillation from the teacher (the same
+   recipe for both initialisations) with the full test set evaluated at fixed fractions of the run
+   (1/8, 1/4, 1/2, 1, ... epochs). One "epoch" of the students is a pass over the first ``--train-samples``
+   training images.
+3. ``--report`` prints the Markdown table of ``benchmarks/README.md`` from the JSON-lines file: accuracy
+   at step 0, after 1/4, 1 and N epochs, and the AT steps the teacher-initialised student needs to reach the
+   random-initialised student's final accuracy (first evaluation point at or above it).
+
+    python benchmarks/teacher_init.py --out bench-out/teacher-init            # the whole study
+    python benchmarks/teacher_init.py --out bench-out/teacher-init --report   # the table only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+import cheapconv
+from cheapconv import DistillConfig, distill
+from cheapconv.data import TensorImageDataset, get_dataset
+from cheapconv.train.callbacks import Callback
+from cheapconv.train.metrics import evaluate
+
+BLOCKS = ("G(4)", "B(2)", "BG(2,M)", "LR(0.25)")
+INITS = ("random", "teacher")
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def done_keys(path: Path) -> dict[str, dict]:
+    found = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                found[rec["key"]] = rec
+    return found
+
+
+def append(path: Path, rec: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def subset(data: TensorImageDataset, n: int, *, augment: bool, start: int = 0) -> TensorImageDataset:
+    return TensorImageDataset(data.images[start:start + n], data.labels[start:start + n], data.info,
+                              augment=augment, repeat=data.repeat)
+
+
+def accuracy(model, test, args) -> float:
+    return evaluate(model, test, batch_size=500, precision=args.precision, channels_last=True)["top1"]
+
+
+class EvalAt(Callback):
+    """Evaluates the student on the test set after the given optimiser steps (the curve of the run)."""
+
+    def __init__(self, student, test, steps, args):
+        self.student, self.test, self.steps, self.args = student, test, set(steps), args
+        self.curve: list[tuple[int, float]] = []
+
+    def on_step(self, run):
+        if run.step in self.steps:
+            self.curve.append((run.step, accuracy(self.student, self.test, self.args)))
+            say(f"    step {run.step}: test top-1 {100 * self.curve[-1][1]:.2f}%")
+
+
+def train_teacher(args, out: Path, results: Path, train, test, base: DistillConfig):
+    path = out / "teacher.pt"
+    if path.exists():
+        return cheapconv.load(path)
+    torch.manual_seed(0)
+    teacher = cheapconv.create_model(args.teacher, num_classes=10)
+    t0 = time.perf_counter()
+    res = distill(None, teacher, train, val_data=test, checkpoint=out / "teacher.ckpt", overwrite=True,
+                  config=base.replace(epochs=args.teacher_epochs, loss="ce", eval_every=args.teacher_epochs))
+    teacher = teacher.to(memory_format=torch.contiguous_format).eval()
+    cheapconv.save(teacher, path)
+    append(results, {"key": "teacher", "model": args.teacher, "epochs": args.teacher_epochs,
+                     "train_images": len(train), "test_top1": res.last["val_top1"],
+                     "seconds": round(time.perf_counter() - t0), "load": os.getloadavg()[0],
+                     "date": time.strftime("%Y-%m-%d %H:%M")})
+    return teacher
+
+
+def build_student(teacher, block: str, init: str, calib, args):
+    """(student, reconstruction report as a dict or None)."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if init == "random":
+            return cheapconv.cheapen(teacher, block), None
+        try:
+            student = cheapconv.cheapen(teacher, block, init="teacher")
+        except TypeError:  # a cheapconv without the data-free closed forms: reconstruction alone
+            student = cheapconv.cheapen(teacher, block)
+    report = cheapconv.reconstruct(student, teacher, calib, samples=args.calib_samples, steps=args.steps,
+                                   progress=True)
+    say(str(report))
+    return student, report.as_dict()
+
+
+def run_student(args, teacher, block, init, train, test, calib, base: DistillConfig) -> dict:
+    t0 = time.perf_counter()
+    student, report = build_student(teacher, block, init, calib, args)
+    init_seconds = time.perf_counter() - t0
+    acc0 = accuracy(student, test, args)
+    say(f"  {block} {init}: step 0 test top-1 {100 * acc0:.2f}%")
+    spe = len(train) // args.batch_size
+    fractions = (0.125, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0)
+    steps = sorted({max(1, round(f * spe)) for f in fractions if f <= args.epochs} | {args.epochs * spe})
+    cb = EvalAt(student, test, steps, args)
+    distill(teacher, student, train, config=base.replace(epochs=args.epochs, loss="at"), callbacks=[cb])
+    return {"block": block, "init": init, "step0": acc0, "curve": cb.curve, "steps_per_epoch": spe,
+            "epochs": args.epochs, "init_seconds": round(init_seconds, 1), "reconstruction": report,
+            "params": cheapconv.count_params(student, "paper"), "load": os.getloadavg()[0],
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def steps_to_reach(curve, target: float) -> int | None:
+    return next((s for s, a in curve if a >= target - 1e-9), None)
+
+
+def cell(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.2f}%"
+
+
+def report(results: Path) -> str:
+    recs = done_keys(results)
+    teacher = recs.get("teacher")
+    lines = []
+    if teacher:
+        lines.append(f"Teacher {teacher['model']}: {100 * teacher['test_top1']:.2f}% test top-1 after "
+                     f"{teacher['epochs']} epochs on {teacher['train_images']:,} images.\n")
+    lines += ["| student | init | step 0 | ¼ epoch | 1 epoch | N epochs | AT steps to random's final | speed-up |",
+              "|---|---|---|---|---|---|---|---|"]
+    blocks = sorted({r["block"] for r in recs.values() if "block" in r}, key=str)
+    for block in blocks:
+        rand = recs.get(f"{block}/random")
+        for init in INITS:
+            r = recs.get(f"{block}/{init}")
+            if not r:
+                continue
+            spe, curve = r["steps_per_epoch"], dict(r["curve"])
+            def at(f, curve=curve, spe=spe):
+                return curve.get(max(1, round(f * spe)))
+            reach, speed = "", ""
+            if rand:
+                final = rand["curve"][-1][1]
+                s = steps_to_reach(r["curve"], final)
+                total = rand["curve"][-1][0]
+                reach = f"{s} of {total}" if s is not None else f"not reached in {r['curve'][-1][0]}"
+                speed = f"{total / s:.1f}×" if s else ""
+            lines.append(f"| {block} | {init} | {cell(r['step0'])} | {cell(at(0.25))} | {cell(at(1.0))} | "
+                         f"{cell(r['curve'][-1][1])} ({r['epochs']} ep) | {reach} | {speed} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="bench-out/teacher-init")
+    p.add_argument("--teacher", default="wrn_16_2")
+    p.add_argument("--teacher-epochs", type=int, default=3)
+    p.add_argument("--blocks", nargs="+", default=list(BLOCKS))
+    p.add_argument("--inits", nargs="+", default=list(INITS))
+    p.add_argument("--epochs", type=int, default=2, help="AT epochs of each student (N).")
+    p.add_argument("--teacher-samples", type=int, default=30000, help="Training images of the teacher.")
+    p.add_argument("--train-samples", type=int, default=10000, help="Training images of the students.")
+    p.add_argument("--test-samples", type=int, default=5000, help="Test images evaluated (the first N).")
+    p.add_argument("--calib-samples", type=int, default=2048)
+    p.add_argument("--steps", type=int, default=None, help="Optimisation steps per site (default: library's).")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--precision", default="bf16")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--stage", choices=("all", "teacher"), default="all")
+    p.add_argument("--report", action="store_true", help="Print the Markdown table and exit.")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    if args.report:
+        print(report(results))
+        return 0
+    torch.set_num_threads(args.threads)
+    full = get_dataset("fashion-mnist", "train", in_chans=3, image_size=32)
+    test = subset(get_dataset("fashion-mnist", "test", in_chans=3, image_size=32), args.test_samples,
+                  augment=False)
+    base = DistillConfig(batch_size=args.batch_size, precision=args.precision, channels_last=True, seed=0,
+                         schedule="cosine", log_every=20, eval_every=1000, progress=True)
+    teacher = train_teacher(args, out, results, subset(full, args.teacher_samples, augment=True), test, base)
+    if args.stage == "teacher":
+        return 0
+    train = subset(full, args.train_samples, augment=True)
+    # calibration images: training images the students do not train on (the last ones), without augmentation
+    calib = subset(full, args.calib_samples, augment=False, start=len(full) - args.calib_samples)
+    done = done_keys(results)
+    for block in args.blocks:
+        for init in args.inits:
+            key = f"{block}/{init}"
+            if key in done:
+                continue
+            say(f"{key}: building and distilling")
+            rec = run_student(args, teacher, block, init, train, test, calib, base)
+            append(results, {"key": key, **rec})
+    print(report(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+"""Block-wise reconstruction: a cheapened student fitted, site by site, to its teacher on calibration data.
+
+:func:`reconstruct` is the entry point; :mod:`.sites` says which student block replaces which teacher convs,
+:mod:`.capture` streams what the models compute at a site, :mod:`.linear` holds the closed forms,
+:mod:`.fitting` fits one site, :mod:`.batchnorm` recomputes BatchNorm statistics, :mod:`.report` renders
+the per-site errors.
+"""
+
+from .report import ReconstructionReport, SiteResult
+from .runner import BATCHNORM_CHOICES, reconstruct
+from .sites import Site, fitting_sites
+
+__all__ = ["BATCHNORM_CHOICES", "ReconstructionReport", "Site", "SiteResult", "fitting_sites", "reconstruct"]

@@ -1,0 +1,87 @@
+"""Streaming what a model computes at one site, batch by batch, without running the rest of it.
+
+:func:`prefix_input` and :func:`prefix_output` run a model only as far as the module they watch: a hook
+captures the tensor and raises :class:`_Reached`, which stops the forward there. Nothing is kept beyond the
+one batch in hand, and the hooks are removed whatever happens, so the model is left as it was found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+__all__ = ["eval_flags", "prefix_input", "prefix_output", "site_outputs"]
+
+
+class _Reached(Exception):
+    """Raised by a capture hook to stop the forward pass once the watched tensor exists."""
+
+
+def prefix_input(model: nn.Module, path: str, x: torch.Tensor) -> torch.Tensor:
+    """The input of ``model``'s module ``path`` when ``model`` reads ``x`` (the rest of the model is not run)."""
+    got: list[torch.Tensor] = []
+
+    def hook(module, args):
+        got.append(args[0])
+        raise _Reached
+
+    handle = model.get_submodule(path).register_forward_pre_hook(hook)
+    try:
+        model(x)
+    except _Reached:
+        pass
+    finally:
+        handle.remove()
+    if not got:
+        raise RuntimeError(f"{path} was never called")
+    return got[0]
+
+
+def prefix_output(model: nn.Module, path: str, x: torch.Tensor) -> torch.Tensor:
+    """The output of ``model``'s module ``path`` when ``model`` reads ``x`` (the rest of the model is not run)."""
+    got: list[torch.Tensor] = []
+
+    def hook(module, args, out):
+        got.append(out)
+        raise _Reached
+
+    handle = model.get_submodule(path).register_forward_hook(hook)
+    try:
+        model(x)
+    except _Reached:
+        pass
+    finally:
+        handle.remove()
+    if not got:
+        raise RuntimeError(f"{path} was never called")
+    return got[0]
+
+
+def site_outputs(model: nn.Module, paths: list[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The outputs of every module in ``paths`` in one whole forward of ``model`` on ``x``."""
+    got: dict[str, torch.Tensor] = {}
+    handles = [model.get_submodule(p).register_forward_hook(lambda m, a, out, _p=p: got.__setitem__(_p, out))
+               for p in paths]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return got
+
+
+@contextlib.contextmanager
+def eval_flags(*models: nn.Module) -> Iterator[None]:
+    """Put ``models`` in eval mode and restore every submodule's own training flag on exit."""
+    saved = [[(m, m.training) for m in model.modules()] for model in models]
+    try:
+        for model in models:
+            model.eval()
+        yield
+    finally:
+        for flags in saved:
+            for m, flag in flags:
+                m.training = flag

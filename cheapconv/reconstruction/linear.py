@@ -1,0 +1,86 @@
+"""Closed forms fitted on data: least squares and activation-aware low rank for pointwise (1×1) maps.
+
+A 1×1 conv sees every output pixel as one sample, so the second moments of its input features ``f``
+(C_in per pixel) and of the target ``y`` (C_out per pixel) over a few hundred images pin it down:
+
+- dense: W = Σ_yf Σ_ff⁻¹ (least squares; a tiny ridge keeps rank-deficient inputs solvable);
+- rank r: reduced-rank regression. With W* the dense solution, the rank-r matrix minimising
+  ‖Y − W F‖² is P_r W*, where P_r projects onto the top r left singular vectors of W* Σ_ff^{1/2}. This is
+  the activation-aware SVD ("whiten by the input covariance"): plain truncated SVD of W* is the special
+  case Σ_ff = I, and it is what loses accuracy on compact networks, where a few input directions carry
+  most of the signal.
+
+The moments are accumulated batch by batch in float64 (:class:`Moments`), so memory does not grow with
+the number of calibration images.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["Moments", "dense_solution", "depthwise_factorisation", "pointwise_features", "reduced_rank_solution"]
+
+
+class Moments:
+    """Running Σ f fᵀ and Σ y fᵀ over pixels (float64) of features ``f`` and targets ``y`` (N×C×H×W)."""
+
+    def __init__(self) -> None:
+        self.ff: torch.Tensor | None = None
+        self.yf: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, f: torch.Tensor, y: torch.Tensor) -> None:
+        f2 = f.detach().double().transpose(0, 1).reshape(f.shape[1], -1)
+        y2 = y.detach().double().transpose(0, 1).reshape(y.shape[1], -1)
+        if f2.shape[1] != y2.shape[1]:
+            raise ValueError(f"features and targets disagree in pixels: {tuple(f.shape)} vs {tuple(y.shape)}")
+        ff, yf = f2 @ f2.T, y2 @ f2.T
+        self.ff = ff if self.ff is None else self.ff + ff
+        self.yf = yf if self.yf is None else self.yf + yf
+        self.count += f2.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.ff, self.yf) if t is not None)
+
+
+def _regularised(ff: torch.Tensor, ridge: float) -> torch.Tensor:
+    scale = ff.diagonal().mean().clamp_min(1e-12)
+    return ff + ridge * scale * torch.eye(ff.shape[0], dtype=ff.dtype, device=ff.device)
+
+
+def dense_solution(m: Moments, ridge: float = 1e-6) -> torch.Tensor:
+    """W (C_out×C_in) minimising Σ‖y − W f‖² over the accumulated pixels."""
+    ff = _regularised(m.ff, ridge)
+    return torch.linalg.solve(ff, m.yf.T).T   # ff is symmetric: (yf ff⁻¹)ᵀ = ff⁻¹ yfᵀ
+
+
+def reduced_rank_solution(m: Moments, rank: int, ridge: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """(down r×C_in, up C_out×r) with ``up @ down`` the rank-r least-squares map (see the module docstring)."""
+    ff = _regularised(m.ff, ridge)
+    w = torch.linalg.solve(ff, m.yf.T).T
+    evals, evecs = torch.linalg.eigh(ff)
+    root = evecs @ torch.diag(evals.clamp_min(0).sqrt()) @ evecs.T
+    u, _, _ = torch.linalg.svd(w @ root, full_matrices=False)
+    u_r = u[:, :rank]
+    return u_r.T @ w, u_r
+
+
+def depthwise_factorisation(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(depthwise C_in×1×k×k, pointwise C_out×C_in): per input channel c, the best rank-1 split
+    W[:, c] ≈ P[:, c] ⊗ D[c] of the conv's kernel (exact when each input channel's C_out×k² slice has rank
+    one; the data-free start of the depthwise part of ``Sep`` / ``LR``)."""
+    c_out, c_in, kh, kw = weight.shape
+    slices = weight.detach().double().permute(1, 0, 2, 3).reshape(c_in, c_out, kh * kw)
+    u, s, vh = torch.linalg.svd(slices, full_matrices=False)
+    depthwise = vh[:, 0, :].reshape(c_in, 1, kh, kw)
+    pointwise = (u[:, :, 0] * s[:, :1]).T
+    return depthwise, pointwise
+
+
+def pointwise_features(x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
+    """What a 1×1 conv with ``stride`` (and no padding) reads of ``x``."""
+    if tuple(stride) != (1, 1):
+        x = x[:, :, ::stride[0], ::stride[1]]
+    return x
+

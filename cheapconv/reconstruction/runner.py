@@ -1,0 +1,188 @@
+"""``reconstruct(student, teacher, data)``: fit every replaced site of a student to its teacher, in order."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from ..data import default_workers
+from ..errors import UsageError
+from .batchnorm import batchnorms, recalibrate
+from .capture import eval_flags, site_outputs
+from .fitting import FitSettings, fit_site
+from .report import ReconstructionReport, SiteResult
+from .sites import Site, execution_order, fitting_sites
+
+__all__ = ["BATCHNORM_CHOICES", "reconstruct"]
+
+BATCHNORM_CHOICES = ("all", "blocks", "none")
+
+
+def _batches(data: Dataset | torch.Tensor, samples: int, batch_size: int, seed: int
+             ) -> tuple[Callable[[], Iterable[torch.Tensor]], int]:
+    """A re-iterable of image batches over a fixed random subset of ``samples`` items of ``data``."""
+    if isinstance(data, torch.Tensor):
+        data = TensorDataset(data)
+    try:
+        n = len(data)
+    except TypeError:
+        raise UsageError("reconstruct needs a dataset with a length (e.g. cheapconv.data.get_dataset(...)) or a "
+                         "tensor of images; an iterable of batches cannot be subsampled.") from None
+    if n == 0:
+        raise UsageError("The calibration data is empty; pass a dataset with images in it.")
+    chosen = min(samples, n)
+    # A random subset, not the first items: ImageFolder lists images class by class.
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:chosen].sort().values.tolist()
+    subset = Subset(data, order)
+    workers = default_workers(data)
+
+    def batches() -> Iterable[torch.Tensor]:
+        loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=workers)
+        for item in loader:
+            yield item[0] if isinstance(item, (list, tuple)) else item
+
+    return batches, chosen
+
+
+def _device(model: nn.Module, device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def _errors(student: nn.Module, teacher: nn.Module, sites: list[Site], batches, device) -> list[float]:
+    """Each site's end-to-end relative error in whole forward passes of both models."""
+    num, den = [0.0] * len(sites), [0.0] * len(sites)
+    t_dev = next((p.device for p in teacher.parameters()), device)
+    s_paths = [s.student_path for s in sites]
+    t_paths = sorted({s.teacher_out for s in sites})
+    with torch.no_grad():
+        for x in batches():
+            got_s = site_outputs(student, s_paths, x.to(device))
+            got_t = site_outputs(teacher, t_paths, x.to(t_dev))
+            for i, s in enumerate(sites):
+                a, b = got_s[s.student_path].float(), got_t[s.teacher_out].to(device).float()
+                num[i] += float((a - b).pow(2).sum())
+                den[i] += float(b.pow(2).sum())
+    return [math.sqrt(n / max(d, 1e-30)) for n, d in zip(num, den, strict=True)]
+
+
+def _check(samples: int, steps: int, lr: float, batch_size: int, batchnorm: str, cache_mb: float) -> None:
+    problems = []
+    if samples < 1:
+        problems.append(f"samples must be at least 1, got {samples}")
+    if steps < 0:
+        problems.append(f"steps must be 0 or more, got {steps}")
+    if not (lr > 0 and math.isfinite(lr)):
+        problems.append(f"lr must be a positive number, got {lr}")
+    if batch_size < 1:
+        problems.append(f"batch_size must be at least 1, got {batch_size}")
+    if batchnorm not in BATCHNORM_CHOICES:
+        problems.append(f"batchnorm must be one of {', '.join(BATCHNORM_CHOICES)}, got {batchnorm!r}")
+    if not cache_mb >= 0:
+        problems.append(f"cache_mb must be 0 or more, got {cache_mb}")
+    if problems:
+        raise UsageError("Invalid reconstruction settings: " + "; ".join(problems) + ".")
+
+
+def reconstruct(student: nn.Module, teacher: nn.Module, data: Dataset | torch.Tensor, *, samples: int = 2048,
+                batch_size: int = 64, steps: int = 200, lr: float = 1e-3, batchnorm: str = "blocks",
+                cache_mb: float = 512, device=None, progress: bool = True, seed: int = 0) -> ReconstructionReport:
+    """Fit every replaced site of ``student`` so that its output matches ``teacher``'s at that site.
+
+    ``student`` is a result of :func:`cheapconv.cheapen` of ``teacher`` (or a file saved from one; it is
+    modified in place and is what this function is for); ``teacher`` is never modified (hooks removed,
+    training flags restored, no gradient). ``data`` is a dataset yielding ``(image, label)`` or a tensor of
+    images; ``samples`` of it (a fixed random subset; all of it if smaller) form the calibration set,
+    read in batches of ``batch_size``.
+
+    Sites are fitted in the order the student runs them, each on the student's own inputs, which already
+    come through the reconstructed blocks before it, so errors do not compound. Per site: closed forms where
+    the block is linear (``Sep``, ``LR``, ``LRp``: activation-aware least squares), BatchNorm statistics and a
+    least-squares last 1×1 conv where the block ends in one (``G``, ``B``, ``BG``), then ``steps`` Adam steps
+    (learning rate ``lr``, cosine decay) on that block alone, kept only if they lower the error (see
+    :mod:`cheapconv.reconstruct.fitting`). At the end the BatchNorm statistics are recomputed over the
+    calibration set (``batchnorm="all"``: every BatchNorm of the student; ``"blocks"``: those inside the
+    replaced blocks; ``"none"``).
+
+    Memory is bounded: activations are streamed batch by batch, the models run only up to the site being
+    fitted, and each site keeps at most ``cache_mb`` MiB of (input, target) pairs for its optimisation.
+
+    Returns a :class:`~cheapconv.reconstruct.ReconstructionReport` (``print(report)`` shows the table).
+
+    Example::
+
+        student = cheapconv.cheapen(teacher, "G(4)")
+        calib = cheapconv.data.get_dataset("fashion-mnist", "train", augment=False, in_chans=3, image_size=32)
+        report = cheapconv.reconstruct(student, teacher, calib, samples=1024)
+        print(report)
+    """
+    _check(samples, steps, lr, batch_size, batchnorm, cache_mb)
+    started = time.perf_counter()
+    sites = fitting_sites(student, teacher)
+    dev = _device(student, device)
+    student.to(dev)
+    batches, chosen = _batches(data, samples, batch_size, seed)
+    settings = FitSettings(steps=steps, lr=lr, batch_size=min(batch_size, 32),
+                           cache_bytes=int(cache_mb * 2**20), seed=seed)
+    report = ReconstructionReport(samples=chosen, steps=steps, batchnorm=batchnorm,
+                                  cache_limit_bytes=settings.cache_bytes)
+    if not sites:
+        report.seconds = time.perf_counter() - started
+        return report
+    with _Progress(progress, total=len(sites) + 3) as bar, eval_flags(student, teacher):
+        bar.step("checking the sites")
+        first = next(iter(batches()))
+        sites = execution_order(student, sites, first.to(dev))
+        bar.step("errors before")
+        before = _errors(student, teacher, sites, batches, dev)
+        fits = []
+        for site in sites:
+            bar.step(f"fitting {site.name}")
+            fits.append(fit_site(site, student, teacher, batches, settings, dev, chosen))
+        bar.step("BatchNorm statistics and errors after")
+        layers = {"all": lambda: batchnorms(student),
+                  "blocks": lambda: [m for s in sites for m in batchnorms(s.block)],
+                  "none": list}[batchnorm]()
+        recalibrate(layers, student, (x.to(dev) for x in batches()))
+        after = _errors(student, teacher, sites, batches, dev)
+    for site, fit, b, a in zip(sites, fits, before, after, strict=True):
+        report.sites.append(SiteResult(site.name, site.entry.block or "", fit.method, b, fit.start, fit.fitted, a,
+                                       fit.cached_images, fit.streamed_images))
+    report.batchnorm_layers = len(layers)
+    report.peak_site_bytes = max(f.cache_bytes for f in fits)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+class _Progress:
+    """A rich progress bar on stderr over the phases of a reconstruction (nothing when disabled)."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total, self.bar, self.task = enabled, total, None, None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("reconstructing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                TextColumn("{task.description}"), console=Console(stderr=True))
+            self.bar.start()
+            self.task = self.bar.add_task("", total=self.total)
+        return self
+
+    def step(self, what: str) -> None:
+        if self.bar is not None:
+            done = self.bar.tasks[0].completed + (1 if self.bar.tasks[0].description else 0)
+            self.bar.update(self.task, completed=done, description=what)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.total)
+            self.bar.stop()
