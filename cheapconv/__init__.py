@@ -18,6 +18,7 @@ from .exporter import ExportCheckError, export
 from .fx.tap import Tap
 from .measure.profiler import Profile, profile
 from .models import WideResNet
+from .reconstruction import ReconstructionReport, reconstruct
 from .store.modelfile import load, read_recipe, save
 from .store.resolve import create_model
 from .surgery.planner import Plan, PlanEntry, plan
@@ -40,4 +41,5 @@ __all__ = [
     "find_stages", "load", "parse_block", "parse_policy", "plan", "profile", "read_recipe", "record", "save",
     "sweep",
     "SearchResult", "fisher_potential", "search",
+    "ReconstructionReport", "reconstruct",
 ]

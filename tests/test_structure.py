@@ -24,6 +24,7 @@ LAYERS = [
     {"surgery"},
     {"store"},
     {"data"},
+    {"reconstruction"},
     {"train"},
     {"measure"},
     {"blockswap"},
