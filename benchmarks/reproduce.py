@@ -184,7 +184,8 @@ def train_one(run: Run, settings: Settings, args, data, records: list[dict]) -> 
                         loss={"kd": "kd", "at": "at"}.get(run.mode, "ce"),
                         precision=settings.precision if fast else "fp32",
                         channels_last=settings.channels_last if fast else False, seed=run.seed,
-                        device=args.device, eval_every=run.epochs, progress=not args.quiet)
+                        device=args.device, eval_every=run.epochs, progress=not args.quiet,
+                        checkpoint_every_steps=200)   # an interrupted run loses at most 200 steps
     data_train = subset(train, settings.parity_subset, augment=True) if run.row == "0" else train
     ckpt = args.work / "ckpt" / f"{plan_mod.slug(run.key)}.ckpt"
     ckpt.parent.mkdir(parents=True, exist_ok=True)

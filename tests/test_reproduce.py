@@ -1,0 +1,112 @@
+"""The reproduction study (benchmarks/reproduce.py) end to end in a tiny configuration, its resumption, the
+report, and the statistics and verdicts the report is built on."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cheapconv.data import datasets as data
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+import reproduce  # noqa: E402
+import reproduce_report  # noqa: E402
+from reproduce_stats import bootstrap_spearman, ranks, spearman  # noqa: E402
+
+TINY = ["--teacher", "wrn_10_1", "--epochs", "1", "--subset", "128", "--test-subset", "128", "--batch-size", "64",
+        "--students", "G(4)", "--smaller", "wrn_10_1", "--budgets", "BG(2,M)", "--seeds", "1", "--threads", "1",
+        "--quiet", "--only", "1,2"]
+
+
+def test_rank_statistics():
+    assert ranks([10, 20, 20, 5]) == [2, 3.5, 3.5, 1]
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1)
+    assert spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(0.8207826816681233)  # scipy's doc example
+    assert math.isnan(spearman([1, 2, 3], [7, 7, 7]))
+    lo, hi = bootstrap_spearman(list(range(30)), [v + (3 if v % 2 else -3) for v in range(30)], n=300)
+    assert 0.8 < lo <= hi <= 1
+
+
+def _run(row, student, mode, error, seed=0, params=100, schedule="s"):
+    return {"kind": "run", "row": row, "student": student, "mode": mode, "seed": seed, "test_error": error,
+            "params": params, "macs": 10 * params, "arch": f"{student}", "schedule": schedule,
+            "build": ["cheap", student], "key": f"{row}|{student}|{mode}|{seed}|{schedule}"}
+
+
+def test_claim_verdicts_respect_the_seed_spread():
+    records = [_run("1", "teacher", "scratch", 5.0, params=700),
+               *[_run("2", "G(4)", "at", e, seed=i, params=250) for i, e in enumerate([6.0, 6.4, 5.6])],  # sd 0.4
+               _run("2", "G(4)", "kd", 6.2, params=250), _run("2", "G(4)", "scratch", 7.5, params=250),
+               *[_run("3", "wrn_10_2", "at", e, seed=i, params=300) for i, e in enumerate([7.0, 7.2, 6.8])],
+               *[_run("4", "search@BG(2,M)", "at", e, seed=i, params=55) for i, e in enumerate([8.0, 8.1, 7.9])],
+               *[_run("2", "BG(2,M)", "at", e, seed=i, params=55) for i, e in enumerate([8.2, 8.1, 8.3])]]
+    s = reproduce_report.Study(records)
+    assert s.spread == pytest.approx(0.4)
+    verdicts = {title[0]: verdict for title, verdict, _ in reproduce_report.claims(s, margin=1.0)}
+    assert verdicts["1"] == "held"                                # 6.0 vs 7.0: Δ 1.0 > 0.4
+    assert verdicts["2"] == "mixed"                               # AT vs KD Δ 0.2 is no win; KD vs scratch is
+    assert verdicts["3"] == "held"                                # 6.0 − 5.0 = 1.0 ≤ 1.0
+    assert verdicts["4"] == "no win (within the seed spread)"     # Δ 0.2 < 0.4
+    assert verdicts["5"] == "not yet measured"
+    worse = reproduce_report.Study([r | {"test_error": r["test_error"] + 3} if r["row"] == "4" else r
+                                    for r in records])
+    assert dict((t[0], v) for t, v, _ in reproduce_report.claims(worse, 1.0))["4"] == "did not hold"
+
+
+def test_fidelity_claim_compares_fisher_with_parameter_count():
+    configs = [{"rules": ["a=G(4)"], "fisher": float(i), "paper": 100 + (i * 7) % 5, "macs": 1000 + i}
+               for i in range(12)]
+    records = [{"kind": "fidelity-configs", "configs": configs, "budget_of": "BG(2,M)", "budget": 100,
+                "minibatch": "x"},
+               *[_run("fidelity", f"cfg{i:02d}", "at", 20.0 - i, schedule="f") for i in range(12)]]
+    title, verdict, texts = reproduce_report.fidelity_claim(reproduce_report.Study(records))
+    assert verdict == "held", texts                   # Fisher ranks the errors perfectly, params do not
+    assert "ρ(Fisher score, test error) = -1.00" in texts[0]
+
+
+@pytest.mark.skipif(not (data.DEBIAN_FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
+                    reason="Debian package dataset-fashion-mnist is not installed")
+def test_tiny_study_end_to_end_resumes_and_reports(tmp_path, capsys):
+    results, work = tmp_path / "results" / "r.jsonl", tmp_path / "work"
+    argv = [*TINY, "--results", str(results), "--work", str(work)]
+    reproduce.main(argv)
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(r["row"], r["student"], r["mode"]) for r in records] == [
+        ("1", "teacher", "scratch"), ("2", "G(4)", "scratch"), ("2", "G(4)", "kd"), ("2", "G(4)", "at")]
+    assert all(r["train_images"] == 128 and r["test_images"] == 128 and r["steps"] == 2 for r in records)
+    assert records[1]["params"] < records[0]["params"] and records[0]["teacher_file"]
+    assert records[3]["teacher_sha"] == records[0]["teacher_sha"]
+
+    capsys.readouterr()
+    reproduce.main(argv)                                   # everything done: nothing runs, nothing is added
+    assert "4 already in" in capsys.readouterr().err
+    assert results.read_text().count("\n") == 4
+
+    # a run whose line is lost but whose (finished) checkpoint is there resumes it instead of training again
+    results.write_text("".join(line + "\n" for line in results.read_text().splitlines()[:3]))
+    reproduce.main(argv)
+    again = [json.loads(line) for line in results.read_text().splitlines()]
+    assert again[3]["key"] == records[3]["key"] and again[3]["resumed"]
+    assert again[3]["test_error"] == records[3]["test_error"] and again[3]["steps"] == 2
+
+    out = tmp_path / "reproduction.md"
+    reproduce_report.main(["--results", str(results), "--out", str(out)])
+    text = out.read_text()
+    assert "| 2 | G(4) | " in text and f"{records[3]['test_error']:.2f}" in text
+    assert "pending" in text                               # rows 3 and 4 of the study's plan have not run
+    assert (results.parent / "reproduce-error-vs-params.png").stat().st_size > 1000
+    assert "**5. The Fisher score ranks students better than parameter count: not yet measured.**" in text
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
