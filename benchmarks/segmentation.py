@@ -71,7 +71,7 @@ def _append(path: Path, row: dict) -> None:
 
 def _fresh(args, in_chans: int, size: int) -> torch.nn.Module:
     torch.manual_seed(args.seed)   # the same initial weights for every run built from it
-    return cheapconv.create_model(args.teacher, num_classes=11, in_chans=in_chans, input_size=size)
+    return cheapconv.create_model(args.teacher, num_classes=11, in_chans=in_chans)
 
 
 def _config(args, loss: str) -> DistillConfig:
@@ -103,7 +103,9 @@ def main(argv=None) -> None:
     teacher_file = args.results.with_name(args.results.stem + ".teacher.pt")
 
     if "teacher" in done and teacher_file.is_file():
-        teacher = cheapconv.load(teacher_file)
+        teacher = _fresh(args, 1, size)
+        state = torch.load(teacher_file, map_location="cpu", weights_only=True)   # data only, no code runs
+        teacher.load_state_dict(state.get("state_dict", state))   # a cheapconv file, or a bare state dict
         print(f"teacher: done (val mIoU {done['teacher']['val_miou']:.4f}), loaded {teacher_file}")
     else:
         started, load, teacher = time.time(), os.getloadavg(), _fresh(args, 1, size)

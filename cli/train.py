@@ -32,7 +32,8 @@ def _opt(default, *names, **kw):
 
 
 # also used by evaluate
-DATA = _opt(..., "--data", "-d", help="fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic[:CxHxW...].")
+DATA = _opt(..., "--data", "-d", help="fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic[:CxHxW...]; "
+            "segmentation: fashion-mnist-seg[:SIZE[:ITEMS]], voc, cityscapes.")
 DATA_DIR = _opt(None, "--data-dir", help="Where datasets are looked for (default $CHEAPCONV_DATA_DIR or ./data).")
 DOWNLOAD = _opt(False, "--download", help="Allow downloading the dataset (needs network).")
 IN_CHANS = _opt(None, "--in-chans", min=1, help="Input channels (default: the model's; grayscale is repeated).")
@@ -220,9 +221,10 @@ def _save_and_report(model, output: Path, result, *, role: str, data: str, cfg, 
     if result.rank != 0:
         return
     last = result.last
+    dense = "val_miou" in last or "train_miou" in last
+    figures = ("val_miou", "val_pixel_acc") if dense else ("val_top1", "val_top5")
     training = {"data": data, "loss": last.get("loss_kind"), "steps": result.steps,
-                "val_top1": last.get("val_top1"), "val_top5": last.get("val_top5"), "config": cfg.to_dict(),
-                **extra}
+                **{k: last.get(k) for k in figures}, "config": cfg.to_dict(), **extra}
     try:
         kind = cheapconv.save(model, output, extra={"training": training})
     except KeyboardInterrupt:
@@ -233,12 +235,13 @@ def _save_and_report(model, output: Path, result, *, role: str, data: str, cfg, 
                   soft_wrap=True)
         raise
     t = Table(title=f"{role} trained on {data}", title_justify="left")
-    for col in ("loss", "steps", "train top-1", "val top-1", "val top-5", "val loss", "time"):
+    cols = ("train mIoU", "val mIoU", "val pixel acc") if dense else ("train top-1", "val top-1", "val top-5")
+    keys = ("train_miou", "val_miou", "val_pixel_acc") if dense else ("train_top1", "val_top1", "val_top5")
+    for col in ("loss", "steps", *cols, "val loss", "time"):
         t.add_column(col, justify="right")
     pct = lambda v: f"{100 * v:.2f}%" if isinstance(v, float) else "-"
-    t.add_row(str(last.get("loss_kind")), str(result.steps), pct(last.get("train_top1")), pct(last.get("val_top1")),
-              pct(last.get("val_top5")), f"{last['val_loss']:.4f}" if "val_loss" in last else "-",
-              f"{last.get('time_s', 0):.0f} s")
+    t.add_row(str(last.get("loss_kind")), str(result.steps), *(pct(last.get(k)) for k in keys),
+              f"{last['val_loss']:.4f}" if "val_loss" in last else "-", f"{last.get('time_s', 0):.0f} s")
     out.print(t)
     err.print(f"Wrote {output} ({kind} format); resume checkpoint {result.checkpoint}.", highlight=False)
 
@@ -287,6 +290,9 @@ def distill_cmd(
     temperature: float = _opt(4.0, "--temperature", help="KD temperature."),
     kd_reduction: str = _opt("batchmean", "--kd-reduction", help="batchmean (standard) or reference (the "
                              "Moonshine code: batch×classes mean × 2)."),
+    taps: str = _opt(None, "--taps", help="Stage outputs for AT, by module name, comma-separated (e.g. "
+                     "'backbone.layer2, backbone.layer3, classifier.0'); default: found in both networks, matched by "
+                     "name."),
     *, opts: RunOptions,
 ) -> None:
     """Distil STUDENT from TEACHER (attention transfer by default) with the teacher's recipe.
@@ -295,10 +301,18 @@ def distill_cmd(
     """
     ckpt, lr, grad_clip = opts.prepare(inputs={"--teacher": teacher, "--student": student,
                                                "--teacher-weights": teacher_weights})
+    tap_names = tuple(n.strip() for n in (taps or "").split(",") if n.strip())
     cfg = opts.config(lr=lr, grad_clip=grad_clip, loss=loss, beta=beta, alpha=alpha, temperature=temperature,
-                      kd_reduction=kd_reduction)
+                      kd_reduction=kd_reduction, taps=tap_names)
     t = load_model(teacher, weights=teacher_weights, num_classes=num_classes, trust=opts.trust, what="teacher")
     s = load_model(student, trust=opts.trust, what="student")
+    if cfg.loss_fn(teacher=True).needs_taps and _is_main():
+        from cheapconv.surgery.taps import match_taps
+
+        t_names, s_names = match_taps(t, s, tap_names)
+        chosen = (f"{', '.join(t_names)} (matched by name)" if t_names == s_names else
+                  f"teacher {', '.join(t_names) or 'none'}; student {', '.join(s_names) or 'none'} (by position)")
+        _note(f"attention-transfer taps: {chosen}{'' if tap_names else '; set --taps to choose'}.")
     train_set, test_set = opts.datasets(s)
     result = _run(t, s, train_set, test_set, cfg, checkpoint=ckpt, resume=opts.resume, overwrite=opts.overwrite)
     _save_and_report(s, opts.output, result, role=student, data=opts.data, cfg=cfg, extra={"teacher": teacher})
@@ -316,7 +330,8 @@ def evaluate(
     device: str = DEVICE, precision: str = PRECISION, workers: int = WORKERS, trust: bool = TRUST,
     as_json: bool = _opt(False, "--json", help="Print the figures as one JSON object."),
 ) -> None:
-    """Top-1, top-5 and mean cross-entropy of a model on a dataset split.
+    """Top-1, top-5 and mean cross-entropy of a model on a dataset split (segmentation data: mIoU and pixel
+    accuracy; --json has the keys miou and pixel_acc, fractions, and iou per class).
 
     Example: cheapconv evaluate trained.pt --data fashion-mnist
     """
@@ -338,7 +353,9 @@ def evaluate(
         emit(json.dumps({"model": model, "data": data, "split": split, **res}))
         return
     t = Table(title=f"{model} on {data} ({split}, {res['n']:,} images)", title_justify="left")
-    for col in ("top-1", "top-5", "loss"):
+    keys = ("miou", "pixel_acc") if "miou" in res else ("top1", "top5")
+    for col in (*({"miou": "mIoU", "pixel_acc": "pixel acc", "top1": "top-1", "top5": "top-5"}[k] for k in keys),
+                "loss"):
         t.add_column(col, justify="right")
-    t.add_row(f"{100 * res['top1']:.2f}%", f"{100 * res['top5']:.2f}%", f"{res['loss']:.4f}")
+    t.add_row(*(f"{100 * res[k]:.2f}%" for k in keys), f"{res['loss']:.4f}")
     out.print(t)

@@ -1,5 +1,6 @@
-"""Top-1 accuracy of a model on a named dataset, adapted to the model's input: what ``compare --data`` and
-the sweep report next to the measured costs."""
+"""Accuracy of a model on a named dataset, adapted to the model's input: what ``compare --data`` and the sweep
+report next to the measured costs. Top-1 for classification, mIoU for segmentation (:func:`accuracy_metric`
+names which)."""
 
 from __future__ import annotations
 
@@ -11,30 +12,50 @@ from ..errors import UsageError
 from ..models.inputs import input_shape_of
 from .latency import prepared_copy
 
-__all__ = ["evaluate_accuracy"]
+__all__ = ["accuracy_metric", "evaluate_accuracy"]
+
+
+def accuracy_metric(data: str) -> str:
+    """The figure :func:`evaluate_accuracy` reports for dataset ``data``: ``"top-1"``, or ``"mIoU"`` for a
+    segmentation dataset. Nothing is loaded."""
+    from ..data import dataset_info
+
+    return "mIoU" if dataset_info(data).task == "segmentation" else "top-1"
 
 
 def evaluate_accuracy(model: nn.Module, data: str, *, input_shape: tuple[int, ...] | None = None,
                       data_dir: str | None = None, split: str = "test", batch_size: int = 256,
                       limit: int | None = None, device: str | torch.device | None = None) -> float:
     """Top-1 accuracy (0..1) of ``model`` on the ``split`` of dataset ``data`` (a :mod:`cheapconv.data` name),
-    through :func:`cheapconv.train.metrics.evaluate`. The dataset is adapted to the model's input (grayscale
-    repeated to C channels, padded to the size); ``limit`` evaluates the first that many images only."""
-    from ..data import get_dataset
+    or its mIoU (0..1) when ``data`` is a segmentation dataset, through
+    :func:`cheapconv.train.metrics.evaluate`. The dataset is adapted to the model's input (grayscale repeated
+    to C channels; classification images padded to the size, segmentation scenes kept at their own size: the
+    models are fully convolutional); ``limit`` evaluates the first that many images only. A model whose
+    output has fewer classes than the dataset is a :class:`~cheapconv.errors.UsageError`."""
+    from ..data import dataset_info, get_dataset
+    from ..train.losses import split_output
     from ..train.metrics import evaluate
 
     c, h, _ = input_shape_of(model, input_shape)
-    dataset = get_dataset(data, split, data_dir=data_dir, augment=False, in_chans=c, image_size=h)
+    dense = dataset_info(data).task == "segmentation"
+    dataset = get_dataset(data, split, data_dir=data_dir, augment=False, in_chans=c,
+                          image_size=None if dense else h)
     classes = dataset.info.num_classes
-    # one forward on zeros finds the number of outputs, so that a model trained for another dataset is
-    # refused with a message instead of a confusing accuracy or an index error inside evaluate
+    size = dataset.info.image_size if dense else h
+    # one forward on zeros finds the number of outputs (the class axis: 1), so that a model trained for another
+    # dataset is refused with a message instead of a confusing figure or an index error inside evaluate
     with eval_mode(model), torch.inference_mode():
         param = next(iter(model.parameters()), None)
-        outputs = model(torch.zeros(1, c, h, h, device=param.device if param is not None else None)).shape[-1]
+        out, _ = split_output(model(torch.zeros(1, c, size, size, device=param.device if param is not None else None)))
+    outputs = out.shape[1]
+    if dense and out.dim() != 4:
+        raise UsageError(f"{data} is a segmentation dataset but the model predicts a tensor of shape "
+                         f"{tuple(out.shape)}, not one map per class; evaluate a segmentation model on it.")
     if outputs < classes:
         raise UsageError(f"The model has {outputs} outputs but {data} has {classes} classes; evaluate it on "
                          "the dataset it was trained for.")
     if limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
+        dataset.info = dataset.dataset.info   # keeps the ignore index
     work = model if device is None else prepared_copy(model, torch.device(device), False)
-    return float(evaluate(work, dataset, batch_size=batch_size)["top1"])
+    return float(evaluate(work, dataset, batch_size=batch_size)["miou" if dense else "top1"])

@@ -45,20 +45,18 @@ class SegWRN(nn.Module):
     torch.Size([2, 11, 32, 32])
     """
 
-    def __init__(self, depth: int, width: int, num_classes: int = 11, in_chans: int = 3, aux_loss: bool = False,
-                 input_size: int = 64):
+    def __init__(self, depth: int, width: int, num_classes: int = 11, in_chans: int = 3, aux_loss: bool = False):
         super().__init__()
         if (depth - 4) % 6 != 0 or depth < 10:
             raise ValueError(f"WRN depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 40, ...), got {depth}")
         if width < 1:
             raise ValueError(f"WRN width must be at least 1, got {width}")
-        if input_size % 4:
-            raise ValueError(f"input_size must be a multiple of 4 (two stride-2 stages), got {input_size}")
         n = (depth - 4) // 6
         w = [16, 16 * width, 32 * width, 64 * width]
         self.depth, self.width, self.num_classes, self.aux_loss = depth, width, num_classes, aux_loss
-        # the size the model was built for (the canvas of fashion-mnist-seg): the data adapters read it
-        self.default_input_size = (in_chans, input_size, input_size)
+        # the size MACs and taps are worked out at by default (fashion-mnist-seg's default canvas); the model is
+        # fully convolutional and takes any multiple of 4, and segmentation data keeps its own size
+        self.default_input_size = (in_chans, 64, 64)
         self.stem = nn.Conv2d(in_chans, w[0], 3, padding=1, bias=False)
         for stage, stride in enumerate((1, 2, 2), start=1):
             blocks = [WideBasic(w[stage - 1] if i == 0 else w[stage], w[stage], stride if i == 0 else 1)

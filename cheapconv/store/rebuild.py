@@ -31,7 +31,7 @@ __all__ = ["MAX_TEACHER_BYTES", "SOURCE_KWARGS", "check_recipe", "rebuild_from_r
 MAX_TEACHER_BYTES = 8 * 2**30
 #: constructor keywords a recipe may pass to the zoo, and the values each may take
 SOURCE_KWARGS = {"num_classes": (int, 1, 100_000), "in_chans": (int, 1, 64), "drop_rate": (float, 0.0, 1.0)}
-_ZOO_NAME = re.compile(r"wrn_\d{1,3}_\d{1,3}|torchvision:[A-Za-z0-9_]{1,80}|timm:[A-Za-z0-9_.]{1,120}")
+_ZOO_NAME = re.compile(r"(seg)?wrn_\d{1,3}_\d{1,3}|torchvision:[A-Za-z0-9_]{1,80}|timm:[A-Za-z0-9_.]{1,120}")
 
 
 def _refuse(what: str) -> FileFormatError:
@@ -75,7 +75,7 @@ def teacher_from_recipe(recipe: dict) -> nn.Module:
     from ..models.zoo import create_model
 
     source, kwargs = _source(recipe)
-    if source.startswith("wrn_"):
+    if source.startswith(("wrn_", "segwrn_")):
         with torch.device("meta"):
             meta = create_model(source, **kwargs)
         size = tensor_bytes([*meta.parameters(), *meta.buffers()])
