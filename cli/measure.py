@@ -22,6 +22,24 @@ from .app import (
 )
 
 _DTYPE_HELP = "fp32, or bf16/fp16 (run under autocast)."
+_RUNTIME_HELP = ("Where latency is measured: torch (eager), compile (torch.compile), pt2 (torch.export) or "
+                 "onnxruntime; the model is exported once and checked against eager before it is timed.")
+
+
+def _check_runtime(runtime: str, **kw) -> None:
+    """An unknown runtime is a bad option; one that is not installed (or cannot take --dtype /
+    --channels-last) a usage error naming the fix, before any model is loaded."""
+    from cheapconv.measure.runtimes import RUNTIMES, check_runtime
+
+    if runtime not in RUNTIMES:
+        raise typer.BadParameter(f"choose one of {', '.join(RUNTIMES)}, not {runtime!r}", param_hint="--runtime")
+    check_runtime(runtime, **kw)
+
+
+def _print_checks(p) -> None:
+    """The runtime-vs-eager check of each timed batch (stdout: part of what was measured)."""
+    for b, line in sorted(p.checks.items()):
+        out.print(f"{p.runtime} vs eager, batch {b}: {line}", highlight=False)
 
 
 def _load_model(spec: str, *, trust: bool = False, num_classes: int | None = None,
@@ -64,6 +82,7 @@ def profile(
                                                         "rebuilt from the student's recipe)."),
     layers: bool = typer.Option(True, "--layers/--no-layers", help="Time each replaced block against the "
                                                                    "original layer."),
+    runtime: str = typer.Option("torch", "--runtime", help=_RUNTIME_HELP),
     json_out: Path = typer.Option(None, "--json", help="Also write the full profile as JSON."),
     trust: bool = typer.Option(False, "--trust", help="Allow files that need unpickling (runs code)."),
 ) -> None:
@@ -79,15 +98,21 @@ def profile(
     the_dtype = parse_dtype(dtype)
     output_path(json_out, required=False)
     check_device(device)
+    _check_runtime(runtime, device=device, dtype=the_dtype, channels_last=channels_last)
     check_outputs(inputs={"MODEL": model, "--teacher": teacher}, outputs={"--json": json_out})
     with err.status(f"Loading {model}..."):
         the_model = _load_model(model, trust=trust)
         the_teacher = _load_model(teacher, trust=trust) if teacher else None
-    with err.status("Measuring (latency, memory" + (", per-block timing" if layers else "") + ")..."):
+    from .search import progress_bar
+
+    bar, tick = progress_bar()
+    with bar:  # per-block timing in an exporting runtime exports two small graphs per layer: minutes
         p = run_profile(the_model, size, device=device, dtype=the_dtype, channels_last=channels_last,
                         batch=batch, warmup=warmup, repeats=repeats, threads=threads, per_layer=layers,
-                        teacher=the_teacher, name=Path(model).name if Path(model).is_file() else None)
+                        teacher=the_teacher, name=Path(model).name if Path(model).is_file() else None,
+                        runtime=runtime, progress=lambda done, total: tick("blocks", done, total))
     out.print(literal_table(p.table()))
+    _print_checks(p)
     if p.blocks:
         out.print(literal_table(blocks_table(p.blocks)))
         slower = p.slower_blocks
@@ -118,6 +143,7 @@ def compare(
     limit: int = typer.Option(None, "--limit", min=1, help="Evaluate on the first N test images only."),
     layers: bool = typer.Option(False, "--layers", help="Also time each student's blocks against the layers "
                                                         "they replaced, and count the slower ones."),
+    runtime: str = typer.Option("torch", "--runtime", help=_RUNTIME_HELP),
     json_out: Path = typer.Option(None, "--json", help="Also write the profiles as JSON."),
     trust: bool = typer.Option(False, "--trust", help="Allow files that need unpickling (runs code)."),
 ) -> None:
@@ -135,6 +161,7 @@ def compare(
     the_dtype = parse_dtype(dtype)
     output_path(json_out, required=False)
     check_device(device)
+    _check_runtime(runtime, device=device, dtype=the_dtype, channels_last=channels_last)
     check_outputs(inputs={"MODELS": list(models)}, outputs={"--json": json_out})
     with err.status("Loading models..."):
         loaded = [_load_model(m, trust=trust) for m in models]
@@ -142,7 +169,7 @@ def compare(
     with err.status("Measuring side by side..."):
         profiles = profile_many(loaded, size, names=names, device=device, dtype=the_dtype,
                                 channels_last=channels_last, batch=batch, warmup=warmup, repeats=repeats,
-                                threads=threads, per_layer=layers)
+                                threads=threads, per_layer=layers, runtime=runtime)
     accuracies = None
     if data:
         accuracies = []
@@ -157,6 +184,8 @@ def compare(
         if column.header == "top-1":
             column.header = metric
     out.print(literal_table(table))
+    for p in profiles:
+        _print_checks(p)
     for p in profiles:
         if p.slower_blocks:
             title = f"{p.model}: blocks slower than what they replaced"
@@ -184,6 +213,8 @@ def sweep(
     dtype: str = typer.Option("fp32", "--dtype", help=_DTYPE_HELP),
     channels_last: bool = typer.Option(False, "--channels-last", help="Time in channels_last memory format."),
     threads: int = typer.Option(None, "--threads", min=1, help="Intra-op CPU threads (default: torch's)."),
+    runtime: str = typer.Option("torch", "--runtime", help=_RUNTIME_HELP + " The Pareto front is that "
+                                                                           "runtime's."),
     num_classes: int = typer.Option(None, "--num-classes", min=1, help="Classifier size of the teacher."),
     weights: Path = typer.Option(None, "--weights", help="Local weights file for the teacher."),
     trust: bool = typer.Option(False, "--trust", help="Allow files that need unpickling (runs code)."),
@@ -202,6 +233,7 @@ def sweep(
     _check_batch(batch, repeats)
     size = parse_input_size(input_size)
     parse_dtype(dtype)
+    _check_runtime(runtime, dtype=dtype, channels_last=channels_last)
     if epochs is not None and data is None:
         raise typer.BadParameter("--epochs needs --data (the dataset to distil on)", param_hint="--epochs")
     if output.exists() and not output.is_dir():
@@ -218,7 +250,7 @@ def sweep(
         result = run_sweep(teacher, specs, output, model_name=model, input_size=size, batch=batch,
                            dtype=dtype, channels_last=channels_last, threads=threads, repeats=repeats,
                            data=data, epochs=epochs, data_dir=str(data_dir) if data_dir else None,
-                           log=lambda line: err.print(line, highlight=False))
+                           log=lambda line: err.print(line, highlight=False), runtime=runtime)
     out.print(Path(result.files["md"]).read_text() if "md" in result.files else "No point was computed.",
               highlight=False, markup=False)
     for kind, path in result.files.items():
