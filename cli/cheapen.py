@@ -53,6 +53,14 @@ def cheapen(
     init: str = typer.Option("random", "--init",
                              help="How replaced blocks start: random (as in the papers) or teacher (closed forms "
                                   "from the teacher's convs, exact at full rank)."),
+    calib_data: str = typer.Option(None, "--calib-data",
+                                   help="With --init teacher: fit every replaced block to the teacher on images of "
+                                        "this dataset (any name --data takes, e.g. fashion-mnist, imagefolder:DIR; "
+                                        "training split, no augmentation)."),
+    calib_samples: int = typer.Option(2048, "--calib-samples", min=1, help="Calibration images for --calib-data."),
+    calib_steps: int = typer.Option(200, "--calib-steps", min=0,
+                                    help="Optimisation steps per replaced block for --calib-data."),
+    data_dir: Path = typer.Option(None, "--data-dir", help="Where --calib-data's files are looked for."),
 ) -> None:
     """Rewrite MODEL with cheap convolution blocks and write the student.
 
@@ -65,6 +73,7 @@ def cheapen(
     if init not in ("random", "teacher"):
         raise typer.BadParameter(f"{init!r} is not a way to start the student: use 'random' or 'teacher'",
                                  param_hint="--init")
+    check_calibration(init, calib_data)
     size = parse_input_size(input_size)
     if not dry_run:
         output_path(output)
@@ -96,9 +105,36 @@ def cheapen(
         return
     if init == "teacher":
         out.print(literal_table(init_table(student.cheapconv_init)))
+    if calib_data is not None:
+        report = calibrate(student, teacher, calib_data, samples=calib_samples, steps=calib_steps,
+                           data_dir=data_dir)
+        out.print(literal_table(report.table()))
     kind = cheapconv.save(student, output)
     err.print(f"Wrote {literal(output)} ({kind} format" + (": loading it will need --trust" if kind == "pickle" else "")
               + ").", highlight=False)
+
+
+def check_calibration(init: str, calib_data: str | None) -> None:
+    """``--calib-data`` refines a teacher-initialised student; without ``--init teacher`` it is an error
+    (reconstruction is designed to start from the closed forms, and a silent switch of --init would hide
+    what the student started from)."""
+    if calib_data is not None and init != "teacher":
+        raise typer.BadParameter("--calib-data fits the blocks of a teacher-initialised student: add --init teacher "
+                                 "(e.g. --init teacher --calib-data fashion-mnist)", param_hint="--calib-data")
+
+
+def calibrate(student, teacher, name: str, *, samples: int, steps: int, data_dir: Path | None):
+    """Block-wise reconstruction of ``student`` on ``samples`` training images of dataset ``name``, adapted to
+    the teacher's input the way ``--data`` is everywhere (cheapconv.data.adapt_for_model)."""
+    import cheapconv
+    from cheapconv.data import adapt_for_model, get_dataset
+
+    fit = adapt_for_model(name, teacher)
+    for note in fit.notes.values():
+        err.print(f"note: {note}.", highlight=False, markup=False)
+    data = get_dataset(name, "train", data_dir=data_dir, augment=False, in_chans=fit.in_chans,
+                       image_size=fit.image_size)
+    return cheapconv.reconstruct(student, teacher, data, samples=samples, steps=steps, progress=True)
 
 
 def init_table(records):

@@ -65,6 +65,8 @@ class RunOptions:
     momentum: float = _opt(0.9, "--momentum", help="SGD momentum.")
     nesterov: bool = _opt(False, "--nesterov", help="Nesterov momentum.")
     weight_decay: float = _opt(5e-4, "--weight-decay", "--wd", help="Weight decay.")
+    no_structured_wd: bool = _opt(False, "--no-structured-wd", help="Plain weight decay for structured blocks "
+                                  "too (default: scaled by each block's compression ratio, spec §2).")
     schedule: str = _opt("multistep", "--schedule", help="multistep (×0.2 at 30/60/80 %), cosine or constant.")
     warmup_epochs: float = _opt(0.0, "--warmup-epochs", help="Linear learning-rate warm-up, in epochs.")
     seed: int = _opt(0, "--seed", help="Seed of shuffling, augmentation and (train) initialisation.")
@@ -108,7 +110,8 @@ class RunOptions:
         length = {"epochs": self.epochs} if self.epochs is not None else {}   # None: the config's default
         return DistillConfig(
             **length, max_steps=self.max_steps, batch_size=self.batch_size, lr=lr, momentum=self.momentum,
-            nesterov=self.nesterov, weight_decay=self.weight_decay, schedule=self.schedule,
+            nesterov=self.nesterov, weight_decay=self.weight_decay, structured_wd=not self.no_structured_wd,
+            schedule=self.schedule,
             warmup_epochs=self.warmup_epochs, seed=self.seed, precision=self.precision,
             channels_last=self.channels_last, grad_clip=grad_clip, device=self.device, num_workers=self.workers,
             checkpoint_every=self.checkpoint_every, checkpoint_every_steps=self.checkpoint_every_steps,

@@ -69,6 +69,10 @@ class DistillConfig:
       and student, e.g. ``("backbone.layer2", "backbone.layer3", "classifier.0")``); empty: found
       automatically (:func:`cheapconv.surgery.taps.find_stages`) and matched by name where the names agree.
     - Optimiser: SGD with ``momentum`` (0.9), ``nesterov`` (False), ``lr`` (0.1), ``weight_decay`` (5e-4).
+      ``structured_wd`` (True): the parameters of structured blocks (``Sep``, ``LR``, ``Shuffle``, ``ACDC``,
+      tensor-train, Tucker, ...) get ``weight_decay`` × their compression ratio (block params / params of the
+      conv it replaced), the deficient-efficient recipe; False gives every parameter the plain decay
+      (:mod:`cheapconv.train.param_groups`).
     - ``batch_size``: the *global* batch (128); under ``torchrun`` each of W processes gets batch_size / W,
       so a run on W GPUs follows the same recipe as on one.
     - Schedule: ``"multistep"`` multiplies the lr by ``gamma`` (0.2) at each fraction of training in
@@ -108,6 +112,7 @@ class DistillConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
+    structured_wd: bool = True
     schedule: str = "multistep"
     milestones: tuple[float, ...] = (0.3, 0.6, 0.8)
     gamma: float = 0.2

@@ -52,6 +52,7 @@ from .finite import FiniteGuard, NonFiniteLossError
 from .lineage import Lineage
 from .losses import DistillationLoss
 from .metrics import Meters, autocast, evaluate, peak_memory_mb
+from .param_groups import parameter_groups
 from .resume import emit_resume_record, resume_from
 from .stopping import StopSignal
 
@@ -322,8 +323,9 @@ def _build(cfg: DistillConfig, ctx: DistContext, loss_fn: DistillationLoss, teac
     if cfg.compile:
         model = torch.compile(model)
         teacher_fwd = torch.compile(teacher) if teacher is not None else None
-    optimizer = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=cfg.lr,
-                                momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    # structured blocks: weight decay scaled by their compression ratio (spec §2; structured_wd=False: plain)
+    optimizer = torch.optim.SGD(parameter_groups(student, cfg.weight_decay, structured=cfg.structured_wd),
+                                lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     sampler = EpochBatchSampler(len(train_data), cfg.batch_size, seed=cfg.seed, rank=ctx.rank,
                                 world_size=ctx.world_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cfg.lr_schedule(sampler.steps_per_epoch()))

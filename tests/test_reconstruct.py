@@ -1,0 +1,272 @@
+"""Block-wise reconstruction (issue 11, part 2), the structured weight decay, and the CLI's calibration flags.
+
+Real data: the first images of real Fashion-MNIST (skipped where the Debian package is not installed). The
+teacher is a small WRN with random weights whose BatchNorm statistics come from those images: what
+reconstruction must do (lower each site's error against that teacher) does not depend on the teacher being
+trained, and the tests stay fast.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import cheapconv
+from cheapconv import DistillConfig, distill
+from cheapconv.data import DEBIAN_FASHION_MNIST_DIR, TensorImageDataset, get_dataset, synthetic_dataset
+from cheapconv.errors import UsageError
+from cheapconv.models import WideResNet
+from cheapconv.reconstruction import fitting_sites
+from cheapconv.reconstruction.batchnorm import batchnorms, recalibrate
+from cheapconv.reconstruction.linear import Moments, dense_solution, reduced_rank_solution
+from cheapconv.train.param_groups import parameter_groups
+from cheapconv_cli.main import main
+
+HAVE_FMNIST = (DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file()
+needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST is not installed "
+                                                         "(apt-get install dataset-fashion-mnist)")
+
+
+def _student(teacher, spec, init="random"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cheapconv.cheapen(teacher, spec, init=init)
+
+
+@pytest.fixture(scope="module")
+def images():
+    if not HAVE_FMNIST:
+        pytest.skip("Fashion-MNIST is not installed")
+    data = get_dataset("fashion-mnist", "train", augment=False, in_chans=3, image_size=32)
+    return TensorImageDataset(data.images[:512], data.labels[:512], data.info, augment=False, repeat=data.repeat)
+
+
+@pytest.fixture(scope="module")
+def teacher(images):
+    """WRN-10-1 with random weights and BatchNorm statistics from real images (in eval mode)."""
+    torch.manual_seed(0)
+    net = WideResNet(10, 1)
+    x = torch.stack([images[i][0] for i in range(256)])
+    recalibrate(batchnorms(net), net, x.split(64))
+    return net.eval()
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+# --------------------------------------------------------------------------------- the contract on real data
+
+@needs_fmnist
+@pytest.mark.parametrize("spec", [pytest.param("G(4)", marks=pytest.mark.slow), "B(2)", "LR(0.25)"])
+def test_reconstruction_lowers_every_site_error(teacher, images, spec):
+    student = _student(teacher, spec, init="teacher")
+    report = cheapconv.reconstruct(student, teacher, images, samples=64, steps=8, batch_size=32, progress=False)
+    assert len(report.sites) == len(student.cheapconv_plan.replaced) > 0
+    for site in report.sites:
+        assert math.isfinite(site.after) and site.after < site.before, site
+        assert site.fitted <= site.start + 1e-6, site
+    assert report.improved
+    text = str(report)
+    assert all(s.name in text for s in report.sites) and "error before" in text
+    d = report.as_dict()
+    assert d["samples"] == 64 and len(d["sites"]) == len(report.sites)
+
+
+@needs_fmnist
+def test_teacher_is_never_modified(teacher, images):
+    before = _state(teacher)
+    flags = [m.training for m in teacher.modules()]
+    grads = [p.requires_grad for p in teacher.parameters()]
+    student = _student(teacher, "G(4)")
+    student.train()
+    cheapconv.reconstruct(student, teacher, images, samples=64, steps=3, batch_size=32, progress=False)
+    after = teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert [m.training for m in teacher.modules()] == flags
+    assert [p.requires_grad for p in teacher.parameters()] == grads
+    assert all(p.grad is None for p in teacher.parameters())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in teacher.modules())
+    # the student is modified in place (its job) but keeps its own flags and carries no hooks either
+    assert all(m.training for m in student.modules())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in student.modules())
+
+
+@needs_fmnist
+def test_memory_does_not_grow_with_the_calibration_set(teacher, images):
+    """What a site holds at once (its cached sample and the moments) is the same for 32 and 160 images: the
+    calibration set itself is streamed, batch by batch."""
+    peaks, cached = [], []
+    for samples in (32, 160):
+        student = _student(teacher, "LR(0.25)")
+        report = cheapconv.reconstruct(student, teacher, images, samples=samples, steps=1, batch_size=32,
+                                       cache_mb=0.125, progress=False)
+        assert all(s.streamed_images == samples for s in report.sites)
+        peaks.append(report.peak_site_bytes)
+        cached.append([s.cached_images for s in report.sites])
+    assert peaks[0] == peaks[1] > 0
+    assert peaks[0] <= 0.125 * 2**20 + 64 * 64 * 8 * 2   # the cache bound plus two C×C float64 moments
+    assert cached[0] == cached[1]
+
+
+# --------------------------------------------------------------------------------------------- closed forms
+
+def test_least_squares_and_reduced_rank_recover_a_linear_map():
+    torch.manual_seed(0)
+    w = torch.randn(12, 8, dtype=torch.float64)
+    x = torch.randn(16, 8, 5, 5, dtype=torch.float64) * torch.linspace(0.1, 3, 8).view(1, 8, 1, 1)
+    y = torch.einsum("oc,nchw->nohw", w, x)
+    m = Moments()
+    for chunk_x, chunk_y in zip(x.split(4), y.split(4), strict=True):
+        m.add(chunk_x, chunk_y)
+    assert torch.allclose(dense_solution(m, ridge=0), w, atol=1e-8)
+    down, up = reduced_rank_solution(m, 8, ridge=0)
+    assert torch.allclose(up @ down, w, atol=1e-8)
+
+
+def test_activation_aware_rank_beats_plain_truncated_svd():
+    """On inputs with a few dominant directions, the whitened low rank has a lower output error than the
+    truncated SVD of the weight alone (the EfficientNet-Lite0 lesson of the issue)."""
+    torch.manual_seed(0)
+    w = torch.randn(16, 16, dtype=torch.float64)
+    scales = torch.tensor([10.0, 8, 6, 5] + [0.1] * 12, dtype=torch.float64)
+    x = torch.randn(64, 16, 4, 4, dtype=torch.float64) * scales.view(1, 16, 1, 1)
+    y = torch.einsum("oc,nchw->nohw", w, x)
+    m = Moments()
+    m.add(x, y)
+    down, up = reduced_rank_solution(m, 4)
+    u, s, vh = torch.linalg.svd(w)
+    plain = u[:, :4] @ torch.diag(s[:4]) @ vh[:4]
+
+    def err(a):
+        return float((torch.einsum("oc,nchw->nohw", a, x) - y).norm() / y.norm())
+
+    assert err(up @ down) < 0.1 * err(plain)
+
+
+def test_function_preserving_batchnorm_recalibration():
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()).eval()
+    x = torch.randn(32, 3, 8, 8) * 3 + 1
+    before = block(x)
+    recalibrate(batchnorms(block), block, x.split(8), preserve=True)
+    assert torch.allclose(block(x), before, atol=1e-5)
+    assert not torch.allclose(block[1].running_mean, torch.zeros(8))
+    assert not block.training and block[1].momentum == 0.1
+
+
+# --------------------------------------------------------------------------------------------- bad input
+
+def test_bad_input_is_a_usage_error():
+    teacher = WideResNet(10, 1).eval()
+    x = torch.randn(8, 3, 32, 32)
+    with pytest.raises(UsageError, match="no cheapconv plan"):
+        cheapconv.reconstruct(WideResNet(10, 1), teacher, x, progress=False)
+    student = _student(teacher, "G(4)")
+    with pytest.raises(UsageError, match="samples must be at least 1.*batchnorm must be one of"):
+        cheapconv.reconstruct(student, teacher, x, samples=0, batchnorm="some", progress=False)
+    with pytest.raises(UsageError, match="empty"):
+        cheapconv.reconstruct(student, teacher, x[:0], progress=False)
+    other = nn.Sequential(nn.Conv2d(3, 4, 3))
+    with pytest.raises(UsageError, match="teacher"):
+        cheapconv.reconstruct(student, other, x, progress=False)
+    assert [s.name for s in fitting_sites(student, teacher)] == [e.layer for e in student.cheapconv_plan.replaced]
+
+
+# --------------------------------------------------------------------------- distillation continues from there
+
+def test_distillation_starts_from_the_initialised_weights(tmp_path):
+    """distill() trains the student it is given: with a vanishing learning rate and no decay, one step leaves
+    a reconstructed student's weights where they were (no re-initialisation anywhere), also through a file."""
+    teacher = WideResNet(10, 1).eval()
+    student = _student(teacher, "LR(0.5)", init="teacher")
+    cheapconv.reconstruct(student, teacher, torch.randn(32, 3, 32, 32), samples=32, steps=2, progress=False)
+    cheapconv.save(student, tmp_path / "s.pt")
+    loaded = cheapconv.load(tmp_path / "s.pt")
+    start = {k: v.clone() for k, v in loaded.state_dict().items() if "running" not in k and "batches" not in k}
+    cfg = DistillConfig(max_steps=1, batch_size=8, lr=1e-12, weight_decay=0.0, momentum=0.0, progress=False,
+                        device="cpu", loss="at")
+    distill(teacher, loaded, synthetic_dataset("train", num_samples=16), config=cfg)
+    after = loaded.state_dict()
+    assert all(torch.allclose(after[k], v, atol=1e-9) for k, v in start.items())
+
+
+# ------------------------------------------------------------------------------- structured weight decay
+
+def test_structured_blocks_get_compression_scaled_weight_decay():
+    teacher = WideResNet(10, 2)
+    student = _student(teacher, "LR(0.25)")
+    groups = parameter_groups(student, 5e-4)
+    entries = student.cheapconv_plan.replaced
+    scaled = [g for g in groups if g["name"] != "default"]
+    assert len(scaled) == len(entries)
+    for g, e in zip(scaled, entries, strict=True):
+        assert g["weight_decay"] == pytest.approx(5e-4 * e.params_after / e.params_before)
+        assert g["weight_decay"] < 5e-4
+        assert sum(p.numel() for p in g["params"]) == e.params_after
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len([p for p in student.parameters() if p.requires_grad])
+    plain = parameter_groups(student, 5e-4, structured=False)
+    assert len(plain) == 1 and plain[0]["weight_decay"] == 5e-4
+    # Moonshine's blocks keep the plain decay
+    assert len(parameter_groups(_student(teacher, "G(4)"), 5e-4)) == 1
+
+
+@pytest.mark.parametrize("structured", [True, False])
+def test_the_training_run_uses_the_groups(monkeypatch, structured):
+    seen = []
+    real = torch.optim.SGD
+
+    class Recording(real):
+        def __init__(self, params, **kw):
+            super().__init__(params, **kw)
+            seen.append([g["weight_decay"] for g in self.param_groups])
+
+    monkeypatch.setattr(torch.optim, "SGD", Recording)
+    teacher = WideResNet(10, 1).eval()
+    student = _student(teacher, "Sep")
+    cfg = DistillConfig(max_steps=1, batch_size=8, progress=False, device="cpu", structured_wd=structured)
+    distill(teacher, student, synthetic_dataset("train", num_samples=16), config=cfg)
+    assert len(seen) == 1
+    assert (len(seen[0]) > 1) == structured
+    assert max(seen[0]) == 5e-4 and (min(seen[0]) < 5e-4) == structured
+    assert DistillConfig.from_dict(cfg.to_dict()) == cfg
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+
+def _cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@needs_fmnist
+def test_cli_cheapen_with_calibration(tmp_path, capsys):
+    out = tmp_path / "s.pt"
+    code, stdout, stderr = _cli(capsys, "cheapen", "wrn_10_1", "--block", "G(4)", "--init", "teacher",
+                                "--calib-data", "fashion-mnist", "--calib-samples", "64", "--calib-steps", "3",
+                                "-o", out)
+    assert code == 0, stderr
+    assert "Reconstruction on 64 calibration images" in stdout and "error after" in stdout
+    assert "zero-padding" in stderr    # the adapters applied to the data are said, as everywhere else
+    student = cheapconv.load(out)
+    assert student(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_cli_calibration_needs_teacher_init(tmp_path, capsys):
+    code, stdout, stderr = _cli(capsys, "cheapen", "wrn_10_1", "--block", "G(4)", "--calib-data", "fashion-mnist",
+                                "-o", tmp_path / "s.pt")
+    assert code == 2
+    assert "--init teacher" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "s.pt").exists()
+
+
+def test_cli_no_structured_wd_flag(tmp_path, capsys):
+    code, stdout, stderr = _cli(capsys, "train", "wrn_10_1", "--data", "synthetic:3x32x32:10:16", "--max-steps", "1",
+                                "--batch-size", "8", "--no-structured-wd", "--no-progress", "-o", tmp_path / "m.pt")
+    assert code == 0, stderr
