@@ -60,6 +60,8 @@ class Study:
         self.latency = {r["arch"]: r for r in records if r.get("kind") == "latency"}
         self.planned = {(j.row, j.student, j.mode) for j in plan or []
                         if hasattr(j, "mode") and j.row not in ("0", "fidelity")}
+        shas = {r["teacher_sha"] for r in teacher[-1:] if "teacher_sha" in r}
+        self.stale = sorted(r["key"] for r in self.runs if shas and r.get("teacher_sha", next(iter(shas))) not in shas)
         sds = [mean_sd(v)[1] for v in self.errors.values() if len(v) > 1]
         self.spread = max(sds) if sds else None
 
@@ -190,6 +192,7 @@ def pareto_plots(s: Study, plot_dir: Path) -> dict[str, Path | None]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     points = []
     for row, student in s.students():
@@ -222,6 +225,10 @@ def pareto_plots(s: Study, plot_dir: Path) -> dict[str, Path | None]:
                 front.append(p)
         ax.step([p[index] for p in front], [p[4] for p in front], where="post", color="grey", lw=0.8, ls="--")
         ax.set_xscale("log")
+        fmt = (lambda v, _: f"{v / 1e3:g}k") if name == "params" else (lambda v, _: f"{v:g}")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(fmt))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(fmt))
+        ax.tick_params(axis="x", which="minor", labelsize=6)
         ax.set_xlabel(label)
         ax.set_ylabel("test error (%), AT (teacher: scratch)")
         ax.set_title(f"Fashion-MNIST, {s.schedule}", fontsize=8)
@@ -275,7 +282,8 @@ def study_plan(records: list[dict]) -> list:
     import reproduce
     from reproduce_plan import Settings, plan_runs
 
-    argv = next((shlex.split(r["command"])[2:] for r in records if r.get("row") == "1"), [])
+    # the latest training command says what the study is meant to hold (its --only is dropped: all rows)
+    argv = next((shlex.split(r["command"])[2:] for r in reversed(records) if r.get("kind") == "run"), [])
     drop = {"--only", "--results", "--work"}
     clean, skip = [], False
     for a in argv:
@@ -365,6 +373,9 @@ def render(results: Path, out: Path, *, fisher: Path | None = None, margin: floa
              "deviation over seeds (n = seeds); a single figure is one seed. \"pending\": planned, not yet run.",
              "", f"Schedule: `{s.schedule}` (teacher / epochs / batch / training precision / training images / "
              "test images).", "", "## Results", "", *table(s), ""]
+    if s.stale:
+        lines += [f"**Warning**: {len(s.stale)} runs were distilled from another teacher file than the teacher row's "
+                  f"(teacher retrained?): {', '.join(s.stale)}. Delete their lines and run them again.", ""]
     for name, title in (("params", "Error against parameters"), ("latency", "Error against measured latency")):
         path = plots.get(name)
         lines += [f"**{title}**: " + (f"![{title}]({os.path.relpath(path, out.parent)})" if path else
