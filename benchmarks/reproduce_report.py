@@ -60,6 +60,9 @@ class Study:
         self.latency = {r["arch"]: r for r in records if r.get("kind") == "latency"}
         self.planned = {(j.row, j.student, j.mode) for j in plan or []
                         if hasattr(j, "mode") and j.row not in ("0", "fidelity")}
+        if self.schedule is None:
+            self.schedule = next((j.schedule for j in plan or [] if getattr(j, "row", "") == "1"), None)
+        self.costs = planned_costs(plan or [], self.info)
         shas = {r["teacher_sha"] for r in teacher[-1:] if "teacher_sha" in r}
         self.stale = sorted(r["key"] for r in self.runs if shas and r.get("teacher_sha", next(iter(shas))) not in shas)
         sds = [mean_sd(v)[1] for v in self.errors.values() if len(v) > 1]
@@ -81,7 +84,31 @@ class Study:
 
     def students(self) -> list[tuple[str, str]]:
         keys = {(k[0], k[1]) for k in self.errors} | {(k[0], k[1]) for k in self.planned if k[0] != "0"}
-        return sorted(keys, key=lambda k: (k[0], -self.info.get(k, {}).get("params", 0), k[1]))
+        return sorted(keys, key=lambda k: (k[0], -self.params(k), k[1]))
+
+    def params(self, k: tuple[str, str], default: float = 0) -> float:
+        """Parameters of a student: counted on its run, or on its planned architecture before it ran."""
+        return self.info[k]["params"] if k in self.info else self.costs.get(k, (default,))[0]
+
+
+def planned_costs(plan: list, info: dict) -> dict[tuple[str, str], tuple[int, int]]:
+    """(params, MACs) of planned students that have not run yet and whose architecture is known now."""
+    import warnings
+
+    import cheapconv
+
+    costs = {}
+    for j in plan:
+        k = (getattr(j, "row", None), getattr(j, "student", None))
+        if k in info or k in costs or not hasattr(j, "arch") or j.arch[0] not in ("wrn", "cheap", "init"):
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            teacher = j.schedule.split("/", 1)[0]
+            m = cheapconv.create_model(j.arch[1]) if j.arch[0] == "wrn" else \
+                cheapconv.cheapen(cheapconv.create_model(teacher), j.arch[1])
+        costs[k] = (cheapconv.count_params(m, "paper"), cheapconv.count_macs(m, (1, 3, 32, 32)))
+    return costs
 
 
 def compare(s: Study, a: tuple, b: tuple) -> tuple[str, str]:
@@ -122,10 +149,10 @@ def claims(s: Study, margin: float) -> list[tuple[str, str, list[str]]]:
     small = [k for k in s.students() if k[0] == "3"]
     pairs = []
     for k in small:   # each smaller WRN against the cheap student with the most parameters not above it
-        p = s.info.get(k, {}).get("params")
-        fits = [c for c in cheap if p and s.info.get(c, {}).get("params", math.inf) <= p]
+        p = s.params(k)
+        fits = [c for c in cheap if p and s.params(c, math.inf) <= p]
         if fits:
-            pairs.append(compare(s, (*max(fits, key=lambda c: s.info[c]["params"]), "at"), (*k, "at")))
+            pairs.append(compare(s, (*max(fits, key=s.params), "at"), (*k, "at")))
     out.append(("1. Cheap blocks beat smaller architectures at equal (or fewer) parameters (AT both)",
                 overall([v for v, _ in pairs]), [t for _, t in pairs]))
     c2 = []
@@ -246,10 +273,11 @@ def table(s: Study) -> list[str]:
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for row, student in s.students():
         info = s.info.get((row, student), {})
+        cost = (info["params"], info["macs"]) if info else s.costs.get((row, student))
         lat = s.latency.get(info.get("arch"), {})
         lat_text = f"{lat['batch1_ms']:.2f} ({lat['threads']} thr)" if lat else "pending"
-        params = f"{info['params']:,}" if info else "pending"
-        macs = f"{info['macs'] / 1e6:.1f} M" if info else "pending"
+        params = f"{cost[0]:,}" if cost else "pending"
+        macs = f"{cost[1] / 1e6:.1f} M" if cost else "pending"
         label = student
         if row == "4" and info:
             ref = info["build"][1].split(":", 1)[1]
@@ -295,6 +323,21 @@ def study_plan(records: list[dict]) -> list:
             clean.append(a)
     args = reproduce.parse_args(clean)
     return plan_runs(Settings.from_args(args), args, records)
+
+
+def design(s: Study) -> list[str]:
+    """What was chosen and why (the schedule's parts come from the records' schedule key)."""
+    if not s.schedule:
+        return []
+    teacher, epochs, batch, fast, *_ = s.schedule.split("/")
+    return [f"Design: the papers' WRN-40-2 / 200-epoch CIFAR recipe takes days on this 2-core CPU, so the teacher is "
+            f"{teacher.replace('_', '-').upper()} and every run follows the spec's recipe (SGD, momentum 0.9, lr 0.1, "
+            f"weight decay 5e-4, {batch[1:]} images a batch, lr × 0.2 at 30/60/80 % of training, random crop + "
+            f"flip) shortened to {epochs[1:]} epochs of the 60,000 training images, trained with "
+            f"{fast.replace('+cl', ' autocast + channels_last')} (row 0 checks that against fp32). Students start "
+            "from random weights; cheap students are the "
+            "teacher's architecture with cheap blocks. Absolute errors are therefore those of a short schedule: "
+            "the claims are about the differences between rows under the same schedule."]
 
 
 def fidelity_section(s: Study) -> list[str]:
@@ -372,7 +415,7 @@ def render(results: Path, out: Path, *, fisher: Path | None = None, margin: floa
              "says what each row is). Error = 100 − top-1 on the test images, fp32 evaluation. ± is one standard "
              "deviation over seeds (n = seeds); a single figure is one seed. \"pending\": planned, not yet run.",
              "", f"Schedule: `{s.schedule}` (teacher / epochs / batch / training precision / training images / "
-             "test images).", "", "## Results", "", *table(s), ""]
+             "test images).", "", *design(s), "", "## Results", "", *table(s), ""]
     if s.stale:
         lines += [f"**Warning**: {len(s.stale)} runs were distilled from another teacher file than the teacher row's "
                   f"(teacher retrained?): {', '.join(s.stale)}. Delete their lines and run them again.", ""]
