@@ -11,6 +11,13 @@ figures as JSON.
     python benchmarks/latency_table.py --threads 1 --json latency.json
     python benchmarks/latency_table.py --threads 2 --networks wrn_40_2 --settings fp32/NCHW bf16/CL \
         --students 'G(4)' Sep 'LR(0.25)' 'LRp(0.25)' 'Shuffle(2)' 'ACDC(2)'     # the structured blocks
+    python benchmarks/latency_table.py --threads 2 --settings fp32/NCHW --runtimes torch,compile,onnxruntime \
+        --batches 1,32 --json runtimes.json          # where the student will run (issue 14)
+
+With ``--runtimes``, each network and its students are exported once per runtime (``compile``: compiled once
+per batch size), checked against eager mode (the check's maximal difference is kept in the JSON), then timed
+side by side within that runtime; ``onnxruntime`` and ``pt2`` run the exported fp32 graph, so only the
+fp32/NCHW setting is timed in them.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ from pathlib import Path
 import torch
 
 import cheapconv
-from cheapconv.measure.profiler import measure_side_by_side
+from cheapconv.errors import CheapconvError
+from cheapconv.measure.latency import time_side_by_side
+from cheapconv.measure.runtimes import RUNTIMES, check_runtime, describe_runtime, make_runners
 
 STUDENTS = ("G(4)", "G(N)", "B(2)", "BG(2,M)", "S-2x2")
 SETTINGS = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
@@ -49,9 +58,10 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def measure(networks, students, settings, threads: int | None, log) -> dict:
+def measure(networks, students, settings, threads: int | None, log, runtimes=("torch",)) -> dict:
     results = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
-               "threads": threads or torch.get_num_threads(), "networks": []}
+               "threads": threads or torch.get_num_threads(), "networks": [],
+               "runtimes": {r: describe_runtime(r, threads) for r in runtimes}}
     for zoo_name, label, size, plan in networks:
         teacher = cheapconv.create_model(zoo_name).eval()
         with warnings.catch_warnings():
@@ -61,17 +71,40 @@ def measure(networks, students, settings, threads: int | None, log) -> dict:
         net = {"name": label, "input_size": list(size), "models": [
             {"name": n, "params_paper": cheapconv.count_params(m, "paper"),
              "macs": cheapconv.count_macs(m, (1, *size))} for n, m in zip(names, models, strict=True)],
-            "latency": {}}
-        for dtype, channels_last in settings:
-            for batch, (warmup, repeats) in plan.items():
-                key = f"{dtype}/{'channels_last' if channels_last else 'NCHW'}/b{batch}"
+            "latency": {}, "checks": {}}
+        for runtime in runtimes:
+            for dtype, channels_last in settings:
+                if RUNTIMES[runtime].fp32_only and (dtype != "fp32" or channels_last):
+                    continue  # the exported fp32 graph: see the module docstring
+                layout = "channels_last" if channels_last else "NCHW"
                 start = time.perf_counter()
-                lat = measure_side_by_side(models, (batch, *size), device="cpu", dtype=dtype,
-                                           channels_last=channels_last, warmup=warmup, repeats=repeats,
-                                           threads=threads)
-                net["latency"][key] = [x.to_dict() for x in lat]
-                times = ", ".join(f"{n} {x.median_ms:.3g}" for n, x in zip(names, lat, strict=True))
-                log(f"{label} {key}: {times} ms ({time.perf_counter() - start:.0f} s)")
+                try:
+                    runners = make_runners(models, runtime, size, device="cpu", dtype=dtype,
+                                           channels_last=channels_last, threads=threads, labels=names)
+                except CheapconvError as e:  # recorded, and the other runtimes still run
+                    net.setdefault("failed", {})[f"{runtime}/{dtype}/{layout}"] = str(e)
+                    log(f"{label} {runtime} {dtype}/{layout}: {e}")
+                    continue
+                log(f"{label} {runtime} {dtype}/{layout}: ready in {time.perf_counter() - start:.0f} s")
+                try:
+                    for batch, (warmup, repeats) in plan.items():
+                        key = f"{runtime}/{dtype}/{layout}/b{batch}"
+                        start = time.perf_counter()
+                        try:
+                            lat = time_side_by_side(runners, (batch, *size), warmup=warmup, repeats=repeats,
+                                                    threads=threads)
+                        except CheapconvError as e:  # a failed check: recorded, never timed
+                            net.setdefault("failed", {})[key] = str(e)
+                            log(f"{label} {key}: {e}")
+                            continue
+                        net["latency"][key] = [x.to_dict() for x in lat]
+                        net["checks"][key] = [max((c.max_abs_diff for c in getattr(r, "checks", {}).values()),
+                                                  default=0.0) for r in runners]
+                        times = ", ".join(f"{n} {x.median_ms:.3g}" for n, x in zip(names, lat, strict=True))
+                        log(f"{label} {key}: {times} ms ({time.perf_counter() - start:.0f} s)")
+                finally:
+                    for r in runners:
+                        r.close()
         results["networks"].append(net)
     return results
 
@@ -82,6 +115,25 @@ def _cell(net: dict, key: str, i: int) -> str:
     return ms + ("" if i == 0 else f" ({teacher / mine:.2f}×)")
 
 
+def runtime_table(net: dict) -> list[str]:
+    """Runtimes side by side, as in issue 14: one row per runtime and batch (fp32, NCHW), the teacher's time
+    and each student's speed-up over it in that runtime."""
+    keys = [k for k in net["latency"] if "/fp32/NCHW/" in k]
+    if len({k.split("/")[0] for k in keys}) < 2:
+        return []
+    names = [m["name"] for m in net["models"]]
+    header = ["runtime", "batch", "teacher ms", *names[1:]]
+    lines = [f"Runtimes side by side ({net['name']}, fp32, NCHW; speed-up over the teacher in the same runtime):",
+             "", "| " + " | ".join(header) + " |", "|---|---:|" + "---:|" * (len(header) - 2)]
+    for k in keys:
+        runtime, batch = k.split("/")[0], k.rsplit("/b", 1)[1]
+        lat = net["latency"][k]
+        teacher = lat[0]["median_ms"]
+        cells = [runtime, batch, f"{teacher:.3g}"] + [f"{teacher / x['median_ms']:.2f}×" for x in lat[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def markdown(results: dict) -> str:
     from cheapconv.surgery.report import human
 
@@ -89,9 +141,13 @@ def markdown(results: dict) -> str:
              f"torch {results['torch']}. Median ms per forward pass of the whole batch; in brackets the "
              "speed-up over the teacher measured side by side (above 1×: faster). "
              "bf16 = torch.autocast(bfloat16); CL = channels_last.", ""]
+    lines += [f"- {name}: {what}" for name, what in results.get("runtimes", {}).items()] + [""]
     for net in results["networks"]:
         c, h, w = net["input_size"]
         lines += [f"### {net['name']} ({c}×{h}×{w})", ""]
+        lines += runtime_table(net)
+        lines += [f"Not timed, {key}: {why}" for key, why in net.get("failed", {}).items()]
+        lines += [""] if net.get("failed") else []
         batches = sorted({int(k.rsplit("/b", 1)[1]) for k in net["latency"]})
         for batch in batches:
             keys = [k for k in net["latency"] if k.endswith(f"/b{batch}")]
@@ -127,15 +183,23 @@ def main(argv: list[str] | None = None) -> int:
                         + ", ".join(n[0] for n in NETWORKS))
     parser.add_argument("--settings", nargs="+", default=None, metavar="DTYPE/LAYOUT",
                         help="e.g. fp32/NCHW bf16/CL (default: all four)")
+    parser.add_argument("--runtimes", default="torch", help="comma-separated, among " + ", ".join(RUNTIMES))
+    parser.add_argument("--batches", default=None, help="comma-separated batch sizes among 1,32 (default: both)")
     args = parser.parse_args(argv)
+    runtimes = tuple(r.strip() for r in args.runtimes.split(",") if r.strip())
+    for r in runtimes:
+        check_runtime(r)
     networks = tuple(n for n in NETWORKS if n[0] in args.networks)
     settings = SETTINGS if args.settings is None else tuple(
         (text.split("/")[0], text.split("/")[1].upper() in ("CL", "CHANNELS_LAST")) for text in args.settings)
     if args.quick:
         networks = (("wrn_40_2", "WRN-40-2", (3, 32, 32), {1: (1, 3), 32: (1, 2)}),)
+    if args.batches:
+        keep = {int(b) for b in args.batches.split(",")}
+        networks = tuple((*n[:3], {b: v for b, v in n[3].items() if b in keep}) for n in networks)
     start = time.perf_counter()
     log = lambda line: print(line, file=sys.stderr, flush=True)
-    results = measure(networks, tuple(args.students), settings, args.threads, log)
+    results = measure(networks, tuple(args.students), settings, args.threads, log, runtimes)
     results["seconds"] = round(time.perf_counter() - start)
     if args.json:
         from cheapconv.store.files import atomic_write

@@ -13,10 +13,18 @@ Two parts, each runnable alone (results as JSON lines on stdout and, with --json
              distil both students with AT from the same teacher on the same short schedule (same seed, same
              data order); report both test accuracies. Needs :func:`cheapconv.distill`.
 
+``runtimes`` (issue 14) A latency-budget search at the same budget (``--budget 50%``: half the teacher's
+             latency *in each runtime*; or an absolute ``--budget 3ms``) priced in each of ``--runtimes``
+             (default eager torch and ONNX Runtime): which blocks each picks, its additive estimate and its
+             measured latency in its own runtime; then the teacher and every winner exported to ONNX and
+             timed side by side in ONNX Runtime (and in eager torch), so both winners' deployed latency is
+             compared in one run.
+
 Examples::
 
     python benchmarks/search_bench.py timing --samples 40 --threads 1
     python benchmarks/search_bench.py compare --teacher wrn_16_2 --single 'B(2)' --steps 800 --threads 2
+    python benchmarks/search_bench.py runtimes --model wrn_40_2 --budget 50% --samples 200 --threads 2
 
 Timings on the project's shared 2-core CPU are noisy: the script records the thread count and the load
 average at start and end next to every figure.
@@ -164,11 +172,48 @@ def compare(args, sink: list) -> None:
                **_conditions()}, sink)
 
 
+def runtimes(args, sink: list) -> None:
+    import cheapconv
+    from cheapconv.measure.runtimes import check_runtime, measure_in_runtime
+    from cheapconv.models.inputs import input_shape_of
+
+    names = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    for r in [*names, "onnxruntime"]:
+        check_runtime(r)
+    teacher = cheapconv.create_model(args.model)
+    data = None if args.data == "synthetic" else args.data
+    winners = {}
+    for runtime in names:
+        t0 = time.perf_counter()
+        result = cheapconv.search(teacher, args.budget or "50%", metric="latency", runtime=runtime,
+                                  samples=args.samples,
+                                  data=data, seed=args.seed, batch_size=args.batch_size,
+                                  candidates=args.candidates, latency_batch=args.latency_batch,
+                                  spread_runs=1)
+        win = result.winner
+        winners[runtime] = cheapconv.cheapen(teacher, win.policy)
+        _emit({"part": "runtimes", "phase": "search", "model": args.model, "runtime": runtime,
+               "runtime_info": result.latency_conditions.get("runtime_info"), "budget": args.budget or "50%",
+               "target_ms": round(result.target, 4), "teacher_ms": round(result.teacher_cost, 4),
+               "winner": win.summary(), "choice": list(win.choice), "estimate_ms": round(win.latency_ms, 4),
+               "measured_ms": round(result.measured["latency"], 4), "params_paper": win.paper, "macs": win.macs,
+               "scored": len(result.results), "search_s": round(time.perf_counter() - t0), **_conditions()}, sink)
+    shape = (args.latency_batch, *input_shape_of(teacher))
+    labels = ["teacher", *[f"winner of the {r} search" for r in winners]]
+    for where in ("onnxruntime", "torch"):  # the deployed latency first
+        lat = measure_in_runtime([teacher, *winners.values()], shape, where, repeats=args.repeats, warmup=3)
+        _emit({"part": "runtimes", "phase": "side by side", "timed_in": where, "batch": args.latency_batch,
+               "repeats": args.repeats, **{label: round(x.median_ms, 4) for label, x in zip(labels, lat, strict=True)},
+               "speedup_over_teacher": {label: round(lat[0].median_ms / x.median_ms, 3)
+                                        for label, x in zip(labels[1:], lat[1:], strict=True)}, **_conditions()}, sink)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("part", choices=("timing", "compare", "all"))
-    p.add_argument("--model", default="wrn_40_2", help="timing: the teacher")
-    p.add_argument("--budget", default="300k", help="timing: the parameter budget")
+    p.add_argument("part", choices=("timing", "compare", "runtimes", "all"))
+    p.add_argument("--model", default="wrn_40_2", help="timing, runtimes: the teacher")
+    p.add_argument("--budget", default=None, help="timing: the parameter budget (default 300k); runtimes: the "
+                   "latency budget (default 50%%: of the teacher's latency in each runtime)")
     p.add_argument("--samples", type=int, default=1000, help="configurations to score")
     p.add_argument("--batch-size", type=int, default=128, help="Fisher minibatch")
     p.add_argument("--data", default="fashion-mnist", help="timing: minibatch source (or 'synthetic')")
@@ -177,18 +222,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-steps", type=int, default=1000)
     p.add_argument("--single", default="B(2)", help="compare: the single-block-type student")
     p.add_argument("--steps", type=int, default=800, help="compare: AT distillation steps per student")
+    p.add_argument("--runtimes", default="torch,onnxruntime", help="runtimes: where each search prices latency")
+    p.add_argument("--candidates", default=None, help="runtimes: candidate blocks (default: the paper's 23)")
+    p.add_argument("--latency-batch", type=int, default=1, help="runtimes: batch of the latency budget")
+    p.add_argument("--repeats", type=int, default=20, help="runtimes: timed rounds of the side-by-side check")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None, help="also append the records to this file")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.budget is None and args.part != "runtimes":
+        args.budget = "300k"
     warnings.simplefilter("ignore")
     sink: list = []
     if args.part in ("timing", "all"):
         timing(args, sink)
     if args.part in ("compare", "all"):
         compare(args, sink)
+    if args.part == "runtimes":  # not in "all": its budget is a latency, the others' a parameter count
+        runtimes(args, sink)
     if args.json:
         with open(args.json, "a") as f:
             for record in sink:
