@@ -299,6 +299,11 @@ def provenance(records: list[dict]) -> list[str]:
     lines = ["```", *commands, "```", "", f"Versions: {'; '.join(versions) or 'none yet'}.",
              f"Wall time of the recorded runs and searches: {wall / 3600:.2f} h ({len(records)} records"
              + (f", {dates[0]} to {dates[-1]}" if dates else "") + ")."]
+    devices = sorted({r["device"] for r in records if r.get("kind") == "run" and "device" in r})
+    if devices and not any(d.startswith("cuda") for d in devices):
+        lines.append("Every run ran on the CPU (none used a GPU), so the issue's GPU rows (teacher and "
+                     "G(4)/B(2) at the paper's full schedule, with GPU distillation throughput) are not part of these "
+                     "results.")
     if loads:
         lines.append(f"Threads {', '.join(map(str, threads))}; load average at the start of each record "
                      f"{min(loads):.1f}–{max(loads):.1f} (the machine is shared: wall times are not speed claims).")
