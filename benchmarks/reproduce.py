@@ -369,12 +369,20 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     args.threads = torch.get_num_threads()
     settings = Settings.from_args(args)
-    if args.latency:
-        latency_pass(read_results(args.results), settings, args)
-    elif args.dry_run:
-        plan_mod.dry_run(settings, args, read_results(args.results), load_data)
-    else:
-        execute(args, settings)
+    try:
+        if args.latency:
+            latency_pass(read_results(args.results), settings, args)
+        elif args.dry_run:
+            plan_mod.dry_run(settings, args, read_results(args.results), load_data)
+        else:
+            execute(args, settings)
+    except KeyboardInterrupt:
+        say("interrupted: finished runs are in the results file and the current one left a checkpoint; run the "
+            "same command again to continue")
+        raise SystemExit(130) from None
+    except cheapconv.CheapconvError as e:
+        say(f"error: {e}")
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
