@@ -66,26 +66,33 @@ def fashion_mnist_scenes(images: Tensor, labels: Tensor, *, num_scenes: int, can
     lo, hi = item_sizes(canvas)
     sides = torch.randint(lo, hi + 1, (total,), generator=g)
     corners = torch.rand(total, 2, generator=g)                # × (canvas − side): anywhere fully inside
-    items: list[Tensor] = [torch.empty(0)] * total
-    for side in sides.unique().tolist():   # resize all items of one side at once
-        where = (sides == side).nonzero().flatten()
-        src = images[pick[where]].float()
-        resized = F.interpolate(src, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
-        for k, item in zip(where.tolist(), resized.round().clamp(0, 255).to(torch.uint8)[:, 0], strict=True):
-            items[k] = item
-    out = torch.zeros(num_scenes, 1, canvas, canvas, dtype=torch.uint8)
+    tops_lefts = (corners * (canvas - sides + 1)[:, None]).floor().long()
+    scene = torch.repeat_interleave(torch.arange(num_scenes), counts)
+    slot = torch.arange(total) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)   # item's place in scene
+    classes = (1 + labels[pick]).to(torch.uint8)
+    out = torch.zeros(num_scenes, canvas, canvas, dtype=torch.uint8)
     masks = torch.zeros(num_scenes, canvas, canvas, dtype=torch.uint8)
-    k = 0
-    for i, n in enumerate(counts.tolist()):
-        for _ in range(n):
-            item, side = items[k], int(sides[k])
-            top, left = (corners[k] * (canvas - side + 1)).floor().long().tolist()
+    resized, position = {}, torch.zeros(total, dtype=torch.long)   # side -> items of that side; k's row in it
+    for side in sides.unique().tolist():
+        of_side = sides == side
+        src = images[pick[of_side]].float()
+        small = F.interpolate(src, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+        resized[side] = small[:, 0].round().clamp(0, 255).to(torch.uint8)
+        position[of_side] = torch.arange(int(of_side.sum()))
+    # pasted one slot at a time (later items occlude earlier ones), all scenes' items of one size at once: a
+    # scene holds one item per slot, so the writes of one group never overlap
+    for s in range(max_items):
+        for side, items in resized.items():
+            ks = ((sides == side) & (slot == s)).nonzero().flatten()
+            if ks.numel() == 0:
+                continue
+            item, span = items[position[ks]], torch.arange(side)                        # m×side×side
+            where = (scene[ks][:, None, None], (tops_lefts[ks, 0, None] + span)[:, :, None],
+                     (tops_lefts[ks, 1, None] + span)[:, None, :])
             fg = item >= FOREGROUND
-            region = out[i, 0, top:top + side, left:left + side]
-            region[fg] = item[fg]
-            masks[i, top:top + side, left:left + side][fg] = 1 + int(labels[pick[k]])
-            k += 1
-    return out, masks
+            out[where] = torch.where(fg, item, out[where])
+            masks[where] = torch.where(fg, classes[ks][:, None, None], masks[where])
+    return out[:, None], masks
 
 
 class SegmentationTensorDataset(Dataset):
