@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import platform
@@ -45,6 +46,18 @@ SETTINGS = [("fp32/128", "fp32", 128, 0), ("bf16/128", "bf16", 128, 0), ("fp32/6
 REFERENCE = "fp32/128"
 
 
+class BuildOnce(Scorer):
+    """The search's :class:`Scorer`, building each configuration's student once for all the settings (scoring
+    inserts probes into the graph, so every setting gets a fresh copy of the built student)."""
+
+    _built: tuple = ((), None)
+
+    def build(self, config):
+        if self._built[0] != tuple(config):
+            self._built = (tuple(config), super().build(config))
+        return copy.deepcopy(self._built[1])
+
+
 def autocast(precision: str):
     return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
 
@@ -65,7 +78,7 @@ def run_check(teacher_name: str, block: str, n_configs: int, data: str, seed: in
     batches = {(size, s): fixed_minibatch(dataset, batch_size=size, seed=seed + s,
                                           input_shape=space.input_shape, teacher=teacher)
                for _, _, size, s in settings}
-    scorer = Scorer(teacher, space, batches[(128, 0)], seed=seed)
+    scorer = BuildOnce(teacher, space, batches[(128, 0)], seed=seed)
     scores: dict[str, list[float]] = {label: [] for label, *_ in settings}
     seconds: dict[str, float] = {label: 0.0 for label, *_ in settings}
     costs = []
