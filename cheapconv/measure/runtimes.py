@@ -91,10 +91,13 @@ def check_runtime(runtime: str, *, device: str | torch.device | None = None,
         except ImportError:
             raise UsageError(f"Timing in {runtime} needs the Python package {name!r}, which is not installed: "
                              f"{EXTRA_HINT}. Or time in another runtime (--runtime torch).") from None
-    if info.fp32_only and (parse_dtype(dtype) != torch.float32 or channels_last):
-        raise UsageError(f"The {runtime} runtime runs the exported float32 graph, so --dtype {dtype} and "
-                         "--channels-last do not apply to it; time bf16/fp16 or channels_last in the torch or "
-                         "compile runtime, or drop those options.")
+    the_dtype = parse_dtype(dtype)
+    if info.fp32_only and (the_dtype != torch.float32 or channels_last):
+        asked = ([f"--dtype {str(the_dtype).removeprefix('torch.')}"] if the_dtype != torch.float32 else []) \
+            + (["--channels-last"] if channels_last else [])
+        raise UsageError(f"The {runtime} runtime runs the exported float32 graph, so {' and '.join(asked)} "
+                         f"{'does' if len(asked) == 1 else 'do'} not apply to it; time bf16/fp16 or "
+                         "channels_last in the torch or compile runtime, or drop that option.")
     dev = torch.device(device) if device is not None else default_device()
     if runtime == "compile" and dev.type == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
         raise UsageError("torch.compile (inductor) needs a C++ compiler on the CPU, and none was found (c++, g++ "
