@@ -298,7 +298,9 @@ def provenance(records: list[dict]) -> list[str]:
     threads = sorted({r["threads"] for r in records if "threads" in r})
     lines = ["```", *commands, "```", "", f"Versions: {'; '.join(versions) or 'none yet'}.",
              f"Wall time of the recorded runs and searches: {wall / 3600:.2f} h ({len(records)} records"
-             + (f", {dates[0]} to {dates[-1]}" if dates else "") + ")."]
+             + (f", {dates[0]} to {dates[-1]}" if dates else "") + ")"
+             + ("; runs that resumed a checkpoint count only their last part" if any(r.get("resumed") for r in records)
+                else "") + "."]
     devices = sorted({r["device"] for r in records if r.get("kind") == "run" and "device" in r})
     if devices and not any(d.startswith("cuda") for d in devices):
         lines.append("Every run ran on the CPU (none used a GPU), so the issue's GPU rows (teacher and "
