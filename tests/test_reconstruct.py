@@ -270,3 +270,19 @@ def test_cli_no_structured_wd_flag(tmp_path, capsys):
     code, stdout, stderr = _cli(capsys, "train", "wrn_10_1", "--data", "synthetic:3x32x32:10:16", "--max-steps", "1",
                                 "--batch-size", "8", "--no-structured-wd", "--no-progress", "-o", tmp_path / "m.pt")
     assert code == 0, stderr
+
+
+def test_cli_distill_keeps_the_initialised_weights(tmp_path, capsys):
+    teacher = cheapconv.create_model("wrn_10_1").eval()
+    cheapconv.save(teacher, tmp_path / "t.pt")
+    student = _student(teacher, "B(2)", init="teacher")
+    cheapconv.reconstruct(student, teacher, torch.randn(16, 3, 32, 32), samples=16, steps=1, progress=False)
+    cheapconv.save(student, tmp_path / "s.pt")
+    code, _, stderr = _cli(capsys, "distill", "--teacher", tmp_path / "t.pt", "--student", tmp_path / "s.pt",
+                           "--data", "synthetic:3x32x32:10:16", "--max-steps", "1", "--batch-size", "8",
+                           "--lr", "1e-12", "--weight-decay", "0", "--momentum", "0", "--no-progress",
+                           "-o", tmp_path / "out.pt")
+    assert code == 0, stderr
+    start, after = student.state_dict(), cheapconv.load(tmp_path / "out.pt").state_dict()
+    weights = [k for k in start if k.endswith("weight")]
+    assert weights and all(torch.allclose(after[k], start[k], atol=1e-9) for k in weights)

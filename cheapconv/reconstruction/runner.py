@@ -26,7 +26,8 @@ BATCHNORM_CHOICES = ("all", "blocks", "none")
 def _batches(data: Dataset | torch.Tensor, samples: int, batch_size: int, seed: int
              ) -> tuple[Callable[[], Iterable[torch.Tensor]], int]:
     """A re-iterable of image batches over a fixed random subset of ``samples`` items of ``data``."""
-    if isinstance(data, torch.Tensor):
+    in_memory = isinstance(data, torch.Tensor)
+    if in_memory:
         data = TensorDataset(data)
     try:
         n = len(data)
@@ -39,7 +40,7 @@ def _batches(data: Dataset | torch.Tensor, samples: int, batch_size: int, seed: 
     # A random subset, not the first items: ImageFolder lists images class by class.
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:chosen].sort().values.tolist()
     subset = Subset(data, order)
-    workers = default_workers(data)
+    workers = 0 if in_memory else default_workers(data)   # worker processes would only copy a tensor
 
     def batches() -> Iterable[torch.Tensor]:
         loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=workers)
