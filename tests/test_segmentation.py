@@ -397,20 +397,28 @@ def test_segmentation_names_build_with_num_classes_and_aux(tmp_path):
 # ---------------------------------------------------------------------------------------------- CLI
 
 
+@needs_fmnist
+def test_cli_evaluate_json_has_miou_and_pixel_acc(tmp_path, capsys):
+    from cheapconv_cli.main import main
+
+    model = cheapconv.create_model("segwrn_10_1", num_classes=11, in_chans=1)
+    cheapconv.save(cheapconv.cheapen(model, "G(4)"), tmp_path / "s.pt")
+    code = main(["evaluate", str(tmp_path / "s.pt"), "--data", "fashion-mnist-seg:16:1", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    res = json.loads(out)
+    assert 0.0 <= res["miou"] <= 1.0 and 0.0 <= res["pixel_acc"] <= 1.0 and len(res["iou"]) == 11
+    assert res["n"] == 2000 and "top1" not in res
+
+
+@pytest.mark.slow
+@needs_fmnist
 def test_cli_train_distill_evaluate_segmentation(tmp_path, capsys):
     from cheapconv_cli.main import main
 
-    data = _toy_seg(16)
-    teacher = cheapconv.create_model("segwrn_10_1", num_classes=3, in_chans=1)
-    distill(None, teacher, data, config=DistillConfig(max_steps=2, **_FAST))
     t_file, s_file, out_file = tmp_path / "t.pt", tmp_path / "s.pt", tmp_path / "trained.pt"
-    cheapconv.save(teacher, t_file)
-    cheapconv.save(cheapconv.cheapen(teacher, "G(4)"), s_file)
-    if not HAS_FMNIST:
-        pytest.skip("real Fashion-MNIST not installed")
-    # 11 classes on fashion-mnist-seg: a fresh teacher of that size, through the CLI
     code = main(["train", "segwrn_10_1", "--data", "fashion-mnist-seg:16:1", "--max-steps", "2", "-b", "8",
-                 "--no-progress", "-o", str(t_file), "--overwrite"])
+                 "--no-progress", "-o", str(t_file)])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "val mIoU" in out
@@ -426,3 +434,5 @@ def test_cli_train_distill_evaluate_segmentation(tmp_path, capsys):
     assert code == 0, err
     res = json.loads(out)
     assert 0.0 <= res["miou"] <= 1.0 and 0.0 <= res["pixel_acc"] <= 1.0 and len(res["iou"]) == 11
+    assert main(["evaluate", str(out_file), "--data", "fashion-mnist-seg:16:1"]) == 0
+    assert "mIoU" in capsys.readouterr().out
