@@ -124,6 +124,7 @@ def _load_pt2(path: str, device: str | torch.device = "cpu") -> Callable:
     def run(x):
         with torch.no_grad():
             return flat_tensors(module(x))
+    run.module = module  # the timer calls it directly
     return run
 
 
@@ -209,7 +210,8 @@ RUNNERS: dict[str, Callable] = {fmt: (lambda path, x, _f=fmt: LOADERS[_f](path)(
 
 
 def write_export(model: nn.Module, format: str, example: torch.Tensor, path: str, *, label: str,
-                 passthrough: Callable[[Exception], bool] = lambda e: False, then: str = "") -> None:
+                 passthrough: Callable[[Exception], bool] = lambda e: False, then: str = "",
+                 instead: str = "Try another --format (pt2 is the most complete)") -> None:
     """``WRITERS[format](model, example, path)`` with exporters' many exception types turned into one
     paragraph that names the model (``label``), ``then`` (what happened next) and what to try instead.
     Exceptions for which ``passthrough`` is true (a full disk) are raised as they are."""
@@ -221,5 +223,5 @@ def write_export(model: nn.Module, format: str, example: torch.Tensor, path: str
         if passthrough(e):
             raise
         raise CheapconvError(f"Exporting {label} to {format} failed: {type(e).__name__}: {first_line(e)}."
-                             f"{' ' + then if then else ''} Try another format (pt2 is the most complete), or "
-                             "rerun with --debug for the full error.") from e
+                             f"{' ' + then if then else ''} {instead}, or rerun with --debug for the full "
+                             "error.") from e

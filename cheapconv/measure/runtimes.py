@@ -219,10 +219,12 @@ class ExportedRunner(_CheckedRunner):
         with tempfile.TemporaryDirectory(prefix="cheapconv-runtime-") as tmp:
             path = str(Path(tmp) / f"model.{format}")
             write_export(prepared, format, example, path, label=self.label,
-                         then=f"It cannot be timed in {self.runtime}.")
+                         then=f"It cannot be timed in {self.runtime}.",
+                         instead="Time it in another runtime (--runtime torch or compile)")
             loader = LOADERS[format]
             self.run = loader(path, device=device, threads=threads) if format == "onnx" else loader(path, device)
         self._session = getattr(self.run, "session", None)
+        self._module = getattr(self.run, "module", None)
         if self._session is not None:
             self._input_name = self._session.get_inputs()[0].name
 
@@ -237,13 +239,13 @@ class ExportedRunner(_CheckedRunner):
     def __call__(self, x):
         if self._session is not None:
             return self._session.run(None, {self._input_name: x})
-        return self.run(x)
+        return self._module(x) if self._module is not None else self.run(x)
 
     def _outputs(self, x: torch.Tensor) -> list:
         return self.run(x)
 
     def close(self) -> None:
-        self.run = self._session = None
+        self.run = self._session = self._module = None
 
 
 def _cpu_float_copy(model: nn.Module) -> nn.Module:
