@@ -112,12 +112,22 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--settings", default=None, help="Labels to run, separated by ';' (default all): "
+                   + "; ".join(label for label, *_ in SETTINGS) + f". {REFERENCE} is always included.")
     p.add_argument("--out", default="benchmarks/results/fisher_check.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     load = os.getloadavg()[0]
-    result = run_check(args.teacher, args.block, args.configs, args.data, seed=args.seed)
+    chosen = SETTINGS
+    if args.settings:
+        wanted = {REFERENCE, *(w.strip() for w in args.settings.split(";"))}
+        unknown = wanted - {label for label, *_ in SETTINGS}
+        if unknown:
+            raise SystemExit(f"error: unknown setting(s) {', '.join(sorted(unknown))}; valid: "
+                             + ", ".join(label for label, *_ in SETTINGS))
+        chosen = [s for s in SETTINGS if s[0] in wanted]
+    result = run_check(args.teacher, args.block, args.configs, args.data, seed=args.seed, settings=chosen)
     result.update({"command": "python benchmarks/reproduce_fisher.py " + " ".join(argv or sys.argv[1:]),
                    "threads": args.threads, "load_avg_start": round(load, 2),
                    "load_avg_end": round(os.getloadavg()[0], 2), "date": time.strftime("%Y-%m-%d %H:%M UTC",

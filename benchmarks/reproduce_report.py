@@ -361,7 +361,8 @@ def fidelity_section(s: Study) -> list[str]:
              "| config | blocks | params | MACs | Fisher score | test error % |", "|---|---|---:|---:|---:|---:|"]
     for i, c in enumerate(configs["configs"]):
         name = f"cfg{i:02d}"
-        kinds = Counter(rule.split("=", 1)[1] for rule in c["rules"])
+        # a rule line may name several convs ("a.conv1=G(4); a.conv2=G(4)"): one type per block
+        kinds = Counter(rule.split(";")[0].split("=", 1)[1].strip() for rule in c["rules"])
         blocks = ", ".join(f"{k}×{v}" for k, v in kinds.most_common())
         err = f"{errors[name]['test_error']:.2f}" if name in errors else "pending"
         lines.append(f"| {name} | {blocks} | {c['paper']:,} | {c['macs'] / 1e6:.1f} M | {c['fisher']:.4g} | {err} |")
@@ -388,34 +389,42 @@ def parity_section(s: Study) -> list[str]:
     return lines
 
 
-def fisher_section(path: Path) -> list[str]:
-    if not path.exists():
+def fisher_section(paths: list[Path]) -> list[str]:
+    """One table per Fisher check (``reproduce_fisher.py``), and which settings kept the ranking."""
+    if not paths:
         return ["Pending (`benchmarks/reproduce_fisher.py` has not run)."]
-    r = json.loads(path.read_text())
-    lines = [f"{r['configs']} configurations of {r['teacher']} at the parameter budget of its {r['budget_of']} "
-             f"student ({r['budget_params']:,} params), sampled by the search's machinery, each scored under "
-             f"every setting with the same seeded initialisation; ρ against fp32 / 128 images. Fisher-pass time "
-             f"summed over the configurations, settings interleaved config by config ({r['threads']} thread, load "
-             f"average {r['load_avg_start']}–{r['load_avg_end']}, {r['date']}: the machine was shared, so the "
-             "ratios are indicative, not speed claims).", "",
-             "| setting | Spearman ρ vs fp32/128 | 95 % bootstrap | keeps the ranking (ρ ≥ 0.95) | Fisher pass s | "
-             "× fp32/128 |", "|---|---:|---|---|---:|---:|"]
-    for row in r["settings"]:
-        lo, hi = row["rho_interval"]
-        lines.append(f"| {row['setting']} | {row['rho_vs_fp32_128']:+.3f} | [{lo:+.3f}, {hi:+.3f}] | "
-                     f"{'yes' if row['keeps_ranking'] else 'no'} | {row['fisher_seconds']:.1f} | "
-                     f"{row['speedup_vs_fp32_128']:.2f} |")
-    lines += ["", f"Command: `{r['command']}`"]
+    lines = []
+    for path in paths:
+        r = json.loads(path.read_text())
+        lines += [f"**{r['teacher']}**: {r['configs']} configurations at the parameter budget of its {r['budget_of']} "
+                  f"student ({r['budget_params']:,} params), sampled by the search's machinery, each scored under "
+                  "every setting with the same seeded initialisation; ρ against fp32 / 128 images. Fisher-pass time "
+                  f"summed over the configurations, settings interleaved config by config ({r['threads']} thread, "
+                  f"load average {r['load_avg_start']}–{r['load_avg_end']}, finished {r['date']}: the machine was "
+                  "shared, so the ratios are indicative, not speed claims).", "",
+                  "| setting | Spearman ρ vs fp32/128 | 95 % bootstrap | keeps the ranking (ρ ≥ 0.95) | "
+                  "Fisher pass s | × fp32/128 |", "|---|---:|---|---|---:|---:|"]
+        for row in r["settings"]:
+            lo, hi = row["rho_interval"]
+            lines.append(f"| {row['setting']} | {row['rho_vs_fp32_128']:+.3f} | [{lo:+.3f}, {hi:+.3f}] | "
+                         f"{'yes' if row['keeps_ranking'] else 'no'} | {row['fisher_seconds']:.1f} | "
+                         f"{row['speedup_vs_fp32_128']:.2f} |")
+        keep = [row["setting"] for row in r["settings"][1:] if row["keeps_ranking"] and "seed" not in row["setting"]]
+        sure = [row["setting"] for row in r["settings"][1:] if row["rho_interval"][0] >= 0.95]
+        lines += ["", f"Settings with ρ ≥ 0.95: {', '.join(keep) or 'none'}; of these, with the whole bootstrap interval "
+                  f"at or above 0.95: {', '.join(sure) or 'none'}. The row with another seed (another "
+                  "initialisation and another 128 images) is the search's own noise, for scale.", "",
+                  f"Command: `{r['command']}`", ""]
     return lines
 
 
-def render(results: Path, out: Path, *, fisher: Path | None = None, margin: float = 1.0,
+def render(results: Path, out: Path, *, fisher: list[Path] | None = None, margin: float = 1.0,
            plot_dir: Path | None = None) -> str:
     """Write the report for ``results`` to ``out`` (plots into ``plot_dir``, default beside the results)."""
     records = read(results)
     s = Study(records, study_plan(records))
     plots = pareto_plots(s, plot_dir or results.parent)
-    fisher = fisher if fisher is not None else results.parent / "fisher_check.json"
+    fisher = fisher if fisher is not None else sorted(results.parent.glob("fisher_check*.json"))
     lines = ["# Reproducing the papers' claims on real Fashion-MNIST", "",
              "Generated by `python benchmarks/reproduce_report.py` from "
              f"`{os.path.relpath(results, out.parent)}` (the study: `benchmarks/reproduce.py`; its docstring "
@@ -449,7 +458,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--results", type=Path, default=HERE / "results" / "reproduce.jsonl")
     p.add_argument("--out", type=Path, default=HERE / "reproduction.md")
-    p.add_argument("--fisher", type=Path, default=None, help="The Fisher check's JSON (beside the results).")
+    p.add_argument("--fisher", type=Path, nargs="*", default=None,
+                   help="The Fisher checks' JSON files (default: fisher_check*.json beside the results).")
     p.add_argument("--plots", type=Path, default=None, help="Where the PNGs go (beside the results).")
     p.add_argument("--margin", type=float, default=1.0, help="Claim 3's margin, in points of error.")
     args = p.parse_args(argv)
