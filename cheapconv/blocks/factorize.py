@@ -35,10 +35,23 @@ def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
 
 def _leading(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The ``rank`` leading singular triplets of a float64 matrix, zero-padded when ``rank`` exceeds its size
-    (the extra directions carry nothing, so a block wider than needed is still exact)."""
-    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
-    r = min(rank, s.numel())
-    u, s, vh = u[:, :r], s[:r], vh[:r]
+    (the extra directions carry nothing, so a block wider than needed is still exact).
+
+    Computed from the eigenvectors of the smaller Gram matrix (A·Aᵀ or Aᵀ·A) and one projection, several times
+    faster than a full SVD of a wide conv unfolding (512 × 4608 in a ResNet) and as exact at full rank: the
+    product u·diag(s)·vh is then the projection of A on the eigenvectors, whatever their accuracy."""
+    m, n = matrix.shape
+    r = min(rank, m, n)
+    if m <= n:
+        u = torch.linalg.eigh(matrix @ matrix.T)[1].flip(1)[:, :r]
+        projected = u.T @ matrix                                  # rows: s_i · v_iᵀ
+        s = projected.norm(dim=1)
+        vh = projected / torch.where(s > 0, s, 1.0)[:, None]
+    else:
+        vh = torch.linalg.eigh(matrix.T @ matrix)[1].flip(1)[:, :r].T
+        projected = matrix @ vh.T                                 # columns: s_i · u_i
+        s = projected.norm(dim=0)
+        u = projected / torch.where(s > 0, s, 1.0)[None, :]
     if rank > r:
         u = torch.cat([u, u.new_zeros(u.shape[0], rank - r)], 1)
         s = torch.cat([s, s.new_zeros(rank - r)])
