@@ -411,8 +411,8 @@ def fisher_section(paths: list[Path]) -> list[str]:
                          f"{row['speedup_vs_fp32_128']:.2f} |")
         keep = [row["setting"] for row in r["settings"][1:] if row["keeps_ranking"] and "seed" not in row["setting"]]
         sure = [row["setting"] for row in r["settings"][1:] if row["rho_interval"][0] >= 0.95]
-        lines += ["", f"Settings with ρ ≥ 0.95: {', '.join(keep) or 'none'}; of these, with the whole bootstrap interval "
-                  f"at or above 0.95: {', '.join(sure) or 'none'}. The row with another seed (another "
+        lines += ["", f"Settings with ρ ≥ 0.95: {', '.join(keep) or 'none'}; of these, with the whole bootstrap "
+                  f"interval at or above 0.95: {', '.join(sure) or 'none'}. The row with another seed (another "
                   "initialisation and another 128 images) is the search's own noise, for scale.", "",
                   f"Command: `{r['command']}`", ""]
     return lines
