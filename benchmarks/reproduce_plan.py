@@ -248,9 +248,9 @@ def dry_run(settings: Settings, args, records: list[dict], load_data) -> None:
         state = "done" if job.key in done else "todo"
         est = 0.0
         if isinstance(job, SearchJob) and state == "todo":
-            # ~2 s per scored WRN-16-2 configuration (build + Fisher pass), as reproduce_fisher.py ran here at
-            # one thread on the loaded machine: an upper bound
-            est = job.size * 2.0
+            # ~3.5 s per scored WRN-16-2 configuration: reproduce_fisher.py measured a 2.6 s fp32/128 Fisher pass
+            # plus ~1 s of building, at one thread on the loaded machine (load 11): an upper bound
+            est = job.size * 3.5
         elif state == "todo":
             n_train = settings.parity_subset if job.row == "0" else len(train)
             steps = job.epochs * (n_train // settings.batch_size)
