@@ -28,6 +28,14 @@ student's random initialisation and the run's shuffling and augmentation.
 Students start from random initialisation (the spec): cheap students are ``cheapen(create_model(teacher))``
 of a freshly seeded teacher architecture, never of the trained teacher's weights (row 5 excepted).
 
+The defaults, and why: the papers' WRN-40-2 with 200 epochs takes days on a 2-core CPU. A WRN-16-2 teacher
+(693k params; its G(4) student 252k, G(N/8) 151k, B(2) 151k, BG(2,M) 56k; the smaller WRNs 10-2 305k, 16-1
+176k, 10-1 78k sit next to them) with the spec's recipe shortened to 3 epochs of all 60,000 images (1,404 steps,
+lr × 0.2 at 30/60/80 %) in bf16 autocast + channels_last is 55 jobs; the per-step times measured by
+``--dry-run`` put it at a few hours of a quiet 2-core machine (see the report of issue 13 for the figures).
+The Fisher-ranking check (bf16 and smaller minibatches against fp32 / 128 images) is the separate script
+``benchmarks/reproduce_fisher.py``; the report renders its JSON too.
+
     python benchmarks/reproduce.py --dry-run          # what would run, and an estimate of how long
     python benchmarks/reproduce.py                    # the whole study (resumable; Ctrl-C is safe)
     python benchmarks/reproduce.py --only 1           # the teacher alone
