@@ -84,7 +84,9 @@ def _row(run: str, policy: str, loss: str, model, result, args, shape, started: 
     return {"run": run, "policy": policy, "loss": loss, "data": args.data, "teacher": args.teacher,
             "params": count_params(model, "trainable"), "macs": count_macs(model, shape),
             "val_miou": result.last.get("val_miou"), "val_pixel_acc": result.last.get("val_pixel_acc"),
-            "train_miou": result.last.get("train_miou"), "steps": result.steps, "batch_size": args.batch_size,
+            "train_miou": result.last.get("train_miou"), "steps": result.steps,
+            "last_epoch_terms": {k: result.history[-1].get(k) for k in ("ce", "at", "kd", "loss")} if result.history
+            else None, "batch_size": args.batch_size,
             "lr": args.lr, "schedule": args.schedule, "wall_s": round(time.time() - started, 1),
             "threads": args.threads, "loadavg_start": load, "loadavg_end": os.getloadavg(),
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
