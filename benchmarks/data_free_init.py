@@ -69,7 +69,8 @@ def lite0(folder: Path, weights: Path, policies: list[str]) -> None:
     with torch.no_grad():
         t = teacher(x)
     print(f"teacher: top-1 {(t.argmax(1) == labels).sum().item()}/{len(labels)}")
-    print("| policy | replaced | params kept | init | top-1 /20 | logits rel. error | sites exact/approx, mean weight error |")
+    print("| policy | replaced | params kept | init | top-1 /20 | logits rel. error "
+          "| sites exact/approx, mean weight error |")
     print("|---|---|---|---|---|---|---|")
     for policy in policies:
         for init in ("random", "teacher"):

@@ -13,9 +13,10 @@ equal as the divisors of C_out·C_in allow (64×64 → 16×16×16), and that ten
 The forward pass rebuilds the C_out×C_in matrix from the factors (once per call, whatever the batch: those
 multiply-adds are counted) and applies it as a 1×1 conv. f in (0, 1] is the fraction of the conv's parameters
 the block keeps, depthwise part included; the ranks grow together in proportion to their largest useful values
-(TT: min(n1, n2·n3), min(n1·n2, n3); Tucker: n_m) up to the largest that fit, rank 1 being the floor. ``TT(f)``
-and ``Tucker(f)`` are the spec's substitutes; ``Tucker2(f)`` (:mod:`.decomposed`) is another thing, a Tucker-2
-factorisation of the whole k×k kernel. No norm, activation or bias inside.
+(TT: min(n1, n2·n3), min(n1·n2, n3); Tucker: n_m) up to the largest that fit, rank 1 being the floor. Where
+the full ranks fit in the budget the block holds them (the pointwise part is then exact) and keeps less than f.
+``TT(f)`` and ``Tucker(f)`` are the spec's substitutes; ``Tucker2(f)`` (:mod:`.decomposed`) is another thing, a
+Tucker-2 factorisation of the whole k×k kernel. No norm, activation or bias inside.
 """
 
 from __future__ import annotations
