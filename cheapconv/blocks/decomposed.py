@@ -135,7 +135,7 @@ class Tucker2(FractionSpec):
     signature = "Tucker2(f)"
     structure = ("Conv1x1 C_in→r1 → Conv k×k r1→r2 (stride s) → Conv1x1 r2→C_out, ranks chosen to keep a "
                  "fraction f of the conv's parameters")
-    params = "≈ f · C_in·C_out·k² per conv"
+    params = "≤ f · C_in·C_out·k² per conv (rank 1 is the floor)"
 
     def ranks(self, conv: nn.Conv2d) -> tuple[int, int]:
         """(rank_in, rank_out) for ``conv``."""

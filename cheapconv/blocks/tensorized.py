@@ -123,7 +123,7 @@ class TensorTrain(FractionSpec):
     signature = "TT(f)"
     structure = ("[DWConv k×k] → 1×1 whose C_out×C_in matrix is a 3-way tensor train, ranks chosen to keep a "
                  "fraction f of the conv's parameters")
-    params = "≈ f · C_in·C_out·k² per conv"
+    params = "≤ f · C_in·C_out·k² per conv (rank 1 is the floor)"
 
     def shape_and_ranks(self, conv: nn.Conv2d) -> tuple[tuple[int, int, int], tuple[int, ...]]:
         n1, n2, n3 = near_equal_factors(conv.in_channels * conv.out_channels)
@@ -151,7 +151,7 @@ class Tucker(FractionSpec):
     signature = "Tucker(f)"
     structure = ("[DWConv k×k] → 1×1 whose C_out×C_in matrix is a 3-way Tucker tensor, ranks chosen to keep a "
                  "fraction f of the conv's parameters")
-    params = "≈ f · C_in·C_out·k² per conv"
+    params = "≤ f · C_in·C_out·k² per conv (rank 1 is the floor)"
 
     def shape_and_ranks(self, conv: nn.Conv2d) -> tuple[tuple[int, int, int], tuple[int, ...]]:
         n1, n2, n3 = near_equal_factors(conv.in_channels * conv.out_channels)
