@@ -25,6 +25,7 @@ from .surgery.planner import Plan, PlanEntry, plan
 from .surgery.policy import Policy, Rule, Selector, parse_policy
 from .surgery.rewrite import cheapen
 from .surgery.taps import find_stages, record
+from .surgery.teacher_init import InitRecord, Site, init_from_teacher, replaced_sites
 from .sweeper import sweep
 from .train.callbacks import Callback
 from .train.config import DistillConfig
@@ -42,4 +43,5 @@ __all__ = [
     "sweep",
     "SearchResult", "fisher_potential", "search",
     "ReconstructionReport", "reconstruct",
+    "InitRecord", "Site", "init_from_teacher", "replaced_sites",
 ]
