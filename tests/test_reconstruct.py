@@ -77,6 +77,18 @@ def test_reconstruction_lowers_every_site_error(teacher, images, spec):
     assert d["samples"] == 64 and len(d["sites"]) == len(report.sites)
 
 
+def test_post_activation_resnet_sites_improve_end_to_end():
+    """torchvision's ResNet-18 (post-activation pairs conv1 -> bn1 -> relu -> conv2, bn2 kept): every site ends
+    lower than it started in whole forward passes, also where batches and maps are small (a final train-mode
+    BatchNorm pass over the blocks once undid layer4's fits here)."""
+    teacher = cheapconv.create_model("resnet18").eval()
+    student = _student(teacher, "B(2)", init="teacher")
+    torch.manual_seed(0)
+    report = cheapconv.reconstruct(student, teacher, torch.randn(16, 3, 64, 64), samples=16, batch_size=8, steps=1,
+                                   progress=False)
+    assert len(report.sites) == 8 and report.improved, [(s.name, s.before, s.after) for s in report.sites]
+
+
 @needs_fmnist
 def test_teacher_is_never_modified(teacher, images):
     before = _state(teacher)

@@ -36,8 +36,8 @@ class ReconstructionReport:
     sites: list[SiteResult] = field(default_factory=list)
     samples: int = 0
     steps: int = 0
-    batchnorm: str = "all"
-    batchnorm_layers: int = 0
+    batchnorm: str = "blocks"
+    batchnorm_layers: int = 0     # recomputed by the final pass over the calibration set ("all")
     peak_site_bytes: int = 0      # the most any one site held at once: its cached sample and moments
     cache_limit_bytes: int = 0
     seconds: float = 0.0
@@ -56,7 +56,7 @@ class ReconstructionReport:
         from rich.table import Table
 
         t = Table(title=f"Reconstruction on {self.samples:,} calibration images "
-                        f"({self.steps} optimisation steps per site, BatchNorm recalibrated: {self.batchnorm})",
+                        f"({self.steps} optimisation steps per site, BatchNorm statistics: {self.batchnorm})",
                   title_justify="left")
         for col, just in (("site", "left"), ("block", "left"), ("error before", "right"),
                           ("fit start → end", "right"), ("error after", "right"), ("sample", "right"),
