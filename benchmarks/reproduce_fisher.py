@@ -24,6 +24,7 @@ import copy
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 import warnings
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
                              + ", ".join(label for label, *_ in SETTINGS))
         chosen = [s for s in SETTINGS if s[0] in wanted]
     result = run_check(args.teacher, args.block, args.configs, args.data, seed=args.seed, settings=chosen)
-    result.update({"command": "python benchmarks/reproduce_fisher.py " + " ".join(argv or sys.argv[1:]),
+    result.update({"command": shlex.join(["python", "benchmarks/reproduce_fisher.py", *(argv or sys.argv[1:])]),
                    "threads": args.threads, "load_avg_start": round(load, 2),
                    "load_avg_end": round(os.getloadavg()[0], 2), "date": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                      time.gmtime()),
