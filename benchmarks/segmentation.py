@@ -48,6 +48,7 @@ def _args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--schedule", default="cosine")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--beta", type=float, default=1000.0, help="AT weight (the paper's 1000)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--results", type=Path, default=Path("benchmarks/results/segmentation.jsonl"))
     p.add_argument("--no-progress", action="store_true")
@@ -76,7 +77,7 @@ def _fresh(args, in_chans: int, size: int) -> torch.nn.Module:
 
 def _config(args, loss: str) -> DistillConfig:
     return DistillConfig(max_steps=args.steps, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
-                         loss=loss, seed=args.seed, num_workers=0, eval_every=1000, log_every=50,
+                         loss=loss, beta=args.beta, seed=args.seed, num_workers=0, eval_every=1000, log_every=50,
                          progress=not args.no_progress, device="cpu")
 
 
@@ -87,7 +88,8 @@ def _row(run: str, policy: str, loss: str, model, result, args, shape, started: 
             "train_miou": result.last.get("train_miou"), "steps": result.steps,
             "last_epoch_terms": {k: result.history[-1].get(k) for k in ("ce", "at", "kd", "loss")} if result.history
             else None, "batch_size": args.batch_size,
-            "lr": args.lr, "schedule": args.schedule, "wall_s": round(time.time() - started, 1),
+            "lr": args.lr, "schedule": args.schedule, "beta": args.beta if loss == "at" else None,
+            "wall_s": round(time.time() - started, 1),
             "threads": args.threads, "loadavg_start": load, "loadavg_end": os.getloadavg(),
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "host": platform.node(), "command": " ".join(sys.argv)}
