@@ -307,7 +307,7 @@ def provenance(records: list[dict]) -> list[str]:
                      "G(4)/B(2) at the paper's full schedule, with GPU distillation throughput) are not part of these "
                      "results.")
     if loads:
-        lines.append(f"Threads {', '.join(map(str, threads))}; load average at the start of each record "
+        lines.append(f"Threads {', '.join(map(str, threads))}; load average when each record was written "
                      f"{min(loads):.1f}–{max(loads):.1f} (the machine is shared: wall times are not speed claims).")
     return lines
 
