@@ -48,6 +48,8 @@ def _args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--schedule", default="cosine")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--teacher-init", action="store_true", help="also: each student teacher-initialised "
+                   "(cheapen(teacher, policy, init='teacher'), data-free) and then distilled with AT")
     p.add_argument("--beta", type=float, default=1000.0, help="AT weight (the paper's 1000)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--results", type=Path, default=Path("benchmarks/results/segmentation.jsonl"))
@@ -122,13 +124,14 @@ def main(argv=None) -> None:
     students = {}
     for policy in args.students:
         students[policy] = cheapconv.cheapen(_fresh(args, 1, size), policy, input_size=(1, size, size))
-        for loss in ("ce", "at"):
-            run = f"{policy}/{'scratch' if loss == 'ce' else 'at'}"
+        for loss, init in (("ce", "random"), ("at", "random")) + ((("at", "teacher"),) if args.teacher_init else ()):
+            run = f"{policy}/{'scratch' if loss == 'ce' else 'at'}" + ("" if init == "random" else "+teacher-init")
             if run in done:
                 print(f"{run}: done (val mIoU {done[run]['val_miou']:.4f})")
                 continue
             started, load = time.time(), os.getloadavg()
-            student = cheapconv.cheapen(_fresh(args, 1, size), policy, input_size=(1, size, size))
+            source = _fresh(args, 1, size) if init == "random" else teacher   # teacher init: from the trained one
+            student = cheapconv.cheapen(source, policy, input_size=(1, size, size), init=init)
             result = distill(teacher if loss == "at" else None, student, train, val_data=test,
                              config=_config(args, loss))
             row = _row(run, policy, loss, student, result, args, shape, started, load)
