@@ -8,7 +8,8 @@ Runs, in order: ``teacher`` (cross-entropy from scratch), then for each ``--stud
 (cross-entropy) and an ``at`` run (distilled from the trained teacher). Both runs of a student start from the
 same random weights (the student is cheapened from an untrained copy of the teacher built with the same seed),
 as in the paper (students start from random initialisation, not from the teacher). ``--teacher-init`` adds a
-third run per student: teacher-initialised (``cheapen(teacher, policy, init='teacher')``), then AT. Every run uses the same
+third run per student: teacher-initialised (``cheapen(teacher, policy, init='teacher')``), then AT. Every
+run uses the same
 schedule (the teacher's own optimiser and schedule, spec section 6) and is evaluated on the whole test split.
 
 Resumable: each finished run is appended as one JSON line to ``--results`` and skipped when the script runs
