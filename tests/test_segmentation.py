@@ -436,3 +436,19 @@ def test_cli_train_distill_evaluate_segmentation(tmp_path, capsys):
     assert 0.0 <= res["miou"] <= 1.0 and 0.0 <= res["pixel_acc"] <= 1.0 and len(res["iou"]) == 11
     assert main(["evaluate", str(out_file), "--data", "fashion-mnist-seg:16:1"]) == 0
     assert "mIoU" in capsys.readouterr().out
+
+
+def test_progress_lines_show_miou_for_segmentation():
+    from cheapconv.data import SegmentationTensorDataset, default_workers
+    from cheapconv.train import callbacks
+
+    seg = callbacks._epoch_line({"epoch": 1, "loss": 0.5, "lr": 0.1, "train_miou": 0.25, "val_miou": 0.2,
+                                 "val_pixel_acc": 0.9})
+    assert "train mIoU=25.00%" in seg and "val mIoU=20.00%" in seg and "pixel acc=90.00%" in seg
+    assert "top1" not in seg
+    cls = callbacks._epoch_line({"epoch": 1, "loss": 0.5, "lr": 0.1, "train_top1": 0.5, "val_top1": 0.6,
+                                 "val_top5": 0.9})
+    assert "train top1=50.00%" in cls and "val top1=60.00%" in cls and "mIoU" not in cls
+    # scenes live in memory: no worker processes by default (they would only copy batches between processes)
+    data = SegmentationTensorDataset.__new__(SegmentationTensorDataset)
+    assert default_workers(data) == 0

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import UsageError
 from .augment import TensorImageDataset
+from .segmentation import SegmentationTensorDataset
 
 __all__ = ["default_workers", "make_loader"]
 
@@ -20,15 +21,15 @@ __all__ = ["default_workers", "make_loader"]
 def default_workers(dataset: Dataset) -> int:
     """DataLoader worker processes for ``dataset`` when nobody says otherwise.
 
-    - :class:`TensorImageDataset` (in memory): 0, with or without a GPU. Its batched augmentation costs
-      1-2 ms per batch of 128 3×32×32 images (measured on the project's 2-core CPU), negligible next to a
-      CPU training step, which already uses every core: worker processes would only compete with it and
-      add inter-process copies of every batch. On a GPU the step is asynchronous, so preparing the next
-      batch in the main process overlaps it anyway.
+    - :class:`TensorImageDataset` and :class:`SegmentationTensorDataset` (in memory): 0, with or without a
+      GPU. Batched augmentation costs 1-2 ms per batch of 128 3×32×32 images (measured on the project's
+      2-core CPU), negligible next to a CPU training step, which already uses every core: worker processes
+      would only compete with it and add inter-process copies of every batch. On a GPU the step is
+      asynchronous, so preparing the next batch in the main process overlaps it anyway.
     - Other datasets (PIL decoding, ImageFolder): ``min(8, usable CPUs)``, since decoding one image costs
       milliseconds and workers are what keeps the model fed.
     """
-    if isinstance(dataset, TensorImageDataset):
+    if isinstance(dataset, (TensorImageDataset, SegmentationTensorDataset)):
         return 0
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return min(8, cpus)

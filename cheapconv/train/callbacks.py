@@ -166,10 +166,11 @@ class RichProgress(Callback):
         if self._progress is None:
             return
         parts = [f"loss {record['loss']:.3f}"] if "loss" in record else []
-        if "train_top1" in record:
-            parts.append(f"train {100 * record['train_top1']:.1f}%")
-        if "val_top1" in record:
-            parts.append(f"val {100 * record['val_top1']:.1f}%")
+        for split in ("train", "val"):   # mIoU for segmentation, top-1 for classification
+            if f"{split}_miou" in record:
+                parts.append(f"{split} mIoU {100 * record[f'{split}_miou']:.1f}%")
+            elif f"{split}_top1" in record:
+                parts.append(f"{split} {100 * record[f'{split}_top1']:.1f}%")
         if "images_per_s" in record:
             parts.append(f"{record['images_per_s']:.0f} img/s")
         self._progress.update(self._task, info="  ".join(parts))
@@ -184,9 +185,16 @@ class RichProgress(Callback):
 
 def _epoch_line(r: dict[str, Any]) -> str:
     terms = " ".join(f"{k}={r[k]:.4f}" for k in ("loss", "ce", "at", "kd") if k in r)
-    val = (f" val top1={100 * r['val_top1']:.2f}% top5={100 * r['val_top5']:.2f}%" if "val_top1" in r else "")
-    return (f"epoch {r['epoch']}: {terms} lr={r['lr']:.4g} train top1={100 * r.get('train_top1', 0):.2f}%"
-            f"{val} {r.get('images_per_s', 0):.0f} img/s peak {r.get('peak_mem_mb', 0):.0f} MiB")
+    if "train_miou" in r or "val_miou" in r:   # segmentation: mIoU and pixel accuracy, no top-k
+        train = f" train mIoU={100 * r['train_miou']:.2f}%" if "train_miou" in r else ""
+        val = (f" val mIoU={100 * r['val_miou']:.2f}% pixel acc={100 * r.get('val_pixel_acc', 0):.2f}%"
+               if "val_miou" in r else "")
+    else:
+        train = f" train top1={100 * r['train_top1']:.2f}%" if "train_top1" in r else ""
+        val = (f" val top1={100 * r['val_top1']:.2f}% top5={100 * r['val_top5']:.2f}%" if "val_top1" in r
+               else "")
+    return (f"epoch {r['epoch']}: {terms} lr={r['lr']:.4g}{train}{val} {r.get('images_per_s', 0):.0f} img/s "
+            f"peak {r.get('peak_mem_mb', 0):.0f} MiB")
 
 
 class TensorBoardLogger(Callback):
