@@ -33,7 +33,16 @@ from torch import nn
 
 from .counting import eval_mode
 from .errors import CheapconvError, UsageError
-from .measure.exports import RUNNERS, WRITERS, ExportCheckError, check_outputs, first_line, flat_tensors, write_export
+from .measure.exports import (
+    RUNNERS,
+    WRITERS,
+    ExportCheckError,
+    check_outputs,
+    first_line,
+    reference_outputs,
+    takes_image_list,
+    write_export,
+)
 from .measure.profiler import input_shape_of
 from .store.files import atomic_write, check_writable, ensure_free_space, is_disk_full
 from .surgery.fold import deployable
@@ -99,6 +108,10 @@ def export(model: nn.Module, path: str | Path, format: Format = "pt2", *,
     """
     if format not in FORMATS:
         raise UsageError(f"Unknown export format {format!r}; valid: {', '.join(FORMATS)}.")
+    if takes_image_list(model) and format != "torchscript":
+        raise UsageError(f"{type(model).__name__} is a detector: its post-processing (NMS, top-k) depends on the "
+                         f"data, which {format} cannot capture in one graph. Export it with --format torchscript "
+                         "(compiled by torch.jit.script; runs with torch.jit.load, no cheapconv needed).")
     path = check_writable(path)
     shape = input_shape_of(model, input_shape)
     param = next(iter(model.parameters()), None)
@@ -111,7 +124,7 @@ def export(model: nn.Module, path: str | Path, format: Format = "pt2", *,
     x = torch.randn((check_batch, *shape), generator=gen)
     try:
         with eval_mode(original), torch.no_grad():
-            want = flat_tensors(original(x))
+            want = reference_outputs(original, x)
     except Exception as e:  # noqa: BLE001 - the model cannot run on this input
         c, h, w = shape
         error = UsageError if input_shape is not None else CheapconvError

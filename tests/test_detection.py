@@ -89,3 +89,24 @@ def test_detectors_are_zoo_names():
         cheapconv.create_model("retinanet_resnet50_fpn", num_classes=5, pretrained=True)
     with pytest.raises(cheapconv.errors.UnknownModelError, match="fasterrcnn_resnet50_fpn"):
         cheapconv.create_model("fasterrcnn_resnet5_fpn")
+
+
+def test_a_detector_exports_to_torchscript_only(tmp_path):
+    """Detectors export by scripting (their post-processing depends on the data); the check compares the
+    detections and the backbone's feature maps; other formats are refused with the way out."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        teacher = detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None,
+                                                                  min_size=128, max_size=128)
+        student = cheapconv.cheapen(teacher, "G(4)", input_size=(3, 128, 128))
+        report = cheapconv.export(student, tmp_path / "det.pt", format="torchscript", input_shape=(3, 128, 128))
+        assert report.passed and report.max_abs_ref > 0   # the backbone's features were compared
+        loaded = torch.jit.load(str(tmp_path / "det.pt"))
+        images = [torch.rand(3, 128, 128), torch.rand(3, 96, 128)]
+        with torch.no_grad():
+            _, got = loaded(images)
+            want = student.eval()(images)
+    assert len(got) == 2 and all(torch.equal(g["boxes"], w["boxes"]) for g, w in zip(got, want, strict=True))
+    with pytest.raises(cheapconv.UsageError, match="torchscript"):
+        cheapconv.export(student, tmp_path / "det.pt2", format="pt2", input_shape=(3, 128, 128))
+    assert not (tmp_path / "det.pt2").exists()

@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import CheapconvError, UsageError
 
 __all__ = ["EXTRA_HINT", "LOADERS", "RUNNERS", "WRITERS", "ExportCheck", "ExportCheckError", "check_outputs",
-           "first_line", "flat_tensors", "max_diffs", "write_export"]
+           "first_line", "flat_tensors", "max_diffs", "reference_outputs", "takes_image_list", "write_export"]
 
 #: what to install for the ONNX path (the ``export`` extra of setup.cfg)
 EXTRA_HINT = "pip install 'cheapconv[export]' (onnx, onnxscript, onnxruntime)"
@@ -179,13 +179,33 @@ def _load_onnx(path: str, device: str | torch.device = "cpu", threads: int | Non
     return run
 
 
+def takes_image_list(model: nn.Module) -> bool:
+    """Whether ``model`` is a torchvision detector: its forward takes a *list* of images (of any sizes) and
+    returns a list of dicts, with data-dependent post-processing (NMS, top-k) that neither torch.export nor
+    the ONNX exporters can capture as one graph. TorchScript's compiler (``torch.jit.script``) can: torchvision
+    writes these models to be scriptable, so they export to ``torchscript`` only."""
+    transform = getattr(model, "transform", None)
+    return type(transform).__name__ == "GeneralizedRCNNTransform"
+
+
+def reference_outputs(model, x: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors an export check compares for a batch ``x``: the model's outputs; for a detector (called with
+    the list of ``x``'s images) also its backbone's feature maps on ``x``, since its detections alone can be
+    empty (a model whose scores stay below its threshold keeps no box) and would then check nothing."""
+    if not takes_image_list(model):
+        return flat_tensors(model(x))
+    return flat_tensors(model(list(x))) + flat_tensors(model.backbone(x))
+
+
 def _write_torchscript(model: nn.Module, example: torch.Tensor, path: str) -> None:
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript's deprecation notice; the check is what matters
-        traced = torch.jit.trace(model, example, check_trace=False)
-        torch.jit.save(traced, path)
+        # a detector's control flow depends on its data: compile it (scripting) rather than trace one path
+        compiled = torch.jit.script(model) if takes_image_list(model) else \
+            torch.jit.trace(model, example, check_trace=False)
+        torch.jit.save(compiled, path)
 
 
 def _load_torchscript(path: str, device: str | torch.device = "cpu") -> Callable:
@@ -194,9 +214,14 @@ def _load_torchscript(path: str, device: str | torch.device = "cpu") -> Callable
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = torch.jit.load(path, map_location=torch.device(device))
+    # a scripted detector declares its input as a list of images (``Tensor[] images``)
+    detector = "Tensor[] images" in str(module.forward.schema)
 
     def run(x):
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scripted detectors warn that they return (losses, detections)
+            if detector:   # the same tensors as reference_outputs: detections, then the backbone's features
+                return flat_tensors(module(list(x))) + flat_tensors(module.backbone(x))
             return flat_tensors(module(x))
     return run
 
