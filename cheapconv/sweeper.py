@@ -67,7 +67,7 @@ class SweepPoint:
 
     @property
     def error(self) -> float | None:
-        """Top-1 error in percent."""
+        """Error in percent: 100 × (1 − accuracy), the accuracy being top-1 or, on segmentation data, mIoU."""
         return None if self.accuracy is None else 100.0 * (1.0 - self.accuracy)
 
     @property
@@ -298,15 +298,22 @@ def _run_point(model: nn.Module, block: str, shape: tuple[int, ...], out_dir: Pa
 
 
 # --- the report --------------------------------------------------------------------------------------------
-def _axes(points: Sequence[SweepPoint]) -> list[tuple[str, str, list[float], str, list[float]]]:
+def error_label(config: dict) -> str:
+    """What the error column is: ``1 − mIoU`` for a segmentation dataset, else top-1 error."""
+    from .measure.accuracy import accuracy_metric
+
+    return "1 − mIoU (%)" if config.get("data") and accuracy_metric(config["data"]) == "mIoU" else "top-1 error (%)"
+
+
+def _axes(points: Sequence[SweepPoint], err_label: str = "top-1 error (%)") -> list[tuple]:
     """The two trade-offs a report shows, as (key, x label, xs, y label, ys): error against params and
     against batch-1 latency when every point has an accuracy, else latency against params and MACs."""
     params = [float(p.params_paper) for p in points]
     lat = [p.latency_b1_ms for p in points]
     if all(p.error is not None for p in points):
         errs = [float(p.error) for p in points]
-        return [("params_error", "params (paper convention)", params, "top-1 error (%)", errs),
-                ("latency_error", "latency, batch 1 (ms)", lat, "top-1 error (%)", errs)]
+        return [("params_error", "params (paper convention)", params, err_label, errs),
+                ("latency_error", "latency, batch 1 (ms)", lat, err_label, errs)]
     macs = [float(p.macs) for p in points]
     return [("params_latency", "params (paper convention)", params, "latency, batch 1 (ms)", lat),
             ("macs_latency", "MACs per image", macs, "latency, batch 1 (ms)", lat)]
@@ -351,7 +358,7 @@ def _markdown(points: Sequence[SweepPoint], config: dict, notes: Sequence[str]) 
                 else "Students not trained (params, MACs and latency only)."), ""]
     header = ["block", "params (paper)", "MACs", "batch 1 ms", "speed-up b1", f"batch {b} ms",
               f"speed-up b{b}"]
-    header += ["error %"] if has_err else []
+    header += [error_label(config).replace(" (%)", " %")] if has_err else []
     header += [f"Pareto ({key.replace('_', ', ')})" for key, *_ in _axes(points)]
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for i, p in enumerate(points):
@@ -391,7 +398,7 @@ def write_report(out_dir: str | Path, points: Sequence[SweepPoint], config: dict
     from .plots import pareto_plot
 
     labels = [p.label for p in points]
-    panels = [(xlabel, xs, ylabel, ys) for _, xlabel, xs, ylabel, ys in _axes(points)]
+    panels = [(xlabel, xs, ylabel, ys) for _, xlabel, xs, ylabel, ys in _axes(points, error_label(config))]
     c, h, w = config["input_size"]
     pareto_plot(out_dir / "sweep.png", labels, panels,
                 title=f"{config['model']} {c}×{h}×{w}, {config['dtype']}; red: Pareto front")

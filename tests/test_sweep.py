@@ -170,3 +170,13 @@ def test_sweep_command(tmp_path, capsys):
     assert code == 2 and "Traceback" not in capsys.readouterr().err
     code = main(["sweep", "wrn_10_1", "--blocks", "G(2)", "-o", str(tmp_path / "no" / "such")])
     assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_a_segmentation_sweep_reports_miou_error(tmp_path):
+    """On segmentation data the accuracy is mIoU, so the error column and the plots say 1 − mIoU."""
+    seg_teacher = cheapconv.create_model("segwrn_10_1")
+    result = sweep(seg_teacher, ["G(2)"], tmp_path, data="fashion-mnist-seg:32:2", evaluate_fn=lambda m: 0.25,
+                   input_size=(3, 32, 32), **FAST)
+    assert [p.error for p in result.points] == [75.0, 75.0]
+    report = (tmp_path / "sweep.md").read_text()
+    assert "1 − mIoU %" in report and "top-1" not in report
