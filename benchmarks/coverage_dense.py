@@ -135,9 +135,13 @@ def _round_trip(student, x, task: str) -> tuple[str, bool | None]:
             x if task == "segmentation" else list(x))
     if task == "segmentation":
         return kind, all(torch.allclose(want[k], got[k], rtol=1e-4, atol=1e-5) for k in want)
-    # a random detector may keep few boxes, so the backbone's feature maps are compared as well
+    # a random detector may keep few boxes, so the backbone's feature maps are compared as well (at the size
+    # the backbone works at: SSD resizes to its own)
+    from cheapconv.measure.exports import backbone_input
+
     with torch.no_grad():
-        feats_want, feats_got = student.backbone(x), loaded.backbone(x)
+        xb = backbone_input(student, x)
+        feats_want, feats_got = student.backbone(xb), loaded.backbone(xb)
     same_feats = all(torch.allclose(feats_want[k], feats_got[k], rtol=1e-4, atol=1e-5) for k in feats_want)
     same_boxes = len(want) == len(got) and all(
         a["boxes"].shape == b["boxes"].shape and torch.allclose(a["boxes"], b["boxes"], rtol=1e-4, atol=1e-4)

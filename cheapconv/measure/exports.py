@@ -22,8 +22,9 @@ from torch import nn
 
 from ..errors import CheapconvError, UsageError
 
-__all__ = ["EXTRA_HINT", "LOADERS", "RUNNERS", "WRITERS", "ExportCheck", "ExportCheckError", "check_outputs",
-           "first_line", "flat_tensors", "max_diffs", "reference_outputs", "takes_image_list", "write_export"]
+__all__ = ["EXTRA_HINT", "LOADERS", "RUNNERS", "WRITERS", "ExportCheck", "ExportCheckError", "backbone_input",
+           "check_outputs", "first_line", "flat_tensors", "max_diffs", "reference_outputs", "takes_image_list",
+           "write_export"]
 
 #: what to install for the ONNX path (the ``export`` extra of setup.cfg)
 EXTRA_HINT = "pip install 'cheapconv[export]' (onnx, onnxscript, onnxruntime)"
@@ -194,7 +195,14 @@ def reference_outputs(model, x: torch.Tensor) -> list[torch.Tensor]:
     empty (a model whose scores stay below its threshold keeps no box) and would then check nothing."""
     if not takes_image_list(model):
         return flat_tensors(model(x))
-    return flat_tensors(model(list(x))) + flat_tensors(model.backbone(x))
+    return flat_tensors(model(list(x))) + flat_tensors(model.backbone(backbone_input(model, x)))
+
+
+def backbone_input(model, x: torch.Tensor) -> torch.Tensor:
+    """``x`` at the size a detector's backbone works at: SSD's transform resizes every image to a fixed size
+    (300 or 320; its extra layers need it), the R-CNN family keeps the image size."""
+    fixed = getattr(model.transform, "fixed_size", None)
+    return x if fixed is None else torch.nn.functional.interpolate(x, size=tuple(fixed), mode="bilinear")
 
 
 def _write_torchscript(model: nn.Module, example: torch.Tensor, path: str) -> None:
@@ -221,7 +229,7 @@ def _load_torchscript(path: str, device: str | torch.device = "cpu") -> Callable
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # scripted detectors warn that they return (losses, detections)
             if detector:   # the same tensors as reference_outputs: detections, then the backbone's features
-                return flat_tensors(module(list(x))) + flat_tensors(module.backbone(x))
+                return flat_tensors(module(list(x))) + flat_tensors(module.backbone(backbone_input(module, x)))
             return flat_tensors(module(x))
     return run
 
