@@ -116,9 +116,10 @@ def compare(s: Study, a: tuple, b: tuple) -> tuple[str, str]:
     sa, sb = s.stat(*a), s.stat(*b)
     if sa is None or sb is None:
         return "not yet measured", f"{a[1]} {MODE_NAMES[a[2]]} vs {b[1]} {MODE_NAMES[b[2]]}: pending"
-    d = sb[0] - sa[0]
+    d = sb[0] - sa[0]   # > 0: the first has the lower error
+    lower = "the first" if d > 0 else ("the second" if d < 0 else "neither")
     text = (f"{a[1]} {MODE_NAMES[a[2]]} {sa[0]:.2f} % vs {b[1]} {MODE_NAMES[b[2]]} {sb[0]:.2f} % "
-            f"(Δ {d:+.2f} points in favour of the first")
+            f"(the error of {lower} is lower by {abs(d):.2f} points")
     if s.spread is None:
         return "not yet measured", text + "; no multi-seed group yet, so the seed spread is unknown)"
     text += f", seed spread {s.spread:.2f})"
