@@ -22,33 +22,24 @@ class _Reached(Exception):
 
 def prefix_input(model: nn.Module, path: str, x: torch.Tensor) -> torch.Tensor:
     """The input of ``model``'s module ``path`` when ``model`` reads ``x`` (the rest of the model is not run)."""
-    got: list[torch.Tensor] = []
-
-    def hook(module, args):
-        got.append(args[0])
-        raise _Reached
-
-    handle = model.get_submodule(path).register_forward_pre_hook(hook)
-    try:
-        model(x)
-    except _Reached:
-        pass
-    finally:
-        handle.remove()
-    if not got:
-        raise RuntimeError(f"{path} was never called")
-    return got[0]
+    return _run_until(model, path, x, want_output=False)
 
 
 def prefix_output(model: nn.Module, path: str, x: torch.Tensor) -> torch.Tensor:
     """The output of ``model``'s module ``path`` when ``model`` reads ``x`` (the rest of the model is not run)."""
+    return _run_until(model, path, x, want_output=True)
+
+
+def _run_until(model: nn.Module, path: str, x: torch.Tensor, *, want_output: bool) -> torch.Tensor:
+    """Run ``model`` on ``x`` until module ``path`` has read its input (or produced its output), then stop."""
     got: list[torch.Tensor] = []
 
-    def hook(module, args, out):
-        got.append(out)
+    def hook(module, args, out=None):
+        got.append(out if want_output else args[0])
         raise _Reached
 
-    handle = model.get_submodule(path).register_forward_hook(hook)
+    module = model.get_submodule(path)
+    handle = module.register_forward_hook(hook) if want_output else module.register_forward_pre_hook(hook)
     try:
         model(x)
     except _Reached:

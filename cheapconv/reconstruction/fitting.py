@@ -29,9 +29,10 @@ import torch
 from torch import nn
 
 from ..blocks import LowRankPointwise, SamePadded, SeparablePointwise
+from ..blocks.factorize import depthwise_pointwise
 from .batchnorm import batchnorms, recalibrate
 from .capture import prefix_input, prefix_output
-from .linear import Moments, dense_solution, depthwise_factorisation, pointwise_features, reduced_rank_solution
+from .linear import Moments, dense_solution, pointwise_features, reduced_rank_solution
 from .sites import Site
 
 __all__ = ["FitSettings", "SiteFit", "fit_site"]
@@ -187,7 +188,8 @@ def fit_site(site: Site, student: nn.Module, teacher: nn.Module, batches: Callab
     block, inner = site.block, _inner(site.block)
     linear = isinstance(inner, (LowRankPointwise, SeparablePointwise))
     if linear and inner.depthwise is not None:
-        dw, _ = depthwise_factorisation(_teacher_conv(teacher, site).weight)
+        # the depthwise part from the kernel's per-input-channel rank-1 split; the pointwise part is fitted on data
+        dw, _ = depthwise_pointwise(_teacher_conv(teacher, site).weight.detach())
         inner.depthwise.weight.data.copy_(dw.to(inner.depthwise.weight))
     stage = (inner.down if isinstance(inner, LowRankPointwise) else inner.pointwise) if linear else None
     cache, moments = _Cache(settings.cache_bytes, samples), Moments()

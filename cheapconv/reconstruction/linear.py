@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["Moments", "dense_solution", "depthwise_factorisation", "pointwise_features", "reduced_rank_solution"]
+__all__ = ["Moments", "dense_solution", "pointwise_features", "reduced_rank_solution"]
 
 
 class Moments:
@@ -64,18 +64,6 @@ def reduced_rank_solution(m: Moments, rank: int, ridge: float = 1e-6) -> tuple[t
     u, _, _ = torch.linalg.svd(w @ root, full_matrices=False)
     u_r = u[:, :rank]
     return u_r.T @ w, u_r
-
-
-def depthwise_factorisation(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(depthwise C_in×1×k×k, pointwise C_out×C_in): per input channel c, the best rank-1 split
-    W[:, c] ≈ P[:, c] ⊗ D[c] of the conv's kernel (exact when each input channel's C_out×k² slice has rank
-    one; the data-free start of the depthwise part of ``Sep`` / ``LR``)."""
-    c_out, c_in, kh, kw = weight.shape
-    slices = weight.detach().double().permute(1, 0, 2, 3).reshape(c_in, c_out, kh * kw)
-    u, s, vh = torch.linalg.svd(slices, full_matrices=False)
-    depthwise = vh[:, 0, :].reshape(c_in, 1, kh, kw)
-    pointwise = (u[:, :, 0] * s[:, :1]).T
-    return depthwise, pointwise
 
 
 def pointwise_features(x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
