@@ -11,7 +11,8 @@ can be several times faster in ONNX Runtime), so everything that measures latenc
 ``pt2``        ``torch.export`` of the deployable copy (eval mode, taps stripped, BatchNorm folded: what
                ``cheapconv export --format pt2`` writes), run as ``torch.export.load(path).module()``
 ``onnxruntime`` the same copy exported to ONNX (what ``cheapconv export --format onnx`` writes), run in an
-               onnxruntime session (CPU execution provider, or CUDA's), ``threads`` intra-op threads
+               onnxruntime session (CPU execution provider, or CUDA's), ``threads`` intra-op threads that
+               do not spin-wait between runs (spinning sessions timed in turn take the cores from each other)
 ============== ==============================================================================================
 
 Every model is exported (compiled) **once** per runtime, with a dynamic batch dimension, by the same code
@@ -106,13 +107,14 @@ def check_runtime(runtime: str, *, device: str | torch.device | None = None,
 
 
 def describe_runtime(runtime: str, threads: int | None = None, device: str | torch.device = "cpu") -> str:
-    """``'onnxruntime 1.31.1 (CPUExecutionProvider, 2 intra-op threads)'``: what was timed, for outputs."""
+    """What was timed, for outputs: e.g. ``'onnxruntime 1.31.1 (CPUExecutionProvider, 2 intra-op threads, no
+    spin-waiting)'``."""
     n = int(threads or torch.get_num_threads())
     if runtime == "onnxruntime":
         import onnxruntime as ort
 
         provider = "CUDAExecutionProvider" if torch.device(device).type == "cuda" else "CPUExecutionProvider"
-        return f"onnxruntime {ort.__version__} ({provider}, {n} intra-op threads)"
+        return f"onnxruntime {ort.__version__} ({provider}, {n} intra-op threads, no spin-waiting)"
     what = {"torch": "torch eager", "compile": "torch.compile (inductor)", "pt2": "torch.export .pt2"}[runtime]
     return f"{what} {torch.__version__.split('+')[0]} ({n} intra-op threads)"
 
