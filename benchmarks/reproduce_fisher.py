@@ -19,7 +19,6 @@ minutes at one thread.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
@@ -59,10 +58,6 @@ class BuildOnce(Scorer):
         return copy.deepcopy(self._built[1])
 
 
-def autocast(precision: str):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-
-
 def run_check(teacher_name: str, block: str, n_configs: int, data: str, seed: int = 0,
               settings=SETTINGS) -> dict:
     """Score ``n_configs`` configurations at the budget of ``cheapen(teacher, block)`` under every setting."""
@@ -86,8 +81,7 @@ def run_check(teacher_name: str, block: str, n_configs: int, data: str, seed: in
     for config in track(configs, description=f"Fisher scores of {len(configs)} configurations"):
         for label, precision, size, s in settings:   # interleaved: every setting sees the same moments
             before = scorer.seconds["fisher"]
-            with autocast(precision):
-                result = scorer.score(config, seed=seed + s, batch=batches[(size, s)])
+            result = scorer.score(config, seed=seed + s, batch=batches[(size, s)], precision=precision)
             seconds[label] += scorer.seconds["fisher"] - before
             scores[label].append(result.total)
         c = space.costs(config)

@@ -112,6 +112,8 @@ def search(
     candidates: str = typer.Option(None, "--candidates", "-c", help="Block types to choose from, e.g. 'S, "
                                                                     "G(4), B(2)' (default: the paper's)."),
     batch_size: int = typer.Option(128, "--batch-size", min=1, help="Scoring minibatch (the paper: 128)."),
+    precision: str = typer.Option("bf16", "--fisher-precision", help="Precision of the Fisher pass: bf16 "
+                                  "(autocast; keeps the fp32 ranking at ~1.4x the speed) or fp32."),
     spread_runs: int = typer.Option(3, "--spread-runs", min=1, help="Scorings (seeds) per top configuration "
                                                                     "for the spread."),
     convention: str = typer.Option("paper", "--convention", help="Parameter convention: paper or trainable."),
@@ -147,6 +149,8 @@ def search(
     if runtime not in RUNTIMES:
         raise typer.BadParameter(f"choose one of {', '.join(RUNTIMES)}, not {runtime!r}", param_hint="--runtime")
     check_runtime(runtime)  # not installed: a usage error naming the extra, before any work
+    if precision not in ("bf16", "fp32"):
+        raise typer.BadParameter(f"choose bf16 or fp32, not {precision!r}", param_hint="--fisher-precision")
     if convention not in ("paper", "trainable"):
         raise typer.BadParameter(f"choose paper or trainable, not {convention!r}", param_hint="--convention")
     output_path(output, required=False)
@@ -168,7 +172,7 @@ def search(
         result = run_search(teacher, budget, metric=metric, candidates=candidates, samples=samples, data=data,
                             seed=seed, tolerance=tolerance, batch_size=batch_size, convention=convention,
                             top=max(top, 5), spread_runs=spread_runs, input_size=size,
-                            leaf_modules=leaf, progress=tick, runtime=runtime)
+                            leaf_modules=leaf, progress=tick, runtime=runtime, precision=precision)
     for w in caught:
         warn(str(w.message))
     if runtime != "torch" and result.metric != "latency":

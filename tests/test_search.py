@@ -131,6 +131,26 @@ def test_post_activation_resnets_are_priced_exactly_and_scored_at_the_last_norm(
     assert list(scores.per_site) == [b.branch_module for b in space.blocks] and scores.total > 0
 
 
+def test_fisher_is_scored_in_bf16_by_default_and_stays_close_to_fp32(wrn16, space16):
+    batch = fixed_minibatch(None, batch_size=16, seed=0, input_shape=space16.input_shape, teacher=wrn16)
+    scorer = Scorer(wrn16, space16, batch)
+    assert scorer.precision == "bf16"
+    configs = _random_configs(space16, 3, seed=2)
+    for config in configs:
+        bf16 = scorer.score(config).total
+        fp32 = scorer.score(config, precision="fp32").total
+        assert bf16 != fp32                       # the autocast really ran
+        assert bf16 == pytest.approx(fp32, rel=0.1)
+    assert Scorer(wrn16, space16, batch, precision="fp32").score(configs[0]).total == \
+        pytest.approx(scorer.score(configs[0], precision="fp32").total, rel=1e-9)
+    with pytest.raises(UsageError, match="precision"):
+        Scorer(wrn16, space16, batch, precision="fp16")
+
+
+def test_search_records_its_fisher_precision(result16):
+    assert result16.precision == "bf16" and "Fisher in bf16" in result16.policy_text()
+
+
 def test_policy_text_round_trips_through_a_file(tmp_path, space16):
     config = _random_configs(space16, 1, seed=9)[0]
     path = tmp_path / "p.txt"

@@ -71,6 +71,7 @@ class SearchResult:
     measured: dict[str, float] = field(default_factory=dict)   # the winner built by cheapen and counted
     latency_conditions: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    precision: str = "bf16"       # of the Fisher pass (autocast), "bf16" or "fp32"
 
     @property
     def winner(self) -> ScoredConfiguration:
@@ -93,8 +94,8 @@ class SearchResult:
         spread = c.spread
         lines = [
             f"# cheapconv search: {self.model}, {self.describe_budget()}",
-            f"# rank {rank} of {len(self.results)} scored configurations (seed {self.seed}; minibatch: "
-            f"{self.minibatch})",
+            f"# rank {rank} of {len(self.results)} scored configurations (seed {self.seed}; Fisher in "
+            f"{self.precision}; minibatch: {self.minibatch})",
             f"# cost {format_cost(c.cost, self.metric)}; parameters {c.paper:,} (paper), {c.params:,} "
             f"(trainable); {c.macs:,} MACs" + (f"; latency ≈ {c.latency_ms:.3f} ms (additive estimate, "
                                                   f"{self.latency_conditions.get('runtime', 'torch')})"
