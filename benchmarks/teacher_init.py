@@ -114,7 +114,8 @@ def build_student(teacher, block: str, init: str, calib, args):
         if init == "random":
             return cheapconv.cheapen(teacher, block), None
         if not init.startswith("teacher"):
-            raise SystemExit(f"unknown init {init!r}: random, teacher or teacher-lrX (e.g. teacher-lr0.01)")
+            raise SystemExit(f"unknown init {init!r}: random, teacher, teacher-lrX, teacher-clipY or "
+                             "teacher-lrX-clipY (e.g. teacher-lr0.01, teacher-clip1)")
         try:
             student = cheapconv.cheapen(teacher, block, init="teacher")
         except TypeError:  # a cheapconv without the data-free closed forms: reconstruction alone
@@ -123,6 +124,18 @@ def build_student(teacher, block: str, init: str, calib, args):
                                    progress=True)
     say(str(report))
     return student, report.as_dict()
+
+
+def recipe_of(init: str, base: DistillConfig) -> tuple[float, float | None]:
+    """(peak lr, gradient-norm clip) of an init name: "teacher-lrX" sets the lr (fine-tuning a good start),
+    "-clipY" clips the gradient norm at Y; otherwise the recipe's (lr 0.1, no clipping)."""
+    lr, clip = base.lr, base.grad_clip
+    for part in init.split("-")[1:]:
+        if part.startswith("lr"):
+            lr = float(part[2:])
+        elif part.startswith("clip"):
+            clip = float(part[4:])
+    return lr, clip
 
 
 def run_student(args, teacher, block, init, train, test, calib, base: DistillConfig) -> dict:
@@ -135,10 +148,11 @@ def run_student(args, teacher, block, init, train, test, calib, base: DistillCon
     fractions = (0.125, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0)
     steps = sorted({max(1, round(f * spe)) for f in fractions if f <= args.epochs} | {args.epochs * spe})
     cb = EvalAt(student, test, steps, args)
-    # "teacher-lrX": the same recipe with peak learning rate X (fine-tuning a good start), else the recipe's
-    lr = float(init[len("teacher-lr"):]) if init.startswith("teacher-lr") else base.lr
-    distill(teacher, student, train, config=base.replace(epochs=args.epochs, loss="at", lr=lr), callbacks=[cb])
-    return {"block": block, "init": init, "lr": lr, "step0": acc0, "curve": cb.curve, "steps_per_epoch": spe,
+    lr, clip = recipe_of(init, base)
+    distill(teacher, student, train, config=base.replace(epochs=args.epochs, loss="at", lr=lr, grad_clip=clip),
+            callbacks=[cb])
+    return {"block": block, "init": init, "lr": lr, "grad_clip": clip, "step0": acc0, "curve": cb.curve,
+            "steps_per_epoch": spe,
             "epochs": args.epochs, "init_seconds": round(init_seconds, 1), "reconstruction": report,
             "params": cheapconv.count_params(student, "paper"), "load": os.getloadavg()[0],
             "date": time.strftime("%Y-%m-%d %H:%M")}
@@ -147,6 +161,10 @@ def run_student(args, teacher, block, init, train, test, calib, base: DistillCon
 def steps_to_reach(step0: float, curve, target: float) -> int | None:
     """The first evaluated step (0: before any training) whose accuracy is at or above ``target``."""
     return next((s for s, a in [(0, step0), *curve] if a >= target - 1e-9), None)
+
+
+def clip_text(r: dict) -> str:
+    return f", clip {r['grad_clip']:g}" if r.get("grad_clip") else ""
 
 
 def cell(v: float | None) -> str:
@@ -185,7 +203,8 @@ def report(results: Path) -> str:
                 total = rand["curve"][-1][0]
                 reach = f"{s} of {total}" if s is not None else f"not reached in {r['curve'][-1][0]}"
                 speed = (f"{total / s:.1f}×" if s else "already at step 0") if s is not None else ""
-            lines.append(f"| {block} | {init} (lr {r.get('lr', 0.1):g}) | {cell(r['step0'])} | {cell(at(0.25))} | "
+            lines.append(f"| {block} | {init} (lr {r.get('lr', 0.1):g}{clip_text(r)}) | {cell(r['step0'])} | "
+                         f"{cell(at(0.25))} | "
                          f"{cell(at(1.0))} | {cell(r['curve'][-1][1])} ({r['epochs']} ep) | {reach} | {speed} |")
     return "\n".join(lines)
 

@@ -112,6 +112,11 @@ def cheapen(
     kind = cheapconv.save(student, output)
     err.print(f"Wrote {literal(output)} ({kind} format" + (": loading it will need --trust" if kind == "pickle" else "")
               + ").", highlight=False)
+    if init == "teacher":
+        # measured (benchmarks/README.md): unclipped lr-0.1 steps take a reconstructed student to chance
+        err.print("Next: distil it with --grad-clip 1 (cheapconv distill ... --grad-clip 1): its first gradients "
+                  "are far larger than its teacher's, and unclipped steps at the usual lr 0.1 undo the start.",
+                  highlight=False)
 
 
 def check_calibration(init: str, calib_data: str | None) -> None:
