@@ -2,23 +2,33 @@
 
 1. Train a small teacher (WRN-16-2) from scratch on real Fashion-MNIST (28×28 grayscale, zero-padded to
    32×32 and repeated to 3 channels, so the network is exactly the paper's CIFAR WRN).
-2. Cheapen it: every residual block becomes a cheap block (default ``B(2)``, a bottleneck).
-3. Distil the student from the teacher with attention transfer, with the teacher's own recipe.
-4. Print a before/after table: parameters (both conventions), MACs per image and test accuracy.
+2. Cheapen it twice: every residual block becomes a cheap block (default ``B(2)``, a bottleneck), once with
+   random weights (as in the papers) and once started from the teacher: ``init="teacher"``, then
+   ``cheapconv.reconstruct`` fits each cheap block to the teacher's output at that block on calibration
+   images (training images the students never train on).
+3. Distil both students from the teacher with attention transfer for the same short budget: the random one
+   with the teacher's own recipe, the teacher-initialised one with its gradient norm clipped at 1 (at lr 0.1
+   its first unclipped steps undo the good start; see ``benchmarks/README.md``).
+4. Print a table: parameters (both conventions), MACs per image, measured latency (batch 1, side by side)
+   and test accuracy, before distillation for the teacher-initialised student too.
 
 The same steps on the command line::
 
     cheapconv train wrn_16_2 --data fashion-mnist --epochs 2 --precision bf16 --channels-last -o teacher.pt
     cheapconv cheapen teacher.pt --block 'B(2)' -o student.pt
+    cheapconv cheapen teacher.pt --block 'B(2)' --init teacher --calib-data fashion-mnist -o student-ti.pt
     cheapconv distill --teacher teacher.pt --student student.pt --data fashion-mnist --loss at \\
-        --epochs 2 --precision bf16 --channels-last -o trained.pt
+        --epochs 1 --precision bf16 --channels-last -o trained.pt
+    cheapconv distill --teacher teacher.pt --student student-ti.pt --data fashion-mnist --loss at \\
+        --epochs 1 --precision bf16 --channels-last --grad-clip 1 -o trained-ti.pt
     cheapconv evaluate trained.pt --data fashion-mnist
 
 To stay within minutes, the demo trains on the first ``--train-samples`` training images (default 20,000
-of 60,000) for 2 + 2 epochs and evaluates on all 10,000 test images; bf16 autocast and channels_last make
-the convolutions 2-4× faster on CPUs with AVX-512 bf16/AMX. Progress goes to stderr, the table to stdout.
+of 60,000) for 2 epochs (teacher) and 1 epoch (each student), calibrates on 512 other training images, and
+evaluates on all 10,000 test images; bf16 autocast and channels_last make the convolutions 2-4× faster on
+CPUs with AVX-512 bf16/AMX. Progress goes to stderr, the table to stdout.
 
-    python examples/demo.py                      # ~3-8 min on 2 cores, depending on how busy they are
+    python examples/demo.py                      # ~4-9 min on 2 cores, depending on how busy they are
     python examples/demo.py --block 'G(4)' --train-samples 60000 --teacher-epochs 5 --student-epochs 5
 """
 
@@ -52,7 +62,9 @@ def main() -> int:
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--train-samples", type=int, default=20000, help="Training images used (0: all).")
     p.add_argument("--teacher-epochs", type=int, default=2)
-    p.add_argument("--student-epochs", type=int, default=2)
+    p.add_argument("--student-epochs", type=int, default=1)
+    p.add_argument("--calib-samples", type=int, default=512, help="Calibration images of the teacher-initialised "
+                   "student (0: skip that student).")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--loss", default="at", help="at, kd or at+kd.")
     p.add_argument("--precision", default="bf16", help="bf16 or fp32.")
@@ -69,6 +81,7 @@ def main() -> int:
     from cheapconv import DistillConfig, distill
     from cheapconv.data import TensorImageDataset, get_dataset
     from cheapconv.errors import CheapconvError
+    from cheapconv.train.metrics import evaluate
 
     def say(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -106,13 +119,30 @@ def main() -> int:
     teacher = teacher.to(memory_format=torch.contiguous_format)
     cheapconv.save(teacher, out / "teacher.pt")
 
-    # 2. the student: the teacher's architecture with cheap blocks, random initial weights
+    # 2. the students: the teacher's architecture with cheap blocks, (a) random initial weights, as in the
+    # papers, (b) started from the teacher and fitted block by block to its outputs on calibration images
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # notes about layers that keep their conv (the stem)
         student = cheapconv.cheapen(teacher, args.block)
+        warm = cheapconv.cheapen(teacher, args.block, init="teacher") if args.calib_samples else None
     cheapconv.save(student, out / "student-init.pt")
+    warm_time = 0.0
+    if warm is not None:
+        # the last training images: the teacher and the students train on the first --train-samples only
+        full = get_dataset(args.data, "train", in_chans=3, image_size=32, augment=False)
+        n = min(args.calib_samples, max(0, len(full) - len(train)))
+        calib = TensorImageDataset(full.images[len(full) - n:], full.labels[len(full) - n:], full.info,
+                                   augment=False, repeat=full.repeat) if n else full
+        t0 = time.perf_counter()
+        say(f"reconstructing the teacher-initialised student on {len(calib) if n else args.calib_samples:,} "
+            "calibration images")
+        cheapconv.reconstruct(student=warm, teacher=teacher, data=calib, samples=args.calib_samples, steps=100,
+                              progress=True)
+        warm_time = time.perf_counter() - t0
+        warm_start = evaluate(warm, test, batch_size=500, precision=args.precision, channels_last=True)
+        cheapconv.save(warm, out / "student-teacher-init.pt")
 
-    # 3. distillation with attention transfer, the teacher's recipe
+    # 3. distillation with attention transfer, the same budget for both students
     t0 = time.perf_counter()
     s_result = distill(teacher, student, train, val_data=test,
                        config=recipe.replace(epochs=args.student_epochs, loss=args.loss),
@@ -120,13 +150,32 @@ def main() -> int:
     student_time = time.perf_counter() - t0
     student = student.to(memory_format=torch.contiguous_format)
     cheapconv.save(student, out / "student.pt")
+    runs = [(f"teacher {args.teacher}", teacher, t_result.last, teacher_time),
+            (f"{args.block} random init → {args.loss.upper()}", student, s_result.last, student_time)]
+    if warm is not None:
+        t0 = time.perf_counter()
+        w_result = distill(teacher, warm, train, val_data=test,
+                           config=recipe.replace(epochs=args.student_epochs, loss=args.loss, grad_clip=1.0),
+                           checkpoint=out / "student-teacher-init.ckpt", overwrite=True)
+        warm_train = time.perf_counter() - t0
+        warm = warm.to(memory_format=torch.contiguous_format)
+        cheapconv.save(warm, out / "student-teacher-init-trained.pt")
+        runs += [(f"{args.block} teacher init", warm,
+                  {"val_top1": warm_start["top1"], "val_top5": warm_start["top5"]}, warm_time),
+                 (f"{args.block} teacher init → {args.loss.upper()}", warm, w_result.last, warm_time + warm_train)]
 
-    # 4. before / after: accuracy on the full test set from each run's final validation
+    # 4. the table: costs counted, latency measured (batch 1, every model timed side by side in one run),
+    # accuracy on the full test set
+    from cheapconv.measure.runtimes import measure_in_runtime
+
+    models = list({id(m): m for _, m, _, _ in runs}.values())
+    timed = measure_in_runtime([m.eval() for m in models], (1, 3, 32, 32), "torch", repeats=30, warmup=5)
+    latency_of = {id(m): t.median_ms for m, t in zip(models, timed, strict=True)}
     rows = []
-    for name, model, res, spent in ((f"teacher {args.teacher}", teacher, t_result, teacher_time),
-                                    (f"student {args.block} ({args.loss})", student, s_result, student_time)):
+    for name, model, last, spent in runs:
         rows.append((name, cheapconv.count_params(model, "trainable"), cheapconv.count_params(model, "paper"),
-                     cheapconv.count_macs(model, (1, 3, 32, 32)), res.last["val_top1"], res.last["val_top5"], spent))
+                     cheapconv.count_macs(model, (1, 3, 32, 32)), latency_of[id(model)], last["val_top1"],
+                     last["val_top5"], spent))
     _print_table(rows, args, len(train))
     say(f"done in {time.perf_counter() - started:.0f} s; models and metrics in {out}/")
     return 0
@@ -137,18 +186,23 @@ def _print_table(rows, args, n_train: int) -> None:
     from rich.table import Table
 
     teacher = rows[0]
-    t = Table(title=f"Moonshine on {args.data}: {args.teacher} teacher vs its {args.block} student "
-                    f"({n_train:,} training images, {args.teacher_epochs}+{args.student_epochs} epochs)",
+    t = Table(title=f"Moonshine on {args.data}: {args.teacher} teacher vs its {args.block} students "
+                    f"({n_train:,} training images; teacher {args.teacher_epochs} epochs, students "
+                    f"{args.student_epochs} epoch{'s' if args.student_epochs != 1 else ''} of {args.loss.upper()})",
               title_justify="left")
-    for col in ("model", "params (trainable)", "params (paper)", "MACs / image", "test top-1", "test top-5",
-                "train time"):
+    for col in ("model", "params (trainable)", "params (paper)", "MACs / image", "latency, batch 1",
+                "test top-1", "test top-5", "time spent"):
         t.add_column(col, justify="left" if col == "model" else "right")
-    for name, trainable, paper, macs, top1, top5, spent in rows:
-        rel = "" if name == teacher[0] else f" ({paper / teacher[2]:.0%})"
-        mrel = "" if name == teacher[0] else f" ({macs / teacher[3]:.0%})"
-        t.add_row(name, f"{trainable:,}", f"{paper:,}{rel}", f"{macs / 1e6:.1f} M{mrel}", f"{100 * top1:.2f}%",
-                  f"{100 * top5:.2f}%", f"{spent:.0f} s")
-    Console(width=max(120, Console().width)).print(t)
+    for name, trainable, paper, macs, ms, top1, top5, spent in rows:
+        first = name == teacher[0]
+        rel = "" if first else f" ({paper / teacher[2]:.0%})"
+        mrel = "" if first else f" ({macs / teacher[3]:.0%})"
+        speed = "" if first else f" ({teacher[4] / ms:.2f}×)"
+        t.add_row(name, f"{trainable:,}", f"{paper:,}{rel}", f"{macs / 1e6:.1f} M{mrel}", f"{ms:.2f} ms{speed}",
+                  f"{100 * top1:.2f}%", f"{100 * top5:.2f}%", f"{spent:.0f} s")
+    Console(width=max(140, Console().width)).print(t)
+    print("Latency: torch eager, fp32, median of 30 passes of each model in turn (speed-up over the teacher). "
+          "Time spent: training, and for the teacher-initialised student the calibration fit before it.")
 
 
 if __name__ == "__main__":
