@@ -68,13 +68,17 @@ def attention_map(x: Tensor) -> Tensor:
 
     i.e. ``F.normalize(x.pow(2).mean(1).flatten(1), p=2, dim=1)``; the result is B×HW. The computation runs in
     float32 whatever the input dtype, because under bf16/fp16 autocast the squared activations and the norm
-    lose most of their precision and the AT loss is a difference of two such maps.
+    lose most of their precision and the AT loss is a difference of two such maps. The channel sum of squares
+    is a float32 ``vector_norm`` that reads the bf16 activation directly: equal to squaring an fp32 copy (to
+    3e-7, gradients too) without making that copy, which took 40 % of the AT term's time in a bf16 +
+    channels_last step (61 → 35 ms for WRN-16-2's three taps at batch 128, forward + backward).
     """
     if x.dim() != 4:
         raise UsageError(
             f"attention_map expects an activation of shape B×C×H×W, got a tensor of shape {tuple(x.shape)}."
         )
-    return F.normalize(x.float().pow(2).mean(1).flatten(1), p=2.0, dim=1, eps=1e-12)
+    sum_sq = torch.linalg.vector_norm(x, 2, dim=1, dtype=torch.float32).pow(2)
+    return F.normalize(sum_sq.div(x.shape[1]).flatten(1), p=2.0, dim=1, eps=1e-12)
 
 
 def at_term(student_act: Tensor, teacher_act: Tensor, *, tap: str | int | None = None) -> Tensor:
