@@ -143,14 +143,16 @@ def search(
     import torch
 
     from cheapconv.blockswap import search as run_search
+    from cheapconv.blockswap.scoring import PRECISIONS
     from cheapconv.measure.runtimes import RUNTIMES, check_runtime
 
     metric = _metric(metric)
     if runtime not in RUNTIMES:
         raise typer.BadParameter(f"choose one of {', '.join(RUNTIMES)}, not {runtime!r}", param_hint="--runtime")
     check_runtime(runtime)  # not installed: a usage error naming the extra, before any work
-    if precision not in ("bf16", "fp32"):
-        raise typer.BadParameter(f"choose bf16 or fp32, not {precision!r}", param_hint="--fisher-precision")
+    if precision not in PRECISIONS:
+        raise typer.BadParameter(f"choose {' or '.join(PRECISIONS)}, not {precision!r}",
+                                 param_hint="--fisher-precision")
     if convention not in ("paper", "trainable"):
         raise typer.BadParameter(f"choose paper or trainable, not {convention!r}", param_hint="--convention")
     output_path(output, required=False)

@@ -97,6 +97,7 @@ def main() -> int:
     except CheapconvError as e:
         say(f"error: {e}")
         return 2
+    full = train   # all training images; the teacher-initialised student calibrates on ones not trained on
     if args.train_samples and args.train_samples < len(train):
         # The first N images: Fashion-MNIST's training set is shuffled, so every class is represented.
         train = TensorImageDataset(train.images[:args.train_samples], train.labels[:args.train_samples],
@@ -129,7 +130,6 @@ def main() -> int:
     warm_time = 0.0
     if warm is not None:
         # the last training images: the teacher and the students train on the first --train-samples only
-        full = get_dataset(args.data, "train", in_chans=3, image_size=32, augment=False)
         n = min(args.calib_samples, max(0, len(full) - len(train)))
         calib = TensorImageDataset(full.images[len(full) - n:], full.labels[len(full) - n:], full.info,
                                    augment=False, repeat=full.repeat) if n else full
