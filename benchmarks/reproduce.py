@@ -63,6 +63,7 @@ import cheapconv
 from cheapconv import DistillConfig, distill
 from cheapconv.data import TensorImageDataset, get_dataset
 from cheapconv.store.files import atomic_write
+from cheapconv.train.callbacks import Callback
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -204,8 +205,12 @@ def train_one(run: Run, settings: Settings, args, data, records: list[dict]) -> 
     resumed = ckpt.exists()
     if resumed:
         say(f"  resuming from {ckpt}")
+    curve = TestCurve(student, test, ckpt.with_suffix(".curve.jsonl")) if run.row == "5" else None
+    if curve is not None and not resumed:
+        curve.path.unlink(missing_ok=True)   # points of an earlier, unfinished attempt without a checkpoint
     t0 = time.perf_counter()
-    result = distill(teacher, student, data_train, config=cfg, checkpoint=ckpt, resume=resumed)
+    result = distill(teacher, student, data_train, config=cfg, checkpoint=ckpt, resume=resumed,
+                     callbacks=[curve] if curve is not None else ())
     wall = time.perf_counter() - t0
     student = result.student.to(memory_format=torch.contiguous_format)
     acc = cheapconv.evaluate(student, test, batch_size=500)   # fp32, whatever precision trained it
@@ -218,6 +223,7 @@ def train_one(run: Run, settings: Settings, args, data, records: list[dict]) -> 
               "epochs": run.epochs, "batch_size": settings.batch_size, "precision": cfg.precision,
               "channels_last": cfg.channels_last, "grad_clip": cfg.grad_clip, "wall_s": round(wall, 1),
               "resumed": resumed,
+              **({"curve": curve.points(), "curve_columns": ["step", "epoch", "test_top1"]} if curve else {}),
               "device": str(next(student.parameters()).device), **extra, **environment(args)}
     if run.row == "1":
         path = teacher_path(args.work, settings)
@@ -236,10 +242,42 @@ def teacher_initialised(run: Run, teacher, test, args) -> tuple[torch.nn.Module,
     calib = get_dataset(args.data, "train", augment=False, in_chans=3, image_size=32)
     t0 = time.perf_counter()
     report = cheapconv.reconstruct(student, teacher, calib, samples=args.calib_samples, seed=run.seed,
+                                   steps=args.calib_steps,
                                    progress=not args.quiet)
     acc0 = cheapconv.evaluate(student, test, batch_size=500)["top1"]
     return student, {"init_seconds": round(time.perf_counter() - t0, 1), "test_top1_at_start": round(acc0, 5),
-                     "calib_samples": getattr(report, "samples", args.calib_samples)}
+                     "calib_samples": getattr(report, "samples", args.calib_samples),
+                     "calib_steps": args.calib_steps}
+
+
+class TestCurve(Callback):
+    """Row 5's learning curve: test top-1 after fixed fractions of an epoch (issue 11 asks for ¼ and 1 epoch).
+
+    Each point is appended to a JSON-lines file beside the run's checkpoint as soon as it is measured, so a
+    resumed run keeps the points before its interruption; ``points()`` reads them back in step order."""
+
+    FRACTIONS = (0.125, 0.25, 0.5, 1.0, 2.0)
+
+    def __init__(self, student: torch.nn.Module, test, path: Path):
+        self.student, self.test, self.path = student, test, path
+
+    def on_step(self, run) -> None:
+        marks = {max(1, round(f * run.steps_per_epoch)) for f in self.FRACTIONS if f < run.epochs}
+        if run.step in marks:
+            top1 = cheapconv.evaluate(self.student, self.test, batch_size=500)["top1"]
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"step": run.step, "epoch": round(run.step / run.steps_per_epoch, 4),
+                                    "test_top1": round(top1, 5)}) + "\n")
+
+    def points(self) -> list[list[float]]:
+        if not self.path.exists():
+            return []
+        got = {}
+        for line in self.path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                got[rec["step"]] = [rec["step"], rec["epoch"], rec["test_top1"]]
+        return [got[k] for k in sorted(got)]
 
 
 # --------------------------------------------------------------------------- search and sampled configurations
@@ -360,6 +398,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--parity-subset", type=int, default=10000)
     p.add_argument("--teacher-init", action="store_true", help="Add row 5 (teacher-initialised students).")
     p.add_argument("--calib-samples", type=int, default=2048)
+    p.add_argument("--calib-steps", type=int, default=200, help="Row 5: optimisation steps per reconstructed site.")
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--data", default="fashion-mnist")

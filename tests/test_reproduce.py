@@ -110,3 +110,20 @@ def _restore_threads():
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
+
+
+def test_teacher_initialised_row_records_its_learning_curve(tmp_path):
+    """Row 5 (issue 11's question, at the study's schedule): the start's accuracy and test top-1 after fixed
+    fractions of the first epoch."""
+    results, work = tmp_path / "r.jsonl", tmp_path / "work"
+    argv = [*TINY[:-1], "1,5", "--teacher-init", "--calib-samples", "32", "--calib-steps", "5",
+            "--subset", "256", "--batch-size", "32", "--results", str(results), "--work", str(work)]
+    reproduce.main(argv)
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    init = [r for r in rows if r["row"] == "5"]
+    assert [r["student"] for r in init] == ["init:G(4)", "init:B(2)"]
+    for r in init:
+        assert r["steps"] == 8 and r["calib_samples"] == 32 and r["calib_steps"] == 5
+        assert 0 <= r["test_top1_at_start"] <= 1
+        assert [p[0] for p in r["curve"]] == [1, 2, 4]           # 1/8, 1/4 and 1/2 of an 8-step epoch
+        assert all(0 <= p[2] <= 1 for p in r["curve"]) and r["curve"][1][1] == 0.25
