@@ -17,10 +17,12 @@ from torch import nn
 
 import cheapconv
 from cheapconv import DistillConfig, distill
+from cheapconv.blocks import Bottleneck, GroupedPointwise, ShufflePointwise
 from cheapconv.data import DEBIAN_FASHION_MNIST_DIR, TensorImageDataset, get_dataset, synthetic_dataset
 from cheapconv.errors import UsageError
 from cheapconv.models import WideResNet
 from cheapconv.reconstruction import fitting_sites
+from cheapconv.reconstruction.balance import balance_block
 from cheapconv.reconstruction.batchnorm import batchnorms, recalibrate
 from cheapconv.reconstruction.linear import Moments, dense_solution, reduced_rank_solution
 from cheapconv.train.param_groups import parameter_groups
@@ -164,11 +166,82 @@ def test_function_preserving_batchnorm_recalibration():
     torch.manual_seed(0)
     block = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()).eval()
     x = torch.randn(32, 3, 8, 8) * 3 + 1
-    before = block(x)
+    before = block(x).detach()
     recalibrate(batchnorms(block), block, x.split(8), preserve=True)
     assert torch.allclose(block(x), before, atol=1e-5)
     assert not torch.allclose(block[1].running_mean, torch.zeros(8))
     assert not block.training and block[1].momentum == 0.1
+
+
+def _badly_scaled(block: nn.Module) -> nn.Module:
+    """``block`` with weights and BatchNorm statistics spread over orders of magnitude, in eval mode."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for m in block.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_(torch.exp(2 * torch.randn(m.weight.shape[0], 1, 1, 1)))
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.copy_(torch.exp(3 * torch.randn_like(m.running_var)))
+                m.weight.uniform_(-2, 2)
+                m.bias.normal_()
+    return block.eval()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Bottleneck(16, 24, 8, 3, padding=1),
+    lambda: Bottleneck(16, 16, 8, 3, stride=2, padding=1, groups=8),
+    lambda: GroupedPointwise(16, 24, 3, padding=1, groups=4),
+])
+def test_rescaling_for_training_keeps_the_function_and_fixes_the_scales(make):
+    block = _badly_scaled(make())
+    x = torch.randn(4, 16, 9, 9)
+    before = block(x).detach()
+    assert balance_block(block, 0.8) == (4 if isinstance(block, Bottleneck) else 2)
+    assert torch.allclose(block(x), before, rtol=1e-4, atol=1e-5 * float(before.abs().max()))
+    for name, m in block.named_modules():
+        if isinstance(m, nn.Conv2d) and name in ("reduce", "conv", "grouped"):    # each followed by a BatchNorm
+            rows = m.weight.reshape(m.out_channels, -1).norm(dim=1)
+            assert torch.allclose(rows, torch.full_like(rows, 0.8), rtol=1e-4), name
+    bn, nxt = (block.bn2, block.expand) if isinstance(block, Bottleneck) else (block.bn, block.pointwise)
+    reads = nxt.weight.transpose(0, 1).reshape(nxt.in_channels, -1).norm(dim=1)
+    assert torch.allclose(reads, torch.sqrt(bn.weight ** 2 + bn.bias ** 2), rtol=1e-4)
+
+
+def test_rescaling_leaves_what_it_cannot_rescale():
+    """A channel shuffle between norm and conv, and a block that does not trace: nothing changes."""
+    shuffle = _badly_scaled(ShufflePointwise(16, 16, 3, groups=4, padding=1))
+    x = torch.randn(2, 16, 6, 6)
+    before = shuffle(x).detach()
+    balance_block(shuffle, 1.0)
+    assert torch.allclose(shuffle(x), before, rtol=1e-4, atol=1e-5 * float(before.abs().max()))
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)) if x.sum() > 0 else x     # data-dependent: fx cannot trace it
+
+    branchy = Branchy().eval()
+    weight = branchy.conv.weight.clone()
+    assert balance_block(branchy, 1.0) == 0 and torch.equal(branchy.conv.weight, weight)
+    with pytest.raises(ValueError, match="positive"):
+        balance_block(branchy, 0.0)
+
+
+@needs_fmnist
+def test_reconstructed_blocks_are_rescaled_unless_asked_not_to(teacher, images):
+    plain, balanced = (_student(teacher, "B(2)", init="teacher") for _ in range(2))
+    kw = dict(samples=32, steps=2, batch_size=16, progress=False)
+    off = cheapconv.reconstruct(plain, teacher, images, balance=False, **kw)
+    on = cheapconv.reconstruct(balanced, teacher, images, **kw)
+    assert all("rescaled" in s.method for s in on.sites) and not any("rescaled" in s.method for s in off.sites)
+    assert [round(s.after, 4) for s in on.sites] == [round(s.after, 4) for s in off.sites]
+    x = torch.stack([images[i][0] for i in range(8)])
+    with torch.no_grad():
+        assert torch.allclose(balanced(x), plain(x), rtol=1e-3, atol=1e-4)
 
 
 # --------------------------------------------------------------------------------------------- bad input

@@ -16,6 +16,9 @@ For each site, in the order the student runs them:
    block run in train mode (batch statistics, as after recalibration), then are recalibrated on the sample
    and the last 1×1 conv refitted once more. The state with the lower error on the sample is kept, so the
    optimisation never makes a closed form worse.
+4. An exact rescaling for training (:mod:`.balance`): convs followed by a BatchNorm get the row norm of the
+   teacher's conv at the site, and each BatchNorm → ReLU → conv pair balanced norms; the eval-mode function
+   is unchanged, SGD at the teacher's learning rate then moves the block at a normal relative speed.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from torch import nn
 
 from ..blocks import LowRankPointwise, SamePadded, SeparablePointwise
 from ..blocks.factorize import depthwise_pointwise
+from .balance import balance_block
 from .batchnorm import batchnorms, recalibrate
 from .capture import prefix_input, prefix_output
 from .linear import Moments, dense_solution, pointwise_features, reduced_rank_solution
@@ -41,10 +45,11 @@ __all__ = ["FitSettings", "SiteFit", "fit_site"]
 @dataclass(frozen=True)
 class FitSettings:
     steps: int = 200
-    lr: float = 1e-3
+    lr: float = 1e-2
     batch_size: int = 32
     cache_bytes: int = 512 * 2**20
     seed: int = 0
+    balance: bool = True
 
 
 @dataclass
@@ -182,6 +187,15 @@ def _teacher_conv(teacher: nn.Module, site: Site) -> nn.Conv2d:
     return teacher.get_submodule(site.teacher_in)
 
 
+def _typical_row_norm(conv: nn.Module) -> float:
+    """The median output-row norm of a teacher conv (1 where it has no weight to measure)."""
+    w = getattr(conv, "weight", None)
+    if not isinstance(w, torch.Tensor) or w.numel() == 0:
+        return 1.0
+    norm = float(w.detach().float().reshape(w.shape[0], -1).norm(dim=1).median())
+    return norm if norm > 0 else 1.0
+
+
 def fit_site(site: Site, student: nn.Module, teacher: nn.Module, batches: Callable[[], Iterable[torch.Tensor]],
              settings: FitSettings, device: torch.device, samples: int) -> SiteFit:
     """Fit ``site``'s block (see the module docstring); both models must already be in eval mode."""
@@ -237,4 +251,6 @@ def fit_site(site: Site, student: nn.Module, teacher: nn.Module, batches: Callab
         block.load_state_dict(kept)
         fitted = before_adam
         method = method.replace(" + Adam", "") + " (Adam undone: no gain)"
+    if settings.balance and balance_block(inner, _typical_row_norm(_teacher_conv(teacher, site))):
+        method += " + rescaled for training"
     return SiteFit(method, start, fitted, cache.n, streamed, cache.nbytes + moments.nbytes)
