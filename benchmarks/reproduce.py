@@ -47,6 +47,7 @@ The Fisher-ranking check (bf16 and smaller minibatches against fp32 / 128 images
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -89,14 +90,17 @@ def read_results(path: Path) -> list[dict]:
 
 
 def append_result(path: Path, record: dict) -> None:
-    """Append one record; the file is rewritten atomically, so it never holds half a line."""
+    """Append one record; the file is rewritten atomically, so it never holds half a line, under a lock file,
+    so two processes of the study (say ``--only 5`` beside the main run) never drop each other's lines."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    old = path.read_text() if path.exists() else ""
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = path.read_text() if path.exists() else ""
 
-    def write(tmp: str) -> None:
-        Path(tmp).write_text(old + json.dumps(record, sort_keys=True) + "\n")
+        def write(tmp: str) -> None:
+            Path(tmp).write_text(old + json.dumps(record, sort_keys=True) + "\n")
 
-    atomic_write(path, write)
+        atomic_write(path, write)
 
 
 def environment(args: argparse.Namespace) -> dict:
@@ -364,6 +368,9 @@ def execute(args: argparse.Namespace, settings: Settings) -> None:
     data = load_data(args) if todo else None
     for n, job in enumerate(todo, start=1):
         records = read_results(args.results)
+        if job.key in {r["key"] for r in records}:
+            say(f"[{n}/{len(todo)}] {job.key}: finished meanwhile by another process of the study")
+            continue
         if isinstance(job, plan_mod.Skip):
             say(f"[{n}/{len(todo)}] skipped: {job.reason}")
             continue
