@@ -26,6 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from reproduce_row5 import teacher_init_section  # noqa: E402
 from reproduce_stats import bootstrap_spearman, bootstrap_spearman_difference, mean_sd, spearman  # noqa: E402
 
 MODES = ("scratch", "kd", "at")
@@ -458,6 +459,7 @@ def render(results: Path, out: Path, *, fisher: list[Path] | None = None, margin
     for title, verdict, texts in claims(s, margin):
         lines += [f"**{title}: {verdict}.**", "", *[f"- {t}" for t in texts], ""]
     lines += ["### Search fidelity: the sampled configurations (claim 5)", "", *fidelity_section(s), ""]
+    lines += ["## Teacher-initialised students along the run (row 5)", "", *teacher_init_section(records), ""]
     lines += ["## Accuracy parity of the fast setting (row 0)", "", *parity_section(s), "",
               "## Fisher ranking with bf16 and smaller minibatches", "", *fisher_section(fisher), "",
               FISHER_DECISION, "",

@@ -127,3 +127,18 @@ def test_teacher_initialised_row_records_its_learning_curve(tmp_path):
         assert 0 <= r["test_top1_at_start"] <= 1
         assert [p[0] for p in r["curve"]] == [1, 2, 4]           # 1/8, 1/4 and 1/2 of an 8-step epoch
         assert all(0 <= p[2] <= 1 for p in r["curve"]) and r["curve"][1][1] == 0.25
+    out = tmp_path / "reproduction.md"
+    reproduce_report.main(["--results", str(results), "--out", str(out)])
+    section = out.read_text().split("## Teacher-initialised students along the run (row 5)")[1].split("\n## ")[0]
+    g4 = next(line for line in section.splitlines() if line.startswith("| G(4) | 0 |"))
+    assert f"| {100 * init[0]['test_top1_at_start']:.2f} | {100 * init[0]['curve'][0][2]:.2f} |" in g4
+    assert "| – |" in g4                                   # no random-initialised G(4) in this study: no comparison
+
+
+def test_row5_steps_to_the_random_final():
+    import reproduce_row5
+    curve = [[1, 0.125, 0.5], [2, 0.25, 0.72], [4, 0.5, 0.8]]
+    assert reproduce_row5.steps_to_reach(0.6, curve, 8, 0.9, 0.7) == 2
+    assert reproduce_row5.steps_to_reach(0.6, curve, 8, 0.9, 0.55) == 0
+    assert reproduce_row5.steps_to_reach(0.6, curve, 8, 0.9, 0.85) == 8
+    assert reproduce_row5.steps_to_reach(0.6, curve, 8, 0.9, 0.95) is None

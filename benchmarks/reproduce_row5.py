@@ -1,0 +1,57 @@
+"""The reproduction report's section on row 5: teacher-initialised + reconstructed students against the
+random-initialised students of row 2, along the run (issue 11's question at the study's full schedule)."""
+
+from __future__ import annotations
+
+FRACTIONS = (0.125, 0.25, 0.5, 1.0, 2.0)
+LABELS = ("⅛ ep", "¼ ep", "½ ep", "1 ep", "2 ep")
+
+
+def _pct(top1: float | None) -> str:
+    return "–" if top1 is None else f"{100 * top1:.2f}"
+
+
+def steps_to_reach(start: float, curve: list[list[float]], final_step: int, final: float,
+                   target: float) -> int | None:
+    """The first measured step (0: the start) at which the accuracy is at or above ``target``."""
+    points = [(0, start), *[(int(p[0]), p[2]) for p in curve], (final_step, final)]
+    return next((step for step, top1 in points if top1 >= target - 1e-9), None)
+
+
+def teacher_init_section(records: list[dict]) -> list[str]:
+    """Markdown lines: one row per row-5 run with its learning curve (test top-1 %, fp32 evaluation)."""
+    runs = [r for r in records if r.get("kind") == "run" and r.get("row") == "5"]
+    if not runs:
+        return ["Pending (row 5 has not run: `python benchmarks/reproduce.py --teacher-init`)."]
+    random = {r["student"]: r for r in records
+              if r.get("kind") == "run" and r.get("row") == "2" and r.get("mode") == "at" and r.get("seed") == 0}
+    head = "| student | seed | step 0 | " + " | ".join(LABELS) + " | final | random-init AT final | " \
+           "steps to it | fewer steps |"
+    lines = [head, "|" + "---|" * (len(LABELS) + 8)]
+    for r in sorted(runs, key=lambda r: (r["student"], r["seed"])):
+        block = r["student"].removeprefix("init:")
+        spe = r["steps"] / r["epochs"]
+        by_fraction = {round(p[1], 3): p[2] for p in r.get("curve", [])}
+        cells = [_pct(by_fraction.get(round(f, 3))) if f < r["epochs"] else "–" for f in FRACTIONS]
+        rand = random.get(block)
+        reach = fewer = "–"
+        if rand:
+            s = steps_to_reach(r["test_top1_at_start"], r.get("curve", []), r["steps"], r["test_top1"],
+                               rand["test_top1"])
+            reach = f"{s} of {rand['steps']}" if s is not None else f"not reached in {r['steps']}"
+            fewer = ("at step 0" if s == 0 else f"{rand['steps'] / s:.1f}×") if s is not None else "–"
+        lines.append(f"| {block} | {r['seed']} | {_pct(r['test_top1_at_start'])} | " + " | ".join(cells) +
+                     f" | {_pct(r['test_top1'])} ({r['epochs']} ep) | {_pct(rand['test_top1']) if rand else '–'} | "
+                     f"{reach} | {fewer} |")
+    calib = {(r.get("calib_samples"), r.get("calib_steps")) for r in runs}
+    teacher = next((r for r in records if r.get("kind") == "run" and r.get("row") == "1"), None)
+    lines += ["", "Test top-1 %, fp32, on the study's test images, as the model stands at that step (running "
+                  f"BatchNorm statistics). One epoch is {spe:.0f} steps. The start is `cheapen(teacher, block, "
+                  "init=\"teacher\")` + `cheapconv.reconstruct` on "
+                  + "; ".join(f"{n} training images, {k if k is not None else 'the default'} steps per site"
+                              for n, k in sorted(calib, key=str))
+                  + ", then AT with the study's schedule and the gradient norm clipped at 1."
+                  + (f" Teacher: {_pct(teacher['test_top1'])}." if teacher else "")
+                  + " \"Steps to it\": the first measured step at or above the random-initialised AT student's "
+                  "final accuracy (row 2, seed 0)."]
+    return lines
