@@ -130,13 +130,16 @@ def build_student(teacher, block: str, init: str, calib, args):
             return cheapconv.cheapen(teacher, block), None
         if not init.startswith("teacher"):
             raise SystemExit(f"unknown init {init!r}: random, teacher, teacher-lrX, teacher-clipY or "
-                             "teacher-lrX-clipY (e.g. teacher-lr0.01, teacher-clip1)")
+                             "teacher-lrX-clipY (e.g. teacher-lr0.01, teacher-clip1), each optionally with "
+                             "-nobalance (no rescaling of the fitted blocks)")
         try:
             student = cheapconv.cheapen(teacher, block, init="teacher")
         except TypeError:  # a cheapconv without the data-free closed forms: reconstruction alone
             student = cheapconv.cheapen(teacher, block)
-    steps = {} if args.steps is None else {"steps": args.steps}     # None: the library's default
-    report = cheapconv.reconstruct(student, teacher, calib, samples=args.calib_samples, progress=True, **steps)
+    kw = {} if args.steps is None else {"steps": args.steps}     # None: the library's default
+    if "nobalance" in init.split("-"):    # the ablation: fitted blocks not rescaled for training
+        kw["balance"] = False
+    report = cheapconv.reconstruct(student, teacher, calib, samples=args.calib_samples, progress=True, **kw)
     say(str(report))
     return student, report.as_dict()
 
