@@ -115,8 +115,8 @@ def cheapen(
     if init == "teacher":
         # measured (benchmarks/README.md): unclipped lr-0.1 steps take a reconstructed student to chance
         err.print("Next: distil it with --grad-clip 1 (cheapconv distill ... --grad-clip 1): its first gradients "
-                  "are far larger than its teacher's, and unclipped steps at the usual lr 0.1 undo the start.",
-                  highlight=False)
+                  "are far larger than its teacher's, and unclipped steps at the usual lr 0.1 undo the start. On a "
+                  "short budget a fine-tuning lr keeps more of it (--lr 0.02 --grad-clip 1).", highlight=False)
 
 
 def check_calibration(init: str, calib_data: str | None) -> None:

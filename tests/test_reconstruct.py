@@ -339,6 +339,8 @@ def test_cli_cheapen_with_calibration(tmp_path, capsys):
     assert code == 0, stderr
     assert "Reconstruction on 64 calibration images" in stdout and "error after" in stdout
     assert "zero-padding" in stderr    # the adapters applied to the data are said, as everywhere else
+    assert "--grad-clip 1" in stderr and "--lr 0.02" in stderr     # how to distil what it wrote
+    assert "rescaled for training" in stdout
     student = cheapconv.load(out)
     assert student(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
