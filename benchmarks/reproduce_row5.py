@@ -27,12 +27,12 @@ def teacher_init_section(records: list[dict]) -> list[str]:
               if r.get("kind") == "run" and r.get("row") == "2" and r.get("mode") == "at" and r.get("seed") == 0}
     head = "| student | seed | step 0 | " + " | ".join(LABELS) + " | final | random-init AT final | " \
            "steps to it | fewer steps |"
-    lines = [head, "|" + "---|" * (len(LABELS) + 8)]
+    lines = [head, "|" + "---|" * (len(LABELS) + 7)]
     for r in sorted(runs, key=lambda r: (r["student"], r["seed"])):
         block = r["student"].removeprefix("init:")
-        spe = r["steps"] / r["epochs"]
-        by_fraction = {round(p[1], 3): p[2] for p in r.get("curve", [])}
-        cells = [_pct(by_fraction.get(round(f, 3))) if f < r["epochs"] else "–" for f in FRACTIONS]
+        spe = r["steps"] // r["epochs"]
+        by_step = {int(p[0]): p[2] for p in r.get("curve", [])}     # the steps TestCurve evaluated at
+        cells = [_pct(by_step.get(max(1, round(f * spe)))) if f < r["epochs"] else "–" for f in FRACTIONS]
         rand = random.get(block)
         reach = fewer = "–"
         if rand:
