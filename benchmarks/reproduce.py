@@ -70,6 +70,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import reproduce_plan as plan_mod  # noqa: E402
 from reproduce_plan import Run, Settings, plan_runs  # noqa: E402
+from reproduce_row5 import curve_steps  # noqa: E402
 
 RESULTS = HERE / "results" / "reproduce.jsonl"
 WORK = HERE.parent / "runs" / "reproduce"   # checkpoints and the teacher (/runs/ is ignored by git)
@@ -260,14 +261,14 @@ class TestCurve(Callback):
     Each point is appended to a JSON-lines file beside the run's checkpoint as soon as it is measured, so a
     resumed run keeps the points before its interruption; ``points()`` reads them back in step order."""
 
-    FRACTIONS = (0.125, 0.25, 0.5, 1.0, 2.0)
-
     def __init__(self, student: torch.nn.Module, test, path: Path):
-        self.student, self.test, self.path = student, test, path
+        self.student, self.test, self.path, self.marks = student, test, path, set()
+
+    def on_start(self, run) -> None:
+        self.marks = set(curve_steps(run.steps_per_epoch, run.epochs).values())
 
     def on_step(self, run) -> None:
-        marks = {max(1, round(f * run.steps_per_epoch)) for f in self.FRACTIONS if f < run.epochs}
-        if run.step in marks:
+        if run.step in self.marks:
             top1 = cheapconv.evaluate(self.student, self.test, batch_size=500)["top1"]
             with open(self.path, "a") as f:
                 f.write(json.dumps({"step": run.step, "epoch": round(run.step / run.steps_per_epoch, 4),

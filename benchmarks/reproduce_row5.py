@@ -3,6 +3,8 @@ random-initialised students of row 2, along the run (issue 11's question at the 
 
 from __future__ import annotations
 
+from reproduce_stats import steps_to_reach
+
 FRACTIONS = (0.125, 0.25, 0.5, 1.0, 2.0)
 LABELS = ("⅛ ep", "¼ ep", "½ ep", "1 ep", "2 ep")
 
@@ -11,11 +13,10 @@ def _pct(top1: float | None) -> str:
     return "–" if top1 is None else f"{100 * top1:.2f}"
 
 
-def steps_to_reach(start: float, curve: list[list[float]], final_step: int, final: float,
-                   target: float) -> int | None:
-    """The first measured step (0: the start) at which the accuracy is at or above ``target``."""
-    points = [(0, start), *[(int(p[0]), p[2]) for p in curve], (final_step, final)]
-    return next((step for step, top1 in points if top1 >= target - 1e-9), None)
+def curve_steps(steps_per_epoch: int, epochs: int) -> dict[float, int]:
+    """The optimiser step that ends each fraction of an epoch in ``FRACTIONS``, for those before the run's end:
+    where ``reproduce.TestCurve`` evaluates and where this section looks its figures up."""
+    return {f: max(1, round(f * steps_per_epoch)) for f in FRACTIONS if f < epochs}
 
 
 def teacher_init_section(records: list[dict]) -> list[str]:
@@ -31,13 +32,14 @@ def teacher_init_section(records: list[dict]) -> list[str]:
     for r in sorted(runs, key=lambda r: (r["student"], r["seed"])):
         block = r["student"].removeprefix("init:")
         spe = r["steps"] // r["epochs"]
-        by_step = {int(p[0]): p[2] for p in r.get("curve", [])}     # the steps TestCurve evaluated at
-        cells = [_pct(by_step.get(max(1, round(f * spe)))) if f < r["epochs"] else "–" for f in FRACTIONS]
+        by_step = {int(p[0]): p[2] for p in r.get("curve", [])}
+        steps = curve_steps(spe, r["epochs"])
+        cells = [_pct(by_step.get(steps[f])) if f in steps else "–" for f in FRACTIONS]
         rand = random.get(block)
         reach = fewer = "–"
         if rand:
-            s = steps_to_reach(r["test_top1_at_start"], r.get("curve", []), r["steps"], r["test_top1"],
-                               rand["test_top1"])
+            measured = [*sorted(by_step.items()), (r["steps"], r["test_top1"])]
+            s = steps_to_reach(r["test_top1_at_start"], measured, rand["test_top1"])
             reach = f"{s} of {rand['steps']}" if s is not None else f"not reached in {r['steps']}"
             fewer = ("at step 0" if s == 0 else f"{rand['steps'] / s:.1f}×") if s is not None else "–"
         lines.append(f"| {block} | {r['seed']} | {_pct(r['test_top1_at_start'])} | " + " | ".join(cells) +

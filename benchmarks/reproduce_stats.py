@@ -75,6 +75,12 @@ def bootstrap_spearman_difference(x1: Sequence[float], x2: Sequence[float], y: S
     return percentile_interval(values, level)
 
 
+def steps_to_reach(start: float, points: Sequence[tuple[int, float]], target: float) -> int | None:
+    """The first measured step (0: ``start``, the accuracy before training; then ``points``, (step, accuracy)
+    pairs in step order) whose accuracy is at or above ``target``; None if none is."""
+    return next((step for step, top1 in [(0, start), *points] if top1 >= target - 1e-9), None)
+
+
 def percentile_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
     """The central ``level`` interval of ``values`` (NaN, NaN when empty)."""
     if not values:

@@ -35,6 +35,7 @@ from copy import deepcopy
 from pathlib import Path
 
 import torch
+from reproduce_stats import steps_to_reach  # beside this script (benchmarks/ is on sys.path)
 
 import cheapconv
 from cheapconv import DistillConfig, distill
@@ -85,21 +86,23 @@ class EvalAt(Callback):
     a run that ends with the learning rate annealed has them agree."""
 
     def __init__(self, student, test, steps, args, calib):
-        self.student, self.test, self.steps, self.args, self.calib = student, test, set(steps), args, calib
+        self.student, self.test, self.steps, self.args = student, test, set(steps), args
+        # the calibration images as batches, built once for every curve point
+        self.calib_batches = torch.stack([calib[i][0] for i in range(len(calib))]).split(128)
         self.curve: list[tuple[int, float, float]] = []
 
     def on_step(self, run):
         if run.step in self.steps:
             raw = accuracy(self.student, self.test, self.args)
-            self.curve.append((run.step, raw, reestimated_accuracy(self.student, self.test, self.calib, self.args)))
-            say(f"    step {run.step}: test top-1 {100 * raw:.2f}% (BN re-estimated {100 * self.curve[-1][2]:.2f}%)")
+            again = reestimated_accuracy(self.student, self.test, self.calib_batches, self.args)
+            self.curve.append((run.step, raw, again))
+            say(f"    step {run.step}: test top-1 {100 * raw:.2f}% (BN re-estimated {100 * again:.2f}%)")
 
 
-def reestimated_accuracy(model, test, calib, args) -> float:
-    """Test top-1 of a copy of ``model`` whose BatchNorm statistics are recomputed on ``calib``'s images."""
+def reestimated_accuracy(model, test, calib_batches, args) -> float:
+    """Test top-1 of a copy of ``model`` whose BatchNorm statistics are recomputed on ``calib_batches``."""
     copy = deepcopy(model).to(memory_format=torch.contiguous_format)
-    images = torch.stack([calib[i][0] for i in range(len(calib))])
-    recalibrate(batchnorms(copy), copy, images.split(128))
+    recalibrate(batchnorms(copy), copy, calib_batches)
     return accuracy(copy, test, args)
 
 
@@ -174,11 +177,6 @@ def run_student(args, teacher, block, init, train, test, calib, base: DistillCon
             "epochs": args.epochs, "init_seconds": round(init_seconds, 1), "reconstruction": report,
             "params": cheapconv.count_params(student, "paper"), "load": os.getloadavg()[0],
             "date": time.strftime("%Y-%m-%d %H:%M")}
-
-
-def steps_to_reach(step0: float, curve, target: float) -> int | None:
-    """The first evaluated step (0: before any training) whose accuracy is at or above ``target``."""
-    return next((s for s, a in [(0, step0), *curve] if a >= target - 1e-9), None)
 
 
 def clip_text(r: dict) -> str:

@@ -136,9 +136,9 @@ def test_teacher_initialised_row_records_its_learning_curve(tmp_path):
 
 
 def test_row5_steps_to_the_random_final():
-    import reproduce_row5
-    curve = [[1, 0.125, 0.5], [2, 0.25, 0.72], [4, 0.5, 0.8]]
-    assert reproduce_row5.steps_to_reach(0.6, curve, 8, 0.9, 0.7) == 2
-    assert reproduce_row5.steps_to_reach(0.6, curve, 8, 0.9, 0.55) == 0
-    assert reproduce_row5.steps_to_reach(0.6, curve, 8, 0.9, 0.85) == 8
-    assert reproduce_row5.steps_to_reach(0.6, curve, 8, 0.9, 0.95) is None
+    from reproduce_stats import steps_to_reach
+    measured = [(1, 0.5), (2, 0.72), (4, 0.8), (8, 0.9)]      # the curve's points, then the run's final
+    assert steps_to_reach(0.6, measured, 0.7) == 2
+    assert steps_to_reach(0.6, measured, 0.55) == 0
+    assert steps_to_reach(0.6, measured, 0.85) == 8
+    assert steps_to_reach(0.6, measured, 0.95) is None
