@@ -125,7 +125,11 @@ def train_teacher(args, out: Path, results: Path, train, test, base: DistillConf
 
 
 def build_student(teacher, block: str, init: str, calib, args):
-    """(student, reconstruction report as a dict or None)."""
+    """(student, reconstruction report as a dict or None).
+
+    A reconstructed student is cached under ``OUT/inits/`` (its state dict, loaded with
+    ``weights_only=True``, and its report), keyed by block, steps per site, calibration images and
+    rescaling, so inits that differ only in the fine-tuning recipe (lr, clip, loss) fit once."""
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -134,7 +138,7 @@ def build_student(teacher, block: str, init: str, calib, args):
         if not init.startswith("teacher"):
             raise SystemExit(f"unknown init {init!r}: random, teacher, teacher-lrX, teacher-clipY or "
                              "teacher-lrX-clipY (e.g. teacher-lr0.01, teacher-clip1), each optionally with "
-                             "-nobalance (no rescaling of the fitted blocks)")
+                             "-nobalance (no rescaling of the fitted blocks) and -lossL (at, kd, at+kd)")
         try:
             student = cheapconv.cheapen(teacher, block, init="teacher")
         except TypeError:  # a cheapconv without the data-free closed forms: reconstruction alone
@@ -142,21 +146,33 @@ def build_student(teacher, block: str, init: str, calib, args):
     kw = {} if args.steps is None else {"steps": args.steps}     # None: the library's default
     if "nobalance" in init.split("-"):    # the ablation: fitted blocks not rescaled for training
         kw["balance"] = False
+    cache = (Path(args.out) / "inits" /
+             f"{block}_steps{args.steps}_calib{args.calib_samples}{'_nobalance' if kw.get('balance') is False else ''}")
+    if cache.with_suffix(".json").exists():
+        student.load_state_dict(torch.load(cache.with_suffix(".pt"), weights_only=True))
+        say(f"  reconstructed {block} loaded from {cache}.pt")
+        return student, json.loads(cache.with_suffix(".json").read_text())
     report = cheapconv.reconstruct(student, teacher, calib, samples=args.calib_samples, progress=True, **kw)
     say(str(report))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(student.state_dict(), cache.with_suffix(".pt"))
+    cache.with_suffix(".json").write_text(json.dumps(report.as_dict()))   # written last: marks the pair whole
     return student, report.as_dict()
 
 
-def recipe_of(init: str, base: DistillConfig) -> tuple[float, float | None]:
-    """(peak lr, gradient-norm clip) of an init name: "teacher-lrX" sets the lr (fine-tuning a good start),
-    "-clipY" clips the gradient norm at Y; otherwise the recipe's (lr 0.1, no clipping)."""
-    lr, clip = base.lr, base.grad_clip
+def recipe_of(init: str, base: DistillConfig) -> tuple[float, float | None, str]:
+    """(peak lr, gradient-norm clip, loss) of an init name: "teacher-lrX" sets the lr (fine-tuning a good
+    start), "-clipY" clips the gradient norm at Y, "-lossL" distils with loss L (at, kd, at+kd); otherwise
+    the recipe's (lr 0.1, no clipping, attention transfer)."""
+    lr, clip, loss = base.lr, base.grad_clip, "at"
     for part in init.split("-")[1:]:
         if part.startswith("lr"):
             lr = float(part[2:])
         elif part.startswith("clip"):
             clip = float(part[4:])
-    return lr, clip
+        elif part.startswith("loss"):
+            loss = part[4:]
+    return lr, clip, loss
 
 
 def run_student(args, teacher, block, init, train, test, calib, base: DistillConfig) -> dict:
@@ -169,10 +185,11 @@ def run_student(args, teacher, block, init, train, test, calib, base: DistillCon
     fractions = (0.125, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0)
     steps = sorted({max(1, round(f * spe)) for f in fractions if f <= args.epochs} | {args.epochs * spe})
     cb = EvalAt(student, test, steps, args, calib)
-    lr, clip = recipe_of(init, base)
-    distill(teacher, student, train, config=base.replace(epochs=args.epochs, loss="at", lr=lr, grad_clip=clip),
+    lr, clip, loss = recipe_of(init, base)
+    distill(teacher, student, train, config=base.replace(epochs=args.epochs, loss=loss, lr=lr, grad_clip=clip),
             callbacks=[cb])
-    return {"block": block, "init": init, "lr": lr, "grad_clip": clip, "step0": acc0, "curve": cb.curve,
+    return {"block": block, "init": init, "lr": lr, "grad_clip": clip, "loss": loss, "step0": acc0,
+            "curve": cb.curve,
             "steps_per_epoch": spe,
             "epochs": args.epochs, "init_seconds": round(init_seconds, 1), "reconstruction": report,
             "params": cheapconv.count_params(student, "paper"), "load": os.getloadavg()[0],
@@ -180,7 +197,9 @@ def run_student(args, teacher, block, init, train, test, calib, base: DistillCon
 
 
 def clip_text(r: dict) -> str:
-    return f", clip {r['grad_clip']:g}" if r.get("grad_clip") else ""
+    """The recipe beyond the lr: gradient clip, and the loss where it is not attention transfer."""
+    clip = f", clip {r['grad_clip']:g}" if r.get("grad_clip") else ""
+    return clip + (f", loss {r['loss']}" if r.get("loss", "at") != "at" else "")
 
 
 def cell(v: float | None) -> str:

@@ -114,9 +114,9 @@ def cheapen(
               + ").", highlight=False)
     if init == "teacher":
         # measured (benchmarks/README.md): unclipped lr-0.1 steps take a reconstructed student to chance
-        err.print("Next: distil it with --grad-clip 1 (cheapconv distill ... --grad-clip 1): its first gradients "
-                  "are far larger than its teacher's, and unclipped steps at the usual lr 0.1 undo the start. On a "
-                  "short budget a fine-tuning lr keeps more of it (--lr 0.02 --grad-clip 1).", highlight=False)
+        err.print("Next: cheapconv distill --student THIS_FILE ... trains it with its gradient norm clipped at 1 and a "
+                  "cosine schedule (the file records that it starts from its teacher; unclipped first steps of the "
+                  "paper's recipe undo such a start). A short budget is enough: e.g. --epochs 1.", highlight=False)
 
 
 def check_calibration(init: str, calib_data: str | None) -> None:

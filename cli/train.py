@@ -67,14 +67,16 @@ class RunOptions:
     weight_decay: float = _opt(5e-4, "--weight-decay", "--wd", help="Weight decay.")
     no_structured_wd: bool = _opt(False, "--no-structured-wd", help="Plain weight decay for structured blocks "
                                   "too (default: scaled by each block's compression ratio, spec §2).")
-    schedule: str = _opt("multistep", "--schedule", help="multistep (×0.2 at 30/60/80 %), cosine or constant.")
+    schedule: str = _opt(None, "--schedule", help="multistep (×0.2 at 30/60/80 %), cosine or constant (default "
+                         "multistep; cosine for a student that starts from its teacher).")
     warmup_epochs: float = _opt(0.0, "--warmup-epochs", help="Linear learning-rate warm-up, in epochs.")
     seed: int = _opt(0, "--seed", help="Seed of shuffling, augmentation and (train) initialisation.")
     precision: str = PRECISION
     channels_last: bool = _opt(False, "--channels-last", help="NHWC memory format (faster convs on recent "
                                "CPUs/GPUs).")
-    grad_clip: float = _opt(None, "--grad-clip", help="Clip the gradient norm to this value (default off; with "
-                            "--resume, the checkpoint's: give --grad-clip to change it).")
+    grad_clip: float = _opt(None, "--grad-clip", help="Clip the gradient norm to this value (default off, 1 for a "
+                            "student that starts from its teacher; with --resume, the checkpoint's: give --grad-clip "
+                            "to change it).")
     device: str = DEVICE
     workers: int = WORKERS
     checkpoint: Path = _opt(None, "--checkpoint", help="Resume checkpoint (default: OUTPUT with suffix .ckpt).")
@@ -107,11 +109,13 @@ class RunOptions:
         settings (``loss`` and its weights) added."""
         from cheapconv import DistillConfig
 
-        length = {"epochs": self.epochs} if self.epochs is not None else {}   # None: the config's default
+        # None: the config's default
+        length = {"epochs": self.epochs} if self.epochs is not None else {}
+        schedule = {"schedule": self.schedule} if self.schedule is not None else {}
         return DistillConfig(
-            **length, max_steps=self.max_steps, batch_size=self.batch_size, lr=lr, momentum=self.momentum,
+            **length, **schedule, max_steps=self.max_steps, batch_size=self.batch_size, lr=lr,
+            momentum=self.momentum,
             nesterov=self.nesterov, weight_decay=self.weight_decay, structured_wd=not self.no_structured_wd,
-            schedule=self.schedule,
             warmup_epochs=self.warmup_epochs, seed=self.seed, precision=self.precision,
             channels_last=self.channels_last, grad_clip=grad_clip, device=self.device, num_workers=self.workers,
             checkpoint_every=self.checkpoint_every, checkpoint_every_steps=self.checkpoint_every_steps,
@@ -309,6 +313,7 @@ def distill_cmd(
                       kd_reduction=kd_reduction, taps=tap_names)
     t = load_model(teacher, weights=teacher_weights, num_classes=num_classes, trust=opts.trust, what="teacher")
     s = load_model(student, trust=opts.trust, what="student")
+    cfg = _recipe_for_start(s, cfg, opts)
     if cfg.loss_fn(teacher=True).needs_taps and _is_main():
         from cheapconv.surgery.taps import match_taps
 
@@ -319,6 +324,28 @@ def distill_cmd(
     train_set, test_set = opts.datasets(s)
     result = _run(t, s, train_set, test_set, cfg, checkpoint=ckpt, resume=opts.resume, overwrite=opts.overwrite)
     _save_and_report(s, opts.output, result, role=student, data=opts.data, cfg=cfg, extra={"teacher": teacher})
+
+
+def _recipe_for_start(student, cfg, opts: RunOptions):
+    """For a student that starts from its teacher (``cheapen --init teacher``), the fine-tuning settings
+    (:data:`cheapconv.train.config.FINE_TUNING`: gradient clip 1, cosine schedule) where the command line
+    leaves them open, said in a note. The schedule applies on --resume too (so the resumed config matches the
+    run's); the clip of a resumed run is its checkpoint's (see :func:`_prepare_run`)."""
+    from cheapconv.train.config import FINE_TUNING
+    from cheapconv.train.fine_tuning import starts_from_teacher
+
+    if not starts_from_teacher(student):
+        return cfg
+    changes = {}
+    if opts.schedule is None:
+        changes["schedule"] = FINE_TUNING["schedule"]
+    if opts.grad_clip is None and not opts.resume:
+        changes["grad_clip"] = FINE_TUNING["grad_clip"]
+    if changes and _is_main() and not opts.resume:
+        said = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changes.items())
+        _note(f"the student starts from its teacher: training it with {said} (unclipped first steps of the "
+              "paper's recipe undo such a start; see benchmarks/README.md). Give the options to choose otherwise.")
+    return cfg.replace(**changes) if changes else cfg
 
 
 @app.command()

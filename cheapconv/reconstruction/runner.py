@@ -170,10 +170,20 @@ def reconstruct(student: nn.Module, teacher: nn.Module, data: Dataset | torch.Te
     for site, fit, b, a in zip(sites, fits, before, after, strict=True):
         report.sites.append(SiteResult(site.name, site.entry.block or "", fit.method, b, fit.start, fit.fitted, a,
                                        fit.cached_images, fit.streamed_images))
+    _record_start(student, report)
     report.batchnorm_layers = len(layers)
     report.peak_site_bytes = max(f.cache_bytes for f in fits)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _record_start(student: nn.Module, report: ReconstructionReport) -> None:
+    """Record in the student's recipe (what :func:`cheapconv.save` writes) that it now starts from its
+    teacher, so that training it chooses or checks the matching recipe (:mod:`cheapconv.train.fine_tuning`)."""
+    recipe = getattr(student, "cheapconv_recipe", None)
+    if isinstance(recipe, dict):
+        recipe["init"] = "teacher"
+        recipe["reconstructed"] = {"samples": report.samples, "steps": report.steps}
 
 
 class _Progress:

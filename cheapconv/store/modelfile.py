@@ -171,7 +171,7 @@ def _is_str_list(value: Any) -> bool:
 _RECIPE_TYPES: dict[str, tuple[type, ...]] = {
     "source": (str,), "source_kwargs": (dict,), "model": (str,), "policy": (str,), "storage": (str,),
     "input_size": (list,), "leaf_modules": (list,), "plan": (dict,), "notes": (list,), "versions": (dict,),
-    "saved_at": (str,),
+    "saved_at": (str,), "init": (str,),
 }
 
 

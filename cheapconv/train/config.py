@@ -26,7 +26,7 @@ from typing import Any, Literal
 from ..errors import UsageError
 from .losses import KD_REDUCTIONS, DistillationLoss
 
-__all__ = ["CONFIG_VERSION", "PRECISIONS", "RESUME_ADJUSTABLE", "DistillConfig", "check_precision"]
+__all__ = ["CONFIG_VERSION", "FINE_TUNING", "PRECISIONS", "RESUME_ADJUSTABLE", "DistillConfig", "check_precision"]
 
 CONFIG_VERSION = 1
 
@@ -50,6 +50,12 @@ RUNTIME_FIELDS = frozenset({"device", "log_every", "num_workers", "checkpoint_ev
 # Fields that shape the trajectory but may be changed deliberately when resuming (the advice after a
 # non-finite loss is "resume with a lower lr or gradient clipping"); a resumed run says that they changed.
 RESUME_ADJUSTABLE = frozenset({"lr", "grad_clip"})
+
+#: What :meth:`DistillConfig.fine_tuning` changes in the paper's recipe for a student that starts from its
+#: teacher: the gradient norm clipped at 1 (unclipped first steps undo the start) and a cosine decay (a short
+#: budget ends at a low lr instead of stopping before the first step decay). Measured in benchmarks/README.md
+#: ("Students that start from their teacher"); see :mod:`cheapconv.train.fine_tuning`.
+FINE_TUNING: dict[str, Any] = {"grad_clip": 1.0, "schedule": "cosine"}
 
 
 @dataclass(frozen=True)
@@ -230,6 +236,14 @@ class DistillConfig:
             return f
 
         return factor
+
+    @classmethod
+    def fine_tuning(cls, **changes: Any) -> DistillConfig:
+        """The recipe for a student that starts from its teacher (``cheapen(..., init="teacher")``,
+        :func:`cheapconv.reconstruct`): the paper's with :data:`FINE_TUNING` applied, then ``changes``.
+
+        Example: ``DistillConfig.fine_tuning(epochs=1, precision="bf16")``."""
+        return cls(**{**FINE_TUNING, **changes})
 
     # ------------------------------------------------------------------------------ serialisation
 

@@ -75,6 +75,7 @@ from .callbacks import Callback
 from .checks import check_inputs, check_taps
 from .config import DistillConfig
 from .dense import split_output
+from .fine_tuning import check_start
 from .finite import NonFiniteLossError
 from .metrics import Meters, batch_stats
 from .run import start_run
@@ -138,6 +139,8 @@ def distill(
     :class:`NonFiniteLossError` on a NaN/inf loss and :class:`Interrupted` (a ``KeyboardInterrupt``) after
     writing a checkpoint on Ctrl-C.
     """
+    if not resume:
+        check_start(student, config)
     r = start_run(teacher, student, train_data, val_data=val_data, config=config, callbacks=callbacks,
                   checkpoint=checkpoint, resume=resume, metrics_file=metrics_file, overwrite=overwrite)
     cfg, info, guard, optimizer, scheduler, scaler = r.cfg, r.info, r.guard, r.optimizer, r.scheduler, r.scaler
