@@ -3,6 +3,8 @@
 The defaults are the paper's CIFAR recipe (``spec/moonshine.md`` section 6): SGD with momentum 0.9, lr 0.1,
 weight decay 5e-4, batch 128, 200 epochs, lr × 0.2 at 30 %, 60 % and 80 % of training (epochs 60, 120,
 160 of 200), attention transfer with β = 1000 when there is a teacher, plain cross-entropy when there is not.
+That recipe was written for students that start from random weights; ``DistillConfig.fine_tuning()`` is the
+one for students that start from their teacher (gradient norm clipped at 1, cosine decay: :data:`FINE_TUNING`).
 
 A config turns into plain JSON data and back (``to_dict`` / ``from_dict``); checkpoints and saved models carry
 it that way, never as pickled objects. Unknown keys are an error rather than silently ignored.
