@@ -342,7 +342,8 @@ def _recipe_for_start(student, cfg, opts: RunOptions):
     if opts.grad_clip is None and not opts.resume:
         changes["grad_clip"] = FINE_TUNING["grad_clip"]
     if changes and _is_main() and not opts.resume:
-        said = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changes.items())
+        said = ", ".join(f"--{k.replace('_', '-')} {v if isinstance(v, str) else format(v, 'g')}"
+                         for k, v in changes.items())
         _note(f"the student starts from its teacher: training it with {said} (unclipped first steps of the "
               "paper's recipe undo such a start; see benchmarks/README.md). Give the options to choose otherwise.")
     return cfg.replace(**changes) if changes else cfg
