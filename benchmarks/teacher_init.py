@@ -268,22 +268,33 @@ def report(results: Path) -> str:
 
 def reference_stage(args, results: Path, teacher, test) -> None:
     """The reproduction study's random-initialised students (row 2: attention transfer, seed 0, its full
-    schedule over all 60,000 training images; the same teacher file), evaluated here exactly like this study's
-    students (the same test images and precision), so that the steps a teacher-initialised student needs to
-    reach them compare like with like. Their checkpoints are read from ``--reference-dir``."""
+    schedule over all 60,000 training images), evaluated here exactly like this study's students (the same
+    test images and precision), so that the steps a teacher-initialised student needs to reach them compare
+    like with like. Each is found in the study's results file as the run distilled from this study's very
+    teacher file (the same SHA-256), and its checkpoint in ``--reference-dir`` by the run's key, as the
+    study names it."""
+    from reproduce import RESULTS, file_sha, read_results
     from reproduce_plan import slug
 
     from cheapconv.train.checkpoint import load_checkpoint
 
     done = done_keys(results)
+    sha = file_sha(Path(args.out) / "teacher.pt")
+    records = read_results(RESULTS)
     for block in args.blocks:
         key = f"reference/{block}"
         if key in done:
             continue
-        ckpt = Path(args.reference_dir) / f"2_{slug(block)}_at_0_wrn_16_2_e3_b128_bf16+cl_nall_tall.ckpt"
+        run = next((r for r in records if (r.get("row"), r.get("student"), r.get("mode"), r.get("seed"),
+                                           r.get("teacher_sha")) == ("2", block, "at", 0, sha)), None)
+        if run is None:
+            raise SystemExit(f"no reproduction-study run of {block} with AT, seed 0, from this teacher "
+                             f"({Path(args.out) / 'teacher.pt'}, sha {sha}) in {RESULTS}: run "
+                             "benchmarks/reproduce.py --only 2 with the same teacher first")
+        ckpt = Path(args.reference_dir) / f"{slug(run['key'])}.ckpt"
         if not ckpt.is_file():
-            raise SystemExit(f"no reproduction-study checkpoint for {block} at {ckpt}: run "
-                             "benchmarks/reproduce.py --only 2 first, or give --reference-dir")
+            raise SystemExit(f"the reproduction-study checkpoint of {run['key']} is not at {ckpt}: give "
+                             "--reference-dir")
         state = load_checkpoint(ckpt)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
