@@ -23,7 +23,9 @@ Rows (``--only`` takes a comma list of their names; all rows share one schedule 
   library lacks them.
 
 Seeds: ``--seeds N`` (3) seeds for the ``G(4)`` AT student, the smaller WRN closest to it in parameters (AT),
-the searched student and the single-type student at its budget (AT); one seed elsewhere. A seed fixes the
+the searched student and the single-type student at its budget (AT); one seed elsewhere, except for the
+students named in ``--more-seeds`` (every mode; for a searched student ``search@BLOCK``, its single-type
+student's AT runs too). A seed fixes the
 student's random initialisation and the run's shuffling and augmentation.
 
 Students start from random initialisation (the spec): cheap students are ``cheapen(create_model(teacher))``
@@ -392,6 +394,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default=None, help="Rows to run, comma-separated: 0,1,2,3,4,fidelity,5.")
     p.add_argument("--seeds", type=int, default=3, help="Seeds of the multi-seed students (see above).")
+    p.add_argument("--more-seeds", default="", metavar="STUDENTS",
+                   help="Comma list of further students (e.g. 'B(2),search@B(2)') to run with every seed, "
+                        "in every mode.")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--subset", type=int, default=None, help="Train on the first N training images (all).")

@@ -138,6 +138,7 @@ def plan_runs(settings: Settings, args, records: list[dict]) -> list:
         raise SystemExit(f"error: unknown row(s) {', '.join(unknown)} in --only; rows are {', '.join(ROWS)}.")
     students, smaller, budgets = split(args.students), split(args.smaller), split(args.budgets)
     key, many = settings.key(), range(args.seeds)
+    seeded = set(split(args.more_seeds))   # students given every seed in every mode
     multi_block = "G(4)" if "G(4)" in students else (students[0] if students else None)
     multi_small = closest_smaller(settings, multi_block, smaller) if multi_block and "3" in rows else None
     jobs: list = []
@@ -152,13 +153,13 @@ def plan_runs(settings: Settings, args, records: list[dict]) -> list:
             continue
         for name in names:
             for mode in ("scratch", "kd", "at"):
-                multi = mode == "at" and name in (multi_block, multi_small)
+                multi = (mode == "at" and name in (multi_block, multi_small)) or name in seeded
                 jobs += [Run(row, name, mode, s, key, settings.epochs, (kind, name)) for s in (many if multi else [0])]
     if "4" in rows:
         for i, block in enumerate(budgets):
             search = SearchJob("search", block, settings.teacher, args.search_samples)
             jobs.append(search)
-            seeds = many if i == 0 else [0]
+            seeds = many if i == 0 or f"search@{block}" in seeded or block in seeded else [0]
             jobs += [Run("4", f"search@{block}", "at", s, key, settings.epochs, ("policy", f"search:{search.key}"))
                      for s in seeds]
             # the single-type student at this budget, AT, with the same seeds (row 2's runs)
@@ -260,5 +261,6 @@ def dry_run(settings: Settings, args, records: list[dict], load_data) -> None:
         total += est if state != "done" else 0.0
         print(f"{state:<8} {est / 60:>8.1f}  {job.key}")
     print(f"\n{sum(1 for j in jobs if j.key in done)} of {len(jobs)} jobs done; the rest takes about "
-          f"{total / 3600:.1f} h at the per-step times measured now ({torch.get_num_threads()} thread(s), load "
+          f"{total / 3600:.1f} h at the per-step times of the finished runs, or timed now where there are none "
+          f"({torch.get_num_threads()} thread(s), load "
           f"average {os.getloadavg()[0]:.1f}; evaluation and row 5's reconstruction not included)", file=sys.stdout)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from reproduce_costs import cost_section, latency_pair, pareto_front  # noqa: E402
 from reproduce_row5 import teacher_init_section  # noqa: E402
 from reproduce_stats import bootstrap_spearman, bootstrap_spearman_difference, mean_sd, spearman  # noqa: E402
 
@@ -154,7 +155,9 @@ def claims(s: Study, margin: float) -> list[tuple[str, str, list[str]]]:
         p = s.params(k)
         fits = [c for c in cheap if p and s.params(c, math.inf) <= p]
         if fits:
-            pairs.append(compare(s, (*max(fits, key=s.params), "at"), (*k, "at")))
+            c = max(fits, key=s.params)
+            verdict, text = compare(s, (*c, "at"), (*k, "at"))
+            pairs.append((verdict, text + latency_pair(s, c, k)))
     out.append(("1. Cheap blocks beat smaller architectures at equal (or fewer) parameters (AT both)",
                 overall([v for v, _ in pairs]), [t for _, t in pairs]))
     c2 = []
@@ -247,11 +250,7 @@ def pareto_plots(s: Study, plot_dir: Path) -> dict[str, Path | None]:
                         color=colours.get(row, "grey"), label=ROW_TITLES.get(row, row), capsize=3)
             for p in sel:
                 ax.annotate(p[1], (p[index], p[4]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        front, best = [], math.inf
-        for p in sorted(pts, key=lambda p: p[index]):
-            if p[4] < best:
-                best = p[4]
-                front.append(p)
+        front = pareto_front(pts, index, 4)
         ax.step([p[index] for p in front], [p[4] for p in front], where="post", color="grey", lw=0.8, ls="--")
         ax.set_xscale("log")
         fmt = (lambda v, _: f"{v / 1e3:g}k") if name == "params" else (lambda v, _: f"{v:g}")
@@ -455,7 +454,7 @@ def render(results: Path, out: Path, *, fisher: list[Path] | None = None, margin
         lines += [f"**{title}**: " + (f"![{title}]({os.path.relpath(path, out.parent)})" if path else
                                       "pending (no latency measured yet: `python benchmarks/reproduce.py --latency` "
                                       "on a quiet machine)" if name == "latency" else "pending"), ""]
-    lines += ["## The claims", ""]
+    lines += ["## What the cheap blocks buy on this CPU", "", *cost_section(s), "", "## The claims", ""]
     for title, verdict, texts in claims(s, margin):
         lines += [f"**{title}: {verdict}.**", "", *[f"- {t}" for t in texts], ""]
     lines += ["### Search fidelity: the sampled configurations (claim 5)", "", *fidelity_section(s), ""]

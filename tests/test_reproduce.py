@@ -16,6 +16,7 @@ from cheapconv.data import datasets as data
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 import reproduce  # noqa: E402
+import reproduce_costs  # noqa: E402
 import reproduce_report  # noqa: E402
 from reproduce_stats import bootstrap_spearman, ranks, spearman  # noqa: E402
 
@@ -103,6 +104,31 @@ def test_tiny_study_end_to_end_resumes_and_reports(tmp_path, capsys):
     assert "pending" in text                               # rows 3 and 4 of the study's plan have not run
     assert (results.parent / "reproduce-error-vs-params.png").stat().st_size > 1000
     assert "**5. The Fisher score ranks students better than parameter count: not yet measured.**" in text
+    assert "no latency measured yet" in text
+
+    reproduce.main([*argv, "--latency", "--latency-repeats", "2"])     # both trained architectures, timed
+    timed = [json.loads(line) for line in results.read_text().splitlines() if '"latency"' in line]
+    assert sorted(r["arch"] for r in timed) == sorted({r["arch"] for r in records})
+    assert all(0 < r["batch1_ms"] < r["batch32_ms"] for r in timed)
+    text = reproduce_report.render(results, out)
+    assert (results.parent / "reproduce-error-vs-latency.png").stat().st_size > 1000
+    assert "| 1 | teacher | 1.00× | 1.00× | 1.00× | 1.00× |" in text
+
+
+def test_cost_section_relates_every_student_to_the_teacher():
+    records = [_run("1", "teacher", "scratch", 5.0, params=700) | {"macs": 100_000_000},
+               _run("2", "G(4)", "at", 6.0, params=250) | {"macs": 36_000_000},
+               _run("3", "wrn_10_2", "at", 7.0, params=300) | {"macs": 44_000_000}]
+    for arch, b1, b32 in (("teacher", 2.0, 40.0), ("G(4)", 1.8, 38.0), ("wrn_10_2", 1.0, 20.0)):
+        records.append({"kind": "latency", "arch": arch, "batch1_ms": b1, "batch32_ms": b32, "threads": 1})
+    s = reproduce_report.Study(records)
+    text = "\n".join(reproduce_costs.cost_section(s))
+    assert "| 2 | G(4) | 0.36× | 0.36× | 0.90× | 0.95× | 30.3 | 6.00 |" in text   # 36 M MACs × 32 / 38 ms
+    assert "error-vs-parameters front (2 of 3): G(4) (6.00 %), teacher (5.00 %)" in text
+    assert "batch 1 front (3 of 3): wrn_10_2 (7.00 %), G(4) (6.00 %), teacher (5.00 %)" in text
+    claim1 = reproduce_report.claims(s, 1.0)[0][2][0]
+    assert claim1.endswith("CPU latency, batch 1: 1.80 vs 1.00 ms")
+    assert reproduce_costs.pareto_front([(3, 1), (1, 5), (2, 5), (2, 4)], 0, 1) == [(1, 5), (2, 4), (3, 1)]
 
 
 @pytest.fixture(autouse=True)
@@ -142,3 +168,19 @@ def test_row5_steps_to_the_random_final():
     assert steps_to_reach(0.6, measured, 0.55) == 0
     assert steps_to_reach(0.6, measured, 0.85) == 8
     assert steps_to_reach(0.6, measured, 0.95) is None
+
+
+def test_more_seeds_gives_the_named_students_every_seed_in_every_mode():
+    from reproduce_plan import Run, Settings, plan_runs
+
+    def keys(*extra):
+        args = reproduce.parse_args([*TINY[:-2], "--seeds", "2", "--only", "2,4", *extra])
+        return {(j.row, j.student, j.mode, j.seed) for j in plan_runs(Settings.from_args(args), args, [])
+                if isinstance(j, Run)}
+
+    base, more = keys(), keys("--more-seeds", "G(4),search@BG(2,M)")
+    assert ("2", "G(4)", "kd", 1) not in base and ("2", "G(4)", "at", 1) in base
+    assert more - base == {("2", "G(4)", "scratch", 1), ("2", "G(4)", "kd", 1)}
+    one_budget = ["--budgets", "BG(2,M),B(2)"]
+    assert ("4", "search@B(2)", "at", 1) not in keys(*one_budget)
+    assert {("4", "search@B(2)", "at", 1), ("2", "B(2)", "at", 1)} <= keys(*one_budget, "--more-seeds", "search@B(2)")
