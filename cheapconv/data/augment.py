@@ -19,6 +19,39 @@ from .info import DatasetInfo, adapt_info
 __all__ = ["TensorImageDataset"]
 
 
+def normalising_affine(info: DatasetInfo, channels: int) -> tuple[Tensor, Tensor]:
+    """``(scale, shift)``, each 1×C×1×1, with ``x·scale + shift == (x/255 − mean)/std`` per channel:
+    normalisation of uint8 pixels folded into one multiply-add."""
+    mean = torch.tensor(info.mean[:channels], dtype=torch.float32).view(1, channels, 1, 1)
+    std = torch.tensor(info.std[:channels], dtype=torch.float32).view(1, channels, 1, 1)
+    return 1.0 / (255.0 * std), -mean / std
+
+
+def random_crop_corners(batch: int, padding: int) -> tuple[Tensor, Tensor]:
+    """Top and left corners (B×1 each) of one random crop per sample of a batch zero-padded by ``padding``."""
+    top = torch.randint(0, 2 * padding + 1, (batch, 1))
+    left = torch.randint(0, 2 * padding + 1, (batch, 1))
+    return top, left
+
+
+def crop_each(padded: Tensor, top: Tensor, left: Tensor, height: int, width: int) -> Tensor:
+    """Sample ``i``'s ``height``×``width`` window at ``(top[i], left[i])`` of a padded batch: B×C×H'×W' images
+    or B×H'×W' masks. One gather for the whole batch, no per-sample loop."""
+    rows, cols = top + torch.arange(height), left + torch.arange(width)           # B×H, B×W
+    batch = torch.arange(padded.shape[0])
+    if padded.dim() == 3:
+        return padded[batch[:, None, None], rows[:, :, None], cols[:, None, :]]
+    chan = torch.arange(padded.shape[1])
+    return padded[batch[:, None, None, None], chan[None, :, None, None], rows[:, None, :, None],
+                  cols[:, None, None, :]]
+
+
+def normalise(x: Tensor, scale: Tensor, shift: Tensor, repeat: int) -> Tensor:
+    """uint8 B×C×H×W -> float32, normalised, the channels repeated ``repeat`` times (grayscale -> RGB)."""
+    out = x.to(torch.float32) * scale + shift
+    return out.repeat(1, repeat, 1, 1) if repeat > 1 else out
+
+
 class TensorImageDataset(Dataset):
     """uint8 images kept in memory (N×C×S×S), augmented and normalised with batched tensor ops.
 
@@ -53,11 +86,7 @@ class TensorImageDataset(Dataset):
         self.labels = labels.to(torch.int64)
         self.info = info
         self.augment, self.crop_padding, self.flip, self.repeat = augment, crop_padding, flip, repeat
-        c = images.shape[1]
-        mean = torch.tensor(info.mean[:c], dtype=torch.float32).view(1, c, 1, 1)
-        std = torch.tensor(info.std[:c], dtype=torch.float32).view(1, c, 1, 1)
-        # (x/255 − mean)/std folded into one multiply-add.
-        self._scale, self._shift = 1.0 / (255.0 * std), -mean / std
+        self._scale, self._shift = normalising_affine(info, images.shape[1])
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -71,19 +100,13 @@ class TensorImageDataset(Dataset):
         """Images ``index`` (1-D int64), augmented (if enabled) and normalised: B×C'×S×S float32."""
         x = self.images[index]
         if self.augment:
-            b, c, s, p = x.shape[0], x.shape[1], x.shape[-1], self.crop_padding
+            b, s, p = x.shape[0], x.shape[-1], self.crop_padding
             if p > 0:
-                padded = F.pad(x, (p, p, p, p))
-                top = torch.randint(0, 2 * p + 1, (b, 1))
-                left = torch.randint(0, 2 * p + 1, (b, 1))
-                span = torch.arange(s)
-                rows, cols = (top + span)[:, None, :, None], (left + span)[:, None, None, :]
-                batch, chan = torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None]
-                x = padded[batch, chan, rows, cols]
+                top, left = random_crop_corners(b, p)
+                x = crop_each(F.pad(x, (p, p, p, p)), top, left, s, s)
             if self.flip:
                 x = torch.where((torch.rand(b) < 0.5)[:, None, None, None], x.flip(-1), x)
-        out = x.to(torch.float32) * self._scale + self._shift
-        return out.repeat(1, self.repeat, 1, 1) if self.repeat > 1 else out
+        return normalise(x, self._scale, self._shift, self.repeat)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         return self.transform_batch(torch.tensor([i]))[0], int(self.labels[i])

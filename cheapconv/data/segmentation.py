@@ -32,6 +32,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import CheapconvError, DatasetNotFoundError, UsageError
+from .augment import crop_each, normalise, normalising_affine, random_crop_corners
 from .info import DatasetInfo
 
 __all__ = ["FOREGROUND", "SegmentationTensorDataset", "fashion_mnist_scenes", "item_sizes",
@@ -112,10 +113,7 @@ class SegmentationTensorDataset(Dataset):
                              f"{tuple(images.shape)} and {tuple(masks.shape)}.")
         self.images, self.masks, self.info = images.contiguous(), masks.contiguous(), info
         self.augment, self.crop_padding, self.pad_value, self.repeat = augment, crop_padding, pad_value, repeat
-        c = images.shape[1]
-        mean = torch.tensor(info.mean[:c], dtype=torch.float32).view(1, c, 1, 1)
-        std = torch.tensor(info.std[:c], dtype=torch.float32).view(1, c, 1, 1)
-        self._scale, self._shift = 1.0 / (255.0 * std), -mean / std
+        self._scale, self._shift = normalising_affine(info, images.shape[1])
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -129,21 +127,16 @@ class SegmentationTensorDataset(Dataset):
         """Images and masks ``index`` (1-D int64), jointly augmented (if enabled); images normalised."""
         x, m = self.images[index], self.masks[index].to(torch.int64)
         if self.augment:
-            b, c, h, w = x.shape
+            b, _, h, w = x.shape
             p = self.crop_padding
-            if p > 0:
-                xp, mp = F.pad(x, (p, p, p, p)), F.pad(m, (p, p, p, p), value=self.pad_value)
-                top, left = torch.randint(0, 2 * p + 1, (b, 1)), torch.randint(0, 2 * p + 1, (b, 1))
-                rows, cols = top + torch.arange(h), left + torch.arange(w)          # B×H, B×W
-                batch = torch.arange(b)[:, None, None]
-                m = mp[batch, rows[:, :, None], cols[:, None, :]]
-                x = xp[batch[:, None], torch.arange(c)[None, :, None, None], rows[:, None, :, None],
-                       cols[:, None, None, :]]
+            if p > 0:   # the same window for an image and its mask
+                top, left = random_crop_corners(b, p)
+                x = crop_each(F.pad(x, (p, p, p, p)), top, left, h, w)
+                m = crop_each(F.pad(m, (p, p, p, p), value=self.pad_value), top, left, h, w)
             flip = torch.rand(b) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             m = torch.where(flip[:, None, None], m.flip(-1), m)
-        out = x.to(torch.float32) * self._scale + self._shift
-        return (out.repeat(1, self.repeat, 1, 1) if self.repeat > 1 else out), m
+        return normalise(x, self._scale, self._shift, self.repeat), m
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         x, m = self.transform_pair(torch.tensor([i]))
