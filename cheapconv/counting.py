@@ -18,12 +18,17 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Literal
 
 import torch
 from torch import nn
 
 Convention = Literal["trainable", "paper"]
+
+# How large a storage-less (meta) model shape_forward may give real, zero-filled storage when it cannot run on
+# meta tensors; 0 (the default): never. Set only by callers that have already bounded the model's size.
+_MATERIALISE_META_BYTES: ContextVar[int] = ContextVar("materialise_meta_bytes", default=0)
 
 
 def count_params(model: nn.Module, convention: Convention = "trainable") -> int:
@@ -119,6 +124,32 @@ def throwaway_copy(model: nn.Module, device: str | torch.device | None = "meta")
     return copy.deepcopy(model, memo)
 
 
+@contextlib.contextmanager
+def materialising_meta_models(max_bytes: int) -> Iterator[None]:
+    """Within this context, :func:`shape_forward` on a meta model that cannot run on meta tensors (a
+    detector's data-dependent post-processing) runs on a zero-filled real copy instead of failing, if its
+    parameters and buffers take at most ``max_bytes``. For callers that have bounded the model already, such
+    as rebuilding a file's recipe: the shapes a forward records do not depend on the weights' values."""
+    token = _MATERIALISE_META_BYTES.set(max_bytes)
+    try:
+        yield
+    finally:
+        _MATERIALISE_META_BYTES.reset(token)
+
+
+def _fallback_copy(model: nn.Module) -> nn.Module:
+    """The copy :func:`shape_forward`'s real forward runs on: a deep copy, or for a meta model allowed by
+    :func:`materialising_meta_models`, a zero-filled CPU copy (zeros keep every value finite)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if not any(t.is_meta for t in tensors) or \
+            sum(t.numel() * t.element_size() for t in tensors) > _MATERIALISE_META_BYTES.get():
+        return throwaway_copy(model, None)   # a meta model then fails again, with the error it failed with
+    work = throwaway_copy(model, "cpu")
+    for t in [*work.parameters(), *work.buffers()]:
+        t.zero_()
+    return work
+
+
 def shape_forward(model: nn.Module, input_shape: tuple[int, ...] | torch.Size, on_retry=None, *,
                   mode=None) -> None:
     """Run ``model`` once on a zero input of ``input_shape`` in eval mode, for its hooks' sake.
@@ -142,9 +173,10 @@ def shape_forward(model: nn.Module, input_shape: tuple[int, ...] | torch.Size, o
             if on_retry is not None:
                 on_retry()
         try:
-            work = throwaway_copy(model, None)
+            work = _fallback_copy(model)
         except Exception:  # noqa: BLE001 - a model that cannot be copied runs as it is (hooks only read)
             work = model
+        param = next(iter(work.parameters()), None)
         device = param.device if param is not None else None
         with eval_mode(work), (mode() if mode else contextlib.nullcontext()):
             work(torch.zeros(tuple(input_shape), device=device, dtype=dtype))

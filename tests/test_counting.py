@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import cheapconv
@@ -181,3 +182,33 @@ def test_lrp_keeps_a_fraction_of_every_layer(name):
     assert replaced and all(e.params_after <= 0.25 * e.params_before + 1 or e.params_after < e.params_before
                             for e in replaced)
     assert plan.totals["params_after"] < 0.75 * plan.totals["params_before"]
+
+
+class _DataDependent(nn.Module):
+    """A conv whose output decides how many rows the next conv sees (like a detector's post-processing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        keep = torch.nonzero(y.flatten(1).sum(1) >= 0).flatten()   # no meta kernel: data-dependent shape
+        return self.b(y[keep])
+
+
+def test_a_meta_model_that_needs_data_records_shapes_only_where_allowed():
+    from cheapconv.counting import materialising_meta_models, shape_forward, throwaway_copy
+
+    meta = throwaway_copy(_DataDependent(), "meta")
+    seen = []
+    meta.b.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape[1:])))
+    with pytest.raises(Exception, match="nonzero|data-dependent|meta"):
+        shape_forward(meta, (2, 3, 8, 8))                      # by default a meta model is never given storage
+    size = sum(t.numel() * t.element_size() for t in [*meta.parameters(), *meta.buffers()])
+    with materialising_meta_models(size - 1), pytest.raises(Exception, match="nonzero|data-dependent|meta"):
+        shape_forward(meta, (2, 3, 8, 8))                      # over the allowed size: the same failure
+    seen.clear()
+    with materialising_meta_models(size):
+        shape_forward(meta, (2, 3, 8, 8))
+    assert seen == [(4, 8, 8)] and all(p.is_meta for p in meta.parameters())   # the model itself stays meta

@@ -81,6 +81,34 @@ def test_every_detection_family(name):
     check_family(name)
 
 
+def check_saves_as_data(name: str, tmp_path) -> None:
+    """A detector built by name saves as a recipe (no pickle) and loads without trust, with equal outputs."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        student = cheapconv.cheapen(cheapconv.create_model(name, num_classes=5), FAMILIES.get(name, "G(4)"))
+        assert cheapconv.save(student, tmp_path / "det.pt") == "recipe"
+        loaded = cheapconv.load(tmp_path / "det.pt")           # trust=False: nothing from the file runs
+    want, got = student.state_dict(), loaded.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    side = 300 if name.startswith("ssd300") else 320 if name.startswith("ssdlite") else 160  # SSD's own sizes
+    images = [torch.rand(3, side, side)]
+    with torch.no_grad():
+        a, b = student.eval().backbone(images[0][None]), loaded.backbone(images[0][None])
+        assert all(torch.equal(a[k], b[k]) for k in a) if isinstance(a, dict) else torch.equal(a, b)
+        assert all(torch.equal(x["boxes"], y["boxes"]) for x, y in zip(student(images), loaded(images), strict=True))
+
+
+def test_a_detector_built_by_name_saves_without_pickle(tmp_path):
+    check_saves_as_data("fasterrcnn_mobilenet_v3_large_320_fpn", tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_every_detection_family_saves_without_pickle(name, tmp_path):
+    check_saves_as_data(name, tmp_path)
+
+
 def test_detectors_are_zoo_names():
     """Detectors build by name, with random backbone weights (no download) and the asked number of classes."""
     model = cheapconv.create_model("retinanet_resnet50_fpn", num_classes=5)

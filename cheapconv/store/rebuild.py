@@ -105,7 +105,7 @@ def rebuild_from_recipe(recipe: dict, expected: dict[str, torch.Tensor] | None =
 
 def _checked_teacher(recipe: dict, expected: dict[str, torch.Tensor] | None):
     """The recipe's teacher and cheapen arguments, after every check (the student tried on meta tensors)."""
-    from ..counting import throwaway_copy
+    from ..counting import materialising_meta_models, throwaway_copy
     from ..surgery.rewrite import cheapen
 
     _source(recipe)
@@ -123,7 +123,10 @@ def _checked_teacher(recipe: dict, expected: dict[str, torch.Tensor] | None):
     if not policy:
         student = teacher
     else:  # cheapened first on a copy without storage: a policy cannot make us allocate without bound
-        student = cheapen(throwaway_copy(teacher, "meta"), policy, input_size=size, leaf_modules=leaves)
+        # (a teacher that cannot run on meta tensors, such as a detector, records its shapes on a zero-filled
+        # copy: bounded by the teacher, which exists already)
+        with materialising_meta_models(tensor_bytes([*teacher.parameters(), *teacher.buffers()])):
+            student = cheapen(throwaway_copy(teacher, "meta"), policy, input_size=size, leaf_modules=leaves)
     if expected is not None:
         want = {k: tuple(v.shape) for k, v in expected.items()}
         if {k: tuple(v.shape) for k, v in student.state_dict().items()} != want:
