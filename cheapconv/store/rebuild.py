@@ -15,8 +15,11 @@ that model, so a crafted recipe must not be able to make us read other files (a 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -32,6 +35,15 @@ MAX_TEACHER_BYTES = 8 * 2**30
 #: constructor keywords a recipe may pass to the zoo, and the values each may take
 SOURCE_KWARGS = {"num_classes": (int, 1, 100_000), "in_chans": (int, 1, 64), "drop_rate": (float, 0.0, 1.0)}
 _ZOO_NAME = re.compile(r"(seg)?wrn_\d{1,3}_\d{1,3}|torchvision:[A-Za-z0-9_]{1,80}|timm:[A-Za-z0-9_.]{1,120}")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence cheapen's warnings while rebuilding: they were shown when the student was made (the fallback
+    to module replacement, say), and a rebuild on every save and load would repeat them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _refuse(what: str) -> FileFormatError:
@@ -100,7 +112,10 @@ def rebuild_from_recipe(recipe: dict, expected: dict[str, torch.Tensor] | None =
     from ..surgery.rewrite import cheapen
 
     teacher, policy, size, leaves = _checked_teacher(recipe, expected)
-    return cheapen(teacher, policy, input_size=size, leaf_modules=leaves) if policy else teacher
+    if not policy:
+        return teacher
+    with _quiet():
+        return cheapen(teacher, policy, input_size=size, leaf_modules=leaves)
 
 
 def _checked_teacher(recipe: dict, expected: dict[str, torch.Tensor] | None):
@@ -125,7 +140,7 @@ def _checked_teacher(recipe: dict, expected: dict[str, torch.Tensor] | None):
     else:  # cheapened first on a copy without storage: a policy cannot make us allocate without bound
         # (a teacher that cannot run on meta tensors, such as a detector, records its shapes on a zero-filled
         # copy: bounded by the teacher, which exists already)
-        with materialising_meta_models(tensor_bytes([*teacher.parameters(), *teacher.buffers()])):
+        with materialising_meta_models(tensor_bytes([*teacher.parameters(), *teacher.buffers()])), _quiet():
             student = cheapen(throwaway_copy(teacher, "meta"), policy, input_size=size, leaf_modules=leaves)
     if expected is not None:
         want = {k: tuple(v.shape) for k, v in expected.items()}
