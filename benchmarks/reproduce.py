@@ -111,6 +111,7 @@ def environment(args: argparse.Namespace) -> dict:
     return {"command": shlex.join(["python", "benchmarks/reproduce.py", *args.argv]),
             "cheapconv": cheapconv.__version__, "torch": torch.__version__, "python": platform.python_version(),
             "threads": torch.get_num_threads(), "load_avg": round(os.getloadavg()[0], 2),
+            **({"gpu": torch.cuda.get_device_name()} if torch.cuda.is_available() else {}),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
@@ -119,8 +120,8 @@ def environment(args: argparse.Namespace) -> dict:
 
 def load_data(args: argparse.Namespace) -> tuple:
     """(train, test): real images, 3 channels, 32×32; the first ``--subset`` / ``--test-subset`` of each."""
-    train = get_dataset(args.data, "train", in_chans=3, image_size=32)
-    test = get_dataset(args.data, "test", in_chans=3, image_size=32)
+    train = get_dataset(args.data, "train", data_dir=args.data_dir, in_chans=3, image_size=32)
+    test = get_dataset(args.data, "test", data_dir=args.data_dir, in_chans=3, image_size=32)
     return subset(train, args.subset, augment=True), subset(test, args.test_subset, augment=False)
 
 
@@ -246,7 +247,7 @@ def teacher_initialised(run: Run, teacher, test, args) -> tuple[torch.nn.Module,
     """Row 5: the student starts from the trained teacher (closed forms), then block-wise reconstruction."""
     torch.manual_seed(run.seed)
     student = quiet_cheapen(teacher, run.arch[1], init="teacher")
-    calib = get_dataset(args.data, "train", augment=False, in_chans=3, image_size=32)
+    calib = get_dataset(args.data, "train", data_dir=args.data_dir, augment=False, in_chans=3, image_size=32)
     t0 = time.perf_counter()
     report = cheapconv.reconstruct(student, teacher, calib, samples=args.calib_samples, seed=run.seed,
                                    steps=args.calib_steps,
@@ -415,6 +416,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--data-dir", default=None,
+                   help="Folder with the dataset's files for the training rows (default: the standard places; "
+                        "the search rows read the dataset from those).")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's).")
     p.add_argument("--results", type=Path, default=RESULTS)

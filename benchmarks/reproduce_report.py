@@ -306,7 +306,9 @@ def provenance(records: list[dict]) -> list[str]:
     if devices and not any(d.startswith("cuda") for d in devices):
         lines.append("Every run ran on the CPU (none used a GPU), so the issue's GPU rows (teacher and "
                      "G(4)/B(2) at the paper's full schedule, with GPU distillation throughput) are not part of these "
-                     "results.")
+                     "results: no GPU has been lent to this project's sessions yet. `benchmarks/gpu_reproduce.sh` "
+                     "runs them in one device call (its header says what to carry), and `benchmarks/gpu_check.sh` "
+                     "measures the throughput against the plain loop.")
     if loads:
         lines.append(f"Threads {', '.join(map(str, threads))}; load average when each record was written "
                      f"{min(loads):.1f}–{max(loads):.1f} (the machine is shared: wall times are not speed claims).")
