@@ -28,7 +28,7 @@ LAYERS = [
     {"train"},
     {"measure"},
     {"blockswap"},
-    {"sweeper", "exporter", "plots"},
+    {"sweeper", "sweep_report", "exporter", "plots"},
     {"__init__"},
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
