@@ -56,6 +56,9 @@ def test_claim_verdicts_respect_the_seed_spread():
     assert verdicts["3"] == "held"                                # 6.0 − 5.0 = 1.0 ≤ 1.0
     assert verdicts["4"] == "no win (within the seed spread)"     # Δ 0.2 < 0.4
     assert verdicts["5"] == "not yet measured"
+    claim2 = reproduce_report.claims(s, margin=1.0)[1][2]
+    assert claim2[-1].startswith("Room to distil: the student from scratch minus the teacher, in points of "
+                                 "error: G(4) +2.50")
     worse = reproduce_report.Study([r | {"test_error": r["test_error"] + 3} if r["row"] == "4" else r
                                     for r in records])
     assert dict((t[0], v) for t, v, _ in reproduce_report.claims(worse, 1.0))["4"] == "did not hold"
