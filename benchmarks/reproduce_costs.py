@@ -8,19 +8,16 @@ measured time too. This section puts the two side by side, from the study's late
 
 from __future__ import annotations
 
-import math
+from cheapconv import plots
 
 BATCHES = (1, 32)
 
 
-def pareto_front(points: list[tuple], cost_index: int, error_index: int) -> list[tuple]:
-    """The points no other point beats on both cost and error (lower is better for both), cheapest first."""
-    front, best = [], math.inf
-    for p in sorted(points, key=lambda p: (p[cost_index], p[error_index])):
-        if p[error_index] < best:
-            best = p[error_index]
-            front.append(p)
-    return front
+def pareto_front(points: list[dict], key: str) -> list[dict]:
+    """The points on the error-vs-``key`` Pareto front (:func:`cheapconv.plots.pareto_front`: no other point
+    at least as low on both and lower on one), cheapest first."""
+    on = plots.pareto_front([p[key] for p in points], [p["error"] for p in points])
+    return sorted((p for p, keep in zip(points, on, strict=True) if keep), key=lambda p: p[key])
 
 
 def student_points(s) -> list[dict]:
@@ -43,9 +40,10 @@ def _ratio(a: float | None, b: float | None) -> str:
     return "pending" if a is None or not b else f"{a / b:.2f}×"
 
 
-def _gmacs(p: dict, batch: int) -> str:
+def gmacs_per_s(p: dict, batch: int) -> float | None:
+    """The compute rate a student reaches at ``batch``: its MACs per second, in billions (None: not timed)."""
     ms = p.get(f"b{batch}")
-    return "pending" if ms is None else f"{p['macs'] * batch / ms / 1e6:.1f}"
+    return None if ms is None else p["macs"] * batch / ms / 1e6
 
 
 def latency_pair(s, a: tuple, b: tuple) -> str:
@@ -71,18 +69,20 @@ def cost_section(s) -> list[str]:
     for p in points:
         lines.append(f"| {p['row']} | {p['student']} | {_ratio(p['params'], teacher['params'])} | "
                      f"{_ratio(p['macs'], teacher['macs'])} | {_ratio(p['b1'], teacher['b1'])} | "
-                     f"{_ratio(p['b32'], teacher['b32'])} | {_gmacs(p, 32)} | {p['error']:.2f} |")
+                     f"{_ratio(p['b32'], teacher['b32'])} | "
+                     + ("pending" if (rate := gmacs_per_s(p, 32)) is None else f"{rate:.1f}")
+                     + f" | {p['error']:.2f} |")
     lines.append("")
     fronts = [("parameters", "params")] + [(f"CPU latency at batch {b}", f"b{b}") for b in BATCHES]
     for name, key in fronts:
         measured = [p for p in points if p[key] is not None]
-        front = pareto_front([(p[key], p["error"], p["student"]) for p in measured], 0, 1)
+        front = pareto_front(measured, key)
         lines.append(f"- On the error-vs-{name} front ({len(front)} of {len(measured)}): "
-                     + ", ".join(f"{name_} ({err:.2f} %)" for _, err, name_ in front) + ".")
-    rates = {p["student"]: p["macs"] * 32 / p["b32"] / 1e6 for p in points if p["b32"]}
-    cheap = [rates[p["student"]] for p in points if p["row"] == "2" and p["student"] in rates]
-    if teacher["student"] in rates and cheap:
-        lines += ["", f"At batch 32 the teacher's dense 3×3 convolutions run at {rates[teacher['student']]:.1f} "
+                     + ", ".join(f"{p['student']} ({p['error']:.2f} %)" for p in front) + ".")
+    teacher_rate = gmacs_per_s(teacher, 32)
+    cheap = [r for p in points if p["row"] == "2" and (r := gmacs_per_s(p, 32)) is not None]
+    if teacher_rate is not None and cheap:
+        lines += ["", f"At batch 32 the teacher's dense 3×3 convolutions run at {teacher_rate:.1f} "
                   f"GMAC/s and the cheap students of row 2 at {min(cheap):.1f}–{max(cheap):.1f}: a cut in MACs "
                   "buys less time than its size wherever the cheap block runs at a lower compute rate than the "
                   "convolution it replaces. The claims below are stated, as in the papers, at equal parameters; "

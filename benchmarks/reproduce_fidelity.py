@@ -71,6 +71,7 @@ def fidelity_section(s) -> list[str]:
     return lines
 
 
+#: what the library did with the check (cheapconv.blockswap.Scorer, `cheapconv search --fisher-precision`)
 FISHER_DECISION = (
     "**Decision:** bf16 autocast at 128 images is the search's default Fisher setting (`cheapconv.search(..., "
     "precision=\"bf16\")`, `cheapconv search --fisher-precision bf16`): it is the one setting whose whole "

@@ -26,7 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from reproduce_costs import cost_section, latency_pair, pareto_front  # noqa: E402
+from reproduce_costs import cost_section, latency_pair, pareto_front, student_points  # noqa: E402
 from reproduce_fidelity import FISHER_DECISION, fidelity_claim, fidelity_section, fisher_section  # noqa: E402
 from reproduce_row5 import teacher_init_section  # noqa: E402
 from reproduce_stats import mean_sd  # noqa: E402
@@ -196,32 +196,26 @@ def pareto_plots(s: Study, plot_dir: Path) -> dict[str, Path | None]:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    points = []
-    for row, student in s.students():
-        mode = "scratch" if row == "1" else "at"
-        st = s.stat(row, student, mode)
-        if st and (row, student) in s.info:
-            info = s.info[(row, student)]
-            lat = s.latency.get(info["arch"], {}).get("batch1_ms")
-            points.append((row, student, info["params"], lat, st[0], st[1] or 0.0))
+    points = student_points(s)
     out: dict[str, Path | None] = {}
     plot_dir.mkdir(parents=True, exist_ok=True)
     colours = {"1": "black", "2": "tab:blue", "3": "tab:orange", "4": "tab:green", "5": "tab:purple"}
-    for name, index, label in (("params", 2, "parameters (paper convention)"),
-                               ("latency", 3, "CPU latency, batch 1, fp32 (ms)")):
-        pts = [p for p in points if p[index] is not None]
+    for name, key, label in (("params", "params", "parameters (paper convention)"),
+                             ("latency", "b1", "CPU latency, batch 1, fp32 (ms)")):
+        pts = [p for p in points if p[key] is not None]
         if not pts:
             out[name] = None
             continue
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
-        for row in sorted({p[0] for p in pts}):
-            sel = [p for p in pts if p[0] == row]
-            ax.errorbar([p[index] for p in sel], [p[4] for p in sel], yerr=[p[5] for p in sel], fmt="o",
+        for row in sorted({p["row"] for p in pts}):
+            sel = [p for p in pts if p["row"] == row]
+            ax.errorbar([p[key] for p in sel], [p["error"] for p in sel], yerr=[p["sd"] for p in sel], fmt="o",
                         color=colours.get(row, "grey"), label=ROW_TITLES.get(row, row), capsize=3)
             for p in sel:
-                ax.annotate(p[1], (p[index], p[4]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        front = pareto_front(pts, index, 4)
-        ax.step([p[index] for p in front], [p[4] for p in front], where="post", color="grey", lw=0.8, ls="--")
+                ax.annotate(p["student"], (p[key], p["error"]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+        front = pareto_front(pts, key)
+        ax.step([p[key] for p in front], [p["error"] for p in front], where="post", color="grey", lw=0.8, ls="--")
         ax.set_xscale("log")
         fmt = (lambda v, _: f"{v / 1e3:g}k") if name == "params" else (lambda v, _: f"{v:g}")
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(fmt))
@@ -340,7 +334,6 @@ def parity_section(s: Study) -> list[str]:
     return lines
 
 
-#: what the library did with the check above (cheapconv.blockswap.Scorer, `cheapconv search --fisher-precision`)
 def render(results: Path, out: Path, *, fisher: list[Path] | None = None, margin: float = 1.0,
            plot_dir: Path | None = None) -> str:
     """Write the report for ``results`` to ``out`` (plots into ``plot_dir``, default beside the results)."""

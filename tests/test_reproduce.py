@@ -131,7 +131,8 @@ def test_cost_section_relates_every_student_to_the_teacher():
     assert "batch 1 front (3 of 3): wrn_10_2 (7.00 %), G(4) (6.00 %), teacher (5.00 %)" in text
     claim1 = reproduce_report.claims(s, 1.0)[0][2][0]
     assert claim1.endswith("CPU latency, batch 1: 1.80 vs 1.00 ms")
-    assert reproduce_costs.pareto_front([(3, 1), (1, 5), (2, 5), (2, 4)], 0, 1) == [(1, 5), (2, 4), (3, 1)]
+    pts = [{"params": x, "error": e} for x, e in [(3, 1), (1, 5), (2, 5), (2, 4)]]
+    assert [(p["params"], p["error"]) for p in reproduce_costs.pareto_front(pts, "params")] == [(1, 5), (2, 4), (3, 1)]
 
 
 @pytest.fixture(autouse=True)
