@@ -21,3 +21,20 @@ def test_public_names_exist():
         assert hasattr(cheapconv, name), name
     for name in ("cheapen", "plan", "count_params", "count_macs", "create_model", "save", "load", "record"):
         assert callable(getattr(cheapconv, name))
+
+
+def test_wheel_holds_every_package(tmp_path):
+    """A non-editable install ships exactly what the wheel holds: every package of the source tree must be in it
+    (a hand-written package list once left cheapconv.reconstruction out, and every plain install failed)."""
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+                            "-w", str(tmp_path), str(root)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = tmp_path.glob("cheapconv-*.whl")
+    shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py")}
+    source = {str(p.relative_to(root)) for p in (root / "cheapconv").rglob("*.py") if "__pycache__" not in p.parts}
+    source |= {"cheapconv_cli/" + p.name for p in (root / "cli").glob("*.py")}
+    assert source - shipped == set(), f"missing from the wheel: {sorted(source - shipped)}"
