@@ -29,9 +29,18 @@ def test_wheel_holds_every_package(tmp_path):
     import zipfile
     from pathlib import Path
 
+    import shutil
+
     root = Path(__file__).resolve().parents[1]
+    # built from a copy: a build/ folder left in the checkout by an earlier build would put stale modules in the wheel
+    tree = tmp_path / "src"
+    tree.mkdir()
+    for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(root / name, tree / name)
+    for name in ("cheapconv", "cli"):
+        shutil.copytree(root / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-                            "-w", str(tmp_path), str(root)], capture_output=True, text=True, timeout=300)
+                            "-w", str(tmp_path), str(tree)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = tmp_path.glob("cheapconv-*.whl")
     shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py")}
