@@ -140,6 +140,44 @@ def test_wildcards_skip_ineligible_convs_but_exact_names_conflict(wrn16):
     assert by_layer["block3.0.shortcut"].action == "cannot" and "1×1" in by_layer["block3.0.shortcut"].reason
 
 
+class DepthwiseNet(nn.Module):
+    """stem, then depthwise 3×3 and pointwise 1×1 (a MobileNet block), then a dense 3×3."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.pw = nn.Conv2d(16, 32, 1)
+        self.dense = nn.Conv2d(32, 32, 3, padding=1)
+
+    def forward(self, x):
+        return self.dense(self.pw(self.dw(self.stem(x)))).mean((2, 3))
+
+
+def test_default_rules_skip_depthwise_convs_but_a_rule_naming_one_conflicts():
+    net = DepthwiseNet()
+    by_layer = {e.layer: e for e in plan(net, "G(4)", input_size=(3, 16, 16)).entries}
+    assert by_layer["dw"].action == "skip" and "already grouped" in by_layer["dw"].reason
+    assert by_layer["dense"].action == "replace"
+    assert not plan(net, "LRp(0.5)", input_size=(3, 16, 16)).impossible  # structured blocks skip it too
+    cheapen(net, "G(4)", input_size=(3, 16, 16), strict=True)  # nothing impossible: strict passes
+    by_layer = {e.layer: e for e in plan(net, "dw=G(4)", input_size=(3, 16, 16)).entries}
+    assert by_layer["dw"].action == "cannot" and "already grouped" in by_layer["dw"].reason
+
+
+def test_a_list_of_images_is_an_example_input():
+    """torchvision's detectors take ``model([image])``; cheapen and plan accept that input as it is."""
+    net = DepthwiseNet()
+    p = plan(net, "G(4)", example_input=[torch.rand(3, 20, 24)])
+    assert p.input_shape == (3, 20, 24)
+    assert p.totals["macs_before"] == count_macs(net, (1, 3, 20, 24))
+    student = cheapen(net, "G(4)", example_input=[torch.rand(3, 20, 24), torch.rand(3, 20, 24)])
+    assert student.cheapconv_plan.input_shape == (3, 20, 24)
+    assert plan(net, "G(4)", example_input=torch.rand(3, 20, 24)).input_shape == (3, 20, 24)
+    with pytest.raises(cheapconv.UsageError, match="list of C×H×W"):
+        plan(net, "G(4)", example_input=[torch.rand(20, 24)])
+
+
 def test_strict_turns_impossible_layers_into_errors(wrn16):
     with pytest.raises(PolicyMatchError, match="do not divide"):
         cheapen(wrn16, "G(3)", strict=True)

@@ -16,7 +16,8 @@ from torch import nn
 
 from ..errors import UsageError
 
-__all__ = ["default_input_size", "example_input_for", "input_shape_of", "recipe_input_size", "resolve_input_size"]
+__all__ = ["as_example_batch", "default_input_size", "example_input_for", "input_shape_of", "recipe_input_size",
+           "resolve_input_size"]
 
 
 def default_input_size(model: nn.Module) -> tuple[int, int, int]:
@@ -73,3 +74,26 @@ def example_input_for(model: nn.Module, input_size: tuple[int, ...] | None = Non
     if param is not None and not param.dtype.is_floating_point:
         kw["dtype"] = torch.float32
     return torch.zeros((1, *size), **kw)
+
+
+def as_example_batch(example_input) -> torch.Tensor:
+    """``example_input`` as one N×C×H×W tensor: a batch passes through; a C×H×W image, or a list of them (what
+    torchvision's detectors take, ``model([image])``), becomes a batch. Only its shape is used, to record the
+    convs' sizes; images of different sizes are measured at the first one's (a detector resizes them anyway).
+
+    >>> as_example_batch([torch.zeros(3, 96, 128)]).shape
+    torch.Size([1, 3, 96, 128])
+    """
+    if isinstance(example_input, (list, tuple)):
+        images = list(example_input)
+        if not images or not all(isinstance(t, torch.Tensor) and t.dim() == 3 for t in images):
+            raise UsageError("example_input must be a tensor (N×C×H×W or C×H×W) or a non-empty list of C×H×W "
+                             "image tensors, as torchvision's detectors take them.")
+        first = images[0]
+        return first.new_zeros((len(images), *first.shape))
+    if not isinstance(example_input, torch.Tensor):
+        raise UsageError(f"example_input must be a tensor or a list of image tensors, not "
+                         f"{type(example_input).__name__}.")
+    if example_input.dim() == 3:
+        return example_input.unsqueeze(0)
+    return example_input

@@ -6,8 +6,9 @@ this plan. Every layer appears with an action:
 
 * ``replace``: the block will replace it;
 * ``keep``: a rule said keep (``S``/``keep``), or no rule matched;
-* ``skip``: not eligible (the stem under a default rule; 1×1 convs under k×k blocks; convs outside residual
-  pairs under B/BG) and not named by the rule that matched it (a wildcard or default rule);
+* ``skip``: not eligible (the stem under a default rule; 1×1 convs under k×k blocks; depthwise and other
+  grouped convs; convs outside residual pairs under B/BG) and not named by the rule that matched it (a
+  wildcard or default rule);
 * ``cannot``: a rule asked for a block this layer cannot take; the reason says why. ``strict=True``
   turns these into an error.
 """
@@ -29,7 +30,7 @@ from ..errors import PolicyMatchError, TraceError
 from ..fx.analysis import Analysis, ConvSite, PairSite, analyse, shape_mismatch
 from ..fx.tap import Tap
 from .advice import nothing_replaced_advice
-from .policy import Policy, Rule, parse_policy
+from .policy import Policy, Rule, Selector, parse_policy
 
 Action = Literal["replace", "keep", "skip", "cannot"]
 
@@ -168,10 +169,10 @@ def _conv_entry(site: ConvSite, rule_match: tuple[int, Rule] | None, analysis: A
         return _price(entry, before, before)
     reason = spec.conv_reason(site.conv)
     if reason is not None:
-        # 1×1 convs are not eligible for k×k blocks unless a rule names them; other refusals
-        # (divisibility, already grouped, ...) are real conflicts with what was asked.
-        is_kxk = min(site.conv.kernel_size) > 1
-        entry.action = "cannot" if is_kxk or rule.names_exactly(site.name) else "skip"
+        # A wildcard or default rule does not aim at convs outside the block's scope (a 1×1 conv under a k×k
+        # block, a depthwise or otherwise grouped conv under a block that makes dense convs cheap): those are
+        # skipped. Refusing a dense k×k conv (divisibility, ...), or any layer a rule names, is a real conflict.
+        entry.action = "cannot" if not outside_scope(site.conv) or rule.names_exactly(site.name) else "skip"
         entry.reason = reason
         return _price(entry, before, before)
     replacement = spec.build_conv(site.conv)
@@ -188,6 +189,21 @@ def _conv_entry(site: ConvSite, rule_match: tuple[int, Rule] | None, analysis: A
     analysis.replacements[entry.layer] = replacement
     entry.action, entry.block, entry.reason = "replace", str(spec), f"rule '{rule}'"
     return _price(entry, before, after)
+
+
+def outside_scope(conv: nn.Conv2d) -> bool:
+    """Whether a block that refuses ``conv`` merely does not aim at it: a 1×1 conv (k×k blocks leave it) or an
+    already grouped conv such as a depthwise one (every block makes a *dense* conv cheaper). A default or
+    wildcard rule skips such a conv; a dense k×k conv that a block refuses is a conflict (``cannot``)."""
+    return min(conv.kernel_size) == 1 or conv.groups != 1
+
+
+def price_conv(site: ConvSite, spec: BlockSpec, analysis: Analysis) -> tuple[PlanEntry, nn.Module | None]:
+    """How a rule naming ``site`` exactly with the conv-level ``spec`` is planned: the priced entry (``replace``,
+    or ``cannot`` with the reason) and the replacement module (None unless replaced). The block search prices
+    its candidates with this, so its costs are the plan's by construction; ``analysis`` is left as it was."""
+    entry = _conv_entry(site, (0, Rule(spec, Selector(site.name))), analysis)
+    return entry, analysis.replacements.pop(entry.layer, None)
 
 
 def _grows(entry: PlanEntry, spec: BlockSpec, before: Cost, after: Cost, *, named: bool, what: str) -> bool:
@@ -317,17 +333,20 @@ def _growth_notes(entries: list[PlanEntry], totals: dict[str, int], model_name: 
     return notes
 
 
-def prepare(model: nn.Module, *, example_input: torch.Tensor | None = None,
+def prepare(model: nn.Module, *, example_input: torch.Tensor | list[torch.Tensor] | None = None,
             input_size: tuple[int, ...] | None = None, leaf_modules=(), stages=None):
-    """Trace a copy of ``model`` (or fall back to a plain copy) and analyse it. Internal to plan/cheapen."""
+    """Trace a copy of ``model`` (or fall back to a plain copy) and analyse it. Internal to plan/cheapen.
+
+    ``example_input`` is a batch, a C×H×W image or a list of them
+    (:func:`~cheapconv.models.inputs.as_example_batch`)."""
     import copy
 
     from ..fx.tracer import trace
-    from ..models.inputs import example_input_for
+    from ..models.inputs import as_example_batch, example_input_for
     from .taps import find_stages
 
-    if example_input is None:
-        example_input = example_input_for(model, input_size)
+    # a detector's natural input, [image], is measured as the batch it stands for
+    example_input = example_input_for(model, input_size) if example_input is None else as_example_batch(example_input)
     notes = []
     try:
         work = trace(model, leaf_modules)
@@ -359,7 +378,8 @@ def prepare(model: nn.Module, *, example_input: torch.Tensor | None = None,
     return analysis, list(stages), notes, totals
 
 
-def plan(model: nn.Module, policy: str | Policy | BlockSpec, *, example_input: torch.Tensor | None = None,
+def plan(model: nn.Module, policy: str | Policy | BlockSpec, *,
+         example_input: torch.Tensor | list[torch.Tensor] | None = None,
          input_size: tuple[int, ...] | None = None, strict: bool = False, leaf_modules=(),
          model_name: str | None = None) -> Plan:
     """Dry run of :func:`cheapconv.cheapen`: what each layer would become, and why, with costs.

@@ -47,7 +47,8 @@ def apply_plan(analysis: Analysis, plan: Plan) -> nn.Module:
     return model
 
 
-def cheapen(model: nn.Module, policy: str | Policy | BlockSpec, *, example_input: torch.Tensor | None = None,
+def cheapen(model: nn.Module, policy: str | Policy | BlockSpec, *,
+            example_input: torch.Tensor | list[torch.Tensor] | None = None,
             input_size: tuple[int, ...] | None = None, strict: bool = False, leaf_modules=(),
             stages: list[str] | None = None, taps: bool = True, model_name: str | None = None,
             init: str = "random") -> nn.Module:
@@ -65,9 +66,10 @@ def cheapen(model: nn.Module, policy: str | Policy | BlockSpec, *, example_input
     The student carries ``cheapconv_plan`` (the :class:`~cheapconv.surgery.planner.Plan` that was applied) and
     ``cheapconv_recipe`` (what :func:`cheapconv.save` records), and Tap modules at the stage outputs.
 
-    ``example_input`` / ``input_size`` (C, H, W) set the resolution for MACs (default: the model's native
-    one); ``strict`` turns every layer that cannot take its block into an error; ``leaf_modules`` are module
-    classes or names that fx must not trace into.
+    ``example_input`` (a batch, or a list of C×H×W images as torchvision's detectors take them) /
+    ``input_size`` (C, H, W) set the resolution for MACs (default: the model's native one); ``strict`` turns
+    every layer that cannot take its block into an error; ``leaf_modules`` are module classes or names that fx
+    must not trace into.
 
     >>> from cheapconv.models import WideResNet
     >>> student = cheapen(WideResNet(40, 2), "G(4)")
