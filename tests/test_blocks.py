@@ -194,6 +194,16 @@ def test_structured_param_formulas():
         dw + cin * mid // g + 9 * mid + mid * cout // g
 
 
+@pytest.mark.parametrize("cin,cout,k,expected", [(64, 64, 3, 64), (128, 128, 3, 128), (32, 64, 3, 32),
+                                                   (64, 64, 1, 8), (96, 24, 3, 24)])
+def test_lrp_rank_never_exceeds_full_rank(cin, cout, k, expected):
+    """LRp(0.25)'s formula asks for 67 on a 3×3 64→64 conv (139 on 128→128); a rank above min(C_in, C_out) adds
+    parameters and nothing else, so it stops at full rank (and then keeps less than f of the conv)."""
+    spec, original = parse_block("LRp(0.25)"), conv(cin, cout, k=k)
+    assert spec.rank(original) == expected <= min(cin, cout)
+    assert trainable(spec.build_conv(original)) <= 0.25 * original.weight.numel()
+
+
 def test_acdc_builds_exactly_n_factors_and_starts_as_a_structured_identity():
     block = parse_block("ACDC(5)").build_conv(conv(16, 16, k=1))
     assert block.a.shape == (5, 16) and block.d.shape == (5, 16)

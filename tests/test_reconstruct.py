@@ -17,7 +17,7 @@ from torch import nn
 
 import cheapconv
 from cheapconv import DistillConfig, distill
-from cheapconv.blocks import Bottleneck, GroupedPointwise, ShufflePointwise
+from cheapconv.blocks import Bottleneck, GroupedPointwise, LowRankPointwise, ShufflePointwise
 from cheapconv.data import DEBIAN_FASHION_MNIST_DIR, TensorImageDataset, get_dataset, synthetic_dataset
 from cheapconv.errors import UsageError
 from cheapconv.models import WideResNet
@@ -91,6 +91,16 @@ def test_post_activation_resnet_sites_improve_end_to_end():
     assert len(report.sites) == 8 and report.improved, [(s.name, s.before, s.after) for s in report.sites]
 
 
+def test_the_report_says_a_discarded_adam_refinement_leaves_the_fit_standing():
+    from cheapconv.reconstruction.report import ADAM_NOT_KEPT, ReconstructionReport, SiteResult
+
+    kept = SiteResult("a.conv", "LRp(0.5)", "activation-aware low rank + Adam", 0.3, 0.2, 0.1, 0.1, 8, 8)
+    dropped = SiteResult("b.conv", "LRp(0.5)", f"activation-aware low rank; {ADAM_NOT_KEPT}", 0.3, 0.2, 0.1, 0.1, 8, 8)
+    assert "not kept" not in str(ReconstructionReport([kept]))
+    text = " ".join(str(ReconstructionReport([kept, dropped])).split())
+    assert "undone" not in text and "did not lower its error" in text and "the fit itself" in text
+
+
 @needs_fmnist
 def test_teacher_is_never_modified(teacher, images):
     before = _state(teacher)
@@ -140,6 +150,24 @@ def test_least_squares_and_reduced_rank_recover_a_linear_map():
     assert torch.allclose(dense_solution(m, ridge=0), w, atol=1e-8)
     down, up = reduced_rank_solution(m, 8, ridge=0)
     assert torch.allclose(up @ down, w, atol=1e-8)
+    # a block wider than full rank (LR(1) on a widening conv) gets the exact map, its extra rank kept trainable
+    down, up = reduced_rank_solution(m, 11, ridge=0)
+    assert down.shape == (11, 8) and up.shape == (12, 11) and torch.allclose(up @ down, w, atol=1e-8)
+    assert down[8:].abs().sum() > 0 and not up[:, 8:].any()
+
+
+def test_reconstruction_of_a_block_wider_than_full_rank():
+    """LR(1) on WRN-10-1's 16→32 conv has rank 32 > 16: reconstruct fits it instead of failing to reshape."""
+    torch.manual_seed(0)
+    teacher = WideResNet(10, 1).eval()
+    student = _student(teacher, "LR(1)", init="teacher")
+    wide = [m for m in student.modules() if isinstance(m, LowRankPointwise)
+            and m.down.out_channels > min(m.down.in_channels, m.up.out_channels)]
+    assert wide
+    data = synthetic_dataset("train", num_samples=32)
+    report = cheapconv.reconstruct(student, teacher, data, samples=16, steps=2, batch_size=16, progress=False)
+    assert len(report.sites) == len(student.cheapconv_plan.replaced)
+    assert all(math.isfinite(s.after) for s in report.sites)
 
 
 def test_activation_aware_rank_beats_plain_truncated_svd():

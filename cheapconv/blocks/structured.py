@@ -252,7 +252,10 @@ class LowRankFraction(LowRank):
     ``LR(s)`` takes its rank from the larger channel count, which on a narrowing or widening layer can give a
     block *bigger* than the conv (``LR(0.5)`` on MobileNetV2's 320→1280 1×1 conv). ``LRp(f)`` reads the
     layer's own shape: r = max(1, floor((f·C_in·C_out·k² − C_in·k²) / (C_in + C_out))) with the depthwise
-    k×k part (k > 1) counted, so the block holds at most ``f`` of the conv's parameters (rank 1 is the floor)."""
+    k×k part (k > 1) counted, so the block holds at most ``f`` of the conv's parameters (rank 1 is the floor).
+    The rank never exceeds full rank, min(C_in, C_out): on a k×k conv the formula can ask for more (67 for a
+    3×3 64→64 conv at f = 0.25), which would add parameters that represent nothing more, so there the block
+    keeps less than ``f`` (full rank 64: 24 % of that conv)."""
 
     scale: float = 0.25
 
@@ -274,7 +277,8 @@ class LowRankFraction(LowRank):
         k2 = conv.kernel_size[0] * conv.kernel_size[1]
         cin, cout = conv.in_channels, conv.out_channels
         depthwise = cin * k2 if conv.kernel_size[0] > 1 else 0
-        return max(1, math.floor((self.scale * cin * cout * k2 - depthwise) / (cin + cout)))
+        wanted = math.floor((self.scale * cin * cout * k2 - depthwise) / (cin + cout))
+        return max(1, min(wanted, cin, cout))   # above min(C_in, C_out) a rank adds nothing but parameters
 
 
 @register_block

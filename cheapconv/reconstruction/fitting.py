@@ -37,6 +37,7 @@ from .balance import balance_block
 from .batchnorm import batchnorms, recalibrate
 from .capture import prefix_input, prefix_output
 from .linear import Moments, dense_solution, pointwise_features, reduced_rank_solution
+from .report import ADAM_NOT_KEPT
 from .sites import Site
 
 __all__ = ["FitSettings", "SiteFit", "fit_site"]
@@ -250,7 +251,7 @@ def fit_site(site: Site, student: nn.Module, teacher: nn.Module, batches: Callab
     if not fitted <= before_adam:   # the optimisation made it worse on the sample (or not finite): undo it
         block.load_state_dict(kept)
         fitted = before_adam
-        method = method.replace(" + Adam", "") + " (Adam undone: no gain)"
+        method = method.replace(" + Adam", "") + "; " + ADAM_NOT_KEPT
     if settings.balance and balance_block(inner, _typical_row_norm(_teacher_conv(teacher, site))):
         method += " + rescaled for training"
     return SiteFit(method, start, fitted, cache.n, streamed, cache.nbytes + moments.nbytes)

@@ -56,14 +56,24 @@ def dense_solution(m: Moments, ridge: float = 1e-6) -> torch.Tensor:
 
 
 def reduced_rank_solution(m: Moments, rank: int, ridge: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """(down r×C_in, up C_out×r) with ``up @ down`` the rank-r least-squares map (see the module docstring)."""
+    """(down r×C_in, up C_out×r) with ``up @ down`` the rank-r least-squares map (see the module docstring).
+
+    A rank above min(C_in, C_out) (a block built wider than full rank, e.g. ``LR(1)`` on a widening conv) gets
+    the full-rank solution: the extra rows of ``down`` repeat its leading rows and the extra columns of ``up``
+    are zero, so the product is unchanged and training can still move them (both zero would stay zero)."""
     ff = _regularised(m.ff, ridge)
     w = torch.linalg.solve(ff, m.yf.T).T
     evals, evecs = torch.linalg.eigh(ff)
     root = evecs @ torch.diag(evals.clamp_min(0).sqrt()) @ evecs.T
     u, _, _ = torch.linalg.svd(w @ root, full_matrices=False)
     u_r = u[:, :rank]
-    return u_r.T @ w, u_r
+    down = u_r.T @ w
+    extra = rank - u_r.shape[1]
+    if extra > 0:
+        index = torch.arange(extra, device=down.device) % down.shape[0]
+        down = torch.cat([down, down[index]], 0)
+        u_r = torch.cat([u_r, u_r.new_zeros(u_r.shape[0], extra)], 1)
+    return down, u_r
 
 
 def pointwise_features(x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:

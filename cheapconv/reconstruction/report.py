@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-__all__ = ["ReconstructionReport", "SiteResult"]
+__all__ = ["ADAM_NOT_KEPT", "ReconstructionReport", "SiteResult"]
+
+#: How a site's method says that the Adam steps after its fit were discarded (the fit itself stands).
+ADAM_NOT_KEPT = "Adam refinement not kept"
 
 
 @dataclass
@@ -62,6 +65,11 @@ class ReconstructionReport:
                           ("fit start → end", "right"), ("error after", "right"), ("sample", "right"),
                           ("method", "left")):
             t.add_column(col, justify=just)
+        if any(ADAM_NOT_KEPT in s.method for s in self.sites):
+            t.caption = (f"{ADAM_NOT_KEPT}: the Adam steps after that site's fit did not lower its error on the "
+                         "sample, so they were discarded; the fit itself (closed form, or BatchNorm from data) "
+                         "stands, and 'fit start → end' shows its error.")
+            t.caption_justify = "left"
         for s in self.sites:
             t.add_row(s.name, s.block, f"{s.before:.3g}", f"{s.start:.3g} → {s.fitted:.3g}", f"{s.after:.3g}",
                       f"{s.cached_images:,}", s.method)
