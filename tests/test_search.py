@@ -6,6 +6,7 @@ import random
 
 import pytest
 import torch
+from torch import nn
 
 import cheapconv
 from cheapconv.blockswap import (
@@ -108,19 +109,21 @@ def test_cost_tables_equal_the_counted_cheapened_model(wrn16, space16):
     assert space16.cost(cheapest, "paper") == lo < space16.base["paper"] <= hi
 
 
-@pytest.mark.parametrize("name,blocks,last,kxk", [
-    ("resnet18", 8, "bn2", ("conv1", "conv2")),     # basic blocks: both 3×3 convs
-    ("timm:resnet26d", 8, "bn3", ("conv2",)),       # bottlenecks: the pair is conv2 (3×3) -> conv3 (1×1)
+@pytest.mark.parametrize("name,pairs,last,kxk,singles", [
+    ("resnet18", 8, "bn2", ("conv1", "conv2"), []),  # basic blocks: both 3×3 convs
+    # bottlenecks: the pair is conv2 (3×3) -> conv3 (1×1); the deep stem's 3×3 convs after the first are sites too
+    ("timm:resnet26d", 8, "bn3", ("conv2",), ["conv1.3", "conv1.6"]),
 ])
-def test_post_activation_resnets_are_priced_exactly_and_scored_at_the_last_norm(name, blocks, last, kxk):
+def test_post_activation_resnets_are_priced_exactly_and_scored_at_the_last_norm(name, pairs, last, kxk, singles):
     pytest.importorskip("torchvision")
     if name.startswith("timm:"):
         pytest.importorskip("timm")
     teacher = cheapconv.create_model(name, num_classes=10)
     space = SearchSpace.of(teacher, FEW, input_size=(3, 64, 64))
-    assert len(space.blocks) == blocks
-    assert all(b.branch_module == f"{b.path}.{last}" for b in space.blocks)
-    assert all(b.kxk == tuple(f"{b.path}.{k}" for k in kxk) for b in space.blocks)
+    paired = [b for b in space.blocks if b.kind == "pair"]
+    assert len(paired) == pairs and [b.label for b in space.blocks if b.kind == "conv"] == singles
+    assert all(b.branch_module == f"{b.path}.{last}" for b in paired)
+    assert all(b.kxk == tuple(f"{b.path}.{k}" for k in kxk) for b in paired)
     config = _random_configs(space, 1, seed=5)[0]
     student = cheapconv.cheapen(teacher, space.policy(config), input_size=(3, 64, 64))
     space.check_plan(config, student.cheapconv_plan)
@@ -128,7 +131,85 @@ def test_post_activation_resnets_are_priced_exactly_and_scored_at_the_last_norm(
     assert cheapconv.count_macs(student, (1, 3, 64, 64)) == space.cost(config, "macs")
     batch = fixed_minibatch(None, batch_size=4, seed=0, input_shape=space.input_shape, teacher=teacher)
     scores = Scorer(teacher, space, batch, input_size=(3, 64, 64)).score(config)
-    assert list(scores.per_site) == [b.branch_module for b in space.blocks] and scores.total > 0
+    sites = [b.site(b.candidates[i]) for b, i in zip(space.blocks, config, strict=True)]
+    assert list(scores.per_site) == sites and scores.total > 0
+    assert sites[len(singles):] == [b.branch_module for b in paired]
+
+
+class TinyMobile(nn.Module):
+    """A MobileNetV2 in miniature: stem, an inverted residual without a skip, one with a skip, a 1×1 head."""
+
+    def __init__(self):
+        super().__init__()
+        act = nn.ReLU
+
+        def inverted(cin, mid, cout, stride):
+            return nn.Sequential(nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), act(),
+                                 nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False), nn.BatchNorm2d(mid),
+                                 act(), nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), act())
+        self.down = inverted(16, 32, 24, 2)
+        self.same = inverted(24, 48, 24, 1)
+        self.head = nn.Conv2d(24, 64, 1)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.down(self.stem(x))
+        x = x + self.same(x)
+        return self.fc(self.head(x).mean((2, 3)))
+
+
+def test_a_depthwise_network_is_searched_at_every_conv_a_candidate_can_replace():
+    """No residual conv pair of 3×3 convs: the 1×1 convs are the sites (the pair after the depthwise conv
+    offers its 1×1), and costs stay exact."""
+    teacher = TinyMobile()
+    space = SearchSpace.of(teacher, "S, LRp(0.5), ACDC(2), G(4), B(2)", input_size=(3, 32, 32))
+    assert [(b.label, b.kind) for b in space.blocks] == [
+        ("down.0", "conv"), ("down.6", "conv"), ("same.0", "conv"), ("same.3+6", "pair"), ("head", "conv")]
+    pair = space.blocks[3]
+    lrp = next(c for c in pair.candidates if c.text == "LRp(0.5)")
+    assert pair.targets(lrp) == ("same.6",)                            # the pair's 1×1 conv, not its depthwise
+    assert "G(4)" in pair.excluded and "B(2)" in pair.excluded and "already grouped" in pair.excluded["G(4)"]
+    assert all(c.text in ("S", "LRp(0.5)", "ACDC(2)") for b in space.blocks for c in b.candidates)
+    assert "stem.0" not in {b.label for b in space.blocks}           # the stem is left alone
+    lo, hi = space.cost_range("paper")
+    assert lo < hi == space.base["paper"]
+    for config in _random_configs(space, 3, seed=1) + [tuple(0 for _ in space.blocks)]:
+        student = cheapconv.cheapen(teacher, space.policy(config), input_size=(3, 32, 32), strict=True)
+        space.check_plan(config, student.cheapconv_plan)
+        assert cheapconv.count_params(student, "paper") == space.cost(config, "paper")
+        assert cheapconv.count_macs(student, (1, 3, 32, 32)) == space.cost(config, "macs")
+    r = search(teacher, "60%", samples=2, batch_size=4, spread_runs=1, input_size=(3, 32, 32),
+               candidates="S, LRp(0.5), LRp(0.25), ACDC(2)", tolerance=0.1)
+    assert r.window[0] <= r.winner.cost <= r.window[1] and r.measured["paper"] == r.winner.paper
+    assert r.blocks == [b.label for b in space.blocks]
+    r = search(teacher, "90%", metric="latency", samples=2, batch_size=4, spread_runs=1, input_size=(3, 32, 32),
+               candidates="S, LRp(0.25)", tolerance=0.9)    # single convs are timed on their own too
+    assert r.measured["latency"] > 0 and r.winner.latency_ms is not None
+
+
+def test_a_network_that_leaves_no_choice_says_why_and_what_to_use():
+    with pytest.raises(UsageError) as info:
+        SearchSpace.of(TinyMobile(), input_size=(3, 32, 32))
+    text = str(info.value)
+    assert "no choice" in text and "default candidates" in text and "depthwise" in text
+    assert "--candidates 'S, LRp(0.5), LRp(0.25), ACDC(2)'" in text and "cheapconv cheapen" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["timm:tf_efficientnet_lite0", "timm:mobilenetv3_small_100"])
+def test_timm_depthwise_networks_are_searched_with_pointwise_candidates(name):
+    pytest.importorskip("timm")
+    teacher = cheapconv.create_model(name, num_classes=10)
+    with pytest.raises(UsageError, match="no choice"):
+        search(teacher, "50%", samples=2, batch_size=4, input_size=(3, 64, 64))
+    r = search(teacher, "60%", samples=2, batch_size=4, spread_runs=1, input_size=(3, 64, 64),
+               candidates="S, LRp(0.5), LRp(0.25), ACDC(2)")
+    lo, hi = r.reachable
+    assert lo < 0.6 * r.teacher_cost < hi
+    assert r.window[0] <= r.winner.cost <= r.window[1] and r.measured["paper"] == r.winner.paper
+    assert len(r.blocks) > 20
 
 
 def test_fisher_is_scored_in_bf16_by_default_and_stays_close_to_fp32(wrn16, space16):

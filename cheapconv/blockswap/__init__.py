@@ -1,4 +1,4 @@
-"""BlockSwap: choose one block type per residual block under a budget (see :mod:`.searcher`)."""
+"""BlockSwap: choose one block type per residual pair or replaceable conv under a budget (see :mod:`.searcher`)."""
 
 from __future__ import annotations
 

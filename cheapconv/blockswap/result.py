@@ -102,7 +102,7 @@ class SearchResult:
                                                 if c.latency_ms is not None else ""),
             f"# Fisher potential {c.score:.6g}" + (f" (re-scored: {spread[0]:.6g} ± {spread[1]:.3g} over "
                                                   f"{len(c.spread_scores)} seeds)" if spread else ""),
-            "# one line per residual block; layers not named here stay as they are",
+            "# one line per searched block (a residual pair or one conv); layers not named here stay as they are",
             *c.rules,
         ]
         return "\n".join(lines) + "\n"

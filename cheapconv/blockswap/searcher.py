@@ -1,4 +1,5 @@
-"""BlockSwap: choose one block type per residual block under a budget (``blockswap-and-structured.md`` §1).
+"""BlockSwap: choose one block type per residual pair or replaceable conv under a budget
+(``blockswap-and-structured.md`` §1).
 
 The entry point is :func:`search`, exported as ``cheapconv.search`` and ``cheapconv.blockswap.search`` (this
 module is named ``searcher`` so that the function never shadows a module of the same name).
@@ -8,8 +9,10 @@ module is named ``searcher`` so that the function never shadows a module of the 
 ...                           candidates="S, G(2), G(4), B(2)")   # doctest: +SKIP
 >>> print(result.policy_text())                                    # doctest: +SKIP
 
-1. **Blocks and candidates** (:mod:`.space`): every residual-branch conv pair of the teacher; the default
-   candidates are the paper's 23 types, a block keeps those it can take.
+1. **Blocks and candidates** (:mod:`.space`): every residual-branch conv pair of the teacher, and every other
+   conv (not the stem) that a candidate besides ``S`` can replace; the default candidates are the paper's 23
+   types, a block keeps those it can take. Where no conv can take any (a depthwise network under the
+   default candidates) the search says so and names the blocks that would apply.
 2. **Cost tables**: each (block, candidate) is built once and priced; a configuration costs teacher +
    Σ deltas, exactly what counting the cheapened model gives (parameters in either convention, MACs).
    Latency budgets use per-block latencies measured once on the device (:mod:`.timing`): an additive
@@ -101,7 +104,9 @@ def search(teacher: nn.Module | str, budget: str | float | Budget, *, metric: st
       teacher; ``metric`` is ``"params"``, ``"macs"`` or ``"latency"`` (None: latency for a time, else
       params). Parameters are counted in ``convention`` (``"paper"``, as the paper's tables, or
       ``"trainable"``).
-    - ``candidates``: block specs (``"S, G(4), B(2)"`` or a list); default :data:`DEFAULT_CANDIDATES`.
+    - ``candidates``: block specs (``"S, G(4), B(2)"`` or a list); default :data:`DEFAULT_CANDIDATES`, which
+      replace dense k×k convs: for a depthwise network (MobileNet, EfficientNet) choose blocks that replace
+      its 1×1 convs, e.g. ``"S, LRp(0.5), LRp(0.25), ACDC(2)"`` (the error says which apply).
     - ``samples``: distinct configurations within ``±tolerance`` of the budget to score (the paper: 1000).
     - ``data``: the scoring minibatch's source (see :func:`fixed_minibatch`); None uses seeded synthetic
       images with random labels (noted in the result). ``batch_size`` is its size (the paper: 128).

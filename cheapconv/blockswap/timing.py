@@ -1,7 +1,7 @@
 """Per-block latency tables for latency budgets, measured once on the device at hand, in the chosen runtime.
 
-Each block's original pair (``conv_a -> norm -> act -> conv_b``, run as a small module) and each candidate
-replacement are timed with :func:`cheapconv.measure.runtimes.measure_in_runtime` at the block's input shape,
+Each block's original pair (``conv_a -> norm -> act -> conv_b``, run as a small module) or single conv and each
+candidate replacement are timed with :func:`cheapconv.measure.runtimes.measure_in_runtime` at the block's input shape,
 in the runtime the student will run in (``torch`` eager, ``compile``, ``pt2`` or ``onnxruntime``: each
 small graph is exported on its own and checked against eager mode before it is timed); a candidate's
 latency delta is the difference of the two medians. A configuration's latency is then the
@@ -26,7 +26,7 @@ from .space import SearchSpace
 
 
 def _conv_step(candidate, site, block) -> nn.Module:
-    return candidate.spec.build_conv(site.conv) if site.name in block.kxk else copy.deepcopy(site.conv)
+    return candidate.spec.build_conv(site.conv) if site.name in block.targets(candidate) else copy.deepcopy(site.conv)
 
 
 def measure_latencies(space: SearchSpace, teacher: nn.Module, *, batch: int = 1,
@@ -57,18 +57,24 @@ def measure_latencies(space: SearchSpace, teacher: nn.Module, *, batch: int = 1,
     for block in space.blocks:
         if id(block.candidates) in done:
             continue
-        pair = space.pairs[block.label]
-        between = node_steps(space.graph, pair.between)
         shape = (batch, *block.input_shape)
-        original = timed(Chain([copy.deepcopy(pair.a.conv), *between, copy.deepcopy(pair.b.conv)]),
-                                   shape, **kw).median_ms
+        if block.kind == "conv":  # a single conv: the conv against its replacement
+            site = space.singles[block.label]
+            original = timed(copy.deepcopy(site.conv), shape, **kw).median_ms
+        else:
+            pair = space.pairs[block.label]
+            between = node_steps(space.graph, pair.between)
+            original = timed(Chain([copy.deepcopy(pair.a.conv), *between, copy.deepcopy(pair.b.conv)]),
+                             shape, **kw).median_ms
         for j, cand in enumerate(block.candidates):
             if cand.level == "keep":
                 delta = 0.0
             else:
-                if cand.level == "block":
-                    module: nn.Module = cand.spec.build_pair(pair.a.conv, pair.b.conv)
-                else:  # conv-level: the k×k convs replaced, a 1×1 end of the pair kept
+                if block.kind == "conv":
+                    module: nn.Module = _conv_step(cand, site, block)
+                elif cand.level == "block":
+                    module = cand.spec.build_pair(pair.a.conv, pair.b.conv)
+                else:  # conv-level: the convs it applies to replaced, the others kept
                     module = Chain([_conv_step(cand, pair.a, block), *between, _conv_step(cand, pair.b, block)])
                 delta = timed(module, shape, **kw).median_ms - original
             block.candidates[j] = dataclasses.replace(cand, latency_ms=delta)
