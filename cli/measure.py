@@ -153,6 +153,7 @@ def compare(
     """
     from cheapconv.measure import blocks_table, compare_table, evaluate_accuracy, parse_dtype, profile_many
     from cheapconv.measure.accuracy import accuracy_metric
+    from cheapconv.progress import ProgressReport, stage
 
     if len(models) < 2:
         raise typer.BadParameter("give at least two models to compare", param_hint="MODELS")
@@ -163,21 +164,22 @@ def compare(
     check_device(device)
     _check_runtime(runtime, device=device, dtype=the_dtype, channels_last=channels_last)
     check_outputs(inputs={"MODELS": list(models)}, outputs={"--json": json_out})
-    with err.status("Loading models..."):
+    with stage("Loading models...", console=err):   # a spinner, or lines with the time taken in a log
         loaded = [_load_model(m, trust=trust) for m in models]
     names = [Path(m).name if Path(m).is_file() else m for m in models]
-    with err.status("Measuring side by side..."):
+    with stage("Measuring side by side...", console=err):
         profiles = profile_many(loaded, size, names=names, device=device, dtype=the_dtype,
                                 channels_last=channels_last, batch=batch, warmup=warmup, repeats=repeats,
                                 threads=threads, per_layer=layers, runtime=runtime)
     accuracies = None
     if data:
         accuracies = []
-        for name, m in zip(names, loaded, strict=True):
-            with err.status(f"Evaluating {name} on {data}..."):
+        labels = {str(i): f"Evaluating {name} on {data}" for i, name in enumerate(names)}
+        with ProgressReport(labels, console=err, unit="images") as report:   # a bar (or ~10 % lines) per model
+            for i, m in enumerate(loaded):
                 accuracies.append(evaluate_accuracy(m, data, input_shape=profiles[0].input_shape,
                                                     data_dir=str(data_dir) if data_dir else None, limit=limit,
-                                                    device=device))
+                                                    device=device, progress=report.phase(str(i))))
     table = compare_table(profiles, accuracies)
     metric = accuracy_metric(data) if data else "top-1"
     for column in table.columns:   # segmentation: the accuracy column holds mIoU

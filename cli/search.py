@@ -51,28 +51,14 @@ def _metric(value: str | None) -> str | None:
 
 
 def progress_bar():
-    """A rich progress bar (on stderr) with one row per search phase, and the callback that advances it."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    """The search's progress on stderr, one row per phase (a bar on a terminal; in a pipe or a log, a line per
+    phase and per ~10 % with the time left: see cheapconv.progress), and the callback that advances it."""
+    from cheapconv.progress import ProgressReport
 
     labels = {"latency": "Timing blocks", "scoring": "Scoring (Fisher)", "spread": "Re-scoring the top",
               "blocks": "Timing replaced blocks"}
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
-    tasks: dict[str, int] = {}
-
-    def tick(phase: str, done: int, total: int) -> None:
-        if phase not in tasks:
-            tasks[phase] = progress.add_task(labels.get(phase, phase), total=total)
-        progress.update(tasks[phase], completed=done, total=total)
-
-    return progress, tick
+    report = ProgressReport(labels, console=err)
+    return report, report.tick
 
 
 def _print_result(result, show: int) -> None:
@@ -127,13 +113,11 @@ def search(
     trust: bool = typer.Option(False, "--trust", help="Allow a model file that needs unpickling (runs its "
                                                       "code)."),
 ) -> None:
-    """Search one block type per residual pair or replaceable conv of MODEL within a budget (BlockSwap).
+    """Search one block type per residual block of MODEL within a budget (BlockSwap) and write the policy.
 
     Shows a progress bar, then the top configurations (cost, Fisher score, spread over seeds), and writes the
-    winner as a policy file (one rule per searched block) that `cheapconv cheapen --policy-file` applies
-    exactly. A budget outside the reachable range is an error (exit 2) that gives the range. The default
-    candidates replace dense k×k convs; for a depthwise network (MobileNet, EfficientNet) pass blocks that
-    replace its 1×1 convs, e.g. --candidates 'S, LRp(0.5), LRp(0.25), ACDC(2)'.
+    winner as a policy file (one rule per residual block) that `cheapconv cheapen --policy-file` applies
+    exactly. A budget outside the reachable range is an error (exit 2) that gives the range.
 
     \b
     Example:

@@ -20,7 +20,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .app import app, check_outputs, emit, err, out, output_path
+from .app import app, check_outputs, emit, err, out, output_path, warn
 
 _LOSSES = "at, kd, at+kd or ce"
 
@@ -88,6 +88,12 @@ class RunOptions:
     overwrite: bool = _opt(False, "--overwrite", help="Start over even where an unfinished run's checkpoint exists "
                            "(it and its metrics are discarded).")
     log_every: int = _opt(50, "--log-every", min=1, help="Steps between metrics records.")
+    augment: str = _opt("standard", "--augment", help="Training augmentation: none, light (flip + 2-px crop; "
+                        "image folders: RandomResizedCrop scale 0.5-1) or standard (flip + 4-px crop; image "
+                        "folders: scale 0.08-1, strong for fine-tuning a pretrained network).")
+    eval_start: bool = _opt(None, "--eval-start/--no-eval-start", help="Evaluate the student before the first "
+                            "step and warn if training ends worse (default: for a student that starts from its "
+                            "teacher).")
     no_progress: bool = _opt(False, "--no-progress", help="No progress bar (epoch lines and the metrics file "
                              "remain).")
     tensorboard: bool = _opt(False, "--tensorboard", help="Also write TensorBoard events (if installed).")
@@ -97,6 +103,9 @@ class RunOptions:
     def prepare(self, inputs: dict) -> tuple[Path, float, float | None]:
         """Checks before any work: the output path, outputs that are ``inputs``, the checkpoint (see
         :func:`_prepare_run`). Returns the checkpoint path and the lr and grad-clip to use."""
+        from cheapconv.data import augmentation
+
+        augmentation(self.augment, "train")   # an unknown --augment fails before any work
         output_path(self.output)
         check_outputs(inputs=inputs,   # the default checkpoint as in _prepare_run
                       outputs={"-o/--output": self.output,
@@ -120,13 +129,19 @@ class RunOptions:
             channels_last=self.channels_last, grad_clip=grad_clip, device=self.device, num_workers=self.workers,
             checkpoint_every=self.checkpoint_every, checkpoint_every_steps=self.checkpoint_every_steps,
             log_every=self.log_every, progress=not self.no_progress, tensorboard=self.tensorboard,
-            compile=self.compile, **objective)
+            compile=self.compile, eval_start=self.eval_start, **objective)
+
+    def recorded(self, result) -> dict:
+        """What the saved model's training metadata records besides the config: the augmentation strength, and
+        the validation figures before the first step and after the last (None where not evaluated)."""
+        return {"augment": self.augment, "start": result.start, "end": result.end}
 
     def datasets(self, model) -> tuple:
         """The training and test sets, adapted to ``model`` (the adapters are stated once)."""
         kw = {"in_chans": self.in_chans, "image_size": self.image_size, "data_dir": self.data_dir,
               "download": self.download}
-        return load_data(self.data, "train", model, **kw), load_data(self.data, "test", model, announce=False, **kw)
+        return (load_data(self.data, "train", model, augment=self.augment, **kw),
+                load_data(self.data, "test", model, announce=False, **kw))
 
 
 def _with_run_options(lead: int):
@@ -175,7 +190,7 @@ def load_model(spec: str, *, weights: Path | None = None, num_classes: int | Non
 
 
 def load_data(name: str, split: str, model, *, in_chans: int | None, image_size: int | None,
-              data_dir: Path | None, download: bool, announce: bool = True):
+              data_dir: Path | None, download: bool, announce: bool = True, augment: str | None = None):
     """The dataset, adapted to ``model``'s input (cheapconv.data.adapt_for_model decides how); the adapters
     applied are stated on stderr, with the option that overrides each."""
     from cheapconv.data import adapt_for_model, get_dataset
@@ -185,7 +200,7 @@ def load_data(name: str, split: str, model, *, in_chans: int | None, image_size:
         for arg, note in fit.notes.items():
             _note(f"{note} (set --{arg.replace('_', '-')} to change).")
     return get_dataset(name, split, data_dir=data_dir, download=download, in_chans=fit.in_chans,
-                       image_size=fit.image_size)
+                       image_size=fit.image_size, augment=augment)
 
 
 def _prepare_run(output: Path, checkpoint: Path | None, *, resume: bool, overwrite: bool, lr: float | None,
@@ -210,16 +225,39 @@ def _prepare_run(output: Path, checkpoint: Path | None, *, resume: bool, overwri
 
 def _run(teacher, student, train, val, cfg, *, checkpoint: Path, resume: bool, overwrite: bool = False):
     """distill() with Ctrl-C turned into exit code 130 and a message saying where the checkpoint is."""
+    import warnings
+
     from cheapconv import distill
     from cheapconv.train.loop import Interrupted
+    from cheapconv.train.start_end import StartLostWarning
 
     try:
-        return distill(teacher, student, train, val_data=val, config=cfg, checkpoint=checkpoint, resume=resume,
-                       overwrite=overwrite)
+        with warnings.catch_warnings():   # said by _say_start_end instead, naming the files
+            warnings.simplefilter("ignore", StartLostWarning)
+            return distill(teacher, student, train, val_data=val, config=cfg, checkpoint=checkpoint, resume=resume,
+                           overwrite=overwrite)
     except Interrupted as e:
         if _is_main():
             err.print(f"[yellow]{e}[/yellow]", highlight=False, soft_wrap=True)
         raise  # a KeyboardInterrupt: cheapconv_cli.main turns it into exit code 130
+
+
+def _say_start_end(result, cfg, *, start_file: str | None, output: Path) -> None:
+    """For a run whose start was evaluated (a student that starts from its teacher): the figures before the first
+    step and after the last on stdout, and a warning on stderr when training ended worse, saying what to try and
+    where the start is."""
+    from cheapconv.store.resolve import is_model_file
+    from cheapconv.train.start_end import lost_start_message
+
+    if result.rank != 0 or result.start_end is None:
+        return
+    out.print(f"{result.start_end} (before the first step → after the last)", highlight=False)
+    where = (f"The student you started from is unchanged in {start_file}; the trained one was written to {output}."
+             if start_file is not None and is_model_file(start_file) else
+             f"The trained student was written to {output}; the start was not saved.")
+    message = lost_start_message(result.start, result.end, cfg, where_start=where)
+    if message is not None:
+        warn(message)
 
 
 def _save_and_report(model, output: Path, result, *, role: str, data: str, cfg, extra: dict) -> None:
@@ -281,7 +319,9 @@ def train(
     net = load_model(model, weights=weights, num_classes=num_classes or info.num_classes, trust=opts.trust, **kwargs)
     train_set, test_set = opts.datasets(net)
     result = _run(None, net, train_set, test_set, cfg, checkpoint=ckpt, resume=opts.resume, overwrite=opts.overwrite)
-    _save_and_report(net, opts.output, result, role=model, data=opts.data, cfg=cfg, extra={"teacher": None})
+    _save_and_report(net, opts.output, result, role=model, data=opts.data, cfg=cfg,
+                     extra={"teacher": None, **opts.recorded(result)})
+    _say_start_end(result, cfg, start_file=model, output=opts.output)
 
 
 @app.command("distill")
@@ -323,7 +363,9 @@ def distill_cmd(
         _note(f"attention-transfer taps: {chosen}{'' if tap_names else '; set --taps to choose'}.")
     train_set, test_set = opts.datasets(s)
     result = _run(t, s, train_set, test_set, cfg, checkpoint=ckpt, resume=opts.resume, overwrite=opts.overwrite)
-    _save_and_report(s, opts.output, result, role=student, data=opts.data, cfg=cfg, extra={"teacher": teacher})
+    _save_and_report(s, opts.output, result, role=student, data=opts.data, cfg=cfg,
+                     extra={"teacher": teacher, **opts.recorded(result)})
+    _say_start_end(result, cfg, start_file=student, output=opts.output)
 
 
 def _recipe_for_start(student, cfg, opts: RunOptions):
@@ -367,6 +409,7 @@ def evaluate(
     Example: cheapconv evaluate trained.pt --data fashion-mnist
     """
     from cheapconv import evaluate as evaluate_model
+    from cheapconv.progress import ProgressReport
     from cheapconv.train.config import check_precision
     from cheapconv.train.distributed import resolve_device
 
@@ -377,9 +420,9 @@ def evaluate(
     dataset = load_data(data, split, net, in_chans=in_chans, image_size=image_size, data_dir=data_dir,
                         download=download)
     dev = resolve_device(device)
-    with err.status(f"Evaluating on {data} ({split})..."):
+    with ProgressReport(console=err, unit="images") as report:   # a bar, or a line per ~10 % in a log
         res = evaluate_model(net.to(dev), dataset, batch_size=batch_size, device=dev, precision=precision,
-                             num_workers=workers)
+                             num_workers=workers, progress=report.phase(f"Evaluating on {data} ({split})"))
     if as_json:
         emit(json.dumps({"model": model, "data": data, "split": split, **res}))
         return

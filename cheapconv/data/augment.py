@@ -1,12 +1,28 @@
-"""In-memory image datasets: uint8 tensors augmented and normalised a whole batch at a time.
+"""Augmentation strengths, and in-memory image datasets: uint8 tensors augmented and normalised a whole batch at a
+time.
 
 Fashion-MNIST, CIFAR and synthetic data live in memory as :class:`TensorImageDataset`; training augmentation
 is random crop with 4-pixel zero padding + horizontal flip, the CIFAR recipe of the spec (section 6), then
 per-channel normalisation. :func:`in_memory_dataset` applies the ``in_chans``/``image_size`` adapters of
 :func:`~cheapconv.data.get_dataset` (channel repetition, centred zero padding) to native images.
+
+How strong the training augmentation is can be chosen (``get_dataset(..., augment="light")``, ``--augment``);
+the levels are defined once, in :data:`AUGMENTS`, for both kinds of data:
+
+- ``none``: no augmentation; image folders are resized to S/0.875 and centre-cropped to S, as for testing.
+- ``light``: in memory, a random crop after 2-px zero padding and a flip; image folders,
+  RandomResizedCrop(S, scale 0.5-1) and a flip.
+- ``standard``: in memory, a random crop after 4-px zero padding and a flip (the CIFAR recipe); image folders,
+  RandomResizedCrop(S, scale 0.08-1) and a flip (ImageNet's).
+
+``standard`` is the default for training splits (the papers' recipes, for training from scratch); it is
+strong for fine-tuning a pretrained network on small images, where ``light`` keeps most of each image.
+Segmentation data take ``none`` or ``standard`` (their joint image-and-mask recipe).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +32,46 @@ from torch.utils.data import Dataset
 from ..errors import UsageError
 from .info import DatasetInfo, adapt_info
 
-__all__ = ["TensorImageDataset"]
+__all__ = ["AUGMENTS", "Augmentation", "TensorImageDataset", "augmentation"]
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """One training-augmentation strength (see the module docstring): ``flip`` (horizontal, p = 1/2),
+    ``crop_padding`` (in-memory data: a random crop after zero padding by this many pixels) and ``min_scale``
+    (image folders: RandomResizedCrop's smallest area fraction; None: no random crop)."""
+
+    name: str
+    flip: bool
+    crop_padding: int
+    min_scale: float | None
+
+    @property
+    def active(self) -> bool:
+        """Whether it changes anything (``none`` does not)."""
+        return self.flip or self.crop_padding > 0 or self.min_scale is not None
+
+
+#: the strengths by name, weakest first
+AUGMENTS: dict[str, Augmentation] = {a.name: a for a in (
+    Augmentation("none", flip=False, crop_padding=0, min_scale=None),
+    Augmentation("light", flip=True, crop_padding=2, min_scale=0.5),
+    Augmentation("standard", flip=True, crop_padding=4, min_scale=0.08),
+)}
+
+
+def augmentation(augment: bool | str | None, split: str) -> Augmentation:
+    """The strength ``get_dataset``'s ``augment`` asks for: a level name, True (``standard``), False (``none``),
+    or None (``standard`` for ``split="train"``, ``none`` otherwise). An unknown name is a
+    :class:`~cheapconv.errors.UsageError` listing the levels."""
+    if augment is None:
+        augment = split == "train"
+    if isinstance(augment, bool):
+        return AUGMENTS["standard" if augment else "none"]
+    found = AUGMENTS.get(str(augment).strip().lower())
+    if found is None:
+        raise UsageError(f"Unknown augmentation {augment!r}; choose one of {', '.join(AUGMENTS)} (--augment).")
+    return found
 
 
 def normalising_affine(info: DatasetInfo, channels: int) -> tuple[Tensor, Tensor]:
@@ -87,6 +142,10 @@ class TensorImageDataset(Dataset):
         self.info = info
         self.augment, self.crop_padding, self.flip, self.repeat = augment, crop_padding, flip, repeat
         self._scale, self._shift = normalising_affine(info, images.shape[1])
+        # the strength's name, where it is one of AUGMENTS (what training records); "custom" otherwise
+        level = next((a.name for a in AUGMENTS.values() if (a.crop_padding, a.flip) == (crop_padding, flip)),
+                     "custom") if augment else "none"
+        self.augmentation = level
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -127,12 +186,13 @@ def in_memory_info(info: DatasetInfo, in_chans: int | None, image_size: int | No
 
 
 def in_memory_dataset(
-    images: Tensor, labels: Tensor, info: DatasetInfo, split: str, augment: bool | None,
+    images: Tensor, labels: Tensor, info: DatasetInfo, split: str, augment: bool | str | None,
     in_chans: int | None, image_size: int | None,
 ) -> TensorImageDataset:  # fmt: skip
     """Wrap native uint8 images with the adapters: zero padding up to ``image_size``, channel repetition.
 
-    ``augment=None`` means the training augmentation for ``split="train"`` and none otherwise.
+    ``augment``: a level of :data:`AUGMENTS`, True/False, or None (the training augmentation for
+    ``split="train"`` and none otherwise): see :func:`augmentation`.
     """
     adapted = in_memory_info(info, in_chans, image_size)
     native, size = images.shape[-1], adapted.image_size
@@ -142,5 +202,6 @@ def in_memory_dataset(
         lo = (size - native) // 2
         images = F.pad(images, (lo, size - native - lo, lo, size - native - lo))
     repeat = adapted.channels // info.channels
-    do_augment = (split == "train") if augment is None else augment
-    return TensorImageDataset(images, labels, adapted, augment=do_augment, repeat=repeat)
+    level = augmentation(augment, split)
+    return TensorImageDataset(images, labels, adapted, augment=level.active, crop_padding=level.crop_padding,
+                              flip=level.flip, repeat=repeat)

@@ -19,7 +19,8 @@ Names (case-insensitive; ``-`` and ``_`` optional in the fixed names):
 Fashion-MNIST, CIFAR and synthetic data live in memory as uint8 tensors
 (:class:`~cheapconv.data.TensorImageDataset`, batched augmentation: see :mod:`cheapconv.data.augment`).
 ImageFolder trees use torchvision's PIL transforms (RandomResizedCrop + flip for training, Resize +
-CenterCrop for testing).
+CenterCrop for testing). ``augment`` chooses the training augmentation's strength for both
+(:data:`~cheapconv.data.augment.AUGMENTS`: ``none``, ``light``, ``standard``).
 
 torchvision is imported only inside the functions that need it (CIFAR, ImageFolder, downloads), so that
 ``import cheapconv.data`` and Fashion-MNIST/synthetic data work with torch alone.
@@ -44,7 +45,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import CheapconvError, DatasetNotFoundError, FileFormatError, UsageError
-from .augment import TensorImageDataset, in_memory_dataset, in_memory_info
+from .augment import TensorImageDataset, augmentation, in_memory_dataset, in_memory_info
 from .folders import data_root, fashion_mnist_files, imagefolder_root
 from .idx import read_idx
 from .info import adapt_info, dataset_info, parse_name, parse_synthetic
@@ -129,7 +130,7 @@ def _load_cifar(
 
 
 def _load_imagefolder(
-    arg: str, split: str, augment: bool | None, in_chans: int | None, image_size: int | None
+    arg: str, split: str, augment: bool | str | None, in_chans: int | None, image_size: int | None
 ) -> Dataset:
     root = imagefolder_root(arg, split)
     assert root is not None
@@ -138,8 +139,11 @@ def _load_imagefolder(
     info = dataset_info(f"imagefolder:{arg}", in_chans=in_chans, image_size=image_size)
     s = info.image_size
     normalize = t.Normalize(info.mean, info.std)
-    if (split == "train") if augment is None else augment:
-        tf = t.Compose([t.RandomResizedCrop(s), t.RandomHorizontalFlip(), t.ToTensor(), normalize])
+    level = augmentation(augment, split)   # the strengths are defined once, in data/augment.py
+    if level.active:
+        crop = [t.RandomResizedCrop(s, scale=(level.min_scale, 1.0))] if level.min_scale is not None else \
+            [t.Resize(round(s / 0.875)), t.CenterCrop(s)]
+        tf = t.Compose([*crop, *([t.RandomHorizontalFlip()] if level.flip else []), t.ToTensor(), normalize])
     else:
         # The ImageNet convention: resize to S/0.875 (256 for 224), then centre-crop S.
         tf = t.Compose([t.Resize(round(s / 0.875)), t.CenterCrop(s), t.ToTensor(), normalize])
@@ -147,6 +151,7 @@ def _load_imagefolder(
         ds = tv.datasets.ImageFolder(str(root), transform=tf)
     except FileNotFoundError as exc:  # no class folders, or class folders without images
         raise DatasetNotFoundError(f"imagefolder:{arg}: no usable images under {root}: {exc}") from exc
+    ds.augmentation = level.name
     ds.info = replace(info, num_classes=len(ds.classes), classes=tuple(ds.classes))
     return ds
 
@@ -159,7 +164,7 @@ def synthetic_dataset(
     num_classes: int = 10,
     num_samples: int = 512,
     seed: int = 0,
-    augment: bool | None = None,
+    augment: bool | str | None = None,
     in_chans: int | None = None,
 ) -> TensorImageDataset:
     """Deterministic random images that a network can learn (for tests, demos and benchmarks).
@@ -193,7 +198,7 @@ def get_dataset(
     *,
     data_dir: str | os.PathLike[str] | None = None,
     download: bool = False,
-    augment: bool | None = None,
+    augment: bool | str | None = None,
     in_chans: int | None = None,
     image_size: int | None = None,
     seed: int = 0,
@@ -201,7 +206,9 @@ def get_dataset(
     """The ``split`` of dataset ``name`` (see the module docstring for names and where files are looked for).
 
     - ``augment``: None means the standard training augmentation for ``split="train"`` and none for
-      ``"test"``; True/False force it either way.
+      ``"test"``; True/False force it either way; a name chooses its strength, ``"none"``, ``"light"`` or
+      ``"standard"`` (:data:`~cheapconv.data.augment.AUGMENTS`; segmentation data: none or standard). The
+      dataset's ``augmentation`` attribute names the strength it applies.
     - ``in_chans``: channels the model expects. Grayscale data with ``in_chans=3`` (or any k) repeats the
       channel k times, normalisation statistics included; any other mismatch is a UsageError.
     - ``image_size``: for in-memory datasets (Fashion-MNIST, CIFAR, synthetic), a larger size zero-pads the
@@ -222,7 +229,13 @@ def get_dataset(
     if kind == "imagefolder":
         return _load_imagefolder(arg, split, augment, in_chans, image_size)
     if kind in ("fashion-mnist-seg", "voc", "cityscapes"):
-        return _load_segmentation(kind, name, split, data_dir, download, augment, in_chans, image_size, seed)
+        level = augmentation(augment, split)
+        if level.name not in ("none", "standard"):
+            raise UsageError(f"Segmentation data ({name}) take augment 'none' or 'standard' (their joint "
+                             f"image-and-mask crop and flip), not {level.name!r}.")
+        ds = _load_segmentation(kind, name, split, data_dir, download, level.active, in_chans, image_size, seed)
+        ds.augmentation = level.name
+        return ds
     info = dataset_info(name)
     # Check the adapters before reading (possibly downloading) anything.
     in_memory_info(info, in_chans, image_size)

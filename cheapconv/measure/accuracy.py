@@ -4,6 +4,8 @@ names which)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -25,13 +27,15 @@ def accuracy_metric(data: str) -> str:
 
 def evaluate_accuracy(model: nn.Module, data: str, *, input_shape: tuple[int, ...] | None = None,
                       data_dir: str | None = None, split: str = "test", batch_size: int = 256,
-                      limit: int | None = None, device: str | torch.device | None = None) -> float:
+                      limit: int | None = None, device: str | torch.device | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> float:
     """Top-1 accuracy (0..1) of ``model`` on the ``split`` of dataset ``data`` (a :mod:`cheapconv.data` name),
     or its mIoU (0..1) when ``data`` is a segmentation dataset, through
     :func:`cheapconv.train.metrics.evaluate`. The dataset is adapted to the model's input (grayscale repeated
     to C channels; classification images padded to the size, segmentation scenes kept at their own size: the
     models are fully convolutional); ``limit`` evaluates the first that many images only. A model whose
-    output has fewer classes than the dataset is a :class:`~cheapconv.errors.UsageError`."""
+    output has fewer classes than the dataset is a :class:`~cheapconv.errors.UsageError`. ``progress(done,
+    total)`` follows the images evaluated (see :func:`cheapconv.train.metrics.evaluate`)."""
     from ..data import dataset_info, get_dataset
     from ..train.losses import split_output
     from ..train.metrics import evaluate
@@ -58,4 +62,4 @@ def evaluate_accuracy(model: nn.Module, data: str, *, input_shape: tuple[int, ..
         dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
         dataset.info = dataset.dataset.info   # keeps the ignore index
     work = model if device is None else prepared_copy(model, torch.device(device), False)
-    return float(evaluate(work, dataset, batch_size=batch_size)["miou" if dense else "top1"])
+    return float(evaluate(work, dataset, batch_size=batch_size, progress=progress)["miou" if dense else "top1"])

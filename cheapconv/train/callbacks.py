@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..progress import ProgressReport
+from .start_end import start_line
+
 __all__ = ["Callback", "JsonlLogger", "RichProgress", "RunInfo", "TensorBoardLogger", "truncate_jsonl"]
 
 
@@ -125,16 +128,28 @@ def truncate_jsonl(path: str | Path, step: int) -> int:
 
 
 class RichProgress(Callback):
-    """A progress bar with ETA on stderr; the losses and accuracies of the latest record beside it."""
+    """A progress bar with ETA on stderr; the losses and accuracies of the latest record beside it.
+
+    When stderr is not a terminal (a pipe, a log file), where a bar would print nothing until the run ends, it
+    writes a line at the start, at every ~10 % of the steps (with the time left and the latest figures) and
+    for each epoch and the start's evaluation instead (:class:`cheapconv.progress.ProgressReport`)."""
 
     def __init__(self, description: str = "training") -> None:
         self.description = description
         self._progress = None
         self._task = None
         self._epoch: int | None = None
+        self._lines: ProgressReport | None = None
+        self._info = ""
 
     def on_start(self, run: RunInfo) -> None:
         from rich.console import Console
+
+        console = Console(stderr=True)
+        if not console.is_terminal or console.is_dumb_terminal:
+            self._lines = ProgressReport({"steps": self.description}, console=console, unit="steps")
+            self._lines.start("steps", run.step, run.total_steps, self._epoch_info(run))
+            return
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -147,14 +162,22 @@ class RichProgress(Callback):
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-            console=Console(stderr=True), transient=False,
+            console=console, transient=False,
         )
         self._progress.start()
         self._task = self._progress.add_task(self.description, total=run.total_steps, completed=run.step,
                                              info="")
         self._epoch = None
 
+    @staticmethod
+    def _epoch_info(run: RunInfo) -> str:
+        return f"epoch {run.epoch + 1}/{run.epochs}"
+
     def on_step(self, run: RunInfo) -> None:
+        if self._lines is not None:   # a line per ~10 % of the steps
+            info = self._epoch_info(run) + (f", {self._info}" if self._info else "")
+            self._lines.tick("steps", run.step, run.total_steps, info)
+            return
         if self._progress is None:
             return
         if run.epoch != self._epoch:   # the description changes once an epoch, not every step
@@ -163,7 +186,10 @@ class RichProgress(Callback):
         self._progress.update(self._task, completed=run.step)
 
     def on_record(self, record: dict[str, Any]) -> None:
-        if self._progress is None:
+        if record.get("kind") == "start":   # the validation figures before the first step
+            self._print(start_line(record))
+            return
+        if self._progress is None and self._lines is None:
             return
         parts = [f"loss {record['loss']:.3f}"] if "loss" in record else []
         for split in ("train", "val"):   # mIoU for segmentation, top-1 for classification
@@ -173,14 +199,24 @@ class RichProgress(Callback):
                 parts.append(f"{split} {100 * record[f'{split}_top1']:.1f}%")
         if "images_per_s" in record:
             parts.append(f"{record['images_per_s']:.0f} img/s")
-        self._progress.update(self._task, info="  ".join(parts))
+        if self._lines is not None:
+            self._info = ", ".join(parts)
+        else:
+            self._progress.update(self._task, info="  ".join(parts))
         if record.get("kind") == "epoch":
-            self._progress.console.print(_epoch_line(record), highlight=False)
+            self._print(_epoch_line(record))
+
+    def _print(self, line: str) -> None:
+        console = self._progress.console if self._progress is not None else \
+            self._lines.console if self._lines is not None else None
+        if console is not None:
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
 
     def on_end(self, run: RunInfo) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+        self._lines = None
 
 
 def _epoch_line(r: dict[str, Any]) -> str:

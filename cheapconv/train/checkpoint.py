@@ -229,14 +229,17 @@ def non_finite_entries(state: dict[str, torch.Tensor]) -> list[str]:
 
 
 def data_fingerprint(data: Any) -> dict[str, Any]:
-    """What identifies a training set cheaply: name, sizes and classes (``data.info``), the number of samples,
-    and a digest of the labels and a checksum of the images where the dataset keeps them in memory (or of
-    the file list for image folders)."""
+    """What identifies a training set cheaply: name, sizes and classes (``data.info``), the augmentation
+    strength where it is not the standard one, the number of samples, and a digest of the labels and a checksum
+    of the images where the dataset keeps them in memory (or of the file list for image folders)."""
     fp: dict[str, Any] = {"size": len(data)}
     info = getattr(data, "info", None)
     for key in ("name", "num_classes", "channels", "image_size"):
         if hasattr(info, key):
             fp[key] = getattr(info, key)
+    augmentation = getattr(data, "augmentation", None)
+    if augmentation not in (None, "standard"):   # recorded when not the default, so older checkpoints still match
+        fp["augmentation"] = augmentation
     digest = hashlib.sha256()
     found = False
     for attr in ("labels", "targets", "images", "samples"):

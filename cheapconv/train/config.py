@@ -48,7 +48,7 @@ def check_precision(precision: str) -> None:
 # Fields that only say where and how verbosely to run. They may differ between a run and its resumption;
 # every other field shapes the trajectory of the weights and must match for an exact resume.
 RUNTIME_FIELDS = frozenset({"device", "log_every", "num_workers", "checkpoint_every", "checkpoint_every_steps",
-                            "eval_every", "progress", "tensorboard"})
+                            "eval_every", "progress", "tensorboard", "eval_start"})
 # Fields that shape the trajectory but may be changed deliberately when resuming (the advice after a
 # non-finite loss is "resume with a lower lr or gradient clipping"); a resumed run says that they changed.
 RESUME_ADJUSTABLE = frozenset({"lr", "grad_clip"})
@@ -97,6 +97,9 @@ class DistillConfig:
       checkpoint; a checkpoint is also written at the end and on Ctrl-C.
     - ``log_every``: steps between "step" records in the metrics file (and progress updates of the losses).
     - ``eval_every``: epochs between validation passes (the last epoch is always evaluated).
+    - ``eval_start``: evaluate the student on ``val_data`` before the first step too, and warn if training
+      ends worse (:mod:`cheapconv.train.start_end`); None (default): only for a student that starts from its
+      teacher; True: always; False: never (it changes nothing in the trajectory, so a resume may differ).
     - ``device``: ``"auto"`` (the local CUDA device if any, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
     - ``num_workers``: DataLoader workers for datasets that need them (None: chosen by
       :func:`cheapconv.data.make_loader`); in-memory datasets are batched in the main process.
@@ -133,6 +136,7 @@ class DistillConfig:
     checkpoint_every_steps: int | None = None
     log_every: int = 50
     eval_every: int = 1
+    eval_start: bool | None = None
     device: str = "auto"
     num_workers: int | None = None
     compile: bool = False
@@ -180,6 +184,8 @@ class DistillConfig:
         for name in ("checkpoint_every", "log_every", "eval_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.eval_start not in (None, True, False):
+            problems.append(f"eval_start must be None, True or False, got {self.eval_start!r}")
         if self.checkpoint_every_steps is not None and self.checkpoint_every_steps < 1:
             problems.append(f"checkpoint_every_steps must be at least 1 (or None), got {self.checkpoint_every_steps}")
         if self.version > CONFIG_VERSION:

@@ -11,6 +11,10 @@ checkpoint) after each epoch. Everything around the steps lives in small single-
 :mod:`cheapconv.train.stopping`, :mod:`cheapconv.train.checks`, :mod:`cheapconv.train.callbacks` and
 :mod:`cheapconv.train.distributed`.
 
+Before the first step, a student that starts from its teacher is evaluated on the validation data, and after
+the last its figures are compared with that start (:mod:`cheapconv.train.start_end`): a run that ends worse
+than it began says so.
+
 What the spec (``moonshine.md`` sections 5-6) asks and where it happens:
 
 - The teacher runs in eval mode under ``torch.inference_mode`` and is never updated: no autograd graph is
@@ -79,6 +83,7 @@ from .fine_tuning import check_start
 from .finite import NonFiniteLossError
 from .metrics import Meters, batch_stats
 from .run import start_run
+from .start_end import check_end, start_end_line, worse_than_start
 from .stopping import Interrupted, StopNow, interrupted_message, stopped_message
 
 __all__ = ["DistillResult", "Interrupted", "NonFiniteLossError", "distill"]
@@ -87,7 +92,13 @@ __all__ = ["DistillResult", "Interrupted", "NonFiniteLossError", "distill"]
 @dataclass
 class DistillResult:
     """What :func:`distill` returns. ``last`` is the final record (validation figures included when
-    ``val_data`` was given); ``history`` holds one record per epoch of this call."""
+    ``val_data`` was given); ``history`` holds one record per epoch of this call.
+
+    ``start`` and ``end`` are the validation figures before the first step and after the last (``{"top1",
+    "top5", "loss", "n"}``, or ``miou``/``pixel_acc`` for segmentation; fractions): ``start`` is None unless
+    the start was evaluated (a student that starts from its teacher, or ``eval_start=True``: see
+    :mod:`cheapconv.train.start_end`), ``end`` None without ``val_data``. ``start_end`` says both
+    (``"val top-1 78.80 % → 77.40 %"``); ``worse_than_start`` is True when training lost ground."""
 
     student: nn.Module
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -96,6 +107,18 @@ class DistillResult:
     checkpoint: Path | None = None
     rank: int = 0
     world_size: int = 1
+    start: dict[str, Any] | None = None
+    end: dict[str, Any] | None = None
+
+    @property
+    def start_end(self) -> str | None:
+        """``"val top-1 78.80 % → 77.40 %"`` (mIoU for segmentation); None without both figures."""
+        return start_end_line(self.start, self.end)
+
+    @property
+    def worse_than_start(self) -> bool | None:
+        """Whether the end's headline figure (top-1, or mIoU) is below the start's; None without both."""
+        return worse_than_start(self.start, self.end)
 
 
 def distill(
@@ -130,6 +153,10 @@ def distill(
     - ``overwrite``: without ``resume``, an existing checkpoint of an *unfinished* run at ``checkpoint`` is
       refused (:class:`~cheapconv.errors.UsageError`) rather than silently overwritten with its metrics;
       ``overwrite=True`` starts over. A finished run's checkpoint is simply replaced.
+    - The start is never lost silently: a student that starts from its teacher (``init="teacher"``,
+      :func:`cheapconv.reconstruct`) is evaluated on ``val_data`` before the first step (``config.eval_start``
+      chooses otherwise); the result's ``start`` / ``end`` / ``start_end`` hold the figures before and after,
+      and a :class:`~cheapconv.train.start_end.StartLostWarning` says when training ended worse than it began.
     - ``callbacks``: :class:`~cheapconv.train.callbacks.Callback` objects (rank 0 only), after the built-in
       JSON-lines logger, progress bar (``config.progress``) and TensorBoard writer (``config.tensorboard``).
 
@@ -149,6 +176,7 @@ def distill(
     lr = optimizer.param_groups[0]["lr"]   # the lr of the latest step, for the records
     try:
         with r.running() as (stop, s_acts, t_acts):   # Ctrl-C handler, stage-output taps, teacher in eval mode
+            r.evaluate_start()   # a teacher-initialised student's figures before any step (start_end)
             for epoch in range(r.first_epoch, info.epochs):
                 info.epoch = epoch
                 epoch_meters, window = Meters(r.device), Meters(r.device)
@@ -216,8 +244,11 @@ def distill(
         raise Interrupted(message, r.checkpoint, step) from None
     finally:
         r.close()
+    end = {k[4:]: v for k, v in last.items() if k.startswith("val_")} or None
+    if r.ctx.is_main:
+        check_end(r.start, end, cfg)   # a warning when training ended worse than it started
     return DistillResult(student=student, history=r.history, last=last, steps=step, checkpoint=r.checkpoint,
-                         rank=r.ctx.rank, world_size=r.ctx.world_size)
+                         rank=r.ctx.rank, world_size=r.ctx.world_size, start=r.start, end=end)
 
 
 def _check_prediction(logits: Tensor, labels: Tensor, data: Dataset) -> None:

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import resource
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 
 from ..counting import eval_mode
 from .config import check_precision
@@ -175,6 +176,21 @@ def batch_stats(terms: Mapping[str, Tensor], logits: Tensor | None = None, label
     return names, values, n
 
 
+def _eval_size(data, shard: tuple[int, int] | None) -> int:
+    """Images :func:`evaluate` will see (this rank's slice under ``shard``), or 0 when the data do not say."""
+    loader = isinstance(data, DataLoader)
+    if not (loader or isinstance(data, Dataset)):   # an iterable of batches: its length counts batches
+        return 0
+    try:
+        n = len(data.dataset if loader else data)
+    except TypeError:   # an iterable-style dataset
+        return 0
+    if shard is None or loader:   # a DataLoader is read whole (see batches_for_eval)
+        return n
+    rank, world = shard
+    return (rank + 1) * n // world - rank * n // world
+
+
 def autocast(device: torch.device, precision: str):
     """The autocast context of a precision setting (a no-op for fp32)."""
     if precision == "fp32":
@@ -194,7 +210,8 @@ def peak_memory_mb(device: torch.device) -> float:
 @torch.no_grad()
 def evaluate(model: nn.Module, data, *, batch_size: int = 256, device: str | torch.device | None = None,
              precision: str = "fp32", channels_last: bool = False, num_workers: int | None = None,
-             shard: tuple[int, int] | None = None, ignore_index: int | None = None) -> dict[str, float]:
+             shard: tuple[int, int] | None = None, ignore_index: int | None = None,
+             progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """Top-1, top-5 and mean cross-entropy of ``model`` on a dataset (or any iterable of ``(x, y)`` batches);
     for segmentation (masks as labels), mean per-pixel cross-entropy, ``miou``, ``pixel_acc`` and the
     per-class IoU (``iou``, NaN for a class absent from labels and predictions).
@@ -205,7 +222,9 @@ def evaluate(model: nn.Module, data, *, batch_size: int = 256, device: str | tor
     ``{"loss", "top1", "top5", "n"}`` (accuracies as fractions). An unknown ``precision`` is a
     :class:`~cheapconv.errors.UsageError`. A model may return a dict (``"out"``) or a tuple (prediction
     first): see :func:`cheapconv.train.losses.split_output`. ``ignore_index`` (default: the dataset's
-    ``info.ignore_index``, else 255) marks unlabelled mask pixels.
+    ``info.ignore_index``, else 255) marks unlabelled mask pixels. ``progress(done, total)`` is called after
+    every batch with the images evaluated so far (``total`` 0 where the data do not say how many):
+    :class:`cheapconv.progress.ProgressReport` turns it into a bar or log lines.
     """
     from .dense import cross_entropy, split_output
     from .distributed import batches_for_eval
@@ -219,6 +238,7 @@ def evaluate(model: nn.Module, data, *, batch_size: int = 256, device: str | tor
         ignore_index = getattr(getattr(data, "info", None), "ignore_index", None)
     ignore = 255 if ignore_index is None else ignore_index
     conf: Tensor | None = None
+    total, done = _eval_size(data, shard), 0
     with eval_mode(model):
         for x, y in batches_for_eval(data, batch_size, shard=shard, num_workers=num_workers,
                                      pin_memory=dev.type == "cuda"):
@@ -232,6 +252,9 @@ def evaluate(model: nn.Module, data, *, batch_size: int = 256, device: str | tor
             if logits.dim() > 2:
                 c = confusion_counts(logits, y)
                 conf = c if conf is None else conf + c
+            if progress is not None:
+                done += y.shape[0]
+                progress(done, total)
     s = meters.summary(reduce=shard is not None)
     if conf is not None:
         if shard is not None and torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -54,6 +54,7 @@ from .losses import DistillationLoss
 from .metrics import Meters, autocast, evaluate, peak_memory_mb
 from .param_groups import parameter_groups
 from .resume import emit_resume_record, resume_from
+from .start_end import wants_start
 from .stopping import StopSignal
 
 __all__ = ["Run", "start_run"]
@@ -87,6 +88,7 @@ class Run:
     step_hooks: list[Callable[[RunInfo], None]] = field(default_factory=list)   # callbacks' own on_step
     changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)             # settings a resume changed
     history: list[dict[str, Any]] = field(default_factory=list)                  # the epoch records
+    start: dict[str, Any] | None = None   # validation figures before the first step (start_end), kept on resume
 
     def __post_init__(self) -> None:
         self.device = self.ctx.device
@@ -170,7 +172,7 @@ class Run:
     def end_epoch(self, epoch: int, step: int, lr: float, meters: Meters, started: float) -> None:
         """The ``epoch`` record (validation at the configured interval and after the last epoch), and the
         checkpoint at the configured interval (the last epoch's is marked finished)."""
-        cfg, ctx = self.cfg, self.ctx
+        cfg = self.cfg
         self.guard.check()
         summary = meters.summary(reduce=True)
         elapsed = time.perf_counter() - started
@@ -179,15 +181,34 @@ class Run:
         rec["epoch_time_s"] = round(elapsed, 3)
         last_epoch = epoch == self.info.epochs - 1
         if self.val_data is not None and ((epoch + 1) % cfg.eval_every == 0 or last_epoch):
-            val = evaluate(self.student, self.val_data, batch_size=max(256, cfg.batch_size), device=self.device,
-                           precision=cfg.precision, channels_last=cfg.channels_last, num_workers=cfg.num_workers,
-                           shard=(ctx.rank, ctx.world_size) if ctx.distributed else None)
-            rec.update({f"val_{k}": v for k, v in val.items() if k not in ("n", "iou")})
+            rec.update({f"val_{k}": v for k, v in self.validate().items() if k not in ("n", "iou")})
         rec["peak_mem_mb"] = round(peak_memory_mb(self.device), 1)
         self.history.append(rec)
         self.emit(rec)
         if (epoch + 1) % cfg.checkpoint_every == 0 or last_epoch:
             self.save(step, finished=last_epoch and step >= self.info.total_steps)
+
+    def validate(self) -> dict[str, Any]:
+        """The student's figures on ``val_data`` (every rank takes part under torchrun)."""
+        cfg, ctx = self.cfg, self.ctx
+        return evaluate(self.student, self.val_data, batch_size=max(256, cfg.batch_size), device=self.device,
+                        precision=cfg.precision, channels_last=cfg.channels_last, num_workers=cfg.num_workers,
+                        shard=(ctx.rank, ctx.world_size) if ctx.distributed else None)
+
+    def evaluate_start(self) -> None:
+        """Before the first step, the validation figures of a student that starts from its teacher (or as
+        ``eval_start`` says): a ``start`` record, kept in the checkpoints. Not again on a resume (the checkpoint
+        has them; weights past their start cannot give them). The random generators are forked, so the
+        trajectory is the same with or without it."""
+        if self.start is not None or self.info.step > 0 or self.val_data is None:
+            return
+        if not wants_start(self.cfg, self.student):
+            return
+        with torch.random.fork_rng(devices=[]):   # a DataLoader draws its workers' seed from the global generator
+            val = self.validate()
+        self.start = {k: v for k, v in val.items() if k != "iou"}
+        self.emit({"kind": "start", "step": 0, "time": round(time.time(), 3),
+                   **{f"val_{k}": v for k, v in self.start.items() if k != "n"}})
 
     def finish(self, step: int) -> dict[str, Any]:
         """The ``end`` record (the last epoch's train/val figures included); the previous checkpoint kept for
@@ -196,6 +217,8 @@ class Run:
                "time_s": round(time.time() - self.info.started, 3)}
         end.update({k: v for k, v in (self.history[-1] if self.history else {}).items()
                     if k.startswith(("val_", "train_"))})
+        if self.start is not None:   # the start's figures beside the end's (start_end)
+            end.update({f"start_val_{k}": v for k, v in self.start.items() if k != "n"})
         self.emit(end)
         if self.checkpoint is not None and self.ctx.is_main:
             discard_previous(self.checkpoint)
@@ -225,7 +248,7 @@ class Run:
         data_fp, teacher_fp = self.fingerprints
         info = {"loss": self.loss_fn.kind, "last": self.info.last, "world_size": ctx.world_size,
                 "finished": finished, "total_steps": self.info.total_steps, "data": data_fp, "teacher": teacher_fp,
-                "previous_step": previous}
+                "previous_step": previous, "start": self.start}
         spe = self.steps_per_epoch
         save_checkpoint(self.checkpoint, config_json=json.dumps(cfg.to_dict(), sort_keys=True), epoch=step // spe,
                         step=step, batch_in_epoch=step % spe, model=state, optimizer=self.optimizer.state_dict(),
@@ -286,6 +309,7 @@ def start_run(teacher: nn.Module | None, student: nn.Module, train_data: Dataset
                                                    r.steps_per_epoch, *fingerprints)
             r.checkpoint = ckpt or source
         r.lineage = Lineage.of_run(r.checkpoint, resumed_from=source, step=step, info=resumed)
+        r.start = resumed.get("start")   # evaluated before the run's first step, never again
         spe = r.steps_per_epoch
         total = cfg.total_steps(spe)
         epochs = math.ceil(total / spe)
