@@ -78,25 +78,40 @@ def _markdown(points: Sequence[SweepPoint], config: dict, notes: Sequence[str]) 
     lines = [f"# Sweep: {config['model']} ({c}×{h}×{w})", "",
              f"Latency: median of {config['repeats']} passes in {where} on {device}, {config['dtype']}, {layout}, "
              f"{config['threads']} thread(s); each student timed side by side with the teacher, "
-             "speed-up = teacher time ÷ student time. "
+             "speed-up = the teacher's time measured alongside it (in parentheses) ÷ the student's time. "
              + (f"Students distilled on {config['data']} for {config['epochs']} epochs." if config.get("data")
                 else "Students not trained (params, MACs and latency only)."), ""]
-    header = ["block", "params (paper)", "MACs", "batch 1 ms", "speed-up b1", f"batch {b} ms",
+    # A speed-up is a same-moment ratio: its own teacher time is shown beside the student's, so the row checks
+    # out; dividing by the teacher row's ms instead mixes two moments of a machine whose load may have changed.
+    header = ["block", "params (paper)", "MACs", "batch 1 ms (teacher)", "speed-up b1", f"batch {b} ms (teacher)",
               f"speed-up b{b}"]
     header += [error_label(config).replace(" (%)", " %")] if has_err else []
     header += [f"Pareto ({key.replace('_', ', ')})" for key, *_ in _axes(points)]
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for i, p in enumerate(points):
-        cells = [p.label, f"{p.params_paper:,}", human(p.macs), f"{p.latency_b1_ms:.3g}",
-                 f"{p.speedup_b1:.2f}×", f"{p.latency_bn_ms:.3g}", f"{p.speedup_bn:.2f}×"]
+        cells = [p.label, f"{p.params_paper:,}", human(p.macs), f"{p.latency_b1_ms:.3g} ({p.teacher_b1_ms:.3g})",
+                 f"{p.speedup_b1:.2f}×", f"{p.latency_bn_ms:.3g} ({p.teacher_bn_ms:.3g})", f"{p.speedup_bn:.2f}×"]
         cells += [f"{p.error:.2f}"] if has_err else []
         cells += ["●" if flags[i] else "" for flags in fronts.values()]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "● Pareto front of (x, y): no other point is at least as low on both and lower on one. "
                   "The teacher's speed-up compares it with a copy of itself: its distance from 1.00× is the "
                   "timing noise of this run."]
-    lines += [f"- {n}" for n in notes]
+    lines += [f"- {n}" for n in [*_load_notes(points, b), *notes]]
     return "\n".join(lines) + "\n"
+
+
+def _load_notes(points: Sequence[SweepPoint], batch: int, spread: float = 1.25) -> list[str]:
+    """A note when the teacher's time alongside the students varied by more than ``spread`` (max ÷ min):
+    the machine's load changed during the sweep, so ms figures of different rows do not compare."""
+    notes = []
+    teacher_ms = {1: [p.teacher_b1_ms for p in points], batch: [p.teacher_bn_ms for p in points]}
+    for b, times in teacher_ms.items():
+        if len(times) > 1 and min(times) > 0 and max(times) / min(times) > spread:
+            notes.append(f"batch {b}: the teacher took {min(times):.3g}–{max(times):.3g} ms alongside the "
+                         "students, so the machine's load changed during the sweep: compare rows by speed-up, "
+                         "not by ms, and rerun on a quieter machine for figures to quote.")
+    return notes
 
 
 def write_report(out_dir: str | Path, points: Sequence[SweepPoint], config: dict, *,

@@ -172,6 +172,27 @@ def test_sweep_command(tmp_path, capsys):
     assert code == 2 and "does not exist" in capsys.readouterr().err
 
 
+def test_each_speed_up_is_the_ratio_of_the_two_times_its_row_shows(tmp_path):
+    """A speed-up divides the teacher's time measured alongside the student (not the teacher row's time, taken
+    at another moment): the row shows both, and a sweep whose teacher times drift says so."""
+    from cheapconv.sweep_report import write_report
+    from cheapconv.sweeper import SweepPoint
+
+    points = [SweepPoint("S", 1000, 900, 10_000, 0, 2.0, 8.0, 2.0, 8.0),
+              SweepPoint("G(4)", 500, 450, 5000, 4, 1.5, 5.0, 3.0, 10.0)]   # the machine got busier
+    config = dict(model="m", input_size=[3, 8, 8], batch=4, repeats=3, dtype="float32", channels_last=False,
+                  threads=1)
+    write_report(tmp_path, points, config)
+    md = (tmp_path / "sweep.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| G(4) |"))
+    assert "| 1.5 (3) | 2.00× | 5 (10) | 2.00× |" in row          # 3 ÷ 1.5 and 10 ÷ 5, as shown
+    assert "batch 1 ms (teacher)" in md and "alongside" in md
+    assert "batch 1: the teacher took 2–3 ms" in md and "compare rows by speed-up" in md
+    steady = [points[0], SweepPoint("G(4)", 500, 450, 5000, 4, 1.0, 4.0, 2.1, 8.2)]
+    write_report(tmp_path, steady, config)
+    assert "load changed" not in (tmp_path / "sweep.md").read_text()
+
+
 def test_a_segmentation_sweep_reports_miou_error(tmp_path):
     """On segmentation data the accuracy is mIoU, so the error column and the plots say 1 − mIoU."""
     seg_teacher = cheapconv.create_model("segwrn_10_1")
