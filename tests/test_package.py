@@ -26,10 +26,9 @@ def test_public_names_exist():
 def test_wheel_holds_every_package(tmp_path):
     """A non-editable install ships exactly what the wheel holds: every package of the source tree must be in it
     (a hand-written package list once left cheapconv.reconstruction out, and every plain install failed)."""
+    import shutil
     import zipfile
     from pathlib import Path
-
-    import shutil
 
     root = Path(__file__).resolve().parents[1]
     # built from a copy: a build/ folder left in the checkout by an earlier build would put stale modules in the wheel
