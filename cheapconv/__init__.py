@@ -13,10 +13,12 @@ from .blocks import BLOCK_REGISTRY, BlockSpec, parse_block
 from .blockswap import SearchResult, search
 from .blockswap.fisher import fisher_potential
 from .counting import count_macs, count_params
+from .data import get_dataset
 from .errors import CheapconvError, PolicyMatchError, PolicySyntaxError, TraceError, UsageError
 from .exporter import ExportCheckError, export
 from .fx.tap import Tap
-from .measure.profiler import Profile, profile
+from .measure.latency import measure_side_by_side
+from .measure.profiler import Profile, block_timings, profile
 from .models import WideResNet
 from .reconstruction import ReconstructionReport, reconstruct
 from .store.modelfile import load, read_recipe, save
@@ -44,4 +46,5 @@ __all__ = [
     "SearchResult", "fisher_potential", "search",
     "ReconstructionReport", "reconstruct",
     "InitRecord", "Site", "init_from_teacher", "replaced_sites",
+    "block_timings", "get_dataset", "measure_side_by_side",
 ]

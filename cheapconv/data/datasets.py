@@ -222,6 +222,13 @@ def get_dataset(
     The returned dataset yields ``(float32 C×S×S tensor, int label)`` and carries ``.info``
     (:class:`~cheapconv.data.DatasetInfo` after adapters). Missing data raises
     :class:`~cheapconv.errors.DatasetNotFoundError` saying where it looked and how to get it.
+
+    >>> import cheapconv
+    >>> train = cheapconv.get_dataset("synthetic:3x32x32:10:64", "train")
+    >>> image, label = train[0]
+    >>> tuple(image.shape), len(train)
+    ((3, 32, 32), 64)
+    >>> own = cheapconv.get_dataset("imagefolder:/path/to/images", "train", image_size=96)  # doctest: +SKIP
     """
     kind, arg = parse_name(name)
     if split not in ("train", "test"):

@@ -233,10 +233,13 @@ def measure_side_by_side(models: Sequence[nn.Module], input_shape: tuple[int, ..
     non-fp32 dtypes, CUDA events on GPU), but interleaved: every round times each model once, starting with a
     different one each round, so drifting machine load biases none of them. Models are copied, never moved.
 
-    >>> from cheapconv.models import WideResNet
-    >>> a, b = measure_side_by_side([WideResNet(10, 1), WideResNet(10, 2)], (1, 3, 32, 32), repeats=3)
-    >>> a.median_ms > 0 and b.median_ms > 0
-    True
+    >>> import cheapconv
+    >>> teacher = cheapconv.create_model("wrn_10_1")
+    >>> student = cheapconv.cheapen(teacher, "G(4)")
+    >>> t, s = cheapconv.measure_side_by_side([teacher, student], (1, 3, 32, 32), repeats=3, threads=1)
+    >>> speedup = t.median_ms / s.median_ms   # a same-moment ratio: load on the machine hit both alike
+    >>> t.batch, t.threads, speedup > 0
+    (1, 1, True)
     """
     device = torch.device(device) if device is not None else default_device()
     dtype = parse_dtype(dtype)

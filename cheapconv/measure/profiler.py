@@ -192,6 +192,15 @@ def block_timings(student: nn.Module, teacher: nn.Module | None = None, *,
     name it was cheapened from: only shapes matter for timing, not weights). ``input_shape`` (C, H, W)
     defaults to the plan's. Returns [] (with a reason appended to ``notes``) for a model with no plan or no
     teacher to compare with.
+
+    >>> import cheapconv
+    >>> teacher = cheapconv.create_model("wrn_10_1")
+    >>> student = cheapconv.cheapen(teacher, "B(2)")
+    >>> rows = cheapconv.block_timings(student, teacher, batches=(1, 8), repeats=3)
+    >>> [row.layer for row in rows]
+    ['block1.0.conv1+conv2', 'block2.0.conv1+conv2', 'block3.0.conv1+conv2']
+    >>> rows[0].speedup(8) > 0   # original time ÷ block time at batch 8 (above 1: the block is faster)
+    True
     """
     from ..errors import TraceError
     from ..fx.analysis import analyse

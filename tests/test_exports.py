@@ -1,0 +1,23 @@
+"""The names a study script needs are exported at the top level, and their documented examples run."""
+
+from __future__ import annotations
+
+import doctest
+
+import pytest
+
+import cheapconv
+
+STUDY_NAMES = ("get_dataset", "block_timings", "measure_side_by_side")
+
+
+@pytest.mark.parametrize("name", STUDY_NAMES)
+def test_study_helpers_are_exported_and_their_examples_run(name):
+    assert name in cheapconv.__all__
+    function = getattr(cheapconv, name)
+    tests = doctest.DocTestFinder().find(function, name, globs={"cheapconv": cheapconv})
+    assert tests and tests[0].examples, f"{name} has no example in its docstring"
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for test in tests:
+        runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0
