@@ -71,3 +71,20 @@ def test_caret_column_in_a_multi_rule_policy():
 def test_empty_policy():
     with pytest.raises(PolicySyntaxError, match="empty"):
         parse_policy("  # nothing\n;")
+
+
+def test_the_readmes_policy_error_example_is_the_real_output(capsys, tmp_path, monkeypatch):
+    """README.md quotes a policy error on wrn_40_2: the command is run, and its output must be the quoted one."""
+    import shlex
+    from pathlib import Path
+
+    from cheapconv_cli.main import main
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("$ cheapconv cheapen wrn_40_2 --policy", 1)[1].split("```", 1)[0]
+    command, _, quoted = block.partition("\n")
+    args = shlex.split("cheapen wrn_40_2 --policy" + command)
+    monkeypatch.chdir(tmp_path)   # the command names an output file; it must fail before writing it
+    assert main(args) == 2
+    assert capsys.readouterr().err.rstrip() == quoted.rstrip()
+    assert not any(tmp_path.iterdir())
