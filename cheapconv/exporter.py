@@ -19,11 +19,15 @@ What a user needs to run the files (see the README):
 * ``.onnx``: onnxruntime only: ``onnxruntime.InferenceSession(path).run(None, {"input": x})``.
 * TorchScript: torch only: ``torch.jit.load(path)(x)`` (TorchScript is in maintenance mode upstream; prefer
   ``pt2``).
+
+and ``x``: beside each file, ``FILE.json`` records how an image becomes ``x`` (resize, centre crop, channel
+order, ``/255``, mean/std), written only when the export passed its check.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -44,10 +48,11 @@ from .measure.exports import (
     write_export,
 )
 from .measure.profiler import input_shape_of
+from .models.preprocessing import deployment_card, preprocessing_of
 from .store.files import atomic_write, check_writable, ensure_free_space, is_disk_full
 from .surgery.fold import deployable
 
-__all__ = ["FORMATS", "SUFFIX", "ExportCheckError", "ExportReport", "export"]
+__all__ = ["FORMATS", "SUFFIX", "ExportCheckError", "ExportReport", "export", "sidecar_path"]
 
 Format = Literal["pt2", "onnx", "torchscript"]
 FORMATS: tuple[str, ...] = ("pt2", "onnx", "torchscript")
@@ -75,6 +80,8 @@ class ExportReport:
     kept_bn: int = 0
     taps_removed: int = 0
     notes: list[str] = field(default_factory=list)
+    preprocessing: dict | None = None      # how to feed the file (models.preprocessing.deployment_card) ...
+    preprocessing_path: str | None = None  # ... written here, beside it (sidecar_path)
 
     @property
     def tolerance(self) -> float:
@@ -98,7 +105,9 @@ def export(model: nn.Module, path: str | Path, format: Format = "pt2", *,
 
     ``input_shape`` is (C, H, W) (default: the student's recipe, else the model's native size); the batch
     dimension is dynamic. The model is exported in float32 on the CPU, from a copy (see the module docstring
-    for what happens to it and how the check works). Returns an :class:`ExportReport`; raises
+    for what happens to it and how the check works). Beside the file, ``FILE.json`` says how to feed it
+    (input name and shape, resize/crop, mean/std, channel order, class names: the model's preprocessing
+    record, :func:`~cheapconv.models.preprocessing.deployment_card`). Returns an :class:`ExportReport`; raises
     :class:`ExportCheckError` (and writes nothing) when the check fails.
 
     >>> from cheapconv.models import WideResNet
@@ -159,4 +168,21 @@ def export(model: nn.Module, path: str | Path, format: Format = "pt2", *,
 
     atomic_write(path, write_and_check, suffix=SUFFIX[format])
     assert report is not None
+    report.preprocessing, report.preprocessing_path = _write_card(model, path, format, shape)
     return report
+
+
+def _write_card(model: nn.Module, path: Path, format: str, shape: tuple[int, ...]) -> tuple[dict, str]:
+    """Write how the exported file must be fed beside it (``FILE.json``, atomically): only after the export
+    passed its check, so a refused export leaves neither file."""
+    classes = (getattr(model, "cheapconv_recipe", None) or {}).get("classes")
+    card = deployment_card(preprocessing_of(model), shape, model_file=path.name, fmt=format, classes=classes)
+    card_path = sidecar_path(path)
+    atomic_write(card_path, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n",
+                                                             encoding="utf-8"))
+    return card, str(card_path)
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """Where :func:`export` writes the preprocessing of the file it exports to ``path``: ``path`` + ``.json``."""
+    return Path(f"{path}.json")

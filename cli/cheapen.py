@@ -107,7 +107,7 @@ def cheapen(
         out.print(literal_table(init_table(student.cheapconv_init)))
     if calib_data is not None:
         report = calibrate(student, teacher, calib_data, samples=calib_samples, steps=calib_steps,
-                           data_dir=data_dir)
+                           data_dir=data_dir, input_size=size)
         out.print(literal_table(report.table()))
     kind = cheapconv.save(student, output)
     err.print(f"Wrote {literal(output)} ({kind} format" + (": loading it will need --trust" if kind == "pickle" else "")
@@ -128,17 +128,25 @@ def check_calibration(init: str, calib_data: str | None) -> None:
                                  "(e.g. --init teacher --calib-data fashion-mnist)", param_hint="--calib-data")
 
 
-def calibrate(student, teacher, name: str, *, samples: int, steps: int, data_dir: Path | None):
+def calibrate(student, teacher, name: str, *, samples: int, steps: int, data_dir: Path | None,
+              input_size: tuple[int, ...] | None = None):
     """Block-wise reconstruction of ``student`` on ``samples`` training images of dataset ``name``, adapted to
-    the teacher's input the way ``--data`` is everywhere (cheapconv.data.adapt_for_model)."""
+    the model's input the way ``--data`` is everywhere (cheapconv.data.adapt_for_model): the size and
+    normalisation the student records (its teacher's, at ``--input-size`` where given), else the teacher's;
+    an explicit ``input_size`` (C, H, W) wins for the size."""
     import cheapconv
     from cheapconv.data import adapt_for_model, get_dataset
 
-    fit = adapt_for_model(name, teacher)
+    from .train import preprocessing_note
+
+    fed = student if getattr(student, "cheapconv_preprocessing", None) is not None else teacher
+    fit = adapt_for_model(name, fed, image_size=input_size[-1] if input_size else None)
     for note in fit.notes.values():
         err.print(f"note: {note}.", highlight=False, markup=False)
     data = get_dataset(name, "train", data_dir=data_dir, augment=False, in_chans=fit.in_chans,
-                       image_size=fit.image_size)
+                       image_size=fit.image_size, preprocessing=fit.preprocessing)
+    line = preprocessing_note(data.info, fit.preprocessing, size_option=None if input_size else "--input-size")
+    err.print(f"note: calibration {line}", highlight=False, markup=False)
     return cheapconv.reconstruct(student, teacher, data, samples=samples, steps=steps, progress=True)
 
 
@@ -182,12 +190,16 @@ def inspect(
     for key in ("source", "model", "policy", "storage", "input_size", "saved_at"):
         if recipe.get(key) is not None:
             t.add_row(key, str(recipe[key]))
+    if recipe.get("preprocessing") is not None:   # checked when the file was read
+        from cheapconv.models.preprocessing import Preprocessing
+
+        t.add_row("preprocessing", Preprocessing.from_dict(recipe["preprocessing"]).describe())
     for key, value in (recipe.get("versions") or {}).items():
         t.add_row(f"version {key}", str(value))
     t.add_row("state-dict tensors", f"{summary['tensors']} ({summary['paper_values']:,} values, paper convention)")
     extra = {k: v for k, v in recipe.items() if k not in ("source", "source_kwargs", "model", "policy", "storage",
                                                            "input_size", "saved_at", "versions", "plan",
-                                                           "leaf_modules", "notes")}
+                                                           "leaf_modules", "notes", "preprocessing")}
     for key, value in extra.items():
         t.add_row(str(key), json.dumps(value) if not isinstance(value, str) else value)
     for note in recipe.get("notes") or []:

@@ -138,7 +138,9 @@ def compare(
     device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda when present)."),
     data: str = typer.Option(None, "--data", help="Also report top-1 accuracy on this dataset's test split "
                                                   "(fashion-mnist, cifar10, imagefolder:PATH, ...); mIoU for "
-                                                  "segmentation data (fashion-mnist-seg, voc, cityscapes)."),
+                                                  "segmentation data (fashion-mnist-seg, voc, cityscapes). Each "
+                                                  "model is fed as its file records (size, mean/std) unless "
+                                                  "--input-size is given."),
     data_dir: Path = typer.Option(None, "--data-dir", help="Where the dataset's files are."),
     limit: int = typer.Option(None, "--limit", min=1, help="Evaluate on the first N test images only."),
     layers: bool = typer.Option(False, "--layers", help="Also time each student's blocks against the layers "
@@ -173,11 +175,19 @@ def compare(
                                 threads=threads, per_layer=layers, runtime=runtime)
     accuracies = None
     if data:
+        from cheapconv.measure.accuracy import accuracy_data_info
+
+        from .train import preprocessing_note
+
+        for name, m in zip(names, loaded, strict=True):   # each model is fed as its file records (or --input-size)
+            info, record = accuracy_data_info(m, data, input_shape=size)
+            note = preprocessing_note(info, record, size_option=None if size else "--input-size")
+            err.print(f"note ({literal(name)}): {literal(note)}", highlight=False)
         accuracies = []
         labels = {str(i): f"Evaluating {name} on {data}" for i, name in enumerate(names)}
         with ProgressReport(labels, console=err, unit="images") as report:   # a bar (or ~10 % lines) per model
             for i, m in enumerate(loaded):
-                accuracies.append(evaluate_accuracy(m, data, input_shape=profiles[0].input_shape,
+                accuracies.append(evaluate_accuracy(m, data, input_shape=size,
                                                     data_dir=str(data_dir) if data_dir else None, limit=limit,
                                                     device=device, progress=report.phase(str(i))))
     table = compare_table(profiles, accuracies)
@@ -302,7 +312,8 @@ def export_command(
     trust: bool = typer.Option(False, "--trust", help="Allow files that need unpickling (runs code)."),
 ) -> None:
     """Export a model for deployment (eval mode, taps stripped, BatchNorm folded), after checking that the
-    exported file gives the original's outputs on a random input; nothing is written if it does not.
+    exported file gives the original's outputs on a random input; nothing is written if it does not. Beside
+    it, OUTPUT.json records how to feed it (input name and shape, resize/crop, mean/std, class names).
 
     Example: cheapconv export student.pt --format onnx -o student.onnx
     """
@@ -324,4 +335,12 @@ def export_command(
     for note in report.notes:
         warn(note)
     out.print(report.check_line(), highlight=False)
-    err.print(f"Wrote {literal(output)} ({format}).", highlight=False)
+    card = report.preprocessing or {}
+    c, h, w = report.input_shape
+    feed = card.get("describe") or f"{c}×{h}×{w}, unknown: the model file records no preprocessing"
+    out.print(f"Input {literal(card.get('input_name') or 'x')}: batch×{c}×{h}×{w} float32; preprocessing: "
+              f"{literal(feed)}.", highlight=False)
+    for note in card.get("notes") or []:
+        err.print(f"note: {literal(note)}.", highlight=False)
+    err.print(f"Wrote {literal(output)} ({format}) and {literal(report.preprocessing_path)} (how to feed it: "
+              "input, resize/crop, mean/std, classes).", highlight=False)

@@ -3,8 +3,10 @@
 
 Data adapters are explicit: when the data's channels or size differ from what the model reads, the command
 says on stderr which adapter it applies (grayscale repeated to k channels, zero padding to the model's
-native size), and ``--in-chans`` / ``--image-size`` override it. Under ``torchrun`` every process runs the
-command; only rank 0 prints and writes files.
+native size), and ``--in-chans`` / ``--image-size`` override it. The data is fed as the model records
+(``model.cheapconv_preprocessing``: its training size and mean/std, or its pretrained weights'), said in one
+``preprocessing:`` line; ``train`` and ``distill`` record the data's own in the file they write. Under
+``torchrun`` every process runs the command; only rank 0 prints and writes files.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ DATA = _opt(..., "--data", "-d", help="fashion-mnist, cifar10, cifar100, imagefo
 DATA_DIR = _opt(None, "--data-dir", help="Where datasets are looked for (default $CHEAPCONV_DATA_DIR or ./data).")
 DOWNLOAD = _opt(False, "--download", help="Allow downloading the dataset (needs network).")
 IN_CHANS = _opt(None, "--in-chans", min=1, help="Input channels (default: the model's; grayscale is repeated).")
-IMAGE_SIZE = _opt(None, "--image-size", min=1, help="Image size (default: the model's native size; zero padding).")
+IMAGE_SIZE = _opt(None, "--image-size", min=1, help="Image size (default: the size the model file records, else "
+                  "the model's native size; in-memory data is zero-padded).")
 PRECISION = _opt("fp32", "--precision", help="fp32, bf16 (autocast) or fp16 (GPU, with a grad scaler).")
 DEVICE = _opt("auto", "--device", help="auto, cpu, cuda or cuda:N.")
 WORKERS = _opt(None, "--workers", min=0, help="DataLoader workers (default: chosen for the dataset).")
@@ -199,8 +202,24 @@ def load_data(name: str, split: str, model, *, in_chans: int | None, image_size:
     if announce and _is_main():
         for arg, note in fit.notes.items():
             _note(f"{note} (set --{arg.replace('_', '-')} to change).")
-    return get_dataset(name, split, data_dir=data_dir, download=download, in_chans=fit.in_chans,
-                       image_size=fit.image_size, augment=augment)
+    dataset = get_dataset(name, split, data_dir=data_dir, download=download, in_chans=fit.in_chans,
+                          image_size=fit.image_size, augment=augment, preprocessing=fit.preprocessing)
+    if announce and _is_main():
+        _note(preprocessing_note(dataset.info, fit.preprocessing, size_option="--image-size" if image_size is None
+                                 else None))
+    return dataset
+
+
+def preprocessing_note(info, record, *, size_option: str | None) -> str:
+    """The one line saying how data is fed to a model: the preprocessing of data ``info`` (test-split
+    transform), where its normalisation came from (the model's ``record``, or the dataset's own), and the option
+    that changes the size (None: the size was given)."""
+    from cheapconv.data import data_preprocessing
+
+    origin = ("the dataset's own: the model records none" if record is None else
+              "from the model file" if record.source == "data" else "the pretrained weights' own")
+    change = f"; {size_option} to change the size" if size_option else ""
+    return f"preprocessing: {data_preprocessing(info).describe()} ({origin}{change})."
 
 
 def _prepare_run(output: Path, checkpoint: Path | None, *, resume: bool, overwrite: bool, lr: float | None,
@@ -260,18 +279,29 @@ def _say_start_end(result, cfg, *, start_file: str | None, output: Path) -> None
         warn(message)
 
 
-def _save_and_report(model, output: Path, result, *, role: str, data: str, cfg, extra: dict) -> None:
+def _save_and_report(model, output: Path, result, *, role: str, data: str, cfg, extra: dict,
+                     trained_on=None) -> None:
+    """Save the trained ``model`` with what it was trained on: the training figures, and (``trained_on``: its
+    test set) how it must be fed (``model.cheapconv_preprocessing``) and its class names; then the table."""
     import cheapconv
 
     if result.rank != 0:
         return
+    recorded = {}
+    if trained_on is not None:
+        from cheapconv.data import data_preprocessing
+
+        info = trained_on.info
+        model.cheapconv_preprocessing = data_preprocessing(info)
+        if info.classes and info.task == "classification":
+            recorded["classes"] = list(info.classes)
     last = result.last
     dense = "val_miou" in last or "train_miou" in last
     figures = ("val_miou", "val_pixel_acc") if dense else ("val_top1", "val_top5")
     training = {"data": data, "loss": last.get("loss_kind"), "steps": result.steps,
                 **{k: last.get(k) for k in figures}, "config": cfg.to_dict(), **extra}
     try:
-        kind = cheapconv.save(model, output, extra={"training": training})
+        kind = cheapconv.save(model, output, extra={"training": training, **recorded})
     except KeyboardInterrupt:
         # the write is atomic: the model file is absent (or the previous one), the final checkpoint is there
         err.print(f"[yellow]Interrupted while writing the model; {output} was not written. Training had finished "
@@ -320,7 +350,7 @@ def train(
     train_set, test_set = opts.datasets(net)
     result = _run(None, net, train_set, test_set, cfg, checkpoint=ckpt, resume=opts.resume, overwrite=opts.overwrite)
     _save_and_report(net, opts.output, result, role=model, data=opts.data, cfg=cfg,
-                     extra={"teacher": None, **opts.recorded(result)})
+                     extra={"teacher": None, **opts.recorded(result)}, trained_on=test_set)
     _say_start_end(result, cfg, start_file=model, output=opts.output)
 
 
@@ -361,10 +391,12 @@ def distill_cmd(
         chosen = (f"{', '.join(t_names)} (matched by name)" if t_names == s_names else
                   f"teacher {', '.join(t_names) or 'none'}; student {', '.join(s_names) or 'none'} (by position)")
         _note(f"attention-transfer taps: {chosen}{'' if tap_names else '; set --taps to choose'}.")
+    if getattr(s, "cheapconv_preprocessing", None) is None:   # a student fed as its teacher
+        s.cheapconv_preprocessing = getattr(t, "cheapconv_preprocessing", None)
     train_set, test_set = opts.datasets(s)
     result = _run(t, s, train_set, test_set, cfg, checkpoint=ckpt, resume=opts.resume, overwrite=opts.overwrite)
     _save_and_report(s, opts.output, result, role=student, data=opts.data, cfg=cfg,
-                     extra={"teacher": teacher, **opts.recorded(result)})
+                     extra={"teacher": teacher, **opts.recorded(result)}, trained_on=test_set)
     _say_start_end(result, cfg, start_file=student, output=opts.output)
 
 

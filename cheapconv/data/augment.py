@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import UsageError
+from ..models.preprocessing import Preprocessing
 from .info import DatasetInfo, adapt_info
 
 __all__ = ["AUGMENTS", "Augmentation", "TensorImageDataset", "augmentation"]
@@ -76,7 +77,12 @@ def augmentation(augment: bool | str | None, split: str) -> Augmentation:
 
 def normalising_affine(info: DatasetInfo, channels: int) -> tuple[Tensor, Tensor]:
     """``(scale, shift)``, each 1×C×1×1, with ``x·scale + shift == (x/255 − mean)/std`` per channel:
-    normalisation of uint8 pixels folded into one multiply-add."""
+    normalisation of uint8 pixels folded into one multiply-add. C is ``channels`` (the stored images'), or all of
+    ``info.channels`` where stats differ between the channels a grey image is repeated to (a model's ImageNet
+    mean/std on Fashion-MNIST): :func:`normalise` then repeats the channels first."""
+    repeat = info.channels // channels
+    if repeat > 1 and (info.mean != info.mean[:channels] * repeat or info.std != info.std[:channels] * repeat):
+        channels = info.channels
     mean = torch.tensor(info.mean[:channels], dtype=torch.float32).view(1, channels, 1, 1)
     std = torch.tensor(info.std[:channels], dtype=torch.float32).view(1, channels, 1, 1)
     return 1.0 / (255.0 * std), -mean / std
@@ -102,7 +108,10 @@ def crop_each(padded: Tensor, top: Tensor, left: Tensor, height: int, width: int
 
 
 def normalise(x: Tensor, scale: Tensor, shift: Tensor, repeat: int) -> Tensor:
-    """uint8 B×C×H×W -> float32, normalised, the channels repeated ``repeat`` times (grayscale -> RGB)."""
+    """uint8 B×C×H×W -> float32, normalised, the channels repeated ``repeat`` times (grayscale -> RGB); before
+    normalising where ``scale`` has one entry per repeated channel (see :func:`normalising_affine`)."""
+    if repeat > 1 and scale.shape[1] != x.shape[1]:
+        x, repeat = x.repeat(1, repeat, 1, 1), 1
     out = x.to(torch.float32) * scale + shift
     return out.repeat(1, repeat, 1, 1) if repeat > 1 else out
 
@@ -175,26 +184,27 @@ class TensorImageDataset(Dataset):
         return list(zip(self.transform_batch(index).unbind(0), self.labels[index].tolist(), strict=True))
 
 
-def in_memory_info(info: DatasetInfo, in_chans: int | None, image_size: int | None) -> DatasetInfo:
+def in_memory_info(info: DatasetInfo, in_chans: int | None, image_size: int | None,
+                   preprocessing: Preprocessing | None = None) -> DatasetInfo:
     """Adapted info for an in-memory dataset; checked before any file is read."""
     if image_size is not None and image_size < info.image_size:
         raise UsageError(
             f"{info.name} images are {info.image_size}×{info.image_size}; image_size={image_size} would crop "
             "them. In-memory datasets can only be enlarged (by zero padding)."
         )
-    return adapt_info(info, in_chans, image_size)
+    return adapt_info(info, in_chans, image_size, preprocessing)
 
 
 def in_memory_dataset(
     images: Tensor, labels: Tensor, info: DatasetInfo, split: str, augment: bool | str | None,
-    in_chans: int | None, image_size: int | None,
+    in_chans: int | None, image_size: int | None, preprocessing: Preprocessing | None = None,
 ) -> TensorImageDataset:  # fmt: skip
     """Wrap native uint8 images with the adapters: zero padding up to ``image_size``, channel repetition.
 
     ``augment``: a level of :data:`AUGMENTS`, True/False, or None (the training augmentation for
     ``split="train"`` and none otherwise): see :func:`augmentation`.
     """
-    adapted = in_memory_info(info, in_chans, image_size)
+    adapted = in_memory_info(info, in_chans, image_size, preprocessing)
     native, size = images.shape[-1], adapted.image_size
     if size != native:
         # Centred zero padding (black border) keeps every pixel at its native scale: 28 -> 32 adds 2 px

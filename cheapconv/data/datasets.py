@@ -45,6 +45,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import CheapconvError, DatasetNotFoundError, FileFormatError, UsageError
+from ..models.preprocessing import Preprocessing
 from .augment import TensorImageDataset, augmentation, in_memory_dataset, in_memory_info
 from .folders import data_root, fashion_mnist_files, imagefolder_root
 from .idx import read_idx
@@ -130,23 +131,25 @@ def _load_cifar(
 
 
 def _load_imagefolder(
-    arg: str, split: str, augment: bool | str | None, in_chans: int | None, image_size: int | None
+    arg: str, split: str, augment: bool | str | None, in_chans: int | None, image_size: int | None,
+    preprocessing: Preprocessing | None = None,
 ) -> Dataset:
     root = imagefolder_root(arg, split)
     assert root is not None
     tv = _import_torchvision("imagefolder datasets")
     t = tv.transforms
-    info = dataset_info(f"imagefolder:{arg}", in_chans=in_chans, image_size=image_size)
+    info = dataset_info(f"imagefolder:{arg}", in_chans=in_chans, image_size=image_size, preprocessing=preprocessing)
     s = info.image_size
     normalize = t.Normalize(info.mean, info.std)
+    mode = t.InterpolationMode(info.interpolation)   # the model's (e.g. timm's bicubic), else bilinear
     level = augmentation(augment, split)   # the strengths are defined once, in data/augment.py
     if level.active:
-        crop = [t.RandomResizedCrop(s, scale=(level.min_scale, 1.0))] if level.min_scale is not None else \
-            [t.Resize(round(s / 0.875)), t.CenterCrop(s)]
+        crop = [t.RandomResizedCrop(s, scale=(level.min_scale, 1.0), interpolation=mode)] \
+            if level.min_scale is not None else [t.Resize(info.resize, interpolation=mode), t.CenterCrop(s)]
         tf = t.Compose([*crop, *([t.RandomHorizontalFlip()] if level.flip else []), t.ToTensor(), normalize])
     else:
-        # The ImageNet convention: resize to S/0.875 (256 for 224), then centre-crop S.
-        tf = t.Compose([t.Resize(round(s / 0.875)), t.CenterCrop(s), t.ToTensor(), normalize])
+        # The ImageNet convention: resize to S/0.875 (256 for 224; a model's own ratio), then centre-crop S.
+        tf = t.Compose([t.Resize(info.resize, interpolation=mode), t.CenterCrop(s), t.ToTensor(), normalize])
     try:
         ds = tv.datasets.ImageFolder(str(root), transform=tf)
     except FileNotFoundError as exc:  # no class folders, or class folders without images
@@ -202,6 +205,7 @@ def get_dataset(
     in_chans: int | None = None,
     image_size: int | None = None,
     seed: int = 0,
+    preprocessing: Preprocessing | None = None,
 ) -> Dataset:
     """The ``split`` of dataset ``name`` (see the module docstring for names and where files are looked for).
 
@@ -218,6 +222,11 @@ def get_dataset(
     - ``data_dir``: where to look and download to; default ``$CHEAPCONV_DATA_DIR`` or ``./data``.
     - ``download``: allow torchvision to download Fashion-MNIST/CIFAR when not found locally.
     - ``seed``: only for ``synthetic`` data and the scenes of ``fashion-mnist-seg``.
+    - ``preprocessing``: a model's record (:class:`~cheapconv.models.preprocessing.Preprocessing`, e.g.
+      ``model.cheapconv_preprocessing``): its mean/std replace the dataset's (one per channel after the
+      ``in_chans`` adapter), and ImageFolder also takes its resize-to-crop ratio and interpolation (timm's
+      ``crop_pct`` and bicubic, say). Its size is not used: pass ``image_size``
+      (:func:`~cheapconv.data.adapt_for_model` chooses both from a model).
 
     The returned dataset yields ``(float32 C×S×S tensor, int label)`` and carries ``.info``
     (:class:`~cheapconv.data.DatasetInfo` after adapters). Missing data raises
@@ -234,42 +243,44 @@ def get_dataset(
     if split not in ("train", "test"):
         raise UsageError(f"Unknown split {split!r}; valid: train, test.")
     if kind == "imagefolder":
-        return _load_imagefolder(arg, split, augment, in_chans, image_size)
+        return _load_imagefolder(arg, split, augment, in_chans, image_size, preprocessing)
     if kind in ("fashion-mnist-seg", "voc", "cityscapes"):
         level = augmentation(augment, split)
         if level.name not in ("none", "standard"):
             raise UsageError(f"Segmentation data ({name}) take augment 'none' or 'standard' (their joint "
                              f"image-and-mask crop and flip), not {level.name!r}.")
-        ds = _load_segmentation(kind, name, split, data_dir, download, level.active, in_chans, image_size, seed)
+        ds = _load_segmentation(kind, name, split, data_dir, download, level.active, in_chans, image_size, seed,
+                                preprocessing)
         ds.augmentation = level.name
         return ds
     info = dataset_info(name)
     # Check the adapters before reading (possibly downloading) anything.
-    in_memory_info(info, in_chans, image_size)
+    in_memory_info(info, in_chans, image_size, preprocessing)
     if kind == "synthetic":
         c, s, k, n = parse_synthetic(arg)
         images, labels = _synthetic_tensors(c, s, k, n, seed, split)
-        return in_memory_dataset(images, labels, info, split, augment, in_chans, image_size)
+        return in_memory_dataset(images, labels, info, split, augment, in_chans, image_size, preprocessing)
     root = data_root(data_dir)
     if kind == "fashion-mnist":
         images, labels = _load_fashion_mnist(split, root, download)
     else:
         images, labels, classes = _load_cifar(kind, split, root, download)
         info = replace(info, classes=classes)
-    return in_memory_dataset(images, labels, info, split, augment, in_chans, image_size)
+    return in_memory_dataset(images, labels, info, split, augment, in_chans, image_size, preprocessing)
 
 
 def _load_segmentation(kind: str, name: str, split: str, data_dir, download: bool, augment: bool | None,
-                       in_chans: int | None, image_size: int | None, seed: int) -> Dataset:
+                       in_chans: int | None, image_size: int | None, seed: int,
+                       preprocessing: Preprocessing | None = None) -> Dataset:
     info = dataset_info(name)
     if kind != "fashion-mnist-seg":   # VOC, Cityscapes: image_size is the crop size
-        return torchvision_segmentation(kind, split, data_root(data_dir), adapt_info(info, in_chans, image_size),
-                                        augment)
+        return torchvision_segmentation(kind, split, data_root(data_dir),
+                                        adapt_info(info, in_chans, image_size, preprocessing), augment)
     if image_size is not None and image_size != info.image_size:
         raise UsageError(f"{info.name} scenes are {info.image_size}×{info.image_size}; image_size={image_size} "
                          f"would need the masks rescaled. Build scenes of that size instead: "
                          f"--data fashion-mnist-seg:{image_size}.")
-    adapted = adapt_info(info, in_chans, None)
+    adapted = adapt_info(info, in_chans, None, preprocessing)
     images, labels = _load_fashion_mnist(split, data_root(data_dir), download)
     return fashion_mnist_seg(images, labels, adapted, split=split, augment=augment,
                              repeat=adapted.channels // info.channels, seed=seed)

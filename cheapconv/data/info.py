@@ -1,7 +1,8 @@
 """What a dataset is, by name, without loading it: :class:`DatasetInfo`, name parsing, :func:`dataset_info`.
 
-Also the ``in_chans``/``image_size`` adapters' effect on that description (:func:`adapt_info`), shared by
-every loader so that ``dataset_info(name, ...)`` and ``get_dataset(name, ...).info`` agree.
+Also the ``in_chans``/``image_size`` adapters' effect on that description, and a model's normalisation
+taking the place of the dataset's (``preprocessing=``) (:func:`adapt_info`), shared by every loader so that
+``dataset_info(name, ...)`` and ``get_dataset(name, ...).info`` agree.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import os
 from dataclasses import dataclass, replace
 
 from ..errors import UsageError
+from ..models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .folders import imagefolder_root
 
 __all__ = ["DATASET_NAMES", "DatasetInfo", "dataset_info"]
@@ -31,7 +33,9 @@ DATASET_NAMES: tuple[str, ...] = (
 _FMNIST_MEAN, _FMNIST_STD = (0.2860,), (0.3530,)
 _CIFAR10_MEAN, _CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 _CIFAR100_MEAN, _CIFAR100_STD = (0.5071, 0.4866, 0.4409), (0.2009, 0.1984, 0.2023)
-_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_IMAGENET_MEAN, _IMAGENET_STD = IMAGENET_MEAN, IMAGENET_STD
+# ImageFolder's default evaluation transform, the ImageNet convention: resize to S/0.875 (256 for 224), crop S
+_CROP_PCT = 0.875
 # fashion-mnist-seg: mostly black canvas (measured: mean 0.084-0.127, std 0.225-0.264 for canvases 64 to 40)
 _SCENE_MEAN, _SCENE_STD = (0.10,), (0.24,)
 _VOC_CLASSES = (
@@ -57,7 +61,10 @@ class DatasetInfo:
     ``channels`` and ``image_size`` describe the tensors the dataset yields (after any ``in_chans`` or
     ``image_size`` adapter); ``mean``/``std`` have one entry per yielded channel. ``task`` is
     ``"classification"`` (labels are class indices) or ``"segmentation"`` (labels are S×S masks of class
-    indices, ``ignore_index`` marking unlabelled pixels, if any).
+    indices, ``ignore_index`` marking unlabelled pixels, if any). ``resize`` and ``interpolation``: for
+    files read at any size (ImageFolder), the test split's shorter side is resized to ``resize`` pixels, then
+    centre-cropped to ``image_size``; ``resize`` is None for data used at its stored size (zero-padded when
+    ``image_size`` is larger).
     """
 
     name: str
@@ -69,6 +76,8 @@ class DatasetInfo:
     classes: tuple[str, ...] | None = None
     task: str = "classification"
     ignore_index: int | None = None
+    resize: int | None = None
+    interpolation: str = "bilinear"
 
 
 def parse_name(name: str) -> tuple[str, str]:
@@ -124,8 +133,12 @@ def _scene_spec(arg: str) -> tuple[int, int]:
     return canvas, items
 
 
-def adapt_info(info: DatasetInfo, in_chans: int | None, image_size: int | None) -> DatasetInfo:
-    """Apply the ``in_chans`` adapter (grayscale -> k channels by repetition) and record ``image_size``."""
+def adapt_info(info: DatasetInfo, in_chans: int | None, image_size: int | None,
+               preprocessing: Preprocessing | None = None) -> DatasetInfo:
+    """Apply the ``in_chans`` adapter (grayscale -> k channels by repetition), record ``image_size``, and take
+    a model's ``preprocessing``: its mean/std replace the dataset's (after the channel adapter: it must have
+    one entry per channel) and, for data read at any size (ImageFolder), its resize-to-crop ratio and
+    interpolation replace the ImageNet convention's. Its size is not used here (pass ``image_size``)."""
     if in_chans is not None and in_chans != info.channels:
         if info.channels != 1 or in_chans < 1:
             raise UsageError(
@@ -138,14 +151,30 @@ def adapt_info(info: DatasetInfo, in_chans: int | None, image_size: int | None) 
         if image_size < 1:
             raise UsageError(f"image_size must be positive, got {image_size}.")
         info = replace(info, image_size=image_size)
+    if preprocessing is not None:
+        if len(preprocessing.mean) != info.channels:
+            raise UsageError(f"The preprocessing given has {len(preprocessing.mean)} channel(s) of mean/std but "
+                             f"{info.name} yields {info.channels}; give in_chans={len(preprocessing.mean)} or leave "
+                             "the preprocessing out (the dataset's own statistics).")
+        info = replace(info, mean=preprocessing.mean, std=preprocessing.std)
+    if info.resize is not None:
+        s, p = info.image_size, preprocessing
+        if p is not None and p.resize is not None and p.input_size[1:] == (s, s):
+            resize, interpolation = p.resize, p.interpolation
+        elif p is not None and p.crop_pct is not None:
+            resize, interpolation = max(s, round(s / p.crop_pct)), p.interpolation
+        else:
+            resize, interpolation = round(s / _CROP_PCT), info.interpolation
+        info = replace(info, resize=resize, interpolation=interpolation)
     return info
 
 
-def dataset_info(name: str, *, in_chans: int | None = None, image_size: int | None = None) -> DatasetInfo:
+def dataset_info(name: str, *, in_chans: int | None = None, image_size: int | None = None,
+                 preprocessing: Preprocessing | None = None) -> DatasetInfo:
     """Describe dataset ``name`` without loading it (an ``imagefolder:`` tree is only listed for its classes).
 
-    ``in_chans`` and ``image_size`` are the adapters of :func:`~cheapconv.data.get_dataset`; the result
-    describes what the dataset built with the same arguments yields.
+    ``in_chans``, ``image_size`` and ``preprocessing`` are the arguments of :func:`~cheapconv.data.get_dataset`;
+    the result describes what the dataset built with the same arguments yields.
     """
     kind, arg = parse_name(name)
     if kind == "fashion-mnist":
@@ -176,5 +205,6 @@ def dataset_info(name: str, *, in_chans: int | None = None, image_size: int | No
             imagefolder_root(arg, "train")  # raises DatasetNotFoundError saying where it looked
         assert root is not None
         classes = tuple(sorted(e.name for e in os.scandir(root) if e.is_dir()))
-        info = DatasetInfo(f"imagefolder:{arg}", len(classes), 3, 224, _IMAGENET_MEAN, _IMAGENET_STD, classes)
-    return adapt_info(info, in_chans, image_size)
+        info = DatasetInfo(f"imagefolder:{arg}", len(classes), 3, 224, _IMAGENET_MEAN, _IMAGENET_STD, classes,
+                           resize=round(224 / _CROP_PCT))
+    return adapt_info(info, in_chans, image_size, preprocessing)

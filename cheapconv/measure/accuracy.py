@@ -5,6 +5,7 @@ names which)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -12,9 +13,13 @@ from torch import nn
 from ..counting import eval_mode
 from ..errors import UsageError
 from ..models.inputs import input_shape_of
+from ..models.preprocessing import Preprocessing, preprocessing_of
 from .latency import prepared_copy
 
-__all__ = ["accuracy_metric", "evaluate_accuracy"]
+if TYPE_CHECKING:
+    from ..data import DatasetInfo
+
+__all__ = ["accuracy_data_info", "accuracy_metric", "evaluate_accuracy"]
 
 
 def accuracy_metric(data: str) -> str:
@@ -25,6 +30,30 @@ def accuracy_metric(data: str) -> str:
     return "mIoU" if dataset_info(data).task == "segmentation" else "top-1"
 
 
+def _fed_as(model: nn.Module, data: str, input_shape: tuple[int, ...] | None
+            ) -> tuple[int, int, Preprocessing | None, bool]:
+    """(channels, size, the model's preprocessing record if its normalisation applies, whether ``data`` is
+    segmentation data): how :func:`evaluate_accuracy` feeds ``model`` dataset ``data``."""
+    from ..data import dataset_info
+
+    c, h, _ = input_shape_of(model, input_shape)
+    record = preprocessing_of(model)
+    if record is not None and len(record.mean) != c:
+        record = None
+    return c, h, record, dataset_info(data).task == "segmentation"
+
+
+def accuracy_data_info(model: nn.Module, data: str, *, input_shape: tuple[int, ...] | None = None
+                       ) -> tuple[DatasetInfo, Preprocessing | None]:
+    """What :func:`evaluate_accuracy` will feed ``model``, without loading the data: the adapted
+    :class:`~cheapconv.data.DatasetInfo` and the model's preprocessing record it takes the normalisation
+    from (None: the dataset's own)."""
+    from ..data import dataset_info
+
+    c, h, record, dense = _fed_as(model, data, input_shape)
+    return dataset_info(data, in_chans=c, image_size=None if dense else h, preprocessing=record), record
+
+
 def evaluate_accuracy(model: nn.Module, data: str, *, input_shape: tuple[int, ...] | None = None,
                       data_dir: str | None = None, split: str = "test", batch_size: int = 256,
                       limit: int | None = None, device: str | torch.device | None = None,
@@ -33,17 +62,17 @@ def evaluate_accuracy(model: nn.Module, data: str, *, input_shape: tuple[int, ..
     or its mIoU (0..1) when ``data`` is a segmentation dataset, through
     :func:`cheapconv.train.metrics.evaluate`. The dataset is adapted to the model's input (grayscale repeated
     to C channels; classification images padded to the size, segmentation scenes kept at their own size: the
-    models are fully convolutional); ``limit`` evaluates the first that many images only. A model whose
+    models are fully convolutional; the size and normalisation the model's preprocessing record says, where it
+    has one: :func:`accuracy_data_info`); ``limit`` evaluates the first that many images only. A model whose
     output has fewer classes than the dataset is a :class:`~cheapconv.errors.UsageError`. ``progress(done,
     total)`` follows the images evaluated (see :func:`cheapconv.train.metrics.evaluate`)."""
-    from ..data import dataset_info, get_dataset
+    from ..data import get_dataset
     from ..train.losses import split_output
     from ..train.metrics import evaluate
 
-    c, h, _ = input_shape_of(model, input_shape)
-    dense = dataset_info(data).task == "segmentation"
+    c, h, record, dense = _fed_as(model, data, input_shape)
     dataset = get_dataset(data, split, data_dir=data_dir, augment=False, in_chans=c,
-                          image_size=None if dense else h)
+                          image_size=None if dense else h, preprocessing=record)
     classes = dataset.info.num_classes
     size = dataset.info.image_size if dense else h
     # one forward on zeros finds the number of outputs (the class axis: 1), so that a model trained for another

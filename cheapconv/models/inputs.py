@@ -1,12 +1,13 @@
 """The one rule for a model's input size: what cheapconv feeds a model when nobody says otherwise.
 
 Precedence, everywhere (cheapen, plan, profile, search, train, the file format): an explicit size from the
-caller; else the size the model declares (``default_input_size`` on built-in WRNs, timm's
+caller; else the size the model declares (its preprocessing record, ``cheapconv_preprocessing``: what it
+was trained at or its pretrained weights expect; ``default_input_size`` on built-in WRNs; timm's
 ``pretrained_cfg["input_size"]``); else ImageNet's 224×224 with the first conv's input channels.
 
 Measuring and exporting a saved student add one step after the explicit size (``recipe=True``,
-:func:`input_shape_of`): the size its recipe records, the one it was cheapened (and usually trained) at,
-which a zoo teacher's declared size need not match.
+:func:`input_shape_of`): the size its preprocessing record says it is fed at, else the size its recipe records
+(the one it was cheapened at), which a zoo teacher's declared size need not match.
 """
 
 from __future__ import annotations
@@ -15,13 +16,19 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from .preprocessing import preprocessing_of
 
 __all__ = ["as_example_batch", "default_input_size", "example_input_for", "input_shape_of", "recipe_input_size",
            "resolve_input_size"]
 
 
 def default_input_size(model: nn.Module) -> tuple[int, int, int]:
-    """The model's native (C, H, W): declared by the model, timm's pretrained config, or ImageNet's 224."""
+    """The model's native (C, H, W): the size its preprocessing record says it is fed at
+    (``cheapconv_preprocessing``: what it was trained at, or its pretrained weights' size), declared by the
+    model, timm's pretrained config, or ImageNet's 224."""
+    record = preprocessing_of(model)
+    if record is not None:
+        return record.input_size
     size = getattr(model, "default_input_size", None)
     if size is not None:
         return tuple(size)
@@ -44,10 +51,13 @@ def recipe_input_size(model: nn.Module) -> tuple[int, ...] | None:
 
 def resolve_input_size(model: nn.Module, input_size: tuple[int, ...] | None = None, *,
                        recipe: bool = False) -> tuple[int, ...]:
-    """``input_size`` (C, H, W) when given, else (with ``recipe``) the student's :func:`recipe_input_size`,
-    else :func:`default_input_size` of ``model``."""
+    """``input_size`` (C, H, W) when given, else the size of the model's preprocessing record, else (with
+    ``recipe``) the student's :func:`recipe_input_size`, else :func:`default_input_size` of ``model``."""
     if input_size:
         return tuple(input_size)
+    record = preprocessing_of(model)
+    if record is not None:   # what it was trained at: wins over the size it was cheapened at
+        return record.input_size
     recorded = recipe_input_size(model) if recipe else None
     return recorded or tuple(default_input_size(model))
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..errors import CheapconvError, UnknownModelError, UsageError
 from .hub import download_error, is_network_error
+from .preprocessing import weights_preprocessing
 from .segwrn import SegWRN
 from .wrn import WideResNet
 
@@ -118,7 +119,10 @@ def create_model(name: str, *, num_classes: int | None = None, pretrained: bool 
     """Build a model by name (see the module docstring for the accepted names).
 
     The model remembers where it came from (``cheapconv_source``, ``cheapconv_source_kwargs``) so that a
-    student cheapened from it can be rebuilt from its recipe.
+    student cheapened from it can be rebuilt from its recipe. With pretrained weights it also carries how they
+    expect to be fed, ``cheapconv_preprocessing`` (:mod:`cheapconv.models.preprocessing`: timm's
+    ``pretrained_cfg``, torchvision's ``weights.transforms()``, the ImageNet defaults for a local file of a
+    torchvision classifier).
 
     >>> m = create_model("wrn_16_2", num_classes=100)
     >>> m.fc.out_features, m.cheapconv_source
@@ -135,6 +139,8 @@ def create_model(name: str, *, num_classes: int | None = None, pretrained: bool 
     if not hasattr(model, "cheapconv_source") or getattr(model, "cheapconv_recipe", None) is None:
         model.cheapconv_source = canonical_name(name)
         model.cheapconv_source_kwargs = dict(kwargs, **({"num_classes": num_classes} if num_classes else {}))
+    if pretrained:   # how the weights expect to be fed (timm's pretrained_cfg, torchvision's transforms)
+        model.cheapconv_preprocessing = weights_preprocessing(model, canonical_name(name), hub=pretrained is True)
     return model
 
 

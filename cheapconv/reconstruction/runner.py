@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable
 
 import torch
@@ -12,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ..data import default_workers
 from ..errors import UsageError
+from ..models.preprocessing import preprocessing_of
 from .batchnorm import batchnorms, recalibrate
 from .capture import eval_flags, site_outputs
 from .fitting import FitSettings, fit_site
@@ -91,7 +93,35 @@ def _check(samples: int, steps: int, lr: float, batch_size: int, batchnorm: str,
         raise UsageError("Invalid reconstruction settings: " + "; ".join(problems) + ".")
 
 
-def reconstruct(student: nn.Module, teacher: nn.Module, data: Dataset | torch.Tensor, *, samples: int = 2048,
+def _calibration_data(data: Dataset | torch.Tensor | str, student: nn.Module, teacher: nn.Module
+                      ) -> Dataset | torch.Tensor:
+    """``data``, or for a dataset name its training split built the way ``--data`` is everywhere
+    (:func:`cheapconv.data.adapt_for_model`: the size and normalisation the student records, else the
+    teacher's; no augmentation). A dataset fed otherwise than the record says gets a warning."""
+    from ..data import adapt_for_model, data_preprocessing, get_dataset
+
+    fed = student if preprocessing_of(student) is not None else teacher
+    if isinstance(data, str):
+        fit = adapt_for_model(data, fed)
+        return get_dataset(data, "train", augment=False, in_chans=fit.in_chans, image_size=fit.image_size,
+                           preprocessing=fit.preprocessing)
+    record, info = preprocessing_of(fed), getattr(data, "info", None)
+    if record is not None and info is not None:
+        try:
+            got = data_preprocessing(info)
+        except (UsageError, AttributeError, TypeError):   # a hand-made info: nothing to compare
+            return data
+        same = got.input_size == record.input_size and all(
+            math.isclose(a, b, rel_tol=1e-3) for a, b in zip(got.mean + got.std, record.mean + record.std, strict=True))
+        if not same:
+            warnings.warn(f"The calibration data is fed as {got.describe()}, but the model records "
+                          f"{record.describe()}: the blocks are fitted on inputs it is not fed. Build the data with "
+                          "get_dataset(..., image_size=SIZE, preprocessing=model.cheapconv_preprocessing), or pass "
+                          "the dataset's name.", stacklevel=3)
+    return data
+
+
+def reconstruct(student: nn.Module, teacher: nn.Module, data: Dataset | torch.Tensor | str, *, samples: int = 2048,
                 batch_size: int = 64, steps: int = 200, lr: float = 1e-2, batchnorm: str = "blocks",
                 cache_mb: float = 512, device=None, progress: bool = True, seed: int = 0,
                 balance: bool = True) -> ReconstructionReport:
@@ -99,9 +129,10 @@ def reconstruct(student: nn.Module, teacher: nn.Module, data: Dataset | torch.Te
 
     ``student`` is a result of :func:`cheapconv.cheapen` of ``teacher`` (or a file saved from one; it is
     modified in place and is what this function is for); ``teacher`` is never modified (hooks removed,
-    training flags restored, no gradient). ``data`` is a dataset yielding ``(image, label)`` or a tensor of
-    images; ``samples`` of it (a fixed random subset; all of it if smaller) form the calibration set,
-    read in batches of ``batch_size``.
+    training flags restored, no gradient). ``data`` is a dataset yielding ``(image, label)``, a tensor of
+    images, or a dataset name (``"imagefolder:DIR"``: its training split, fed as the student's preprocessing
+    record says, else the teacher's; a dataset fed otherwise gets a warning); ``samples`` of it (a fixed
+    random subset; all of it if smaller) form the calibration set, read in batches of ``batch_size``.
 
     Sites are fitted in the order the student runs them, each on the student's own inputs, which already
     come through the reconstructed blocks before it, so errors do not compound. Per site: closed forms where
@@ -145,7 +176,7 @@ def reconstruct(student: nn.Module, teacher: nn.Module, data: Dataset | torch.Te
     sites = fitting_sites(student, teacher)
     dev = _device(student, device)
     student.to(dev)
-    batches, chosen = _batches(data, samples, batch_size, seed)
+    batches, chosen = _batches(_calibration_data(data, student, teacher), samples, batch_size, seed)
     settings = FitSettings(steps=steps, lr=lr, batch_size=min(batch_size, 32),
                            cache_bytes=int(cache_mb * 2**20), seed=seed, balance=balance)
     report = ReconstructionReport(samples=chosen, steps=steps, batchnorm=batchnorm,

@@ -31,6 +31,7 @@ import torch
 from torch import fx, nn
 
 from ..errors import FileFormatError, UntrustedFileError, UsageError
+from ..models.preprocessing import Preprocessing, preprocessing_of
 from . import graph_codec
 from .files import atomic_save, check_writable
 
@@ -91,7 +92,9 @@ def save(model: nn.Module, path: str | Path, *, recipe: dict | None = None, extr
     """Save ``model`` with its recipe; returns the storage kind used (``graph``, ``recipe`` or ``pickle``).
 
     ``recipe`` defaults to ``model.cheapconv_recipe`` (set by :func:`cheapconv.cheapen`) or, for a zoo model,
-    its source name. ``extra`` adds JSON-able fields (e.g. training metrics).
+    its source name. ``extra`` adds JSON-able fields (e.g. training metrics). How the model must be fed,
+    ``model.cheapconv_preprocessing`` (:class:`~cheapconv.models.preprocessing.Preprocessing`), is recorded as
+    the recipe's ``"preprocessing"``.
     """
     check_writable(path)
     recipe = dict(recipe if recipe is not None else getattr(model, "cheapconv_recipe", None) or {})
@@ -103,6 +106,9 @@ def save(model: nn.Module, path: str | Path, *, recipe: dict | None = None, extr
     recipe["saved_at"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     if extra:
         recipe.update(extra)
+    record = preprocessing_of(model)
+    if record is not None:
+        recipe["preprocessing"] = record.to_dict()
     kind, arch, pickled = _architecture(model, recipe)
     recipe["storage"] = kind
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "recipe_json": json.dumps(recipe),
@@ -171,7 +177,7 @@ def _is_str_list(value: Any) -> bool:
 _RECIPE_TYPES: dict[str, tuple[type, ...]] = {
     "source": (str,), "source_kwargs": (dict,), "model": (str,), "policy": (str,), "storage": (str,),
     "input_size": (list,), "leaf_modules": (list,), "plan": (dict,), "notes": (list,), "versions": (dict,),
-    "saved_at": (str,), "init": (str,),
+    "saved_at": (str,), "init": (str,), "preprocessing": (dict,), "classes": (list,),
 }
 
 
@@ -199,7 +205,12 @@ def _check_payload(payload: dict, path: Path) -> dict:
     if size is not None and (len(size) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
                                                           for v in size)):
         raise _malformed(path, "the recipe field 'input_size' is not three positive integers (C, H, W)")
-    for key in ("leaf_modules", "notes"):
+    if recipe.get("preprocessing") is not None:
+        try:
+            Preprocessing.from_dict(recipe["preprocessing"])
+        except UsageError as e:
+            raise _malformed(path, f"its preprocessing record is invalid ({str(e)[:200]})") from None
+    for key in ("leaf_modules", "notes", "classes"):
         if recipe.get(key) is not None and not _is_str_list(recipe[key]):
             raise _malformed(path, f"the recipe field {key!r} is not a list of strings")
     if recipe.get("source_kwargs") is not None and not all(isinstance(k, str) for k in recipe["source_kwargs"]):
@@ -262,7 +273,8 @@ def load(path: str | Path, *, trust: bool = False, map_location: str | torch.dev
 
     ``trust=True`` additionally allows files that need unpickling (cheapconv files of the ``pickle`` kind,
     and plain ``torch.save(model)`` files) — only for files whose origin you trust. The model is returned in
-    eval mode with ``cheapconv_recipe`` attached.
+    eval mode with ``cheapconv_recipe`` attached, and ``cheapconv_preprocessing`` (how it must be fed: a
+    :class:`~cheapconv.models.preprocessing.Preprocessing`, None where the file records none).
     """
     path = Path(path)
     try:
@@ -306,6 +318,8 @@ def load(path: str | Path, *, trust: bool = False, map_location: str | torch.dev
         raise FileFormatError(f"The weights in {str(path)!r} do not fit its architecture: "
                               f"{str(e).splitlines()[0]}") from None
     model.cheapconv_recipe = recipe
+    record = recipe.get("preprocessing")
+    model.cheapconv_preprocessing = Preprocessing.from_dict(record) if record is not None else None
     model.cheapconv_stages = [t.stage for t in model.modules() if type(t).__name__ == "Tap"] or \
         recipe.get("plan", {}).get("stages", [])
     return model.to(map_location).eval()

@@ -16,6 +16,7 @@ from ..blocks import BlockSpec
 from ..errors import UsageError
 from ..fx.analysis import Analysis
 from ..fx.tap import Tap
+from ..models.preprocessing import preprocessing_of
 from .planner import Plan, build_plan, prepare
 from .policy import Policy, parse_policy
 from .taps import insert_taps
@@ -63,8 +64,9 @@ def cheapen(model: nn.Module, policy: str | Policy | BlockSpec, *,
     the linear blocks and a documented linear start for ``G``, ``B``, ``BG``), with one record per site in
     ``student.cheapconv_init``. Either way ``model`` is only read.
 
-    The student carries ``cheapconv_plan`` (the :class:`~cheapconv.surgery.planner.Plan` that was applied) and
-    ``cheapconv_recipe`` (what :func:`cheapconv.save` records), and Tap modules at the stage outputs.
+    The student carries ``cheapconv_plan`` (the :class:`~cheapconv.surgery.planner.Plan` that was applied),
+    ``cheapconv_recipe`` (what :func:`cheapconv.save` records), Tap modules at the stage outputs, and the
+    teacher's ``cheapconv_preprocessing`` (how it must be fed; at ``input_size`` where one is given).
 
     ``example_input`` (a batch, or a list of C×H×W images as torchvision's detectors take them) /
     ``input_size`` (C, H, W) set the resolution for MACs (default: the model's native one); ``strict`` turns
@@ -112,4 +114,12 @@ def cheapen(model: nn.Module, policy: str | Policy | BlockSpec, *,
     }
     if init == "teacher":
         student.cheapconv_recipe["init"] = "teacher"
+    classes = (getattr(model, "cheapconv_recipe", None) or {}).get("classes")
+    if classes:
+        student.cheapconv_recipe["classes"] = list(classes)
+    record = preprocessing_of(model)
+    if record is not None:   # fed as its teacher; at the size asked for, if one was
+        shape = tuple(analysis.input_shape)
+        explicit = (input_size is not None or example_input is not None) and len(shape) == 3
+        student.cheapconv_preprocessing = record.at_size(shape) if explicit else record
     return student
