@@ -61,6 +61,26 @@ def warn(message: str) -> None:
     err.print(f"[yellow]warning:[/yellow] {literal(message)}", highlight=False)
 
 
+def save_model(model, path: Path, **kwargs) -> str:
+    """:func:`cheapconv.save`, with its warnings (why a model had to be pickled, say) printed as warnings."""
+    import warnings
+
+    import cheapconv
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kind = cheapconv.save(model, path, **kwargs)
+    for w in caught:
+        warn(str(w.message))
+    return kind
+
+
+def weights_notes(model) -> list[str]:
+    """What loading ``--weights`` into ``model`` did (tensors paired by position, a replaced classifier head)."""
+    record = getattr(model, "cheapconv_weights", None)
+    return record.notes() if record is not None else []
+
+
 def output_path(path: Path | None, *, required: bool = True) -> Path | None:
     """Validate an output path before any work is done (missing folder -> usage error, exit 2)."""
     from cheapconv.store.files import check_writable

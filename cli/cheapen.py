@@ -17,20 +17,40 @@ from .app import (
     out,
     output_path,
     parse_input_size,
+    save_model,
     warn,
+    weights_notes,
 )
 
 
-def resolve_policy(block: str | None, policy: str | None, policy_file: Path | None):
+def resolve_policy(block: str | None, policy: str | None, policy_file: Path | None, model: str | None = None):
     from cheapconv.surgery.policy import Policy, parse_policy
 
     given = [x for x in (block, policy, policy_file) if x is not None]
     if len(given) != 1:
+        hint = ""
+        if not given and model is not None and _is_saved_student(model):
+            hint = (f"; {model} is a saved student: to start it from its teacher, give that instead with "
+                    "--teacher TEACHER --init teacher (and --calib-data DATA to fit it on images)")
         raise typer.BadParameter("give exactly one of --block SPEC, --policy RULES or --policy-file FILE "
-                                 "(e.g. --block 'G(4)')", param_hint="--block/--policy/--policy-file")
+                                 f"(e.g. --block 'G(4)'){hint}", param_hint="--block/--policy/--policy-file")
     if policy_file is not None:
         return Policy.from_file(policy_file)
     return parse_policy(block if block is not None else policy)
+
+
+def _is_saved_student(spec: str) -> bool:
+    """Whether ``spec`` is a cheapconv file that records a plan (a cheapened student); nothing is built."""
+    from cheapconv.errors import CheapconvError
+    from cheapconv.store.modelfile import read_recipe
+    from cheapconv.store.resolve import is_model_file
+
+    if not (is_model_file(spec) and Path(spec).is_file()):
+        return False
+    try:
+        return bool(read_recipe(spec).get("plan"))
+    except CheapconvError:
+        return False
 
 
 @app.command()
@@ -44,6 +64,13 @@ def cheapen(
     num_classes: int = typer.Option(None, "--num-classes", min=1, help="Classifier size of the teacher."),
     input_size: str = typer.Option(None, "--input-size", help="C,H,W for MACs (default: the model's own)."),
     weights: Path = typer.Option(None, "--weights", help="Local weights file for the teacher."),
+    weights_by_position: bool = typer.Option(False, "--weights-by-position",
+                                             help="Load --weights in order, for a file whose tensor names differ "
+                                                  "from the model's (same shapes, same order)."),
+    teacher_spec: str = typer.Option(None, "--teacher", "-t",
+                                     help="MODEL is then a saved student (its file has its policy): start it from "
+                                          "this teacher (a cheapconv file, or a zoo name with --weights) with "
+                                          "--init teacher, and fit it with --calib-data."),
     pretrained: bool = typer.Option(False, "--pretrained", help="Download the hub's weights (needs network)."),
     leaf: list[str] = typer.Option([], "--leaf", help="Module class or name fx must not trace into (repeatable)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan only; write nothing."),
@@ -62,17 +89,27 @@ def cheapen(
                                     help="Optimisation steps per replaced block for --calib-data."),
     data_dir: Path = typer.Option(None, "--data-dir", help="Where --calib-data's files are looked for."),
 ) -> None:
-    """Rewrite MODEL with cheap convolution blocks and write the student.
+    """Rewrite MODEL with cheap convolution blocks and write the student; or, with --teacher, start a saved
+    student (MODEL) from its teacher again.
 
     Example: cheapconv cheapen resnet34 --block 'G(4)' -o student.pt
+
+    Example: cheapconv cheapen student.pt --teacher teacher.pt --init teacher --calib-data imagefolder:DIR
+    -o reconstructed.pt
     """
     import cheapconv
     from cheapconv.surgery.report import summary_table
 
-    the_policy = resolve_policy(block, policy, policy_file)
     if init not in ("random", "teacher"):
         raise typer.BadParameter(f"{init!r} is not a way to start the student: use 'random' or 'teacher'",
                                  param_hint="--init")
+    if teacher_spec is not None:
+        check_restart(block, policy, policy_file, init)
+        return restart(model, teacher_spec, output=output, weights=weights, weights_by_position=weights_by_position,
+                       num_classes=num_classes, pretrained=pretrained, trust=trust, dry_run=dry_run,
+                       changes_only=changes_only, calib_data=calib_data, calib_samples=calib_samples,
+                       calib_steps=calib_steps, data_dir=data_dir, input_size=parse_input_size(input_size))
+    the_policy = resolve_policy(block, policy, policy_file, model)
     check_calibration(init, calib_data)
     size = parse_input_size(input_size)
     if not dry_run:
@@ -82,7 +119,9 @@ def cheapen(
     from cheapconv.store.resolve import resolve_model
     with err.status(f"Building {model}..."):
         teacher = resolve_model(model, weights=weights, num_classes=num_classes, pretrained=pretrained, trust=trust,
-                                what="MODEL")
+                                what="MODEL", weights_by_position=weights_by_position)
+    for line in weights_notes(teacher):
+        err.print(f"note: {line}.", highlight=False, markup=False)
     check_input_size(teacher, size, what=model)
     with err.status("Tracing, planning and rewriting..."), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -109,14 +148,75 @@ def cheapen(
         report = calibrate(student, teacher, calib_data, samples=calib_samples, steps=calib_steps,
                            data_dir=data_dir, input_size=size)
         out.print(literal_table(report.table()))
-    kind = cheapconv.save(student, output)
+    _write(student, output, from_teacher=init == "teacher")
+
+
+def _write(student, output: Path, *, from_teacher: bool) -> None:
+    """Save the student (a pickle only with the library's warning, printed) and say what to do next."""
+    kind = save_model(student, output)
     err.print(f"Wrote {literal(output)} ({kind} format" + (": loading it will need --trust" if kind == "pickle" else "")
               + ").", highlight=False)
-    if init == "teacher":
+    if from_teacher:
         # measured (benchmarks/README.md): unclipped lr-0.1 steps take a reconstructed student to chance
         err.print("Next: cheapconv distill --student THIS_FILE ... trains it with its gradient norm clipped at 1 and a "
                   "cosine schedule (the file records that it starts from its teacher; unclipped first steps of the "
                   "paper's recipe undo such a start). A short budget is enough: e.g. --epochs 1.", highlight=False)
+
+
+def check_restart(block: str | None, policy: str | None, policy_file: Path | None, init: str) -> None:
+    """``--teacher`` starts a saved student from its teacher: the student file has its policy, and what it
+    does is ``--init teacher``; other combinations are errors that say what to pass."""
+    if any(x is not None for x in (block, policy, policy_file)):
+        raise typer.BadParameter("with --teacher, MODEL is a saved student and its file has its policy: drop "
+                                 "--block/--policy/--policy-file (or drop --teacher to cheapen MODEL itself)",
+                                 param_hint="--teacher")
+    if init != "teacher":
+        raise typer.BadParameter("--teacher starts the saved student from that teacher: add --init teacher (and "
+                                 "--calib-data DATA to fit it on images)", param_hint="--init")
+
+
+def restart(model: str, teacher_spec: str, *, output: Path | None, weights: Path | None, weights_by_position: bool,
+            num_classes: int | None, pretrained: bool, trust: bool, dry_run: bool, changes_only: bool,
+            calib_data: str | None, calib_samples: int, calib_steps: int, data_dir: Path | None,
+            input_size: tuple[int, int, int] | None) -> None:
+    """``cheapen STUDENT_FILE --teacher TEACHER --init teacher [--calib-data D]``: the saved student's blocks set
+    from the teacher's convs (closed forms), then fitted on calibration images (at ``input_size`` where given,
+    else as the student records); written to ``output``."""
+    import cheapconv
+    from cheapconv.errors import UsageError
+    from cheapconv.store.resolve import is_model_file, resolve_model
+    from cheapconv.surgery.report import summary_table
+
+    if not is_model_file(model):
+        raise UsageError(f"With --teacher, MODEL is a saved student file (written by cheapconv cheapen); "
+                         f"{model!r} is a zoo name. To cheapen it, drop --teacher and give --block SPEC.")
+    if not dry_run:
+        output_path(output)
+        check_outputs(inputs={"MODEL": model, "--teacher": teacher_spec, "--weights": weights},
+                      outputs={"-o/--output": output})
+    with err.status(f"Loading {model} and {teacher_spec}..."):
+        student = resolve_model(model, trust=trust, what="MODEL")
+        if getattr(student, "cheapconv_plan", None) is None:
+            raise UsageError(f"{model!r} is not a cheapened student: its file records no plan (a teacher, or a model "
+                             "as built or trained). With --teacher, MODEL is the file cheapconv cheapen wrote; to "
+                             f"cheapen {model!r} itself, drop --teacher and give --block SPEC.")
+        teacher = resolve_model(teacher_spec, weights=weights, num_classes=num_classes, pretrained=pretrained,
+                                trust=trust, what="teacher", weights_by_position=weights_by_position)
+    for line in weights_notes(teacher):
+        err.print(f"note: {line}.", highlight=False, markup=False)
+    the_plan = student.cheapconv_plan
+    out.print(literal_table(the_plan.table(show_all=not changes_only)))
+    out.print(literal_table(summary_table(the_plan)))
+    if dry_run:
+        err.print("Dry run: nothing written.")
+        return
+    student.cheapconv_init = cheapconv.init_from_teacher(student, teacher)
+    out.print(literal_table(init_table(student.cheapconv_init)))
+    if calib_data is not None:
+        report = calibrate(student, teacher, calib_data, samples=calib_samples, steps=calib_steps,
+                           data_dir=data_dir, input_size=input_size)
+        out.print(literal_table(report.table()))
+    _write(student, output, from_teacher=True)
 
 
 def check_calibration(init: str, calib_data: str | None) -> None:

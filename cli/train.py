@@ -22,7 +22,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .app import app, check_outputs, emit, err, out, output_path, warn
+from .app import app, check_outputs, emit, err, out, output_path, save_model, warn, weights_notes
 
 _LOSSES = "at, kd, at+kd or ce"
 
@@ -186,10 +186,15 @@ def _is_main() -> bool:
 
 def load_model(spec: str, *, weights: Path | None = None, num_classes: int | None = None, trust: bool = False,
                what: str = "model", **kwargs):
-    """A model from a cheapconv file, or a zoo name (+ optional local weights): see store.resolve_model."""
+    """A model from a cheapconv file, or a zoo name (+ optional local weights): see store.resolve_model. What
+    loading the weights did (pairs by position, a new classifier head) is said in notes."""
     from cheapconv.store.resolve import resolve_model
 
-    return resolve_model(spec, weights=weights, num_classes=num_classes, trust=trust, what=what, **kwargs)
+    net = resolve_model(spec, weights=weights, num_classes=num_classes, trust=trust, what=what, **kwargs)
+    if _is_main():
+        for line in weights_notes(net):
+            _note(line + ".")
+    return net
 
 
 def load_data(name: str, split: str, model, *, in_chans: int | None, image_size: int | None,
@@ -283,8 +288,6 @@ def _save_and_report(model, output: Path, result, *, role: str, data: str, cfg, 
                      trained_on=None) -> None:
     """Save the trained ``model`` with what it was trained on: the training figures, and (``trained_on``: its
     test set) how it must be fed (``model.cheapconv_preprocessing``) and its class names; then the table."""
-    import cheapconv
-
     if result.rank != 0:
         return
     recorded = {}
@@ -301,7 +304,7 @@ def _save_and_report(model, output: Path, result, *, role: str, data: str, cfg, 
     training = {"data": data, "loss": last.get("loss_kind"), "steps": result.steps,
                 **{k: last.get(k) for k in figures}, "config": cfg.to_dict(), **extra}
     try:
-        kind = cheapconv.save(model, output, extra={"training": training, **recorded})
+        kind = save_model(model, output, extra={"training": training, **recorded})
     except KeyboardInterrupt:
         # the write is atomic: the model file is absent (or the previous one), the final checkpoint is there
         err.print(f"[yellow]Interrupted while writing the model; {output} was not written. Training had finished "
@@ -329,12 +332,20 @@ def _save_and_report(model, output: Path, result, *, role: str, data: str, cfg, 
 def train(
     model: str = typer.Argument(..., help="wrn_16_2, resnet18, timm:NAME, or a cheapconv file to keep training."),
     num_classes: int = _opt(None, "--num-classes", min=1, help="Classifier size (default: the dataset's)."),
-    weights: Path = _opt(None, "--weights", help="Local weights to start from (zoo names only)."),
+    weights: Path = _opt(None, "--weights", help="Local weights to start from (zoo names only): fine-tuning. A "
+                         "classifier head of another size than --num-classes is replaced by a new one."),
+    weights_by_position: bool = _opt(False, "--weights-by-position", help="Load --weights in order, for a file "
+                                     "whose tensor names differ from the model's (same shapes, same order)."),
     *, opts: RunOptions,
 ) -> None:
-    """Train MODEL from scratch (a teacher, or a baseline student) with cross-entropy.
+    """Train MODEL with cross-entropy: from scratch (a teacher, or a baseline student), or fine-tuned from
+    pretrained --weights onto the data's classes (the classifier head is replaced where its size differs;
+    the note on stderr names it).
 
     Example: cheapconv train wrn_16_2 --data fashion-mnist --epochs 3 -o teacher.pt
+
+    Example: cheapconv train timm:tf_efficientnet_lite0 --weights lite0.pth --weights-by-position
+    --data imagefolder:DIR --image-size 96 --epochs 1 -o teacher.pt
     """
     import torch
 
@@ -346,6 +357,8 @@ def train(
     info = dataset_info(opts.data)
     torch.manual_seed(opts.seed)  # the initial weights (every rank builds the same model)
     kwargs = {"in_chans": opts.in_chans} if opts.in_chans is not None and not is_model_file(model) else {}
+    if weights_by_position:
+        kwargs["weights_by_position"] = True
     net = load_model(model, weights=weights, num_classes=num_classes or info.num_classes, trust=opts.trust, **kwargs)
     train_set, test_set = opts.datasets(net)
     result = _run(None, net, train_set, test_set, cfg, checkpoint=ckpt, resume=opts.resume, overwrite=opts.overwrite)
@@ -429,6 +442,8 @@ def evaluate(
     data: str = DATA,
     split: str = _opt("test", "--split", help="test or train."),
     weights: Path = _opt(None, "--weights", help="Local weights for a zoo name."),
+    weights_by_position: bool = _opt(False, "--weights-by-position", help="Load --weights in order (tensor names "
+                                     "that differ from the model's; same shapes, same order)."),
     num_classes: int = _opt(None, "--num-classes", min=1, help="Classifier size of a zoo model."),
     batch_size: int = _opt(256, "--batch-size", "-b", min=1, help="Batch size."),
     in_chans: int = IN_CHANS, image_size: int = IMAGE_SIZE, data_dir: Path = DATA_DIR, download: bool = DOWNLOAD,
@@ -448,7 +463,8 @@ def evaluate(
     if split not in ("test", "train"):
         raise typer.BadParameter("expected test or train", param_hint="--split")
     check_precision(precision)   # before any work; evaluate_model checks it too
-    net = load_model(model, weights=weights, num_classes=num_classes, trust=trust)
+    net = load_model(model, weights=weights, num_classes=num_classes, trust=trust,
+                     **({"weights_by_position": True} if weights_by_position else {}))
     dataset = load_data(data, split, net, in_chans=in_chans, image_size=image_size, data_dir=data_dir,
                         download=download)
     dev = resolve_device(device)

@@ -2,8 +2,9 @@
 
 from .inputs import default_input_size
 from .preprocessing import Preprocessing, preprocessing_of
+from .weights import WeightsRecord, head_keys, load_weights_file, pair_by_position
 from .wrn import WideBasic, WideResNet
-from .zoo import canonical_name, create_model, load_weights_file
+from .zoo import canonical_name, create_model
 
-__all__ = ["Preprocessing", "WideBasic", "WideResNet", "canonical_name", "create_model", "default_input_size",
-           "load_weights_file", "preprocessing_of"]
+__all__ = ["Preprocessing", "WeightsRecord", "WideBasic", "WideResNet", "canonical_name", "create_model",
+           "default_input_size", "head_keys", "load_weights_file", "pair_by_position", "preprocessing_of"]

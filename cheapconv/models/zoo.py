@@ -12,7 +12,8 @@ Accepted names (files are loaded by :func:`cheapconv.store.resolve.create_model`
 * ``segwrn_<depth>_<width>``: the built-in small segmentation network (:mod:`cheapconv.models.segwrn`);
 * ``timm:<name>``;
 
-``pretrained`` is False, True (the hub's weights: needs network) or a local weights file (works offline).
+``pretrained`` is False, True (the hub's weights: needs network) or a local weights file (works offline; a new
+classifier head with ``num_classes``, by position on request: :mod:`cheapconv.models.weights`).
 torchvision and timm are imported only when a name needs them.
 """
 
@@ -22,13 +23,13 @@ import difflib
 import re
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ..errors import CheapconvError, UnknownModelError, UsageError
 from .hub import download_error, is_network_error
 from .preprocessing import weights_preprocessing
 from .segwrn import SegWRN
+from .weights import load_weights_file
 from .wrn import WideResNet
 
 _WRN = re.compile(r"wrn[_-](\d+)[_-](\d+)$")
@@ -87,36 +88,15 @@ def _unknown(name: str, detail: str = "") -> UnknownModelError:
     )
 
 
-def load_weights_file(model: nn.Module, path: str | Path) -> None:
-    """Load a local state dict (``.safetensors``, or a torch file read with ``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"The weights file {str(path)!r} does not exist. Pass the path of a state dict saved "
-                         "with torch.save(model.state_dict(), ...) or a .safetensors file.")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any failure means: not a plain state dict
-            raise UsageError(f"Cannot read {str(path)!r} as a plain state dict ({type(e).__name__}). "
-                             "cheapconv reads weights with weights_only=True so no code in the file runs; "
-                             "save the weights with torch.save(model.state_dict(), path).") from None
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-            state = state["state_dict"]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        raise UsageError(f"The weights in {str(path)!r} do not fit the model: {first[0] if first else e} "
-                         "Check the model name and --num-classes.") from None
-
-
 def create_model(name: str, *, num_classes: int | None = None, pretrained: bool | str | Path = False,
-                 **kwargs) -> nn.Module:
+                 weights_by_position: bool = False, **kwargs) -> nn.Module:
     """Build a model by name (see the module docstring for the accepted names).
+
+    ``pretrained`` is a local weights file (or True: the hub's). With ``num_classes`` too, a file with another
+    number of classes loads with a new classifier head (fine-tuning onto your classes); without it, such a file
+    is an error that names the head's keys and shapes. ``weights_by_position=True`` loads a file whose tensor
+    names differ from the model's in order (see :mod:`cheapconv.models.weights`). What was loaded is in
+    ``model.cheapconv_weights`` (a :class:`~cheapconv.models.weights.WeightsRecord`; ``.notes()`` says it).
 
     The model remembers where it came from (``cheapconv_source``, ``cheapconv_source_kwargs``) so that a
     student cheapened from it can be rebuilt from its recipe. With pretrained weights it also carries how they
@@ -128,6 +108,10 @@ def create_model(name: str, *, num_classes: int | None = None, pretrained: bool 
     >>> m.fc.out_features, m.cheapconv_source
     (100, 'wrn_16_2')
     """
+    local = pretrained if pretrained is not True and pretrained else None
+    if weights_by_position and local is None:
+        raise UsageError("weights_by_position (--weights-by-position) pairs the tensors of a local weights file "
+                         "with the model's; pass the file too (pretrained=PATH, --weights PATH).")
     try:
         model = _create_model(name, num_classes=num_classes, pretrained=pretrained, **kwargs)
     except CheapconvError:
@@ -136,6 +120,9 @@ def create_model(name: str, *, num_classes: int | None = None, pretrained: bool 
         if pretrained is True and is_network_error(e):
             raise download_error(name, e) from e
         raise
+    if local is not None:
+        model.cheapconv_weights = load_weights_file(model, local, by_position=weights_by_position,
+                                                    new_head=num_classes is not None)
     if not hasattr(model, "cheapconv_source") or getattr(model, "cheapconv_recipe", None) is None:
         model.cheapconv_source = canonical_name(name)
         model.cheapconv_source_kwargs = dict(kwargs, **({"num_classes": num_classes} if num_classes else {}))
@@ -157,8 +144,6 @@ def _create_model(name: str, *, num_classes: int | None = None, pretrained: bool
         if pretrained is True:
             raise UsageError(f"There are no hub weights for the built-in {name!r}; pass a local weights file "
                              "(pretrained=PATH, --weights PATH) or train one with `cheapconv train`.")
-        if pretrained:
-            load_weights_file(model, pretrained)
         return model
     if name.startswith("timm:"):
         return _create_timm(name[5:], num_classes, pretrained, **kwargs)
@@ -190,10 +175,7 @@ def _create_torchvision(name, tv_name, num_classes, pretrained, **kwargs) -> nn.
     if weights and num_classes not in (None, hub_classes):
         raise UsageError(f"Hub weights for torchvision {tv_name} have {hub_classes} classes; drop --num-classes or "
                          "pass a local weights file.")
-    model = torchvision.models.get_model(tv_name, weights=weights, **kwargs)
-    if pretrained and pretrained is not True:
-        load_weights_file(model, pretrained)
-    return model
+    return torchvision.models.get_model(tv_name, weights=weights, **kwargs)
 
 
 def _timm_suggestions(name: str) -> list[str]:
@@ -213,7 +195,4 @@ def _create_timm(timm_name: str, num_classes, pretrained, **kwargs) -> nn.Module
         raise _unknown(f"timm:{timm_name}", _suggest(timm_name, _timm_names()))
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    model = timm.create_model(timm_name, pretrained=pretrained is True, **kwargs)
-    if pretrained and pretrained is not True:
-        load_weights_file(model, pretrained)
-    return model
+    return timm.create_model(timm_name, pretrained=pretrained is True, **kwargs)

@@ -24,16 +24,21 @@ import datetime as _dt
 import io as _io
 import json
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import fx, nn
 
-from ..errors import FileFormatError, UntrustedFileError, UsageError
+from ..errors import FileFormatError, TraceError, UntrustedFileError, UsageError
+from ..fx.tracer import trace
 from ..models.preprocessing import Preprocessing, preprocessing_of
+from ..models.weights import mismatch
+from ..surgery.planner import Plan
 from . import graph_codec
 from .files import atomic_save, check_writable
+from .rebuild import recipe_for_classes
 
 FORMAT = "cheapconv"
 FORMAT_VERSION = 1
@@ -54,18 +59,60 @@ def versions() -> dict[str, str]:
 
 
 def _architecture(model: nn.Module, recipe: dict) -> tuple[str, str | None, torch.Tensor | None]:
+    """The first storage kind that works (see the module docstring); a pickle only with a warning that says
+    why and how to avoid it. ``recipe`` may be updated (a note; the class count of a swapped head)."""
+    reasons = []
     if isinstance(model, fx.GraphModule):
         try:
             desc = graph_codec.describe_graph_module(model, input_size=_input_size_for(model, recipe))
             return "graph", json.dumps(desc), None
         except graph_codec.NotDescribable as e:
             recipe.setdefault("notes", []).append(f"graph not stored as data: {e}")
+            reasons.append(f"its graph holds something that cannot be stored as data ({e})")
     source = recipe.get("source")
-    if source and _rebuilds_from_recipe(model, recipe):
-        return "recipe", None, None
+    if source:
+        if _rebuilds_from_recipe(model, recipe):
+            return "recipe", None, None
+        fixed = recipe_for_classes(recipe, model.state_dict())
+        if fixed is not None and _rebuilds_from_recipe(model, fixed):
+            recipe.update(fixed)   # its head was swapped after it was built: rebuilt with the head's classes
+            return "recipe", None, None
+        reasons.append(f"building {source} by name with {recipe.get('source_kwargs') or {}}"
+                       + (f" and cheapening it with {recipe['policy']!r}" if recipe.get("policy") else "")
+                       + " does not give its tensors (was it changed after it was built?)")
+    else:
+        reasons.append("it was not built by name (cheapconv.create_model), so no recipe rebuilds it")
+    if not isinstance(model, fx.GraphModule):
+        desc, why = _traced_description(model, recipe)
+        if desc is not None:
+            return "graph", json.dumps(desc), None
+        reasons.append(why)
+    warnings.warn("The model is saved as a pickle, which runs code from the file when it is loaded (loading "
+                  "it needs trust=True, --trust): " + "; ".join(reasons) + ". To save it as data, build it "
+                  "by name with the classes you need (cheapconv.create_model(NAME, num_classes=N, pretrained="
+                  "WEIGHTS); --num-classes, --weights) instead of changing it afterwards, or save only its "
+                  "weights (torch.save(model.state_dict(), path)).", UserWarning, stacklevel=3)
     buffer = _io.BytesIO()
     torch.save(model, buffer)
     return "pickle", None, torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+
+
+def _traced_description(model: nn.Module, recipe: dict) -> tuple[dict | None, str]:
+    """A data-only graph of ``model`` traced by torch.fx, when it has exactly the model's tensors and runs as
+    the model does in both modes; else None and the reason."""
+    try:
+        gm = trace(model)
+    except TraceError as e:
+        return None, f"torch.fx cannot trace it ({str(e).splitlines()[0][:200]})"
+    if gm.cheapconv_trace_notes or gm.cheapconv_auto_leaves:
+        return None, "torch.fx traces it only in part (" + "; ".join(map(str, gm.cheapconv_trace_notes))[:300] + ")"
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if {k: tuple(v.shape) for k, v in gm.state_dict().items()} != shapes:
+        return None, "its traced graph leaves some of its tensors out (modules its forward does not call)"
+    try:
+        return graph_codec.describe_graph_module(gm, input_size=_input_size_for(model, recipe)), ""
+    except graph_codec.NotDescribable as e:
+        return None, f"its traced graph cannot be stored as data ({e})"
 
 
 def _input_size_for(model: nn.Module, recipe: dict) -> tuple[int, ...] | None:
@@ -92,9 +139,15 @@ def save(model: nn.Module, path: str | Path, *, recipe: dict | None = None, extr
     """Save ``model`` with its recipe; returns the storage kind used (``graph``, ``recipe`` or ``pickle``).
 
     ``recipe`` defaults to ``model.cheapconv_recipe`` (set by :func:`cheapconv.cheapen`) or, for a zoo model,
-    its source name. ``extra`` adds JSON-able fields (e.g. training metrics). How the model must be fed,
+    its source name (and the weights file it started from: name and SHA-256, never its path). ``extra`` adds
+    JSON-able fields (e.g. training metrics). How the model must be fed,
     ``model.cheapconv_preprocessing`` (:class:`~cheapconv.models.preprocessing.Preprocessing`), is recorded as
     the recipe's ``"preprocessing"``.
+
+    A model whose classifier was swapped after it was built by name (timm's ``reset_classifier``) is stored as
+    its name with the new class count; one that is neither a describable graph nor rebuilt by name is traced
+    into a data-only graph where torch.fx can. Only where all of that fails is it pickled, with a ``UserWarning``
+    that says why and how to avoid it.
     """
     check_writable(path)
     recipe = dict(recipe if recipe is not None else getattr(model, "cheapconv_recipe", None) or {})
@@ -102,6 +155,9 @@ def save(model: nn.Module, path: str | Path, *, recipe: dict | None = None, extr
         recipe["source"] = model.cheapconv_source
         recipe["source_kwargs"] = dict(getattr(model, "cheapconv_source_kwargs", {}) or {})
     recipe.setdefault("model", type(model).__name__)
+    started = getattr(model, "cheapconv_weights", None)   # create_model(NAME, pretrained=PATH): which file
+    if started is not None and "pretrained" not in recipe:
+        recipe["pretrained"] = started.to_recipe()
     recipe["versions"] = versions()
     recipe["saved_at"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     if extra:
@@ -243,6 +299,15 @@ def _check_payload(payload: dict, path: Path) -> dict:
     return recipe
 
 
+def _plan_of(recipe: dict):
+    """The :class:`~cheapconv.surgery.planner.Plan` in a student's recipe, or None where it cannot be read (a
+    file of another version: the model still loads; only what needs the plan says so)."""
+    try:
+        return Plan.from_dict(recipe["plan"])
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError):
+        return None
+
+
 def _looks_like_torch_file(path: Path) -> bool:
     import zipfile
 
@@ -316,8 +381,10 @@ def load(path: str | Path, *, trust: bool = False, map_location: str | torch.dev
         model.load_state_dict(state)
     except RuntimeError as e:
         raise FileFormatError(f"The weights in {str(path)!r} do not fit its architecture: "
-                              f"{str(e).splitlines()[0]}") from None
+                              f"{mismatch(state, model.state_dict()) or str(e).splitlines()[0]}.") from None
     model.cheapconv_recipe = recipe
+    if recipe.get("plan") and getattr(model, "cheapconv_plan", None) is None:
+        model.cheapconv_plan = _plan_of(recipe)   # what reconstruct and init_from_teacher pair sites by
     record = recipe.get("preprocessing")
     model.cheapconv_preprocessing = Preprocessing.from_dict(record) if record is not None else None
     model.cheapconv_stages = [t.stage for t in model.modules() if type(t).__name__ == "Tap"] or \

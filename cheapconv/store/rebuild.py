@@ -28,7 +28,8 @@ from torch import nn
 from ..errors import FileFormatError
 from .graph_limits import tensor_bytes
 
-__all__ = ["MAX_TEACHER_BYTES", "SOURCE_KWARGS", "check_recipe", "rebuild_from_recipe", "teacher_from_recipe"]
+__all__ = ["MAX_TEACHER_BYTES", "SOURCE_KWARGS", "check_recipe", "rebuild_from_recipe", "recipe_for_classes",
+           "teacher_from_recipe"]
 
 #: the largest model a recipe may name (8 GiB of parameters and buffers)
 MAX_TEACHER_BYTES = 8 * 2**30
@@ -95,6 +96,31 @@ def teacher_from_recipe(recipe: dict) -> nn.Module:
             raise _refuse(f"builds {source!r} with {size / 2**30:.1f} GiB of parameters (the limit "
                           f"is {MAX_TEACHER_BYTES / 2**30:.0f} GiB)")
     return create_model(source, **kwargs)
+
+
+def recipe_for_classes(recipe: dict, state: dict[str, torch.Tensor]) -> dict | None:
+    """``recipe`` with the number of classes of the classifier head in ``state``, or None where the head's size
+    is not what differs from the recipe.
+
+    A model whose head was swapped after it was built by name (timm's ``reset_classifier(10)``, ``model.fc =
+    nn.Linear(512, 10)``) still carries its source's keywords; built with the head's class count instead, it
+    may have exactly its tensors again (:func:`check_recipe` decides), and save as a recipe rather than a pickle.
+    """
+    from ..models.weights import head_keys
+
+    try:
+        with torch.device("meta"), _quiet():   # only the names and shapes are needed
+            teacher = teacher_from_recipe(recipe)
+        keys = [k for k in head_keys(teacher) if k in state and state[k].dim() >= 1]
+    except Exception:  # noqa: BLE001 - a recipe that does not build has no head to read
+        return None
+    if not keys:
+        return None
+    classes = int(state[keys[0]].shape[0])
+    kwargs = dict(recipe.get("source_kwargs") or {})
+    if kwargs.get("num_classes") == classes or teacher.state_dict()[keys[0]].shape[0] == classes:
+        return None
+    return {**recipe, "source_kwargs": {**kwargs, "num_classes": classes}}
 
 
 def check_recipe(recipe: dict, expected: dict[str, torch.Tensor] | None = None) -> None:

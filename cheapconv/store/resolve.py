@@ -27,9 +27,12 @@ def is_model_file(spec: str | Path) -> bool:
 
 
 def resolve_model(spec: str | Path, *, weights: str | Path | None = None, num_classes: int | None = None,
-                  pretrained: bool = False, trust: bool = False, what: str = "model", **kwargs) -> nn.Module:
+                  pretrained: bool = False, trust: bool = False, what: str = "model",
+                  weights_by_position: bool = False, **kwargs) -> nn.Module:
     """The model ``spec`` names: a cheapconv file (``weights`` must then be None) or a zoo name built with
-    ``num_classes``, ``pretrained`` (hub weights) or ``weights`` (a local state dict) and zoo keywords.
+    ``num_classes``, ``pretrained`` (hub weights) or ``weights`` (a local state dict, paired by position with
+    ``weights_by_position``; a new classifier head where ``num_classes`` differs from the file's) and zoo
+    keywords.
 
     Raises :class:`UsageError` for a missing file, weights given for a file, or keywords the zoo model does
     not take.
@@ -40,13 +43,14 @@ def resolve_model(spec: str | Path, *, weights: str | Path | None = None, num_cl
             raise UsageError(f"The {what} {str(spec)!r} is a directory, not a model file. Give the file's path.")
         if not path.is_file():
             raise UsageError(f"The {what} file {str(spec)!r} does not exist. Check the path.")
-        if weights is not None:
-            raise UsageError(f"{str(spec)!r} is a model file with its own weights; separate weights apply only to "
-                             "zoo names.")
+        if weights is not None or weights_by_position:
+            raise UsageError(f"{str(spec)!r} is a model file with its own weights; separate weights (and loading "
+                             "them by position) apply only to zoo names.")
         return load(path, trust=trust)
     try:
         return zoo.create_model(str(spec), num_classes=num_classes,
-                                pretrained=str(weights) if weights else pretrained, **kwargs)
+                                pretrained=str(weights) if weights else pretrained,
+                                weights_by_position=weights_by_position, **kwargs)
     except TypeError as e:  # a zoo model that does not take e.g. in_chans
         raise UsageError(f"Cannot build {str(spec)!r} with {kwargs}: {e}.") from None
 

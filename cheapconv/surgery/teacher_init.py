@@ -75,12 +75,13 @@ class InitRecord:
 def replaced_sites(student: nn.Module, teacher: nn.Module) -> list[Site]:
     """Every site ``student``'s plan replaced, with the teacher conv(s) and the student block, in plan order.
 
-    ``student`` must come from :func:`cheapconv.cheapen` (it carries ``cheapconv_plan``) applied to ``teacher``
-    or to a model with the same module names. Raises :class:`UsageError` otherwise."""
+    ``student`` must come from :func:`cheapconv.cheapen` (it carries ``cheapconv_plan``; a student loaded with
+    :func:`cheapconv.load` gets it from its file) applied to ``teacher`` or to a model with the same module names
+    and shapes. Raises :class:`UsageError` otherwise."""
     plan = getattr(student, "cheapconv_plan", None)
     if plan is None:
-        raise UsageError("The student carries no cheapconv plan, so its replaced sites are unknown. Pass a model "
-                         "made by cheapconv.cheapen (or loaded with cheapconv.load).")
+        raise UsageError(_no_plan(student))
+    _check_same_shapes(student, teacher, [c for entry in plan.replaced for c in entry.convs])
     sites = []
     for entry in plan.replaced:
         try:
@@ -94,6 +95,37 @@ def replaced_sites(student: nn.Module, teacher: nn.Module) -> list[Site]:
                              "the teacher the student was cheapened from.")
         sites.append(Site(entry.layer, entry, convs, block))
     return sites
+
+
+def _no_plan(student: nn.Module) -> str:
+    """Why ``student`` has no plan, and what to pass instead."""
+    recipe = getattr(student, "cheapconv_recipe", None)
+    if not isinstance(recipe, dict):
+        return ("The student carries no cheapconv plan, so its replaced sites are unknown. Pass the model "
+                "cheapconv.cheapen(teacher, policy) returned, or a student file loaded with cheapconv.load.")
+    if recipe.get("plan"):
+        return ("The student's file holds a plan this version of cheapconv cannot read, so its replaced sites "
+                "are unknown. Cheapen the teacher again (cheapconv.cheapen(teacher, policy), cheapconv cheapen "
+                "TEACHER --block SPEC).")
+    return ("The model passed as the student was not cheapened: its file records no plan (a teacher, or a model "
+            "as built or trained). Pass the student file written by cheapconv cheapen (or "
+            "cheapconv.save(cheapconv.cheapen(teacher, policy), path)), and its teacher as the teacher.")
+
+
+def _check_same_shapes(student: nn.Module, teacher: nn.Module, replaced: list[str]) -> None:
+    """The tensors the student kept from its teacher (same names, outside the ``replaced`` convs) have the
+    teacher's shapes; else the teacher is another model (other classes, other widths) and pairing sites by
+    name would be wrong."""
+    theirs = teacher.state_dict()
+    prefixes = tuple(f"{name}." for name in replaced)
+    wrong = [f"{k} {list(v.shape)} in the student, {list(theirs[k].shape)} in the teacher"
+             for k, v in student.state_dict().items()
+             if k in theirs and not k.startswith(prefixes) and theirs[k].shape != v.shape]
+    if wrong:
+        more = f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""
+        raise UsageError(f"The teacher is not the model the student was cheapened from: {'; '.join(wrong[:3])}"
+                         f"{more}. Pass the teacher the student was cheapened from (the same model and number of "
+                         "classes, e.g. the file written by cheapconv train).")
 
 
 def _unwrap(block: nn.Module) -> nn.Module:
@@ -121,8 +153,9 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module, *, example_input: 
                       ) -> list[InitRecord]:
     """Set every replaced block of ``student`` from the teacher conv(s) it replaced; one record per site.
 
-    ``student`` comes from ``cheapen(teacher, ...)`` (its plan names the sites); it is changed in place,
-    ``teacher`` never. With ``example_input`` (a batch the teacher reads), each record's ``output_error`` is
+    ``student`` comes from ``cheapen(teacher, ...)`` (its plan names the sites), directly or through a file
+    (:func:`cheapconv.load`); it is changed in place, its recipe then records ``"init": "teacher"``, and
+    ``teacher`` is never changed. With ``example_input`` (a batch the teacher reads), each record's ``output_error`` is
     the relative error ‖block(x) − teacher site(x)‖/‖teacher site(x)‖ on the teacher's own input x to that
     site, with both in eval mode (the blocks' norms as initialised).
 
@@ -135,6 +168,9 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module, *, example_input: 
     sites = replaced_sites(student, teacher)
     with torch.no_grad():
         records = [_initialise(site) for site in sites]
+    recipe = getattr(student, "cheapconv_recipe", None)
+    if isinstance(recipe, dict):   # a student loaded from a file: what cheapconv.save writes now says so
+        recipe["init"] = "teacher"
     if example_input is not None:
         for record, error in zip(records, site_output_errors(sites, teacher, example_input), strict=True):
             record.output_error = error
