@@ -438,7 +438,8 @@ def _recipe_for_start(student, cfg, opts: RunOptions):
 
 @app.command()
 def evaluate(
-    model: str = typer.Argument(..., help="A cheapconv model file (or a zoo name with --weights)."),
+    model: str = typer.Argument(..., help="A cheapconv model file, a deployed .onnx/.pt2 file from `cheapconv "
+                                "export` (fed as the FILE.json beside it says), or a zoo name with --weights."),
     data: str = DATA,
     split: str = _opt("test", "--split", help="test or train."),
     weights: Path = _opt(None, "--weights", help="Local weights for a zoo name."),
@@ -454,6 +455,7 @@ def evaluate(
     accuracy; --json has the keys miou and pixel_acc, fractions, and iou per class).
 
     Example: cheapconv evaluate trained.pt --data fashion-mnist
+             cheapconv evaluate student.onnx --data imagefolder:DIR   (the deployed file, in onnxruntime)
     """
     from cheapconv import evaluate as evaluate_model
     from cheapconv.progress import ProgressReport
@@ -463,8 +465,13 @@ def evaluate(
     if split not in ("test", "train"):
         raise typer.BadParameter("expected test or train", param_hint="--split")
     check_precision(precision)   # before any work; evaluate_model checks it too
-    net = load_model(model, weights=weights, num_classes=num_classes, trust=trust,
+    net = load_model(model, weights=weights, num_classes=num_classes, trust=trust, deployed=True,
                      **({"weights_by_position": True} if weights_by_position else {}))
+    runtime = {"onnx": "onnxruntime (CPU)", "pt2": "torch.export"}.get(getattr(net, "format", None), "")
+    if runtime:
+        _note(f"evaluating the deployed file itself in {runtime}, fed as "
+              + ("the card beside it says" if net.cheapconv_preprocessing is not None else
+                 "the data are stored (no FILE.json card beside it)") + ".")
     dataset = load_data(data, split, net, in_chans=in_chans, image_size=image_size, data_dir=data_dir,
                         download=download)
     dev = resolve_device(device)
@@ -472,7 +479,8 @@ def evaluate(
         res = evaluate_model(net.to(dev), dataset, batch_size=batch_size, device=dev, precision=precision,
                              num_workers=workers, progress=report.phase(f"Evaluating on {data} ({split})"))
     if as_json:
-        emit(json.dumps({"model": model, "data": data, "split": split, **res}))
+        emit(json.dumps({"model": model, "data": data, "split": split, **({"runtime": runtime} if runtime else {}),
+                         **res}))
         return
     t = Table(title=f"{model} on {data} ({split}, {res['n']:,} images)", title_justify="left")
     keys = ("miou", "pixel_acc") if "miou" in res else ("top1", "top5")

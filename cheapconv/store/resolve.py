@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..models import zoo
+from .deployed import is_deployed_file, load_deployed
 from .modelfile import load
 
 __all__ = ["create_model", "is_model_file", "resolve_model"]
@@ -28,16 +29,29 @@ def is_model_file(spec: str | Path) -> bool:
 
 def resolve_model(spec: str | Path, *, weights: str | Path | None = None, num_classes: int | None = None,
                   pretrained: bool = False, trust: bool = False, what: str = "model",
-                  weights_by_position: bool = False, **kwargs) -> nn.Module:
+                  weights_by_position: bool = False, deployed: bool = False, **kwargs) -> nn.Module:
     """The model ``spec`` names: a cheapconv file (``weights`` must then be None) or a zoo name built with
     ``num_classes``, ``pretrained`` (hub weights) or ``weights`` (a local state dict, paired by position with
     ``weights_by_position``; a new classifier head where ``num_classes`` differs from the file's) and zoo
     keywords.
 
+    ``deployed=True`` also accepts a deployed file (``.onnx``, ``.pt2``:
+    :func:`cheapconv.store.deployed.load_deployed`), for the commands that only run a model (evaluate); elsewhere
+    such a file is a usage error that says so.
+
     Raises :class:`UsageError` for a missing file, weights given for a file, or keywords the zoo model does
     not take.
     """
     path = Path(spec)
+    if is_deployed_file(spec):
+        if not deployed:
+            raise UsageError(f"The {what} {str(spec)!r} is a deployed {path.suffix[1:]} file: it can be evaluated "
+                             "(cheapconv evaluate FILE --data ...), not trained, cheapened or profiled. Give the "
+                             "cheapconv .pt file it was exported from.")
+        if weights is not None or weights_by_position:
+            raise UsageError(f"{str(spec)!r} is a deployed file with its own weights; --weights applies only to zoo "
+                             "names.")
+        return load_deployed(path)
     if is_model_file(spec):
         if path.is_dir():
             raise UsageError(f"The {what} {str(spec)!r} is a directory, not a model file. Give the file's path.")
