@@ -1,11 +1,11 @@
 """Exporting a model for deployment: ``.pt2`` (torch.export), ONNX or TorchScript, checked before writing.
 
 :func:`export` prepares a copy of the model (:func:`cheapconv.surgery.fold.deployable`: eval mode, taps stripped,
-BatchNorm folded into the conv before it where possible), exports it to a temporary file beside the output,
-**loads that file back the way a user would** (``torch.export.load``, an onnxruntime session,
-``torch.jit.load``), runs it on a random input and compares with the original model in eval mode. Only
-when the outputs agree within the tolerance is the temporary file renamed to the output; otherwise it is
-deleted and :class:`ExportCheckError` is raised. The check reads::
+BatchNorm folded into the conv before it where possible, keeping a fused activation as an op of its own),
+exports it to a temporary file beside the output, **loads that file back the way a user would**
+(``torch.export.load``, an onnxruntime session, ``torch.jit.load``), runs it on a random input and compares
+with the original model in eval mode. Only when the outputs agree within the tolerance is the temporary file
+renamed to the output; otherwise it is deleted and :class:`ExportCheckError` is raised. The check reads::
 
     max |exported(x) − original(x)|  ≤  atol + rtol · max |original(x)|      (defaults atol = rtol = 1e-4)
 
@@ -80,6 +80,8 @@ class ExportReport:
     kept_bn: int = 0
     taps_removed: int = 0
     notes: list[str] = field(default_factory=list)
+    fold: bool = True                 # False: exported without BatchNorm folding (every BN is in kept_bn)
+    bn_ops_kept: int = 0              # folded BNs whose fused activation/dropout stayed as ops of their own
     preprocessing: dict | None = None      # how to feed the file (models.preprocessing.deployment_card) ...
     preprocessing_path: str | None = None  # ... written here, beside it (sidecar_path)
 
@@ -159,12 +161,13 @@ def export(model: nn.Module, path: str | Path, format: Format = "pt2", *,
         report = ExportReport(str(path), format, shape, check_batch, check.max_abs_diff, check.max_abs_ref,
                               atol, rtol, passed=check.passed, folded=len(folding.folded),
                               kept_bn=len(folding.kept), taps_removed=folding.taps_removed,
-                              notes=folding.notes)
+                              notes=folding.notes, fold=folding.enabled, bn_ops_kept=len(folding.ops_kept))
         if not report.passed:
+            hint = (f"{report.folded} BatchNorms were folded: export without folding (--no-fold; fold=False in "
+                    "Python) to see whether folding is the cause, or raise" if report.folded else "Raise")
             raise ExportCheckError(f"The exported model does not match the original, so {str(path)!r} was "
-                                   f"not written: {report.check_line()}. Export without BatchNorm folding "
-                                   "(--no-fold) to see whether folding is the cause, or raise the tolerance "
-                                   "(--atol/--rtol) if the difference is acceptable.")
+                                   f"not written: {report.check_line()}. {hint} the tolerance (--atol/--rtol) if "
+                                   "the difference is acceptable.")
 
     atomic_write(path, write_and_check, suffix=SUFFIX[format])
     assert report is not None

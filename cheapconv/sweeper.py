@@ -44,7 +44,8 @@ TEACHER = "S"          # the teacher itself: the reference point of every sweep
 SWEEP_FORMAT = "cheapconv-sweep"
 SWEEP_VERSION = 1
 #: configuration fields that change what a point means; a folder is resumed only when they all agree
-_KEY_FIELDS = ("model", "input_size", "batch", "dtype", "channels_last", "device", "data", "epochs", "runtime")
+_KEY_FIELDS = ("model", "input_size", "batch", "dtype", "channels_last", "device", "data", "epochs", "runtime",
+               "fold")
 
 
 @dataclass
@@ -163,6 +164,7 @@ def _load_state(out_dir: Path, config: dict) -> dict[str, SweepPoint]:
                          "output folder.")
     old = saved.get("config", {})
     old.setdefault("runtime", "torch")  # sweeps from before runtimes were timed in eager torch
+    old.setdefault("fold", True)        # ... and before --no-fold, folded
     differ = [k for k in _KEY_FIELDS if old.get(k) != config.get(k)]
     if differ:
         detail = ", ".join(f"{k}: {old.get(k)!r} there, {config.get(k)!r} now" for k in differ)
@@ -187,7 +189,7 @@ def sweep(model: nn.Module, blocks: Sequence[str], out_dir: str | Path, *, model
           data: str | None = None, epochs: int | None = None, data_dir: str | None = None,
           distill_fn: DistillFn | None = None, evaluate_fn: EvaluateFn | None = None,
           include_teacher: bool = True, save_students: bool = True,
-          log: Callable[[str], None] | None = None, runtime: str = "torch") -> SweepResult:
+          log: Callable[[str], None] | None = None, runtime: str = "torch", fold: bool = True) -> SweepResult:
     """Cheapen ``model`` with each of ``blocks``, measure (and optionally distil and evaluate) each student
     and write ``sweep.csv``, ``sweep.md`` and ``sweep.png`` into ``out_dir`` (see the module docstring).
 
@@ -196,7 +198,8 @@ def sweep(model: nn.Module, blocks: Sequence[str], out_dir: str | Path, *, model
     students as cheapened. Distilled students are saved to ``points/<block>.pt`` (``save_students``).
     ``runtime`` is where latency is measured (``torch``, ``compile``, ``pt2``, ``onnxruntime``; see
     :mod:`cheapconv.measure.runtimes`): the teacher is exported once, each student once, both checked against
-    eager mode before they are timed, so the Pareto front is the one of that runtime.
+    eager mode before they are timed, so the Pareto front is the one of that runtime. ``fold=False`` exports
+    them without folding BatchNorm into the convs (``pt2``, ``onnxruntime``).
 
     >>> from cheapconv.models import WideResNet
     >>> result = sweep(WideResNet(10, 1), ["G(2)", "B(2)"], "/tmp/sweep", repeats=2)   # doctest: +SKIP
@@ -215,7 +218,8 @@ def sweep(model: nn.Module, blocks: Sequence[str], out_dir: str | Path, *, model
     config = {"model": model_name or model_label(model), "input_size": list(shape), "batch": int(batch),
               "dtype": str(parse_dtype(dtype)).removeprefix("torch."), "channels_last": bool(channels_last),
               "data": data, "epochs": epochs, "threads": threads or torch.get_num_threads(),
-              "repeats": repeats, "device": str(default_device()), "blocks": list(blocks), "runtime": runtime}
+              "repeats": repeats, "device": str(default_device()), "blocks": list(blocks), "runtime": runtime,
+              "fold": bool(fold)}
     check_runtime(runtime, dtype=dtype, channels_last=channels_last)
     config["runtime_info"] = describe_runtime(runtime, threads)
     done = _load_state(out_dir, config)
@@ -229,7 +233,7 @@ def sweep(model: nn.Module, blocks: Sequence[str], out_dir: str | Path, *, model
     from .measure.runtimes import ReferenceTimer
 
     timer = ReferenceTimer(model, shape, runtime, batches=sorted({1, int(batch)}), dtype=dtype,
-                           channels_last=channels_last, threads=threads, warmup=warmup, repeats=repeats)
+                           channels_last=channels_last, threads=threads, warmup=warmup, repeats=repeats, fold=fold)
     try:
         for i, block in enumerate(order, 1):
             if block in done:

@@ -24,6 +24,8 @@ from .app import (
 _DTYPE_HELP = "fp32, or bf16/fp16 (run under autocast)."
 _RUNTIME_HELP = ("Where latency is measured: torch (eager), compile (torch.compile), pt2 (torch.export) or "
                  "onnxruntime; the model is exported once and checked against eager before it is timed.")
+_FOLD_HELP = ("Fold BatchNorm into the convs before them when exporting for --runtime pt2 or onnxruntime "
+              "(as `cheapconv export` does); --no-fold exports the BatchNorms as they are.")
 
 
 def _check_runtime(runtime: str, **kw) -> None:
@@ -34,6 +36,12 @@ def _check_runtime(runtime: str, **kw) -> None:
     if runtime not in RUNTIMES:
         raise typer.BadParameter(f"choose one of {', '.join(RUNTIMES)}, not {runtime!r}", param_hint="--runtime")
     check_runtime(runtime, **kw)
+
+
+def _check_fold(runtime: str, fold: bool) -> None:
+    """--no-fold changes only what is exported: say so when the runtime exports nothing."""
+    if not fold and runtime in ("torch", "compile"):
+        warn(f"--no-fold has no effect with --runtime {runtime}: only pt2 and onnxruntime export the model.")
 
 
 def _print_checks(p) -> None:
@@ -83,6 +91,7 @@ def profile(
     layers: bool = typer.Option(True, "--layers/--no-layers", help="Time each replaced block against the "
                                                                    "original layer."),
     runtime: str = typer.Option("torch", "--runtime", help=_RUNTIME_HELP),
+    fold: bool = typer.Option(True, "--fold/--no-fold", help=_FOLD_HELP),
     json_out: Path = typer.Option(None, "--json", help="Also write the full profile as JSON."),
     trust: bool = typer.Option(False, "--trust", help="Allow files that need unpickling (runs code)."),
 ) -> None:
@@ -99,6 +108,7 @@ def profile(
     output_path(json_out, required=False)
     check_device(device)
     _check_runtime(runtime, device=device, dtype=the_dtype, channels_last=channels_last)
+    _check_fold(runtime, fold)
     check_outputs(inputs={"MODEL": model, "--teacher": teacher}, outputs={"--json": json_out})
     with err.status(f"Loading {model}..."):
         the_model = _load_model(model, trust=trust)
@@ -110,7 +120,7 @@ def profile(
         p = run_profile(the_model, size, device=device, dtype=the_dtype, channels_last=channels_last,
                         batch=batch, warmup=warmup, repeats=repeats, threads=threads, per_layer=layers,
                         teacher=the_teacher, name=Path(model).name if Path(model).is_file() else None,
-                        runtime=runtime, progress=lambda done, total: tick("blocks", done, total))
+                        runtime=runtime, progress=lambda done, total: tick("blocks", done, total), fold=fold)
     out.print(literal_table(p.table()))
     _print_checks(p)
     if p.blocks:
@@ -146,6 +156,7 @@ def compare(
     layers: bool = typer.Option(False, "--layers", help="Also time each student's blocks against the layers "
                                                         "they replaced, and count the slower ones."),
     runtime: str = typer.Option("torch", "--runtime", help=_RUNTIME_HELP),
+    fold: bool = typer.Option(True, "--fold/--no-fold", help=_FOLD_HELP),
     json_out: Path = typer.Option(None, "--json", help="Also write the profiles as JSON."),
     trust: bool = typer.Option(False, "--trust", help="Allow files that need unpickling (runs code)."),
 ) -> None:
@@ -165,6 +176,7 @@ def compare(
     output_path(json_out, required=False)
     check_device(device)
     _check_runtime(runtime, device=device, dtype=the_dtype, channels_last=channels_last)
+    _check_fold(runtime, fold)
     check_outputs(inputs={"MODELS": list(models)}, outputs={"--json": json_out})
     with stage("Loading models...", console=err):   # a spinner, or lines with the time taken in a log
         loaded = [_load_model(m, trust=trust) for m in models]
@@ -172,7 +184,7 @@ def compare(
     with stage("Measuring side by side...", console=err):
         profiles = profile_many(loaded, size, names=names, device=device, dtype=the_dtype,
                                 channels_last=channels_last, batch=batch, warmup=warmup, repeats=repeats,
-                                threads=threads, per_layer=layers, runtime=runtime)
+                                threads=threads, per_layer=layers, runtime=runtime, fold=fold)
     accuracies = None
     if data:
         from cheapconv.measure.accuracy import accuracy_data_info
@@ -227,6 +239,7 @@ def sweep(
     threads: int = typer.Option(None, "--threads", min=1, help="Intra-op CPU threads (default: torch's)."),
     runtime: str = typer.Option("torch", "--runtime", help=_RUNTIME_HELP + " The Pareto front is that "
                                                                            "runtime's."),
+    fold: bool = typer.Option(True, "--fold/--no-fold", help=_FOLD_HELP),
     num_classes: int = typer.Option(None, "--num-classes", min=1, help="Classifier size of the teacher."),
     weights: Path = typer.Option(None, "--weights", help="Local weights file for the teacher."),
     trust: bool = typer.Option(False, "--trust", help="Allow files that need unpickling (runs code)."),
@@ -246,6 +259,7 @@ def sweep(
     size = parse_input_size(input_size)
     parse_dtype(dtype)
     _check_runtime(runtime, dtype=dtype, channels_last=channels_last)
+    _check_fold(runtime, fold)
     if epochs is not None and data is None:
         raise typer.BadParameter("--epochs needs --data (the dataset to distil on)", param_hint="--epochs")
     if output.exists() and not output.is_dir():
@@ -262,7 +276,7 @@ def sweep(
         result = run_sweep(teacher, specs, output, model_name=model, input_size=size, batch=batch,
                            dtype=dtype, channels_last=channels_last, threads=threads, repeats=repeats,
                            data=data, epochs=epochs, data_dir=str(data_dir) if data_dir else None,
-                           log=lambda line: err.print(line, highlight=False), runtime=runtime)
+                           log=lambda line: err.print(line, highlight=False), runtime=runtime, fold=fold)
     out.print(Path(result.files["md"]).read_text() if "md" in result.files else "No point was computed.",
               highlight=False, markup=False)
     for kind, path in result.files.items():
@@ -330,8 +344,13 @@ def export_command(
         model = _load_model(file, trust=trust)
     with err.status(f"Exporting to {format} and checking..."):
         report = run_export(model, output, format, input_shape=size, fold=fold, atol=atol, rtol=rtol)
-    out.print(f"BatchNorm: {report.folded} folded into the conv before it, {report.kept_bn} kept; "
-              f"{report.taps_removed} taps stripped.", highlight=False)
+    if report.fold:
+        fused = (f" ({report.bn_ops_kept} with their fused activation kept as an op of its own)"
+                 if report.bn_ops_kept else "")
+        bns = f"{report.folded} folded into the conv before it{fused}, {report.kept_bn} kept"
+    else:
+        bns = f"not folded (--no-fold), {report.kept_bn} kept"
+    out.print(f"BatchNorm: {bns}; {report.taps_removed} taps stripped.", highlight=False)
     for note in report.notes:
         warn(note)
     out.print(report.check_line(), highlight=False)

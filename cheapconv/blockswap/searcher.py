@@ -95,7 +95,7 @@ def search(teacher: nn.Module | str, budget: str | float | Budget, *, metric: st
            input_size: tuple[int, ...] | None = None, leaf_modules: Sequence = (),
            latency_batch: int = 1, latency_device: str | torch.device | None = None,
            max_draws: int = 2_000_000, progress: Progress | None = None, runtime: str = "torch",
-           precision: str = "bf16") -> SearchResult:
+           precision: str = "bf16", fold: bool = True) -> SearchResult:
     """BlockSwap search: the best mixed-block student of ``teacher`` within ``budget``, by Fisher potential.
 
     - ``teacher``: a module or a model name (``wrn_40_2``, ``resnet18``, ``timm:resnet26``); its weights do
@@ -116,7 +116,8 @@ def search(teacher: nn.Module | str, budget: str | float | Budget, *, metric: st
     - ``progress(phase, done, total)`` is called as the phases ("latency", "scoring", "spread") advance.
     - ``runtime``: where a latency budget is priced and the winner timed: ``"torch"`` (eager),
       ``"compile"``, ``"pt2"`` or ``"onnxruntime"`` (:mod:`cheapconv.measure.runtimes`); each block and
-      candidate is exported as a small graph of its own, the winner as a whole.
+      candidate is exported as a small graph of its own, the winner as a whole; ``fold=False`` exports them
+      without folding BatchNorm into the convs (``pt2``, ``onnxruntime``).
     - ``precision``: of the Fisher pass, ``"bf16"`` (autocast, the default: it keeps the fp32 ranking at
       ~1.4x the speed) or ``"fp32"``; a device without native bf16 scores in fp32 (noted).
 
@@ -139,7 +140,7 @@ def search(teacher: nn.Module | str, budget: str | float | Budget, *, metric: st
     space, latency_conditions = _cost_tables(
         teacher, candidates, metric=metric, input_size=input_size, leaf_modules=leaf_modules,
         model_name=model_name, latency_batch=latency_batch, latency_device=latency_device, tick=tick,
-        runtime=runtime)
+        runtime=runtime, fold=fold)
     t_tables = time.perf_counter()
     key = space.cost_key(metric, convention)
     teacher_cost = space.base[key]
@@ -209,8 +210,8 @@ def _resolve_teacher(teacher: nn.Module | str) -> tuple[str, nn.Module]:
 
 
 def _cost_tables(teacher: nn.Module, candidates, *, metric: str, input_size, leaf_modules, model_name: str,
-                 latency_batch: int, latency_device, tick: Progress, runtime: str = "torch"
-                 ) -> tuple[SearchSpace, dict]:
+                 latency_batch: int, latency_device, tick: Progress, runtime: str = "torch",
+                 fold: bool = True) -> tuple[SearchSpace, dict]:
     """The search space with its cost tables; per-block latencies too (measured once) for a latency budget.
     Returns the space and the latency measurement's conditions (empty for other metrics)."""
     if metric == "latency":  # an unknown or missing runtime fails before any work
@@ -221,7 +222,8 @@ def _cost_tables(teacher: nn.Module, candidates, *, metric: str, input_size, lea
     if metric == "latency":
         device = latency_device or next(iter(teacher.parameters())).device
         latency_conditions = measure_latencies(space, teacher, batch=latency_batch, device=device,
-                                               progress=lambda d, t: tick("latency", d, t), runtime=runtime)
+                                               progress=lambda d, t: tick("latency", d, t), runtime=runtime,
+                                               fold=fold)
     return space, latency_conditions
 
 
@@ -302,7 +304,8 @@ def _verify_winner(teacher: nn.Module, space: SearchSpace, config: tuple[int, ..
         from ..measure.runtimes import measure_in_runtime
 
         (lat,) = measure_in_runtime([student], (latency_batch, *space.input_shape),
-                                    latency_conditions.get("runtime", "torch"), device=latency_conditions["device"])
+                                    latency_conditions.get("runtime", "torch"), device=latency_conditions["device"],
+                                    fold=latency_conditions.get("fold", True))
         measured["latency"] = lat.median_ms
     for k in ("params", "paper", "macs"):
         if measured[k] != getattr(winner, k):

@@ -32,9 +32,10 @@ def _conv_step(candidate, site, block) -> nn.Module:
 def measure_latencies(space: SearchSpace, teacher: nn.Module, *, batch: int = 1,
                       device: str | torch.device = "cpu", threads: int | None = None, repeats: int = 20,
                       warmup: int = 3, min_time_s: float = 0.02,
-                      progress: Callable[[int, int], None] | None = None, runtime: str = "torch") -> dict:
+                      progress: Callable[[int, int], None] | None = None, runtime: str = "torch",
+                      fold: bool = True) -> dict:
     """Fill ``latency_ms`` of every candidate and ``space.base["latency"]`` (the whole teacher, ms per batch),
-    measured in ``runtime``.
+    measured in ``runtime`` (exported with BatchNorm folded unless ``fold`` is False).
 
     Blocks of identical geometry share one measurement. Returns the conditions (runtime, device, threads,
     batch).
@@ -42,7 +43,7 @@ def measure_latencies(space: SearchSpace, teacher: nn.Module, *, batch: int = 1,
     if not check_runtime(runtime, device=device).per_block:
         raise UsageError(f"The {runtime} runtime cannot time blocks on their own, so a latency budget cannot be "
                          "priced in it; search with --runtime torch or onnxruntime.")
-    kw = dict(device=device, threads=threads, repeats=repeats, warmup=warmup, min_time_s=min_time_s)
+    kw = dict(device=device, threads=threads, repeats=repeats, warmup=warmup, min_time_s=min_time_s, fold=fold)
 
     def timed(module: nn.Module, shape: tuple[int, ...], **kw):
         (lat,) = measure_in_runtime([module], shape, runtime, **kw)
@@ -83,5 +84,5 @@ def measure_latencies(space: SearchSpace, teacher: nn.Module, *, batch: int = 1,
                 progress(count, total)
         done[id(block.candidates)] = block.candidates
     return {"device": teacher_lat.device, "threads": teacher_lat.threads, "batch": batch,
-            "dtype": teacher_lat.dtype, "teacher_ms": teacher_lat.median_ms, "runtime": runtime,
+            "dtype": teacher_lat.dtype, "teacher_ms": teacher_lat.median_ms, "runtime": runtime, "fold": fold,
             "runtime_info": describe_runtime(runtime, teacher_lat.threads, teacher_lat.device)}

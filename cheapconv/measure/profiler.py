@@ -181,12 +181,13 @@ def block_timings(student: nn.Module, teacher: nn.Module | None = None, *,
                   device: str | torch.device | None = None, dtype: str | torch.dtype = torch.float32,
                   channels_last: bool = False, warmup: int = 3, repeats: int = 10,
                   threads: int | None = None, notes: list[str] | None = None, runtime: str = "torch",
-                  progress=None) -> list[BlockTiming]:
+                  progress=None, fold: bool = True) -> list[BlockTiming]:
     """Time each block a student replaced against the original layer, side by side at the same input.
 
     In ``runtime`` (see :mod:`cheapconv.measure.runtimes`), each block and the original layers are exported
-    as graphs of their own and checked against eager mode before they are timed; a block that cannot be is
-    skipped with a note. ``progress(done, total)`` is called after each layer.
+    as graphs of their own (BatchNorm folded unless ``fold`` is False) and checked against eager mode before
+    they are timed; a block that cannot be is skipped with a note. ``progress(done, total)`` is called after
+    each layer.
 
     ``teacher`` supplies the original layers; by default it is rebuilt from the student's recipe (the zoo
     name it was cheapened from: only shapes matter for timing, not weights). ``input_shape`` (C, H, W)
@@ -242,7 +243,7 @@ def block_timings(student: nn.Module, teacher: nn.Module | None = None, *,
             block = student.get_submodule(entry.convs[0])
             timed = _time_pair(original, block, entry.layer, in_shape, batches, runtime, notes, device=device,
                                dtype=dtype, channels_last=channels_last, warmup=warmup, repeats=repeats,
-                               threads=threads)
+                               threads=threads, fold=fold)
             if timed is not None:
                 before, after = timed
                 out.append(BlockTiming(entry.layer, entry.block or "", tuple(in_shape), entry.params_before,
@@ -274,14 +275,15 @@ def _original_layers(work, analysis, sites: dict, entry, notes: list[str]):
 
 
 def _time_pair(original: nn.Module, block: nn.Module, layer: str, in_shape, batches, runtime: str,
-               notes: list[str], *, device, dtype, channels_last, warmup, repeats, threads):
+               notes: list[str], *, device, dtype, channels_last, warmup, repeats, threads, fold=True):
     """({batch: original's latency}, {batch: block's}) timed side by side in ``runtime``, or None (with a
     note) when the runtime cannot take one of them on its own."""
     from ..errors import CheapconvError
 
     try:
         runners = make_runners([original, block], runtime, tuple(in_shape), device=device, dtype=dtype,
-                               channels_last=channels_last, threads=threads, labels=[f"{layer} (original)", layer])
+                               channels_last=channels_last, threads=threads, labels=[f"{layer} (original)", layer],
+                               fold=fold)
     except CheapconvError as e:
         notes.append(f"per-block timing: {layer} cannot be timed on its own in {runtime} ({e}); skipped")
         return None
@@ -302,7 +304,7 @@ def profile_many(models: Sequence[nn.Module], input_shape: tuple[int, ...] | Non
                  dtype: str | torch.dtype = torch.float32, channels_last: bool = False, batch: int = 32,
                  warmup: int = 3, repeats: int = 10, threads: int | None = None, memory: bool = True,
                  per_layer: bool = False, layer_repeats: int | None = None, runtime: str = "torch",
-                 progress=None) -> list[Profile]:
+                 progress=None, fold: bool = True) -> list[Profile]:
     """:func:`profile` for several models at once, their latencies measured side by side (batch 1 and
     ``batch``) in ``runtime``. All models get the same input shape (default: the first model's)."""
     if not models:
@@ -314,7 +316,7 @@ def profile_many(models: Sequence[nn.Module], input_shape: tuple[int, ...] | Non
     batches = sorted({1, int(batch)})
     labels = [names[i] if names else model_label(m) for i, m in enumerate(models)]
     runners = make_runners(models, runtime, shape, device=device, dtype=dtype, channels_last=channels_last,
-                           threads=threads, labels=labels)
+                           threads=threads, labels=labels, fold=fold)
     try:
         timed = {b: time_side_by_side(runners, (b, *shape), warmup=warmup, repeats=repeats, threads=threads)
                  for b in batches}
@@ -341,7 +343,7 @@ def profile_many(models: Sequence[nn.Module], input_shape: tuple[int, ...] | Non
             p.blocks = block_timings(model, input_shape=shape, batches=batches, device=device, dtype=dtype,
                                      channels_last=channels_last, warmup=warmup,
                                      repeats=layer_repeats or repeats, threads=threads, notes=p.notes,
-                                     runtime=runtime, progress=progress)
+                                     runtime=runtime, progress=progress, fold=fold)
         profiles.append(p)
     return profiles
 
@@ -359,7 +361,7 @@ def profile(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
             channels_last: bool = False, batch: int = 32, warmup: int = 3, repeats: int = 10,
             threads: int | None = None, memory: bool = True, per_layer: bool = True,
             teacher: nn.Module | None = None, layer_repeats: int | None = None,
-            name: str | None = None, runtime: str = "torch", progress=None) -> Profile:
+            name: str | None = None, runtime: str = "torch", progress=None, fold: bool = True) -> Profile:
     """Measure ``model``: params (trainable and paper conventions), MACs per image, latency at batch 1 and at
     ``batch`` (median and quartiles of ``repeats`` timed passes after ``warmup``), peak memory, per-layer
     params/MACs and, for a student, each replaced block timed against the layer it replaced.
@@ -370,8 +372,10 @@ def profile(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
     the original layers for the per-block comparison (default: rebuilt from the student's recipe).
     ``runtime`` is where latency is measured: ``"torch"`` (eager), ``"compile"``, ``"pt2"`` or
     ``"onnxruntime"`` (see :mod:`cheapconv.measure.runtimes`; the model is exported once and checked
-    against its eager output before it is timed; ``p.checks`` holds the check per batch). The model
-    itself is never moved or modified. ``progress(done, total)`` follows the per-block timing.
+    against its eager output before it is timed; ``p.checks`` holds the check per batch). ``fold=False``
+    exports without folding BatchNorm into the convs (``pt2``, ``onnxruntime``: what ``cheapconv export
+    --no-fold`` writes). The model itself is never moved or modified. ``progress(done, total)`` follows the
+    per-block timing.
 
     >>> import cheapconv
     >>> from cheapconv.models import WideResNet
@@ -381,10 +385,10 @@ def profile(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
     shape = input_shape_of(model, input_shape)
     (p,) = profile_many([model], shape, names=[name] if name else None, device=device, dtype=dtype,
                         channels_last=channels_last, batch=batch, warmup=warmup, repeats=repeats,
-                        threads=threads, memory=memory, runtime=runtime)
+                        threads=threads, memory=memory, runtime=runtime, fold=fold)
     if per_layer:
         p.blocks = block_timings(model, teacher, input_shape=shape, batches=p.batches, device=device,
                                  dtype=dtype, channels_last=channels_last, warmup=warmup,
                                  repeats=layer_repeats or repeats, threads=threads, notes=p.notes,
-                                 runtime=runtime, progress=progress)
+                                 runtime=runtime, progress=progress, fold=fold)
     return p

@@ -8,8 +8,9 @@ can be several times faster in ONNX Runtime), so everything that measures latenc
 ``torch``      eager mode, the model as it is (the reference the others are checked against)
 ``compile``    ``torch.compile`` (inductor, ``dynamic=False``: one compilation per batch size), of the model as
                a user compiles it
-``pt2``        ``torch.export`` of the deployable copy (eval mode, taps stripped, BatchNorm folded: what
-               ``cheapconv export --format pt2`` writes), run as ``torch.export.load(path).module()``
+``pt2``        ``torch.export`` of the deployable copy (eval mode, taps stripped, BatchNorm folded unless
+               ``fold=False``/``--no-fold``: what ``cheapconv export --format pt2`` writes), run as
+               ``torch.export.load(path).module()``
 ``onnxruntime`` the same copy exported to ONNX (what ``cheapconv export --format onnx`` writes), run in an
                onnxruntime session (CPU execution provider, or CUDA's), ``threads`` intra-op threads that
                do not spin-wait between runs (spinning sessions timed in turn take the cores from each other)
@@ -19,8 +20,9 @@ Every model is exported (compiled) **once** per runtime, with a dynamic batch di
 that ``cheapconv export`` uses (:mod:`cheapconv.measure.exports`). Before any pass is timed at a batch size,
 the runtime's output at that size is compared with the eager model's (:class:`RuntimeRunner.check`, the
 ``export`` check and tolerance); a runtime that computes something else is refused
-(:class:`~cheapconv.measure.exports.ExportCheckError`), never timed. On CUDA, passes are timed with CUDA
-events (ONNX Runtime's CUDA provider: around ``session.run``, host copies included).
+(:class:`~cheapconv.measure.exports.ExportCheckError`, whose message suggests ``--no-fold`` when BatchNorm
+was folded), never timed. On CUDA, passes are timed with CUDA events (ONNX Runtime's CUDA provider: around
+``session.run``, host copies included).
 
 Per-block timings (the SLOWER flags) are measured in the runtime too: each cheap block and the layers it
 replaced are exported as small graphs of their own. A block that cannot be exported on its own is skipped
@@ -144,12 +146,16 @@ class _CheckedRunner:
                 result = check_outputs(self.runtime, self._outputs, x, want, atol=self.atol, rtol=self.rtol)
             if not result.passed:
                 raise ExportCheckError(f"{self.label} in {self.runtime} does not compute what it computes in "
-                                       f"eager torch, so it was not timed: {result.line()}.")
+                                       f"eager torch, so it was not timed: {result.line()}.{self._hint()}")
             self.checks[shape] = result
         return self.checks[shape]
 
     def _outputs(self, x: torch.Tensor) -> list:
         return flat_tensors(self(self.adapt(x)))
+
+    def _hint(self) -> str:
+        """What to try when the check fails (after the error's first sentence)."""
+        return ""
 
     def close(self) -> None:
         pass
@@ -217,6 +223,7 @@ class ExportedRunner(_CheckedRunner):
         prepared, folding = deployable(work, fold=fold, leaf_modules=leaf_modules)
         self.notes += folding.notes
         self.folded = len(folding.folded)
+        self.bn_ops_kept = len(folding.ops_kept)
         example = torch.randn((2, *input_shape))
         with tempfile.TemporaryDirectory(prefix="cheapconv-runtime-") as tmp:
             path = str(Path(tmp) / f"model.{format}")
@@ -246,6 +253,12 @@ class ExportedRunner(_CheckedRunner):
     def _outputs(self, x: torch.Tensor) -> list:
         return self.run(x)
 
+    def _hint(self) -> str:
+        if not self.folded:
+            return ""
+        return (f" {self.folded} BatchNorms were folded into the convs before them for {self.runtime}: time it "
+                "without folding (--no-fold; fold=False in Python) to see whether folding is the cause.")
+
     def close(self) -> None:
         self.run = self._session = self._module = None
 
@@ -257,9 +270,10 @@ def _cpu_float_copy(model: nn.Module) -> nn.Module:
 def make_runner(model: nn.Module, runtime: str, input_shape: tuple[int, ...], *,
                 device: str | torch.device | None = None, dtype: str | torch.dtype = torch.float32,
                 channels_last: bool = False, threads: int | None = None, label: str | None = None,
-                atol: float = 1e-4, rtol: float = 1e-4):
+                atol: float = 1e-4, rtol: float = 1e-4, fold: bool = True):
     """``model`` made runnable in ``runtime`` at (C, H, W) ``input_shape``: exported (compiled) once; its
-    output is checked against eager mode by the timing loop before each batch size is timed."""
+    output is checked against eager mode by the timing loop before each batch size is timed. ``fold``:
+    fold BatchNorm into the convs before exporting (``pt2``, ``onnxruntime``; the others export nothing)."""
     check_runtime(runtime, device=device, dtype=dtype, channels_last=channels_last)
     dev = torch.device(device) if device is not None else default_device()
     the_dtype = parse_dtype(dtype)
@@ -270,7 +284,7 @@ def make_runner(model: nn.Module, runtime: str, input_shape: tuple[int, ...], *,
             return CompiledRunner(model, dev, the_dtype, channels_last, label=label, atol=atol, rtol=rtol)
         fmt = "onnx" if runtime == "onnxruntime" else runtime
         return ExportedRunner(model, fmt, tuple(input_shape), dev, threads=threads, label=label, atol=atol,
-                              rtol=rtol)
+                              rtol=rtol, fold=fold)
 
 
 def make_runners(models: Sequence[nn.Module], runtime: str, input_shape: tuple[int, ...], *,
@@ -290,9 +304,10 @@ def make_runners(models: Sequence[nn.Module], runtime: str, input_shape: tuple[i
 def measure_in_runtime(models: Sequence[nn.Module], input_shape: tuple[int, ...], runtime: str = "torch", *,
                        device: str | torch.device | None = None, dtype: str | torch.dtype = torch.float32,
                        channels_last: bool = False, warmup: int = 3, repeats: int = 10, min_time_s: float = 0.0,
-                       threads: int | None = None) -> list[Latency]:
-    """Time ``models`` side by side in ``runtime`` on ``input_shape`` (batch included): each exported once,
-    checked against eager mode, then timed (see the module docstring).
+                       threads: int | None = None, fold: bool = True) -> list[Latency]:
+    """Time ``models`` side by side in ``runtime`` on ``input_shape`` (batch included): each exported once
+    (BatchNorm folded unless ``fold`` is False), checked against eager mode, then timed (see the module
+    docstring).
 
     >>> from cheapconv.models import WideResNet
     >>> (lat,) = measure_in_runtime([WideResNet(10, 1)], (1, 3, 32, 32), "onnxruntime", repeats=3)  # doctest: +SKIP
@@ -300,7 +315,7 @@ def measure_in_runtime(models: Sequence[nn.Module], input_shape: tuple[int, ...]
     ('onnxruntime', True)
     """
     runners = make_runners(models, runtime, tuple(input_shape[1:]), device=device, dtype=dtype,
-                           channels_last=channels_last, threads=threads)
+                           channels_last=channels_last, threads=threads, fold=fold)
     try:
         return time_side_by_side(runners, input_shape, warmup=warmup, repeats=repeats, min_time_s=min_time_s,
                                  threads=threads)
@@ -328,9 +343,9 @@ class ReferenceTimer:
     def __init__(self, reference: nn.Module, input_shape: tuple[int, ...], runtime: str = "torch", *,
                  batches: Sequence[int] = (1,), device: str | torch.device | None = None,
                  dtype: str | torch.dtype = torch.float32, channels_last: bool = False,
-                 threads: int | None = None, warmup: int = 3, repeats: int = 10):
+                 threads: int | None = None, warmup: int = 3, repeats: int = 10, fold: bool = True):
         self.reference, self.shape, self.runtime, self.batches = reference, tuple(input_shape), runtime, batches
-        self.common = dict(device=device, dtype=dtype, channels_last=channels_last, threads=threads)
+        self.common = dict(device=device, dtype=dtype, channels_last=channels_last, threads=threads, fold=fold)
         self.warmup, self.repeats, self.threads = warmup, repeats, threads
         self.runner = None
         self.notes: list[str] = []
