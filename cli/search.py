@@ -106,6 +106,8 @@ def search(
     threads: int = typer.Option(None, "--threads", min=1, help="Intra-op CPU threads (default: torch's)."),
     runtime: str = typer.Option("torch", "--runtime", help="Where a latency budget is priced and the winner "
                                                           "timed: torch (eager), compile, pt2 or onnxruntime."),
+    fold: bool = typer.Option(True, "--fold/--no-fold", help="Fold BatchNorm into the convs before them when "
+                              "exporting for --runtime pt2 or onnxruntime; --no-fold exports them as they are."),
     num_classes: int = typer.Option(None, "--num-classes", min=1, help="Classifier size of the teacher."),
     input_size: str = typer.Option(None, "--input-size", help="C,H,W (default: the model's own)."),
     leaf: list[str] = typer.Option([], "--leaf", help="Module class or name fx must not trace into "
@@ -160,11 +162,14 @@ def search(
         result = run_search(teacher, budget, metric=metric, candidates=candidates, samples=samples, data=data,
                             seed=seed, tolerance=tolerance, batch_size=batch_size, convention=convention,
                             top=max(top, 5), spread_runs=spread_runs, input_size=size,
-                            leaf_modules=leaf, progress=tick, runtime=runtime, precision=precision)
+                            leaf_modules=leaf, progress=tick, runtime=runtime, precision=precision,
+                            fold=fold)
     for w in caught:
         warn(str(w.message))
     if runtime != "torch" and result.metric != "latency":
         warn(f"--runtime {runtime} was not used: it prices latency budgets, and this is a {result.metric} budget.")
+    elif not fold and (runtime in ("torch", "compile") or result.metric != "latency"):
+        warn("--no-fold was not used: it applies to latency budgets priced in --runtime pt2 or onnxruntime.")
     for note in result.notes:
         warn(note)
     result.model = name
