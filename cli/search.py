@@ -115,11 +115,13 @@ def search(
     trust: bool = typer.Option(False, "--trust", help="Allow a model file that needs unpickling (runs its "
                                                       "code)."),
 ) -> None:
-    """Search one block type per residual block of MODEL within a budget (BlockSwap) and write the policy.
+    """Search one block type per residual pair or replaceable conv of MODEL within a budget (BlockSwap).
 
     Shows a progress bar, then the top configurations (cost, Fisher score, spread over seeds), and writes the
-    winner as a policy file (one rule per residual block) that `cheapconv cheapen --policy-file` applies
-    exactly. A budget outside the reachable range is an error (exit 2) that gives the range.
+    winner as a policy file (one rule per searched block) that `cheapconv cheapen --policy-file` applies
+    exactly. A budget outside the reachable range is an error (exit 2) that gives the range. The default
+    candidates replace dense k×k convs; for a depthwise network (MobileNet, EfficientNet) pass blocks that
+    replace its 1×1 convs, e.g. --candidates 'S, LRp(0.5), LRp(0.25), ACDC(2)'.
 
     \b
     Example:
