@@ -51,11 +51,12 @@ def _print_checks(p) -> None:
 
 
 def _load_model(spec: str, *, trust: bool = False, num_classes: int | None = None,
-                weights: Path | None = None):
-    """A saved file (loaded safely) or a zoo name."""
+                weights: Path | None = None, weights_by_position: bool = False):
+    """A saved file (loaded safely) or a zoo name (with local weights, paired by position on request)."""
     from cheapconv.store.resolve import resolve_model
 
-    return resolve_model(spec, trust=trust, num_classes=num_classes, weights=weights)
+    return resolve_model(spec, trust=trust, num_classes=num_classes, weights=weights,
+                         weights_by_position=weights_by_position)
 
 
 def _write_json(path: Path | None, obj) -> None:
@@ -242,6 +243,8 @@ def sweep(
     fold: bool = typer.Option(True, "--fold/--no-fold", help=_FOLD_HELP),
     num_classes: int = typer.Option(None, "--num-classes", min=1, help="Classifier size of the teacher."),
     weights: Path = typer.Option(None, "--weights", help="Local weights file for the teacher."),
+    weights_by_position: bool = typer.Option(False, "--weights-by-position", help="Load --weights in order (tensor "
+                                             "names that differ from the model's; same shapes, same order)."),
     trust: bool = typer.Option(False, "--trust", help="Allow files that need unpickling (runs code)."),
 ) -> None:
     """Cheapen MODEL with each block type, measure each student (and distil it with --data), and write a
@@ -270,7 +273,8 @@ def sweep(
                          "another --output.")
     _check_sweep_folder(output, specs, inputs={"MODEL": model, "--weights": weights})
     with err.status(f"Building {model}..."):
-        teacher = _load_model(model, trust=trust, num_classes=num_classes, weights=weights)
+        teacher = _load_model(model, trust=trust, num_classes=num_classes, weights=weights,
+                              weights_by_position=weights_by_position)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # cheapen's notes are logged per point
         result = run_sweep(teacher, specs, output, model_name=model, input_size=size, batch=batch,

@@ -373,6 +373,8 @@ def distill_cmd(
     teacher: str = _opt(..., "--teacher", "-t", help="A cheapconv file, or a zoo name with --teacher-weights."),
     student: str = _opt(..., "--student", "-s", help="Student: a cheapconv file (from `cheapconv cheapen`)."),
     teacher_weights: Path = _opt(None, "--teacher-weights", help="Local weights for a teacher given by zoo name."),
+    teacher_weights_by_position: bool = _opt(False, "--teacher-weights-by-position", help="Load --teacher-weights "
+                                             "in order (tensor names that differ; same shapes, same order)."),
     num_classes: int = _opt(None, "--num-classes", min=1, help="Classifier size of a zoo teacher."),
     loss: str = _opt("at", "--loss", help=f"Objective: {_LOSSES}."),
     beta: float = _opt(1000.0, "--beta", help="AT weight."),
@@ -394,7 +396,8 @@ def distill_cmd(
     tap_names = tuple(n.strip() for n in (taps or "").split(",") if n.strip())
     cfg = opts.config(lr=lr, grad_clip=grad_clip, loss=loss, beta=beta, alpha=alpha, temperature=temperature,
                       kd_reduction=kd_reduction, taps=tap_names)
-    t = load_model(teacher, weights=teacher_weights, num_classes=num_classes, trust=opts.trust, what="teacher")
+    t = load_model(teacher, weights=teacher_weights, num_classes=num_classes, trust=opts.trust, what="teacher",
+                   **({"weights_by_position": True} if teacher_weights_by_position else {}))
     s = load_model(student, trust=opts.trust, what="student")
     cfg = _recipe_for_start(s, cfg, opts)
     if cfg.loss_fn(teacher=True).needs_taps and _is_main():
@@ -458,6 +461,7 @@ def evaluate(
              cheapconv evaluate student.onnx --data imagefolder:DIR   (the deployed file, in onnxruntime)
     """
     from cheapconv import evaluate as evaluate_model
+    from cheapconv.errors import UsageError
     from cheapconv.progress import ProgressReport
     from cheapconv.train.config import check_precision
     from cheapconv.train.distributed import resolve_device
@@ -467,6 +471,13 @@ def evaluate(
     check_precision(precision)   # before any work; evaluate_model checks it too
     net = load_model(model, weights=weights, num_classes=num_classes, trust=trust, deployed=True,
                      **({"weights_by_position": True} if weights_by_position else {}))
+    new_head = getattr(getattr(net, "cheapconv_weights", None), "new_head", None)
+    if new_head:
+        raise UsageError(f"--num-classes {num_classes} does not match the classifier head of {weights.name} "
+                         f"({', '.join(f'{k} {v[0]}' for k, v in new_head.items())}), so the head would be a new, "
+                         "untrained one and the score meaningless. Leave out --num-classes to evaluate the file as it "
+                         "is, or fine-tune a head for these classes first: cheapconv train MODEL --weights W "
+                         "--data ... -o model.pt, then evaluate model.pt.")
     runtime = {"onnx": "onnxruntime (CPU)", "pt2": "torch.export"}.get(getattr(net, "format", None), "")
     if runtime:
         _note(f"evaluating the deployed file itself in {runtime}, fed as "

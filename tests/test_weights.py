@@ -267,3 +267,13 @@ def test_cli_train_help_says_fine_tuning(capsys):
     assert code == 0
     text = " ".join(out.split())
     assert "fine-tuned from pretrained --weights" in text and "--weights-by-position" in text
+
+
+def test_cli_evaluate_refuses_to_score_a_new_untrained_head(tmp_path, capsys):
+    folder = _image_folder(tmp_path / "images")
+    weights = _weights(tmp_path, _timm())        # a 1000-class head
+    code, _, err = _cli(capsys, "evaluate", "timm:test_efficientnet", "--weights", weights, "--num-classes", "3",
+                        "--data", f"imagefolder:{folder}", "--image-size", "32", "--workers", "0")
+    flat = " ".join(err.split())
+    assert code == 2 and "untrained" in flat and "classifier.weight [1000, 256]" in flat and "cheapconv train" in flat
+    assert "Traceback" not in err

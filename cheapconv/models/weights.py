@@ -247,11 +247,11 @@ def _check_names(state: dict, target: dict, head: Sequence[str], path: Path, new
         message += " Check the model name (and a checkpoint's prefix, e.g. 'module.')."
     else:
         differ = [b for a, b in pairs if state[a].shape != target[b].shape]
+        head = " with --num-classes N (num_classes=N) for a new head" if differ and not new_head else ""
         message += (f" In order, the file's {len(pairs)} tensors have the model's shapes"
                     + (" except the classifier head's" if differ else "") + ": they are the same network under "
-                    "other names. To load them in that order, pass --weights-by-position (weights_by_position=True "
-                    "in Python)" + (" with --num-classes N (num_classes=N) for a new head" if differ and not
-                                    new_head else "") + ".")
+                    "other names. To load them in that order, pass --weights-by-position (--teacher-weights-by-"
+                    f"position for distill's --teacher-weights; weights_by_position=True in Python){head}.")
     raise UsageError(message)
 
 
