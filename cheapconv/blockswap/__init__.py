@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .budget import METRICS, Budget, format_cost, parse_budget
-from .fisher import fisher_potential
+from .fisher import fisher_potential, seeded_init_
 from .result import ScoredConfiguration, SearchResult
 from .scoring import Minibatch, Scorer, fixed_minibatch
 from .searcher import sample_configurations, search
@@ -13,5 +13,5 @@ from .timing import measure_latencies
 __all__ = [
     "DEFAULT_CANDIDATES", "METRICS", "Budget", "Candidate", "Minibatch", "ScoredConfiguration", "Scorer",
     "SearchBlock", "SearchResult", "SearchSpace", "fisher_potential", "fixed_minibatch", "format_cost",
-    "measure_latencies", "parse_budget", "parse_candidates", "sample_configurations", "search",
+    "measure_latencies", "parse_budget", "parse_candidates", "sample_configurations", "search", "seeded_init_",
 ]

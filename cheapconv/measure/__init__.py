@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from .accuracy import evaluate_accuracy
-from .latency import Latency, default_device, measure_latency, measure_side_by_side, parse_dtype
+from .latency import Latency, default_device, measure_latency, measure_side_by_side, parse_dtype, time_side_by_side
 from .memory import peak_memory
 from .profiler import BlockTiming, LayerCost, Profile, block_timings, profile, profile_many
-from .runtimes import RUNTIMES, check_runtime, measure_in_runtime
+from .runtimes import RUNTIMES, check_runtime, describe_runtime, make_runners, measure_in_runtime
 from .tables import blocks_table, compare_table, profile_table
 
 __all__ = [
@@ -14,4 +14,6 @@ __all__ = [
     "default_device", "evaluate_accuracy", "measure_latency", "measure_side_by_side", "parse_dtype",
     "peak_memory", "profile", "profile_many", "profile_table",
     "RUNTIMES", "check_runtime", "measure_in_runtime",
+    # the parts of measure_in_runtime, for studies that time one export at several batch sizes
+    "describe_runtime", "make_runners", "time_side_by_side",
 ]

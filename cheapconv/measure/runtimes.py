@@ -289,7 +289,20 @@ def make_runner(model: nn.Module, runtime: str, input_shape: tuple[int, ...], *,
 
 def make_runners(models: Sequence[nn.Module], runtime: str, input_shape: tuple[int, ...], *,
                  labels: Sequence[str] | None = None, **kw) -> list:
-    """:func:`make_runner` for each model (closing those already made if one fails)."""
+    """:func:`make_runner` for each model (closing those already made if one fails): export each model once,
+    then time the runners at as many batch sizes as needed with :func:`~cheapconv.measure.time_side_by_side`
+    (each size checked against eager mode first), and close them afterwards.
+
+    >>> from cheapconv.models import WideResNet
+    >>> runners = make_runners([WideResNet(10, 1)], "torch", (3, 32, 32), labels=["wrn"])
+    >>> try:
+    ...     (lat,) = time_side_by_side(runners, (2, 3, 32, 32), repeats=2)
+    ... finally:
+    ...     for r in runners:
+    ...         r.close()
+    >>> lat.median_ms > 0
+    True
+    """
     runners: list = []
     try:
         for i, m in enumerate(models):

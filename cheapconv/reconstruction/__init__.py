@@ -6,8 +6,10 @@
 the per-site errors.
 """
 
+from .batchnorm import batchnorms, recalibrate
 from .report import ReconstructionReport, SiteResult
 from .runner import BATCHNORM_CHOICES, reconstruct
 from .sites import Site, fitting_sites
 
-__all__ = ["BATCHNORM_CHOICES", "ReconstructionReport", "Site", "SiteResult", "fitting_sites", "reconstruct"]
+__all__ = ["BATCHNORM_CHOICES", "ReconstructionReport", "Site", "SiteResult", "batchnorms", "fitting_sites",
+           "recalibrate", "reconstruct"]

@@ -8,11 +8,11 @@ from .policy import Policy, Rule, Selector, parse_policy
 from .report import human, plan_table, ratio, render_plain, summary_table
 from .rewrite import apply_plan, cheapen
 from .taps import find_stages, insert_taps, record, taps_of
-from .teacher_init import InitRecord, Site, init_from_teacher, replaced_sites
+from .teacher_init import InitRecord, Site, init_from_teacher, replaced_sites, site_output_errors
 
 __all__ = [
     "FoldReport", "Plan", "PlanEntry", "Policy", "Rule", "Selector", "apply_plan", "cheapen", "deployable",
     "find_stages", "fold_batchnorm", "human", "insert_taps", "parse_policy", "plan", "plan_table", "prepare",
     "ratio", "record", "render_plain", "strip_taps", "summary_table", "taps_of",
-    "InitRecord", "Site", "init_from_teacher", "replaced_sites",
+    "InitRecord", "Site", "init_from_teacher", "replaced_sites", "site_output_errors",
 ]
