@@ -1,24 +1,20 @@
-"""The reproduction study (benchmarks/reproduce.py) end to end in a tiny configuration, its resumption, the
+"""The reproduction study (benchmarks/reproduce/) end to end in a tiny configuration, its resumption, the
 report, and the statistics and verdicts the report is built on."""
 
 from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks.common.stats import bootstrap_spearman, ranks, spearman, steps_to_reach
+from benchmarks.reproduce import costs as reproduce_costs
+from benchmarks.reproduce import report as reproduce_report
+from benchmarks.reproduce import study as reproduce
+from benchmarks.reproduce.plan import Run, Settings, plan_runs
 from cheapconv.data import datasets as data
-
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCH))
-import reproduce  # noqa: E402
-import reproduce_costs  # noqa: E402
-import reproduce_report  # noqa: E402
-from reproduce_stats import bootstrap_spearman, ranks, spearman  # noqa: E402
 
 TINY = ["--teacher", "wrn_10_1", "--epochs", "1", "--subset", "128", "--test-subset", "128", "--batch-size", "64",
         "--students", "G(4)", "--smaller", "wrn_10_1", "--budgets", "BG(2,M)", "--seeds", "1", "--threads", "1",
@@ -87,6 +83,7 @@ def test_tiny_study_end_to_end_resumes_and_reports(tmp_path, capsys):
     assert all(r["train_images"] == 128 and r["test_images"] == 128 and r["steps"] == 2 for r in records)
     assert records[1]["params"] < records[0]["params"] and records[0]["teacher_file"]
     assert records[3]["teacher_sha"] == records[0]["teacher_sha"]
+    assert records[0]["command"].startswith("python -m benchmarks.reproduce --teacher wrn_10_1 ")
 
     capsys.readouterr()
     reproduce.main(argv)                                   # everything done: nothing runs, nothing is added
@@ -166,7 +163,6 @@ def test_teacher_initialised_row_records_its_learning_curve(tmp_path):
 
 
 def test_row5_steps_to_the_random_final():
-    from reproduce_stats import steps_to_reach
     measured = [(1, 0.5), (2, 0.72), (4, 0.8), (8, 0.9)]      # the curve's points, then the run's final
     assert steps_to_reach(0.6, measured, 0.7) == 2
     assert steps_to_reach(0.6, measured, 0.55) == 0
@@ -175,8 +171,6 @@ def test_row5_steps_to_the_random_final():
 
 
 def test_more_seeds_gives_the_named_students_every_seed_in_every_mode():
-    from reproduce_plan import Run, Settings, plan_runs
-
     def keys(*extra):
         args = reproduce.parse_args([*TINY[:-2], "--seeds", "2", "--only", "2,4", *extra])
         return {(j.row, j.student, j.mode, j.seed) for j in plan_runs(Settings.from_args(args), args, [])
@@ -188,3 +182,11 @@ def test_more_seeds_gives_the_named_students_every_seed_in_every_mode():
     one_budget = ["--budgets", "BG(2,M),B(2)"]
     assert ("4", "search@B(2)", "at", 1) not in keys(*one_budget)
     assert {("4", "search@B(2)", "at", 1), ("2", "B(2)", "at", 1)} <= keys(*one_budget, "--more-seeds", "search@B(2)")
+
+
+def test_the_report_reads_the_study_arguments_of_old_and_new_commands():
+    """Records written before the benchmarks became a package name the script by path; both forms plan alike."""
+    new = "python -m benchmarks.reproduce --threads 1 --teacher-init --more-seeds 'G(4)' --quiet"
+    old = "python benchmarks/reproduce.py --threads 1 --teacher-init --more-seeds 'G(4)' --quiet"
+    want = ["--threads", "1", "--teacher-init", "--more-seeds", "G(4)", "--quiet"]
+    assert reproduce_report.study_arguments(new) == reproduce_report.study_arguments(old) == want

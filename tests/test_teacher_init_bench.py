@@ -1,15 +1,12 @@
-"""The report of benchmarks/teacher_init.py (issue 11's table): accuracies at the fixed fractions of the run,
-with and without re-estimated BatchNorm statistics, and the steps to the random student's final accuracy."""
+"""The report of the teacher-initialisation study (benchmarks/teacher_init/, issue 11's table): accuracies at the
+fixed fractions of the run, with and without re-estimated BatchNorm statistics, and the steps to the random
+student's final accuracy."""
 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCH))
-import teacher_init  # noqa: E402
+from benchmarks.teacher_init import study as teacher_init
 
 
 def _record(block, init, step0, curve):

@@ -1,4 +1,4 @@
-"""Small statistics for the reproduction study: ranks, Spearman's ρ with a bootstrap interval, mean ± sd.
+"""Small statistics for the studies: ranks, Spearman's ρ with a bootstrap interval, mean ± sd, Pareto fronts.
 
 Written here rather than taken from scipy, which is not installed on these machines (checked: ``import scipy``
 fails in the project's venv). Ties get average ranks, as ``scipy.stats.spearmanr`` does.
@@ -96,3 +96,18 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
     if not values:
         raise ValueError("no values")
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def pareto_front(xs: Sequence[float], ys: Sequence[float]) -> list[bool]:
+    """For each point, whether it is on the Pareto front when both coordinates are to be minimised: no other
+    point is at least as good on both axes and better on one (the rule of ``cheapconv sweep``'s plots).
+
+    >>> pareto_front([1, 2, 3, 2], [3, 1, 2, 3])
+    [True, True, False, False]
+    """
+    on = []
+    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        dominated = any(xj <= x and yj <= y and (xj < x or yj < y)
+                        for j, (xj, yj) in enumerate(zip(xs, ys, strict=True)) if j != i)
+        on.append(not dominated)
+    return on

@@ -15,12 +15,12 @@ The study, every step resumable (each result is one line of a JSON-lines file; a
    recipe for both initialisations) with the full test set evaluated at fixed fractions of the run
    (1/8, 1/4, 1/2, 1, ... epochs). One "epoch" of the students is a pass over the first ``--train-samples``
    training images.
-3. ``--report`` prints the Markdown table of ``benchmarks/README.md`` from the JSON-lines file: accuracy
+3. ``--report`` prints the Markdown table of the study's page from the JSON-lines file: accuracy
    at step 0, after 1/4, 1 and N epochs, and the AT steps the teacher-initialised student needs to reach the
    random-initialised student's final accuracy (first evaluation point at or above it).
 
-    python benchmarks/teacher_init.py --out bench-out/teacher-init            # the whole study
-    python benchmarks/teacher_init.py --out bench-out/teacher-init --report   # the table only
+    python -m benchmarks.teacher_init --out bench-out/teacher-init            # the whole study
+    python -m benchmarks.teacher_init --out bench-out/teacher-init --report   # the table only
 """
 
 from __future__ import annotations
@@ -35,43 +35,25 @@ from copy import deepcopy
 from pathlib import Path
 
 import torch
-from reproduce_stats import steps_to_reach  # beside this script (benchmarks/ is on sys.path)
 
 import cheapconv
-from cheapconv import DistillConfig, distill
-from cheapconv.data import TensorImageDataset, get_dataset
-from cheapconv.reconstruction.batchnorm import batchnorms, recalibrate
-from cheapconv.train.callbacks import Callback
-from cheapconv.train.metrics import evaluate
+from cheapconv import Callback, DistillConfig, distill
+from cheapconv.data import get_dataset
+from cheapconv.reconstruction import batchnorms, recalibrate
+from cheapconv.train import evaluate, load_checkpoint
+
+from ..common.records import RESULTS, append_record, file_sha, latest_by, read_records, slug
+from ..common.report import say
+from ..common.runs import subset
+from ..common.stats import steps_to_reach
 
 BLOCKS = ("G(4)", "B(2)", "BG(2,M)", "LR(0.25)")
 INITS = ("random", "teacher")
 
 
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def done_keys(path: Path) -> dict[str, dict]:
-    found = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                found[rec["key"]] = rec
-    return found
-
-
-def append(path: Path, rec: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(rec) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def subset(data: TensorImageDataset, n: int, *, augment: bool, start: int = 0) -> TensorImageDataset:
-    return TensorImageDataset(data.images[start:start + n], data.labels[start:start + n], data.info,
-                              augment=augment, repeat=data.repeat)
+    """The latest record of each key in the study's results file."""
+    return latest_by(read_records(path), "key")
 
 
 def accuracy(model, test, args) -> float:
@@ -82,7 +64,7 @@ class EvalAt(Callback):
     """Evaluates the student on the test set after the given optimiser steps (the curve of the run), twice:
     as it is (eval mode, its running BatchNorm statistics) and on a copy whose BatchNorm statistics are
     re-estimated on the calibration images. The two differ where the running averages (momentum 0.1) lag
-    behind weights that move fast, the first steps of a teacher-initialised student (see benchmarks/README.md);
+    behind weights that move fast, the first steps of a teacher-initialised student (see this study's page);
     a run that ends with the learning rate annealed has them agree."""
 
     def __init__(self, student, test, steps, args, calib):
@@ -117,7 +99,7 @@ def train_teacher(args, out: Path, results: Path, train, test, base: DistillConf
                   config=base.replace(epochs=args.teacher_epochs, loss="ce", eval_every=args.teacher_epochs))
     teacher = teacher.to(memory_format=torch.contiguous_format).eval()
     cheapconv.save(teacher, path)
-    append(results, {"key": "teacher", "model": args.teacher, "epochs": args.teacher_epochs,
+    append_record(results, {"key": "teacher", "model": args.teacher, "epochs": args.teacher_epochs,
                      "train_images": len(train), "test_top1": res.last["val_top1"],
                      "seconds": round(time.perf_counter() - t0), "load": os.getloadavg()[0],
                      "date": time.strftime("%Y-%m-%d %H:%M")})
@@ -273,14 +255,10 @@ def reference_stage(args, results: Path, teacher, test) -> None:
     like with like. Each is found in the study's results file as the run distilled from this study's very
     teacher file (the same SHA-256), and its checkpoint in ``--reference-dir`` by the run's key, as the
     study names it."""
-    from reproduce import RESULTS, file_sha, read_results
-    from reproduce_plan import slug
-
-    from cheapconv.train.checkpoint import load_checkpoint
-
+    study_results = RESULTS / "reproduce.jsonl"
     done = done_keys(results)
     sha = file_sha(Path(args.out) / "teacher.pt")
-    records = read_results(RESULTS)
+    records = read_records(study_results)
     for block in args.blocks:
         key = f"reference/{block}"
         if key in done:
@@ -289,8 +267,8 @@ def reference_stage(args, results: Path, teacher, test) -> None:
                                            r.get("teacher_sha")) == ("2", block, "at", 0, sha)), None)
         if run is None:
             raise SystemExit(f"no reproduction-study run of {block} with AT, seed 0, from this teacher "
-                             f"({Path(args.out) / 'teacher.pt'}, sha {sha}) in {RESULTS}: run "
-                             "benchmarks/reproduce.py --only 2 with the same teacher first")
+                             f"({Path(args.out) / 'teacher.pt'}, sha {sha}) in {study_results}: run "
+                             "python -m benchmarks.reproduce --only 2 with the same teacher first")
         ckpt = Path(args.reference_dir) / f"{slug(run['key'])}.ckpt"
         if not ckpt.is_file():
             raise SystemExit(f"the reproduction-study checkpoint of {run['key']} is not at {ckpt}: give "
@@ -300,7 +278,7 @@ def reference_stage(args, results: Path, teacher, test) -> None:
             warnings.simplefilter("ignore")
             student = cheapconv.cheapen(teacher, block)
         student.load_state_dict(state["model"])
-        append(results, {"key": key, "block": block, "test_top1": accuracy(student, test, args),
+        append_record(results, {"key": key, "block": block, "test_top1": accuracy(student, test, args),
                          "steps": state["step"], "checkpoint": str(ckpt), "test_images": len(test)})
         say(f"{key}: {100 * done_keys(results)[key]['test_top1']:.2f}% after {state['step']} steps")
 
@@ -368,11 +346,11 @@ def effnet_study(args, results: Path) -> None:
         say(f"fold {k}: teacher {rec['teacher']}, data-free {rec['data_free']}, calibrated {rec['calibrated']}")
     rec["params"] = [cheapconv.count_params(net, "paper"), cheapconv.count_params(student, "paper")]
     rec["load"] = os.getloadavg()[0]
-    append(results, rec)
+    append_record(results, rec)
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.teacher_init", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="bench-out/teacher-init")
     p.add_argument("--teacher", default="wrn_16_2")
     p.add_argument("--teacher-epochs", type=int, default=3)
@@ -424,7 +402,7 @@ def main() -> int:
     done = done_keys(results)
     key = f"teacher/test{len(test)}"
     if key not in done:   # the teacher on the very images the students are evaluated on
-        append(results, {"key": key, "test_top1": accuracy(teacher, test, args), "test_images": len(test)})
+        append_record(results, {"key": key, "test_top1": accuracy(teacher, test, args), "test_images": len(test)})
         done = done_keys(results)
     for block in args.blocks:
         for init in args.inits:
@@ -433,7 +411,7 @@ def main() -> int:
                 continue
             say(f"{key}: building and distilling")
             rec = run_student(args, teacher, block, init, train, test, calib, base)
-            append(results, {"key": key, **rec})
+            append_record(results, {"key": key, **rec})
     print(report(results))
     return 0
 

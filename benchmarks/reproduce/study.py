@@ -4,8 +4,8 @@ One command runs the whole study; every finished training run is appended as one
 file (``benchmarks/results/reproduce.jsonl``) and skipped when the command runs again, keyed by
 row / student / mode / seed / schedule. A run interrupted midway restarts from its last checkpoint (written
 every epoch under ``--work``, by ``cheapconv.distill(checkpoint=..., resume=True)``). The results file only ever
-holds finished runs, so it can be committed at any moment; ``benchmarks/reproduce_report.py`` renders
-``benchmarks/reproduction.md`` and its plots from it.
+holds finished runs, so it can be committed at any moment; ``python -m benchmarks.reproduce.report``
+renders the study's page and its plots from it.
 
 Rows (``--only`` takes a comma list of their names; all rows share one schedule and the seeds below):
 
@@ -36,20 +36,19 @@ The defaults, and why: the papers' WRN-40-2 with 200 epochs takes days on a 2-co
 176k, 10-1 78k sit next to them) with the spec's recipe shortened to 3 epochs of all 60,000 images (1,404 steps,
 lr × 0.2 at 30/60/80 %) in bf16 autocast + channels_last is 55 jobs; the per-step times measured by
 ``--dry-run`` put it at a few hours of a quiet 2-core machine (see the report of issue 13 for the figures).
-The Fisher-ranking check (bf16 and smaller minibatches against fp32 / 128 images) is the separate script
-``benchmarks/reproduce_fisher.py``; the report renders its JSON too.
+The Fisher-ranking check (bf16 and smaller minibatches against fp32 / 128 images) is the separate command
+``python -m benchmarks.reproduce.fisher``; the report renders its JSON too.
 
-    python benchmarks/reproduce.py --dry-run          # what would run, and an estimate of how long
-    python benchmarks/reproduce.py                    # the whole study (resumable; Ctrl-C is safe)
-    python benchmarks/reproduce.py --only 1           # the teacher alone
-    python benchmarks/reproduce.py --latency          # CPU latency of every architecture (a quiet machine!)
-    python benchmarks/reproduce_report.py             # benchmarks/reproduction.md and the plots
+    python -m benchmarks.reproduce --dry-run          # what would run, and an estimate of how long
+    python -m benchmarks.reproduce                    # the whole study (resumable; Ctrl-C is safe)
+    python -m benchmarks.reproduce --only 1           # the teacher alone
+    python -m benchmarks.reproduce --latency          # CPU latency of every architecture (a quiet machine!)
+    python -m benchmarks.reproduce.report             # the study's page and its plots
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import json
 import os
@@ -57,58 +56,37 @@ import platform
 import shlex
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 import cheapconv
-from cheapconv import DistillConfig, distill
-from cheapconv.data import TensorImageDataset, get_dataset
-from cheapconv.store.files import atomic_write
-from cheapconv.train.callbacks import Callback
+from cheapconv import Callback, DistillConfig, distill
+from cheapconv.data import get_dataset
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import reproduce_plan as plan_mod  # noqa: E402
-from reproduce_plan import Run, Settings, plan_runs  # noqa: E402
-from reproduce_row5 import curve_steps  # noqa: E402
+from ..common import runs
+from ..common.records import RESULTS as RESULTS_DIR
+from ..common.records import append_record, file_sha, read_records, slug
+from ..common.report import progress_printer, say
+from ..common.runs import quiet_cheapen
+from . import plan as plan_mod
+from .plan import Run, Settings, plan_runs
+from .row5 import curve_steps
 
-RESULTS = HERE / "results" / "reproduce.jsonl"
-WORK = HERE.parent / "runs" / "reproduce"   # checkpoints and the teacher (/runs/ is ignored by git)
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+#: how the study is started, as its records name the command
+COMMAND = ("python", "-m", "benchmarks.reproduce")
+RESULTS = RESULTS_DIR / "reproduce.jsonl"
+WORK = RESULTS_DIR.parents[1] / "runs" / "reproduce"   # checkpoints and the teacher (/runs/ is ignored by git)
 
 
 # ------------------------------------------------------------------------------------------ the results file
-
-
-def read_results(path: Path) -> list[dict]:
-    """Every record of the results file (none when it does not exist)."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def append_result(path: Path, record: dict) -> None:
-    """Append one record; the file is rewritten atomically, so it never holds half a line, under a lock file,
-    so two processes of the study (say ``--only 5`` beside the main run) never drop each other's lines."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        old = path.read_text() if path.exists() else ""
-
-        def write(tmp: str) -> None:
-            Path(tmp).write_text(old + json.dumps(record, sort_keys=True) + "\n")
-
-        atomic_write(path, write)
+# (records are appended with their keys sorted; another process of the study, say ``--only 5`` beside the main
+# run, may append to the same file: common.records.append_record locks it)
 
 
 def environment(args: argparse.Namespace) -> dict:
     """What every record carries: the command, versions, machine state and date."""
-    return {"command": shlex.join(["python", "benchmarks/reproduce.py", *args.argv]),
+    return {"command": shlex.join([*COMMAND, *args.argv]),
             "cheapconv": cheapconv.__version__, "torch": torch.__version__, "python": platform.python_version(),
             "threads": torch.get_num_threads(), "load_avg": round(os.getloadavg()[0], 2),
             **({"gpu": torch.cuda.get_device_name()} if torch.cuda.is_available() else {}),
@@ -126,26 +104,17 @@ def load_data(args: argparse.Namespace) -> tuple:
 
 
 def subset(ds, n: int | None, *, augment: bool):
+    """The first ``n`` images of ``ds`` (``ds`` itself where ``n`` is None or covers it all)."""
     if not n or n >= len(ds):
         return ds
-    return TensorImageDataset(ds.images[:n], ds.labels[:n], ds.info, augment=augment, repeat=ds.repeat)
+    return runs.subset(ds, n, augment=augment)
 
 
 # ------------------------------------------------------------------------------------------------ models
 
 
-def quiet_cheapen(model, policy, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # "kept: ..." notes of the plan, expected for the stem and shortcuts
-        return cheapconv.cheapen(model, policy, **kw)
-
-
 def teacher_path(work: Path, settings: Settings) -> Path:
-    return work / f"teacher-{plan_mod.slug(settings.key())}.pt"
-
-
-def file_sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return work / f"teacher-{slug(settings.key())}.pt"
 
 
 def build(run: Run, settings: Settings, records: list[dict]) -> torch.nn.Module:
@@ -205,10 +174,10 @@ def train_one(run: Run, settings: Settings, args, data, records: list[dict]) -> 
                         device=args.device, eval_every=run.epochs, progress=not args.quiet,
                         checkpoint_every_steps=200,   # an interrupted run loses at most 200 steps
                         # row 5 starts from its teacher: unclipped steps at lr 0.1 undo that start (issue 11's
-                        # diagnosis in benchmarks/README.md), so its gradient norm is clipped at 1
+                        # diagnosis in benchmarks/teacher_init/README.md), so its gradient norm is clipped at 1
                         grad_clip=1.0 if run.row == "5" else None)
     data_train = subset(train, settings.parity_subset, augment=True) if run.row == "0" else train
-    ckpt = args.work / "ckpt" / f"{plan_mod.slug(run.key)}.ckpt"
+    ckpt = args.work / "ckpt" / f"{slug(run.key)}.ckpt"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     resumed = ckpt.exists()
     if resumed:
@@ -327,13 +296,6 @@ def do_fidelity_configs(job: plan_mod.SearchJob, settings: Settings, args) -> di
             "configs": out, "draws": draws, "minibatch": batch.source, **environment(args)}
 
 
-def progress_printer(what: str):
-    def tick(phase: str, done: int, total: int) -> None:
-        if done == total or done % max(1, total // 20) == 0:
-            say(f"  {what}: {phase} {done}/{total}")
-    return tick
-
-
 # ------------------------------------------------------------------------------------------------ latency
 
 
@@ -353,10 +315,10 @@ def latency_pass(records: list[dict], settings: Settings, args) -> None:
     by_batch = {b: measure_side_by_side(models, (b, 3, 32, 32), device="cpu", repeats=args.latency_repeats,
                                         threads=args.threads) for b in (1, 32)}
     for i, a in enumerate(todo):
-        append_result(args.results, {"kind": "latency", "arch": a, "key": f"latency|{a}|{args.threads}",
-                                     "batch1_ms": round(by_batch[1][i].median_ms, 4),
-                                     "batch32_ms": round(by_batch[32][i].median_ms, 4), "dtype": "fp32",
-                                     "repeats": args.latency_repeats, **environment(args)})
+        record = {"kind": "latency", "arch": a, "key": f"latency|{a}|{args.threads}",
+                  "batch1_ms": round(by_batch[1][i].median_ms, 4), "batch32_ms": round(by_batch[32][i].median_ms, 4),
+                  "dtype": "fp32", "repeats": args.latency_repeats, **environment(args)}
+        append_record(args.results, record, sort_keys=True)
     say(f"latency: {len(todo)} architectures measured")
 
 
@@ -364,14 +326,14 @@ def latency_pass(records: list[dict], settings: Settings, args) -> None:
 
 
 def execute(args: argparse.Namespace, settings: Settings) -> None:
-    records = read_results(args.results)
+    records = read_records(args.results)
     done = {r["key"] for r in records}
     jobs = plan_runs(settings, args, records)
     todo = [j for j in jobs if j.key not in done]
     say(f"{len(jobs)} jobs in the selected rows, {len(jobs) - len(todo)} already in {args.results}")
     data = load_data(args) if todo else None
     for n, job in enumerate(todo, start=1):
-        records = read_results(args.results)
+        records = read_records(args.results)
         if job.key in {r["key"] for r in records}:
             say(f"[{n}/{len(todo)}] {job.key}: finished meanwhile by another process of the study")
             continue
@@ -388,11 +350,11 @@ def execute(args: argparse.Namespace, settings: Settings) -> None:
                                  "(--only 1), or restore the file the teacher row was trained into.")
             record = train_one(job, settings, args, data, records)
             say(f"  test error {record['test_error']:.2f} % ({record['wall_s']:.0f} s)")
-        append_result(args.results, record)
+        append_record(args.results, record, sort_keys=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=" ".join(COMMAND), description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default=None, help="Rows to run, comma-separated: 0,1,2,3,4,fidelity,5.")
     p.add_argument("--seeds", type=int, default=3, help="Seeds of the multi-seed students (see above).")
     p.add_argument("--more-seeds", default="", metavar="STUDENTS",
@@ -440,9 +402,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_args(args)
     try:
         if args.latency:
-            latency_pass(read_results(args.results), settings, args)
+            latency_pass(read_records(args.results), settings, args)
         elif args.dry_run:
-            plan_mod.dry_run(settings, args, read_results(args.results), load_data)
+            plan_mod.dry_run(settings, args, read_records(args.results), load_data)
         else:
             execute(args, settings)
     except KeyboardInterrupt:

@@ -12,7 +12,7 @@ another 128 images): the search's own noise.
 A setting keeps the ranking when ρ ≥ 0.95 (the issue's threshold). No training happens here; it runs in a few
 minutes at one thread.
 
-    python benchmarks/reproduce_fisher.py --teacher wrn_16_2 --configs 50 --threads 1 \\
+    python -m benchmarks.reproduce.fisher --teacher wrn_16_2 --configs 50 --threads 1 \\
         --out benchmarks/results/fisher_check.json
 """
 
@@ -36,8 +36,8 @@ import cheapconv
 from cheapconv.blockswap import Scorer, SearchSpace, fixed_minibatch, sample_configurations
 from cheapconv.data import get_dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reproduce_stats import bootstrap_spearman, spearman  # noqa: E402
+from ..common.records import RESULTS
+from ..common.stats import bootstrap_spearman, spearman
 
 #: (label, precision, minibatch size, seed): seed 1 is the noise yardstick (other init and images)
 SETTINGS = [("fp32/128", "fp32", 128, 0), ("bf16/128", "bf16", 128, 0), ("fp32/64", "fp32", 64, 0),
@@ -100,7 +100,7 @@ def run_check(teacher_name: str, block: str, n_configs: int, data: str, seed: in
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.reproduce.fisher", description=__doc__.split("\n\n")[0])
     p.add_argument("--teacher", default="wrn_16_2")
     p.add_argument("--block", default="BG(2,M)", help="The budget is this single-type student's parameters.")
     p.add_argument("--configs", type=int, default=50)
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--settings", default=None, help="Labels to run, separated by ';' (default all): "
                    + "; ".join(label for label, *_ in SETTINGS) + f". {REFERENCE} is always included.")
-    p.add_argument("--out", default="benchmarks/results/fisher_check.json")
+    p.add_argument("--out", default=str(RESULTS / "fisher_check.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
                              + ", ".join(label for label, *_ in SETTINGS))
         chosen = [s for s in SETTINGS if s[0] in wanted]
     result = run_check(args.teacher, args.block, args.configs, args.data, seed=args.seed, settings=chosen)
-    result.update({"command": shlex.join(["python", "benchmarks/reproduce_fisher.py", *(argv or sys.argv[1:])]),
+    result.update({"command": shlex.join(["python", "-m", "benchmarks.reproduce.fisher", *(argv or sys.argv[1:])]),
                    "threads": args.threads, "load_avg_start": round(load, 2),
                    "load_avg_end": round(os.getloadavg()[0], 2), "date": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                      time.gmtime()),

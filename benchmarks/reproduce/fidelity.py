@@ -1,6 +1,6 @@
 """The reproduction report's search-fidelity half: claim 5 (does the Fisher score rank students better than
 parameter count?), the sampled configurations behind it, and the Fisher-ranking check of bf16 and smaller
-minibatches (``reproduce_fisher.py``) with the decision it led to."""
+minibatches (``fisher.py``) with the decision it led to."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
-from reproduce_stats import bootstrap_spearman, bootstrap_spearman_difference, spearman
+from ..common.stats import bootstrap_spearman, bootstrap_spearman_difference, spearman
 
 
 def fidelity_rows(s) -> tuple[list[dict], list[float]]:
@@ -83,7 +83,7 @@ FISHER_DECISION = (
 
 
 def fisher_section(paths: list[Path]) -> list[str]:
-    """One table per Fisher check (``reproduce_fisher.py``), and which settings kept the ranking."""
+    """One table per Fisher check (``fisher.py``), and which settings kept the ranking."""
     if not paths:
         return ["Pending (`benchmarks/reproduce_fisher.py` has not run)."]
     lines = []

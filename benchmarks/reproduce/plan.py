@@ -1,27 +1,22 @@
-"""The study's plan: which runs make up each row, their keys, and the dry run's estimate (see reproduce.py)."""
+"""The study's plan: which runs make up each row, their keys, and the dry run's estimate (see study.py)."""
 
 from __future__ import annotations
 
 import inspect
 import os
-import re
 import statistics
 import sys
-import time
-import warnings
 from dataclasses import dataclass, field
 
 import torch
 
 import cheapconv
-from cheapconv import Callback, DistillConfig, distill
+from cheapconv import DistillConfig, distill
+
+from ..common.records import slug
+from ..common.runs import StepTimer, quiet_cheapen
 
 ROWS = ("0", "1", "2", "3", "4", "fidelity", "5")
-
-
-def slug(key: str) -> str:
-    """A file name for a key."""
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", key).strip("_")
 
 
 @dataclass(frozen=True)
@@ -110,9 +105,7 @@ def closest_smaller(settings: Settings, block: str, smaller: list[str]) -> str |
     """The smaller WRN whose parameter count is closest to ``block``'s student."""
     if not smaller:
         return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        target = cheapconv.count_params(cheapconv.cheapen(cheapconv.create_model(settings.teacher), block), "paper")
+    target = cheapconv.count_params(quiet_cheapen(cheapconv.create_model(settings.teacher), block), "paper")
     return min(smaller, key=lambda s: abs(cheapconv.count_params(cheapconv.create_model(s), "paper") - target))
 
 
@@ -188,20 +181,6 @@ def plan_runs(settings: Settings, args, records: list[dict]) -> list:
 # ------------------------------------------------------------------------------------------------ dry run
 
 
-class _Timer(Callback):
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._last = 0.0
-
-    def on_start(self, run) -> None:
-        self._last = time.perf_counter()
-
-    def on_step(self, run) -> None:
-        now = time.perf_counter()
-        self.times.append(now - self._last)
-        self._last = now
-
-
 def step_seconds(run: Run, settings: Settings, args, records: list[dict], train, cache: dict) -> float:
     """Seconds per optimiser step of ``run``: from finished runs of the same architecture kind and mode, else
     timed here over a few steps (an untrained teacher of the same architecture: timing only)."""
@@ -216,19 +195,17 @@ def step_seconds(run: Run, settings: Settings, args, records: list[dict], train,
         return cache[kind]
     torch.manual_seed(0)
     build_arch = run.arch if run.arch[0] != "policy" else ("cheap", split(args.budgets)[0])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if build_arch[0] == "wrn":
-            student = cheapconv.create_model(build_arch[1])
-        else:
-            student = cheapconv.cheapen(cheapconv.create_model(settings.teacher), build_arch[1])
+    if build_arch[0] == "wrn":
+        student = cheapconv.create_model(build_arch[1])
+    else:
+        student = quiet_cheapen(cheapconv.create_model(settings.teacher), build_arch[1])
     teacher = cheapconv.create_model(settings.teacher) if run.needs_teacher() or run.row == "5" else None
     fast = run.mode != "scratch-fp32"
     cfg = DistillConfig(epochs=None, max_steps=5, batch_size=settings.batch_size,
                         loss={"kd": "kd", "at": "at"}.get(run.mode, "ce"),
                         precision=settings.precision if fast else "fp32",
                         channels_last=settings.channels_last and fast, progress=False, device=args.device)
-    timer = _Timer()
+    timer = StepTimer()
     distill(teacher, student, train, config=cfg, callbacks=[timer])
     cache[kind] = statistics.median(timer.times[2:])
     return cache[kind]
@@ -249,7 +226,7 @@ def dry_run(settings: Settings, args, records: list[dict], load_data) -> None:
         state = "done" if job.key in done else "todo"
         est = 0.0
         if isinstance(job, SearchJob) and state == "todo":
-            # ~3.5 s per scored WRN-16-2 configuration: reproduce_fisher.py measured a 2.6 s fp32/128 Fisher pass
+            # ~3.5 s per scored WRN-16-2 configuration: fisher.py measured a 2.6 s fp32/128 Fisher pass
             # plus ~1 s of building, at one thread on the loaded machine (load 11): an upper bound
             est = job.size * 3.5
         elif state == "todo":

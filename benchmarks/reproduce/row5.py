@@ -3,7 +3,7 @@ random-initialised students of row 2, along the run (issue 11's question at the 
 
 from __future__ import annotations
 
-from reproduce_stats import steps_to_reach
+from ..common.stats import steps_to_reach
 
 FRACTIONS = (0.125, 0.25, 0.5, 1.0, 2.0)
 LABELS = ("⅛ ep", "¼ ep", "½ ep", "1 ep", "2 ep")
@@ -15,7 +15,7 @@ def _pct(top1: float | None) -> str:
 
 def curve_steps(steps_per_epoch: int, epochs: int) -> dict[float, int]:
     """The optimiser step that ends each fraction of an epoch in ``FRACTIONS``, for those before the run's end:
-    where ``reproduce.TestCurve`` evaluates and where this section looks its figures up."""
+    where ``study.TestCurve`` evaluates and where this section looks its figures up."""
     return {f: max(1, round(f * steps_per_epoch)) for f in FRACTIONS if f < epochs}
 
 

@@ -1,4 +1,4 @@
-"""Render ``benchmarks/reproduction.md`` and its Pareto plots from the study's results file (see reproduce.py).
+"""Render ``benchmarks/reproduction.md`` and its Pareto plots from the study's results file (see study.py).
 
 Everything in the page comes from the records of ``benchmarks/results/reproduce.jsonl`` (and the Fisher
 check's ``fisher_check.json``): the table in the shape of the papers' tables (params, MACs, CPU latency, test
@@ -9,38 +9,34 @@ not yet measured.
 The seed spread: the largest standard deviation of any multi-seed group of the study. A difference smaller
 than it is never called a win, including between single-seed runs (whose own spread is unknown).
 
-    python benchmarks/reproduce_report.py                                 # the real study
-    python benchmarks/reproduce_report.py --results R.jsonl --out R.md    # elsewhere
+    python -m benchmarks.reproduce.report                                 # the real study
+    python -m benchmarks.reproduce.report --results R.jsonl --out R.md    # elsewhere
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shlex
-import sys
 from collections import defaultdict
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from reproduce_costs import cost_section, latency_pair, pareto_front, student_points  # noqa: E402
-from reproduce_fidelity import FISHER_DECISION, fidelity_claim, fidelity_section, fisher_section  # noqa: E402
-from reproduce_row5 import teacher_init_section  # noqa: E402
-from reproduce_stats import mean_sd  # noqa: E402
+from cheapconv.store import atomic_write
+
+from ..common.records import RESULTS, read_records
+from ..common.stats import mean_sd
+from .costs import cost_section, latency_pair, pareto_front, student_points
+from .fidelity import FISHER_DECISION, fidelity_claim, fidelity_section, fisher_section
+from .row5 import teacher_init_section
+
+#: where the page is written
+PAGE = RESULTS.parent / "reproduction.md"
 
 MODES = ("scratch", "kd", "at")
 MODE_NAMES = {"scratch": "scratch", "kd": "KD", "at": "AT"}
 ROW_TITLES = {"1": "teacher", "2": "cheap student (teacher's architecture)", "3": "smaller standard WRN",
               "4": "BlockSwap searched student", "5": "teacher-initialised + reconstructed"}
-
-
-def read(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 class Study:
@@ -279,13 +275,20 @@ def provenance(records: list[dict]) -> list[str]:
     return lines
 
 
+def study_arguments(command: str) -> list[str]:
+    """The study's own arguments in a recorded command: ``python -m benchmarks.reproduce ARGS``, or
+    ``python benchmarks/reproduce.py ARGS`` as records written before the benchmarks became a package say."""
+    words = shlex.split(command)
+    return words[3:] if words[1:2] == ["-m"] else words[2:]
+
+
 def study_plan(records: list[dict]) -> list:
     """The jobs the study's command plans (all rows), to mark missing ones "pending"."""
-    import reproduce
-    from reproduce_plan import Settings, plan_runs
+    from . import study
+    from .plan import Settings, plan_runs
 
     # the latest training command says what the study is meant to hold (its --only is dropped: all rows)
-    argv = next((shlex.split(r["command"])[2:] for r in reversed(records) if r.get("kind") == "run"), [])
+    argv = next((study_arguments(r["command"]) for r in reversed(records) if r.get("kind") == "run"), [])
     drop = {"--only", "--results", "--work"}
     clean, skip = [], False
     for a in argv:
@@ -295,7 +298,7 @@ def study_plan(records: list[dict]) -> list:
             skip = True
         elif a not in ("--dry-run", "--latency"):
             clean.append(a)
-    args = reproduce.parse_args(clean)
+    args = study.parse_args(clean)
     return plan_runs(Settings.from_args(args), args, records)
 
 
@@ -337,7 +340,7 @@ def parity_section(s: Study) -> list[str]:
 def render(results: Path, out: Path, *, fisher: list[Path] | None = None, margin: float = 1.0,
            plot_dir: Path | None = None) -> str:
     """Write the report for ``results`` to ``out`` (plots into ``plot_dir``, default beside the results)."""
-    records = read(results)
+    records = read_records(results)
     s = Study(records, study_plan(records))
     plots = pareto_plots(s, plot_dir or results.parent)
     fisher = fisher if fisher is not None else sorted(results.parent.glob("fisher_check*.json"))
@@ -368,16 +371,14 @@ def render(results: Path, out: Path, *, fisher: list[Path] | None = None, margin
               FISHER_DECISION, "",
               "## Commands, versions, wall time", "", *provenance(records), ""]
     text = "\n".join(lines)
-    from cheapconv.store.files import atomic_write
-
     atomic_write(out, lambda tmp: Path(tmp).write_text(text))
     return text
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--results", type=Path, default=HERE / "results" / "reproduce.jsonl")
-    p.add_argument("--out", type=Path, default=HERE / "reproduction.md")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.reproduce.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", type=Path, default=RESULTS / "reproduce.jsonl")
+    p.add_argument("--out", type=Path, default=PAGE)
     p.add_argument("--fisher", type=Path, nargs="*", default=None,
                    help="The Fisher checks' JSON files (default: fisher_check*.json beside the results).")
     p.add_argument("--plots", type=Path, default=None, help="Where the PNGs go (beside the results).")

@@ -12,8 +12,8 @@ calibration):
 
 Example::
 
-    python benchmarks/data_free_init.py --lite0 .../foolbox/data --weights .../efficientnet-lite0-57934424.pth
-    python benchmarks/data_free_init.py --wrn teacher.pt --images 2000
+    python -m benchmarks.teacher_init.data_free --lite0 .../foolbox/data --weights .../efficientnet-lite0-57934424.pth
+    python -m benchmarks.teacher_init.data_free --wrn teacher.pt --images 2000
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 import cheapconv
-from cheapconv.surgery import init_from_teacher
+from cheapconv.data import get_dataset
+from cheapconv.surgery import init_from_teacher, replaced_sites, site_output_errors
 
 LITE0_POLICIES = ["LRp(0.9)", "LRp(0.5)", "TT(0.9)", "Tucker(0.9)", "Shuffle(4)"]
 WRN_POLICIES = ["G(4)", "G(N)", "B(2)", "BG(2,M)", "Sep", "LRp(0.5)", "Tucker2(0.5)", "SVDk(0.5)", "TT(0.5)",
@@ -89,8 +90,6 @@ def lite0(folder: Path, weights: Path, policies: list[str]) -> None:
 
 
 def wrn(file: Path, images: int, policies: list[str]) -> None:
-    from cheapconv.data import get_dataset
-
     teacher = cheapconv.load(file).eval()
     test = get_dataset("fashion-mnist", "test", in_chans=3, image_size=32)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(test, range(images)), batch_size=250)
@@ -111,8 +110,6 @@ def wrn(file: Path, images: int, policies: list[str]) -> None:
             student = cheapconv.cheapen(teacher, policy, init=init).eval()
             plan = student.cheapconv_plan
             if init == "random":  # measure the random blocks' output error the same way, initialising nothing
-                from cheapconv.surgery.teacher_init import replaced_sites, site_output_errors
-
                 errors = site_output_errors(replaced_sites(student, teacher), teacher, probe)
                 kinds = "random"
             else:
@@ -126,7 +123,8 @@ def wrn(file: Path, images: int, policies: list[str]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.teacher_init.data_free",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--lite0", type=Path, help="foolbox's data folder (imagenet_*.jpg)")
     parser.add_argument("--weights", type=Path, help="efficientnet-lite0-57934424.pth")
     parser.add_argument("--wrn", type=Path, help="a trained WRN teacher (cheapconv file) on Fashion-MNIST")

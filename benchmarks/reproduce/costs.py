@@ -3,20 +3,20 @@ latency, and which students sit on the error-vs-cost Pareto fronts.
 
 The papers state their claims at equal parameters; a user shipping to a latency budget wants them at equal
 measured time too. This section puts the two side by side, from the study's latency records
-(``reproduce.py --latency``: fp32, batch 1 and 32, students timed interleaved).
+(``python -m benchmarks.reproduce --latency``: fp32, batch 1 and 32, students timed interleaved).
 """
 
 from __future__ import annotations
 
-from cheapconv import plots
+from ..common import stats
 
 BATCHES = (1, 32)
 
 
 def pareto_front(points: list[dict], key: str) -> list[dict]:
-    """The points on the error-vs-``key`` Pareto front (:func:`cheapconv.plots.pareto_front`: no other point
-    at least as low on both and lower on one), cheapest first."""
-    on = plots.pareto_front([p[key] for p in points], [p["error"] for p in points])
+    """The points on the error-vs-``key`` Pareto front (:func:`benchmarks.common.stats.pareto_front`: no other
+    point at least as low on both and lower on one), cheapest first."""
+    on = stats.pareto_front([p[key] for p in points], [p["error"] for p in points])
     return sorted((p for p, keep in zip(points, on, strict=True) if keep), key=lambda p: p[key])
 
 
