@@ -1,17 +1,17 @@
 """Latency, params and MACs of ResNet-34 and WRN-40-2 and their cheap students, measured in one run.
 
 For each network, each setting (fp32 / bf16 autocast × NCHW / channels_last) and each batch (1 and 32),
-the teacher and its five students are timed **side by side** (:func:`cheapconv.measure.profiler.measure_side_by_side`:
+the teacher and its five students are timed **side by side** (:func:`cheapconv.measure.time_side_by_side`:
 one pass of each in turn, repeated), so machine load hits all six alike and the speed-ups are same-moment
-ratios. Prints a Markdown report (the tables of ``benchmarks/README.md``) and optionally writes the raw
+ratios. Prints a Markdown report (the tables of ``benchmarks/perf/README.md``) and optionally writes the raw
 figures as JSON.
 
-    python benchmarks/latency_table.py                      # full run, ~10 min on the 2-core CPU
-    python benchmarks/latency_table.py --quick              # WRN-40-2 only, few repeats (a smoke test)
-    python benchmarks/latency_table.py --threads 1 --json latency.json
-    python benchmarks/latency_table.py --threads 2 --networks wrn_40_2 --settings fp32/NCHW bf16/CL \
+    python -m benchmarks.perf.latency_table                      # full run, ~10 min on the 2-core CPU
+    python -m benchmarks.perf.latency_table --quick              # WRN-40-2 only, few repeats (a smoke test)
+    python -m benchmarks.perf.latency_table --threads 1 --json latency.json
+    python -m benchmarks.perf.latency_table --threads 2 --networks wrn_40_2 --settings fp32/NCHW bf16/CL \
         --students 'G(4)' Sep 'LR(0.25)' 'LRp(0.25)' 'Shuffle(2)' 'ACDC(2)'     # the structured blocks
-    python benchmarks/latency_table.py --threads 2 --settings fp32/NCHW --runtimes torch,compile,onnxruntime \
+    python -m benchmarks.perf.latency_table --threads 2 --settings fp32/NCHW --runtimes torch,compile,onnxruntime \
         --batches 1,32 --json runtimes.json          # where the student will run (issue 14)
 
 With ``--runtimes``, each network and its students are exported once per runtime (``compile``: compiled once
@@ -34,9 +34,11 @@ from pathlib import Path
 import torch
 
 import cheapconv
-from cheapconv.errors import CheapconvError
-from cheapconv.measure.latency import time_side_by_side
-from cheapconv.measure.runtimes import RUNTIMES, check_runtime, describe_runtime, make_runners
+from cheapconv import CheapconvError
+from cheapconv.measure import RUNTIMES, check_runtime, describe_runtime, make_runners, time_side_by_side
+from cheapconv.store import atomic_write
+
+from ..common.report import human, say
 
 STUDENTS = ("G(4)", "G(N)", "B(2)", "BG(2,M)", "S-2x2")
 SETTINGS = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
@@ -135,8 +137,6 @@ def runtime_table(net: dict) -> list[str]:
 
 
 def markdown(results: dict) -> str:
-    from cheapconv.surgery.report import human
-
     lines = [f"CPU: {results['cpu']} ({results['cores']} cores), {results['threads']} intra-op thread(s), "
              f"torch {results['torch']}. Median ms per forward pass of the whole batch; in brackets the "
              "speed-up over the teacher measured side by side (above 1×: faster). "
@@ -174,7 +174,8 @@ def markdown(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.perf.latency_table",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
     parser.add_argument("--json", default=None, help="also write the raw figures here")
     parser.add_argument("--quick", action="store_true", help="WRN-40-2 only, few repeats (smoke test)")
@@ -198,12 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         keep = {int(b) for b in args.batches.split(",")}
         networks = tuple((*n[:3], {b: v for b, v in n[3].items() if b in keep}) for n in networks)
     start = time.perf_counter()
-    log = lambda line: print(line, file=sys.stderr, flush=True)
-    results = measure(networks, tuple(args.students), settings, args.threads, log, runtimes)
+    results = measure(networks, tuple(args.students), settings, args.threads, say, runtimes)
     results["seconds"] = round(time.perf_counter() - start)
     if args.json:
-        from cheapconv.store.files import atomic_write
-
         atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))
     print(markdown(results))
     print(f"Total run time {results['seconds']} s.", file=sys.stderr)

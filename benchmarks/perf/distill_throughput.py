@@ -18,8 +18,8 @@ stream), then both students are evaluated in fp32 on the 10,000 test images. ``-
 a trained teacher (e.g. from ``examples/demo.py --keep``); otherwise the teacher is trained here first with
 ``cheapconv.distill`` for ``--teacher-epochs`` on the same subset.
 
-    python benchmarks/distill_throughput.py --threads 2 --steps 22 --warmup 2 --rounds 3   # 24-step calls
-    python benchmarks/distill_throughput.py --threads 1 --parity-samples 10000 --parity-epochs 2 --json out.json
+    python -m benchmarks.perf.distill_throughput --threads 2 --steps 22 --warmup 2 --rounds 3   # 24-step calls
+    python -m benchmarks.perf.distill_throughput --threads 1 --parity-samples 10000 --parity-epochs 2 --json out.json
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 import warnings
 
@@ -38,15 +37,12 @@ import torch
 from torch.utils.data import DataLoader
 
 import cheapconv
-from cheapconv import Callback, DistillConfig, distill
-from cheapconv.data import TensorImageDataset, get_dataset
-from cheapconv.surgery.taps import record
-from cheapconv.train.losses import DistillationLoss
+from cheapconv import DistillConfig, distill, record
+from cheapconv.data import get_dataset
+from cheapconv.train import DistillationLoss
 
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
+from ..common.report import say
+from ..common.runs import StepTimer, subset
 
 # ---------------------------------------------------------------------------------------- the plain loop
 
@@ -90,22 +86,6 @@ def plain_loop(teacher, student, data, *, batch_size: int, steps: int, cfg: Dist
     return times
 
 
-class StepTimer(Callback):
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._last = None
-
-    def on_start(self, run) -> None:
-        self._last = time.perf_counter()
-
-    def on_step(self, run) -> None:
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.synchronize()  # a step's time is its GPU work, not its launch (the plain loop syncs too)
-        now = time.perf_counter()
-        self.times.append(now - self._last)
-        self._last = now
-
-
 def ours(teacher, student, data, cfg: DistillConfig) -> list[float]:
     timer = StepTimer()
     distill(teacher, student, data, config=cfg, callbacks=[timer])
@@ -116,7 +96,8 @@ def ours(teacher, student, data, cfg: DistillConfig) -> list[float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.perf.distill_throughput",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--teacher", default="wrn_16_2")
     p.add_argument("--data", default="fashion-mnist", help="Dataset name (e.g. synthetic:3x32x32:10:8192 where "
                    "Fashion-MNIST is not installed, as on the GPU machine).")
@@ -155,10 +136,9 @@ def main() -> None:
                      "batch_size": args.batch_size}
 
     if args.parity_samples and not args.teacher_file:
-        subset = TensorImageDataset(train.images[:args.parity_samples], train.labels[:args.parity_samples],
-                                    train.info, augment=True, repeat=train.repeat)
-        log(f"training the teacher ({args.teacher_epochs} epochs on {args.parity_samples} images)...")
-        distill(None, teacher, subset, config=base.replace(epochs=args.teacher_epochs, loss="ce",
+        part = subset(train, args.parity_samples, augment=True)
+        say(f"training the teacher ({args.teacher_epochs} epochs on {args.parity_samples} images)...")
+        distill(None, teacher, part, config=base.replace(epochs=args.teacher_epochs, loss="ce",
                                                           precision="bf16", channels_last=True))
         teacher = teacher.to(memory_format=torch.contiguous_format)
     with warnings.catch_warnings():
@@ -197,7 +177,7 @@ def main() -> None:
             warm = args.warmup + (2 if "compile" in name else 0)   # compiling takes the first 2-3 steps
             times[name].extend(t[warm:])
             per_round[name].append(args.batch_size / statistics.median(t[warm:]))
-            log(f"round {r + 1}/{args.rounds} {name}: {args.batch_size / statistics.median(t[warm:]):.1f} "
+            say(f"round {r + 1}/{args.rounds} {name}: {args.batch_size / statistics.median(t[warm:]):.1f} "
                 f"images/s (median step), {whole[name][-1]:.1f} images/s (whole call)")
     plain_ips = args.batch_size / statistics.median(times["plain"])
     rows = []
@@ -216,8 +196,7 @@ def main() -> None:
 
     # ----------------------------------------------------------------------------------- accuracy
     if args.parity_samples:
-        subset = TensorImageDataset(train.images[:args.parity_samples], train.labels[:args.parity_samples],
-                                    train.info, augment=True, repeat=train.repeat)
+        part = subset(train, args.parity_samples, augment=True)
         cfg = base.replace(epochs=args.parity_epochs, lr=0.1, schedule="multistep")
         parity: dict = {}
         for name in ("plain", "cheapconv (bf16, channels_last)"):
@@ -227,17 +206,17 @@ def main() -> None:
                 student = copy.deepcopy(student0)
                 t0 = time.perf_counter()
                 if name == "plain":
-                    plain_loop(copy.deepcopy(teacher), student, subset, batch_size=args.batch_size, steps=0,
+                    plain_loop(copy.deepcopy(teacher), student, part, batch_size=args.batch_size, steps=0,
                                cfg=cfg, seed=seed, epochs=args.parity_epochs)
                 else:
-                    distill(copy.deepcopy(teacher), student, subset,
+                    distill(copy.deepcopy(teacher), student, part,
                             config=cfg.replace(precision="bf16", channels_last=True, seed=seed))
                 wall = time.perf_counter() - t0
                 student = student.to(memory_format=torch.contiguous_format)
                 acc = cheapconv.evaluate(student, test, batch_size=500)
                 runs.append({"seed": seed, "test_top1": round(acc["top1"], 4), "test_top5": round(acc["top5"], 4),
                              "test_loss": round(acc["loss"], 4), "train_wall_s": round(wall, 1)})
-                log(f"parity {name} seed {seed}: {runs[-1]}")
+                say(f"parity {name} seed {seed}: {runs[-1]}")
             parity[name] = {"runs": runs,
                             "test_top1_mean": round(statistics.mean(r["test_top1"] for r in runs), 4),
                             "train_wall_s_mean": round(statistics.mean(r["train_wall_s"] for r in runs), 1)}

@@ -1,7 +1,7 @@
 """How long cheapening takes: trace + plan + rewrite of torchvision ResNet-34 (and friends) on this CPU.
 
 Prints the median and spread of several runs per step, side by side in one run. Usage:
-    python benchmarks/cheapen_speed.py [--repeats 7]
+    python -m benchmarks.perf.cheapen_speed [--repeats 7]
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ def timed(fn, repeats: int) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.perf.cheapen_speed",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     warnings.simplefilter("ignore")

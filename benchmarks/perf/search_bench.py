@@ -23,9 +23,9 @@ Two parts, each runnable alone (results as JSON lines on stdout and, with --json
 
 Examples::
 
-    python benchmarks/search_bench.py timing --samples 40 --threads 1
-    python benchmarks/search_bench.py compare --teacher wrn_16_2 --single 'B(2)' --steps 800 --threads 2
-    python benchmarks/search_bench.py runtimes --model wrn_40_2 --budget 75% --samples 200 --threads 2
+    python -m benchmarks.perf.search_bench timing --samples 40 --threads 1
+    python -m benchmarks.perf.search_bench compare --teacher wrn_16_2 --single 'B(2)' --steps 800 --threads 2
+    python -m benchmarks.perf.search_bench runtimes --model wrn_40_2 --budget 75% --samples 200 --threads 2
 
 Timings on the project's shared 2-core CPU are noisy: the script records the thread count and the load
 average at start and end next to every figure.
@@ -43,6 +43,8 @@ import warnings
 
 import torch
 
+from ..common.runs import eval_mode, one_thread
+
 
 def _conditions() -> dict:
     return {"threads": torch.get_num_threads(), "load_avg": [round(x, 2) for x in os.getloadavg()],
@@ -56,8 +58,7 @@ def _emit(record: dict, sink: list) -> None:
 
 def timing(args, sink: list) -> None:
     import cheapconv
-    from cheapconv.blockswap import Scorer, SearchSpace, fixed_minibatch, sample_configurations
-    from cheapconv.blockswap.space import single_thread
+    from cheapconv.blockswap import Scorer, SearchSpace, fixed_minibatch, parse_budget, sample_configurations
 
     teacher = cheapconv.create_model(args.model)
     start = _conditions()
@@ -65,10 +66,10 @@ def timing(args, sink: list) -> None:
     space = SearchSpace.of(teacher)
     t_tables = time.perf_counter() - t0
     key = "paper"
-    budget = cheapconv.blockswap.parse_budget(args.budget).target(space.base[key])
+    budget = parse_budget(args.budget).target(space.base[key])
     window = (budget * 0.975, budget * 1.025)
     t0 = time.perf_counter()
-    with single_thread():
+    with one_thread():
         configs, draws, hits = sample_configurations(space, key, window, 1000, seed=args.seed)
     t_sampling = time.perf_counter() - t0
     _emit({"part": "timing", "phase": "tables+sampling", "model": args.model, "budget": args.budget,
@@ -107,8 +108,6 @@ def timing(args, sink: list) -> None:
 
 
 def _accuracy(model, dataset, batch_size: int = 500) -> float:
-    from cheapconv.counting import eval_mode
-
     correct = 0
     with eval_mode(model), torch.no_grad():
         for i in range(0, len(dataset), batch_size):
@@ -120,6 +119,7 @@ def _accuracy(model, dataset, batch_size: int = 500) -> float:
 
 def compare(args, sink: list) -> None:
     import cheapconv
+    from cheapconv.blockswap import seeded_init_
     from cheapconv.data import get_dataset
 
     try:
@@ -164,7 +164,7 @@ def compare(args, sink: list) -> None:
 
     for label, student in (("single " + args.single, single), ("searched", searched)):
         torch.manual_seed(args.seed)
-        cheapconv.blockswap.fisher.seeded_init_(student, args.seed)  # both start from the same kind of initialisation
+        seeded_init_(student, args.seed)  # both start from the same kind of initialisation
         t0 = time.perf_counter()
         distill(teacher, student, train, config=DistillConfig(loss="at", **common))
         _emit({"part": "compare", "phase": "student", "student": label,
@@ -175,8 +175,8 @@ def compare(args, sink: list) -> None:
 
 def runtimes(args, sink: list) -> None:
     import cheapconv
-    from cheapconv.measure.runtimes import check_runtime, measure_in_runtime
-    from cheapconv.models.inputs import input_shape_of
+    from cheapconv.measure import check_runtime, measure_in_runtime
+    from cheapconv.models import default_input_size
 
     names = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     for r in [*names, "onnxruntime"]:
@@ -200,7 +200,7 @@ def runtimes(args, sink: list) -> None:
                "estimate_ms": round(win.latency_ms, 4),
                "measured_ms": round(result.measured["latency"], 4), "params_paper": win.paper, "macs": win.macs,
                "scored": len(result.results), "search_s": round(time.perf_counter() - t0), **_conditions()}, sink)
-    shape = (args.latency_batch, *input_shape_of(teacher))
+    shape = (args.latency_batch, *default_input_size(teacher))   # a zoo teacher: its native size
     labels = ["teacher", *[f"winner of the {r} search" for r in winners]]
     for where in ("onnxruntime", "torch"):  # the deployed latency first
         lat = measure_in_runtime([teacher, *winners.values()], shape, where, repeats=args.repeats, warmup=3)
@@ -211,7 +211,7 @@ def runtimes(args, sink: list) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.perf.search_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("part", choices=("timing", "compare", "runtimes", "all"))
     p.add_argument("--model", default="wrn_40_2", help="timing, runtimes: the teacher")
     p.add_argument("--budget", default=None, help="timing: the parameter budget (default 300k); runtimes: the "
