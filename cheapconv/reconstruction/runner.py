@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from ..data import default_workers
 from ..errors import UsageError
 from ..models.preprocessing import preprocessing_of
+from ..progress import ProgressReport
 from .batchnorm import batchnorms, recalibrate
 from .capture import eval_flags, site_outputs
 from .fitting import FitSettings, fit_site
@@ -218,28 +219,27 @@ def _record_start(student: nn.Module, report: ReconstructionReport) -> None:
 
 
 class _Progress:
-    """A rich progress bar on stderr over the phases of a reconstruction (nothing when disabled)."""
+    """The phases of a reconstruction as one progress report on stderr (:class:`cheapconv.progress.ProgressReport`:
+    a bar on a terminal, a line per ~10 % with the time left in a log); nothing when disabled."""
 
     def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total, self.bar, self.task = enabled, total, None, None
+        self.report = ProgressReport() if enabled else None
+        self.total, self.done = total, 0
 
     def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("reconstructing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                TextColumn("{task.description}"), console=Console(stderr=True))
-            self.bar.start()
-            self.task = self.bar.add_task("", total=self.total)
+        if self.report is not None:
+            self.report.__enter__()
+            self.report.start("reconstructing", 0, self.total)
         return self
 
     def step(self, what: str) -> None:
-        if self.bar is not None:
-            done = self.bar.tasks[0].completed + (1 if self.bar.tasks[0].description else 0)
-            self.bar.update(self.task, completed=done, description=what)
+        """The next phase begins: ``what`` (the previous one is done)."""
+        if self.report is not None:
+            self.report.tick("reconstructing", self.done, self.total, what)
+        self.done += 1
 
     def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=self.total)
-            self.bar.stop()
+        if self.report is not None:
+            if exc[0] is None:
+                self.report.tick("reconstructing", self.total, self.total)
+            self.report.__exit__(*exc)
