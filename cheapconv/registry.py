@@ -58,14 +58,18 @@ class Registry(Generic[T]):
     """Names -> entries of one ``kind`` (used in messages: "Unknown dataset 'x'").
 
     ``package`` (dotted) holds one module per entry, named after it; ``hyphens=True`` spells a module
-    ``fashion_mnist`` as the entry ``fashion-mnist``. Modules whose names start with ``_`` are helpers, not entries.
-    Without ``package`` the registry holds only what is added with :meth:`register`/:meth:`add`.
+    ``fashion_mnist`` as the entry ``fashion-mnist``; ``spellings`` names the entries whose names hold a character
+    no file name can (``{"at_kd": "at+kd"}``: the module ``at_kd`` is the entry ``at+kd``). Modules whose names
+    start with ``_`` are helpers, not entries. Without ``package`` the registry holds only what is added with
+    :meth:`register`/:meth:`add`.
     """
 
-    def __init__(self, kind: str, *, package: str | None = None, hyphens: bool = False) -> None:
+    def __init__(self, kind: str, *, package: str | None = None, hyphens: bool = False,
+                 spellings: dict[str, str] | None = None) -> None:
         self.kind = kind
         self.package = package
         self.hyphens = hyphens
+        self.spellings = dict(spellings or {})
         self._entries: dict[str, Entry[T]] = {}
         self._aliases: dict[str, str] = {}
 
@@ -108,7 +112,9 @@ class Registry(Generic[T]):
     def describe(self, *, last: str = "or") -> str:
         """The names as prose for help texts: ``"at, ce or kd"``."""
         names = self.names()
-        return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {last} {names[-1]}"
+        if len(names) < 2:
+            return names[0] if names else "(none)"
+        return f"{', '.join(names[:-1])} {last} {names[-1]}"
 
     def get(self, name: str) -> T:
         """The object registered as ``name`` (or an alias), importing its module on first use. An unknown name
@@ -120,6 +126,11 @@ class Registry(Generic[T]):
         key = self._aliases.get(name, name)
         if key not in self._entries and key in self._module_names():
             importlib.import_module(f"{self.package}.{self._module_of(key)}")
+            key = self._aliases.get(name, name)
+        if key not in self._entries and self.package is not None:
+            # not an entry's name: an alias is known only once the file that declares it is imported
+            for other in self._module_names():
+                importlib.import_module(f"{self.package}.{self._module_of(other)}")
             key = self._aliases.get(name, name)
         if key not in self._entries:
             close = difflib.get_close_matches(name, self.names(), n=2, cutoff=0.6)
@@ -158,7 +169,12 @@ class Registry(Generic[T]):
         return list(spec.submodule_search_locations or []) if spec is not None else []
 
     def _entry_name(self, module: str) -> str:
+        if module in self.spellings:
+            return self.spellings[module]
         return module.replace("_", "-") if self.hyphens else module
 
     def _module_of(self, name: str) -> str:
+        spelled = next((m for m, n in self.spellings.items() if n == name), None)
+        if spelled is not None:
+            return spelled
         return name.replace("-", "_") if self.hyphens else name

@@ -83,3 +83,25 @@ def test_listing_a_cheapconv_package_imports_nothing(tmp_path):
     assert done.returncode == 0, done.stderr
     names, imported = done.stdout.splitlines()
     assert "searcher" in names and imported == "[]"
+
+
+def test_an_alias_is_found_before_its_file_is_imported(plugins):
+    assert "toyplugins.fashion_mnist" not in sys.modules
+    assert plugins.get("fmnist")() == "fashion"
+
+
+def test_spellings_name_entries_that_no_file_name_can_hold(tmp_path, monkeypatch):
+    pkg = tmp_path / "toylosses"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "at_kd.py").write_text("from toylossreg import REG\nREG.add('at+kd', 'both')\n")
+    (tmp_path / "toylossreg.py").write_text(
+        "from cheapconv.registry import Registry\n"
+        "REG = Registry('loss', package='toylosses', spellings={'at_kd': 'at+kd'})\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("toylossreg", "toylosses", "toylosses.at_kd"):
+        sys.modules.pop(name, None)
+    import toylossreg
+
+    assert toylossreg.REG.names() == ("at+kd",) and "toylosses.at_kd" not in sys.modules
+    assert toylossreg.REG.get("at+kd") == "both"
