@@ -6,13 +6,13 @@
 #
 # The GPU machine has no network and no Fashion-MNIST: carry the four IDX files in the ignored data/ folder.
 #   mkdir -p data/fashion-mnist && cp /usr/share/datasets/fashion-mnist/*.gz data/fashion-mnist/
-#   device run:  OUT=$OUT EPOCHS=30 bash benchmarks/gpu_reproduce.sh      (carry: data/fashion-mnist)
-#   CPU smoke:   DEVICE=cpu EPOCHS=1 SUBSET=512 PY=.venv/bin/python OUT=/tmp/gr bash benchmarks/gpu_reproduce.sh
+#   device run:  OUT=$OUT EPOCHS=30 bash benchmarks/gpu/reproduce.sh      (carry: data/fashion-mnist)
+#   CPU smoke:   DEVICE=cpu EPOCHS=1 SUBSET=512 PY=.venv/bin/python OUT=/tmp/gr bash benchmarks/gpu/reproduce.sh
 #
 # The paper's schedule is 200 epochs of WRN-40-2; a loaned GPU has about 15 minutes in all, so EPOCHS (default
 # 30) and TEACHER (default wrn_16_2, the CPU study's) are set to fit: 7 runs of EPOCHS epochs each.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 PY=${PY:-python}

@@ -3,19 +3,18 @@
 # distil with AMP (bf16) + channels_last + torch.compile, profile with CUDA-event timing, and the throughput of
 # cheapconv.distill against the plain loop. Figures go under $OUT (default: gpu-out/), logs included.
 #
-#   OUT=/tmp/gpu bash benchmarks/gpu_check.sh
+#   OUT=/tmp/gpu bash benchmarks/gpu/check.sh
 #
 # The GPU machine has torch, torchvision, timm, typer and rich but no network and no Fashion-MNIST, so cheapconv
-# runs from this checkout (no install) on synthetic data.
+# runs from this checkout (no install; `python -m` from the repository root finds cheapconv, the command line's
+# cli/ package and the benchmarks) on synthetic data.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
-ln -s "$PWD/cli" "$WORK/cheapconv_cli"                   # the CLI's installed name, without installing
-export PYTHONPATH="$PWD:$WORK${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PY:-python}
-CLI="$PY -m cheapconv_cli.main"
+CLI="$PY -m cli.main"
 DATA=${DATA:-synthetic:3x32x32:10:8192}
 DEVICE=${DEVICE:-cuda}            # DEVICE=cpu DATA=synthetic:3x32x32:10:256 STEPS=3: a local smoke test of this script
 STEPS=${STEPS:-40}                 # and WARMUP=1 ROUNDS=1 PY=.venv/bin/python
@@ -41,7 +40,7 @@ step distill-compile $CLI distill -t "$WORK/teacher.pt" -s "$WORK/student.pt" --
 step evaluate     $CLI evaluate "$WORK/distilled.pt" --data $DATA --device $DEVICE --json
 step profile-cuda $CLI profile "$WORK/r50-b2.pt" --device $DEVICE --json "$OUT/profile_r50_b2_cuda.json"
 step compare-cuda $CLI compare resnet50 "$WORK/r50-b2.pt" --device $DEVICE --json "$OUT/compare_r50_cuda.json"
-step throughput   $PY benchmarks/distill_throughput.py --device $DEVICE --data $DATA --threads 4 --steps $STEPS \
+step throughput   $PY -m benchmarks.perf.distill_throughput --device $DEVICE --data $DATA --threads 4 --steps $STEPS \
                       --warmup ${WARMUP:-5} --rounds ${ROUNDS:-3} --compile --json "$OUT/throughput_cuda.json"
 rm -rf "$WORK"
 echo "exit $status" >> "$OUT/summary.txt"
