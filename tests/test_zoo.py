@@ -1,31 +1,27 @@
 """``cheapen`` across model zoos: every torchvision classification model and a broad sample of timm families.
 
 Each model is built with random weights (no downloads) and cheapened at a small input, and must meet *the
-contract* of ``benchmarks/coverage.py`` (:func:`contract_failures`: one definition, also the one the
+contract* of ``benchmarks/coverage/zoo.py`` (:func:`contract_failures`: one definition, also the one the
 headline of ``docs/coverage.md`` and the README counts): the input model is unchanged, every policy tried
 builds a student or refuses clearly, and the contract student (``G(4)``, or ``*=G(N)`` where ``G(4)``
 removes nothing) is smaller, keeps the output shape, trains, matches its plan and reloads equal.
 
 The default run covers a handful of models (< 1 minute); ``-m slow`` runs the whole list of
-``benchmarks/coverage.py``.
+``benchmarks/coverage/zoo.py``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import pytest
 
+from benchmarks.coverage import dense as coverage_dense
+from benchmarks.coverage import zoo as coverage
+
 pytest.importorskip("torchvision")
 pytest.importorskip("timm")
-
-_spec = importlib.util.spec_from_file_location("coverage_bench",
-                                               Path(__file__).parents[1] / "benchmarks" / "coverage.py")
-coverage = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(coverage)
 
 #: the fast subset, (model, policy, storage kind): plain and deep-stem ResNets (conv- and block-level), a
 #: depthwise net whose only dense conv is the stem, a fire-module net, and timm's own layers
@@ -85,12 +81,6 @@ def test_the_contract_catches_what_it_promises():
 
 
 # --- dense prediction: torchvision's segmentation and detection families ----------------------------------
-_dense_spec = importlib.util.spec_from_file_location("coverage_dense",
-                                                     Path(__file__).parents[1] / "benchmarks" / "coverage_dense.py")
-coverage_dense = importlib.util.module_from_spec(_dense_spec)
-_dense_spec.loader.exec_module(coverage_dense)
-
-
 def test_dense_fast():
     res = coverage_dense.measure_dense("lraspp_mobilenet_v3_large")
     assert not coverage_dense.dense_failures(res), res

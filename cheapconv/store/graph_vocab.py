@@ -12,7 +12,7 @@ a size (``torch.zeros``, ``torch.ones``, ``torch.empty``) are left out too: a tr
 and they are the shortest way to an allocation bomb.
 
 The lists were made from what torch.fx records for every torchvision classification model and a sample of
-timm families (``benchmarks/coverage.py``), plus the common pure operations around them. A model whose
+timm families (``benchmarks/coverage/zoo.py``), plus the common pure operations around them. A model whose
 graph needs something else is still saved: it falls back to the ``recipe`` storage kind.
 """
 

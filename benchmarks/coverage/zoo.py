@@ -8,12 +8,12 @@ plus a summary; progress goes to stderr.
 
 Every model runs in its own subprocess (a crash or a timeout in one model cannot stop the sweep)::
 
-    python benchmarks/coverage.py                      # everything (tens of minutes on 2 CPU cores)
-    python benchmarks/coverage.py --only resnet18 timm:dla34 -j 2
-    python benchmarks/coverage.py --json out.json > table.md
-    python benchmarks/coverage.py --timm-families --policies 'G(4)'   # one model per timm family
-    python benchmarks/coverage.py --render a.json b.json              # tables from saved results
-    CHEAPCONV_ZOO_RESULTS=zoo.jsonl make test-all && python benchmarks/coverage.py --render zoo.jsonl
+    python -m benchmarks.coverage                      # everything (tens of minutes on 2 CPU cores)
+    python -m benchmarks.coverage --only resnet18 timm:dla34 -j 2
+    python -m benchmarks.coverage --json out.json > table.md
+    python -m benchmarks.coverage --timm-families --policies 'G(4)'   # one model per timm family
+    python -m benchmarks.coverage --render a.json b.json              # tables from saved results
+    CHEAPCONV_ZOO_RESULTS=zoo.jsonl make test-all && python -m benchmarks.coverage --render zoo.jsonl
                                                                       # docs/coverage.md from the slow tests
 
 Policies: ``G(4)`` (the conv-level default), ``B(2)`` where the model has residual-branch conv pairs,
@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +42,13 @@ import traceback
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from ..common.records import latest_by, read_records
+from ..common.runs import eval_mode
+from ..common.workers import first_line, run_worker
+
+#: the module that runs one model (``--worker``)
+WORKER = "benchmarks.coverage"
 
 #: timm models in the sweep: at least one per CNN family, the small member of each.
 TIMM_MODELS = [
@@ -142,8 +148,7 @@ def pick_input_size(model, sizes=SIZES) -> tuple[int, int, int]:
     """The smallest square input from ``sizes`` (then the native size) at which ``model`` runs."""
     import torch
 
-    from cheapconv.counting import eval_mode
-    from cheapconv.models.inputs import default_input_size
+    from cheapconv.models import default_input_size
 
     native = default_input_size(model)
     candidates = [(native[0], s, s) for s in sizes if s <= max(native[1:])] + [tuple(native)]
@@ -176,7 +181,6 @@ def check_student(teacher, student, x, workdir: str | None = None) -> dict:
     import torch
 
     import cheapconv
-    from cheapconv.counting import eval_mode
 
     r: dict = {}
     plan = student.cheapconv_plan
@@ -214,12 +218,11 @@ def check_student(teacher, student, x, workdir: str | None = None) -> dict:
         path = os.path.join(workdir, "student.pt")
         r["storage"] = cheapconv.save(student, path)
         if r["storage"] != "graph" and isinstance(student, torch.fx.GraphModule):
-            from cheapconv.store import graph_codec
-
-            try:
-                graph_codec.describe_graph_module(student, input_size=tuple(x.shape[1:]))
-            except graph_codec.NotDescribable as e:
-                r["storage_note"] = _first_line(e)
+            # why its graph is not stored as data: the note save() writes into the file's recipe
+            notes = cheapconv.read_recipe(path).get("notes", [])
+            why = next((n.removeprefix(GRAPH_NOTE) for n in notes if n.startswith(GRAPH_NOTE)), None)
+            if why is not None:
+                r["storage_note"] = first_line(why)
         loaded = cheapconv.load(path, trust=r["storage"] == "pickle")
         with eval_mode(student), torch.no_grad():
             want = _first_tensor(student(x))
@@ -227,6 +230,10 @@ def check_student(teacher, student, x, workdir: str | None = None) -> dict:
         r["load_ok"] = want.shape == got.shape and torch.allclose(want, got, rtol=1e-4, atol=1e-5)
         os.remove(path)
     return r
+
+
+#: how cheapconv.save's recipe notes a graph that it could not store as data
+GRAPH_NOTE = "graph not stored as data: "
 
 
 def _generic(reason: str) -> str:
@@ -240,7 +247,7 @@ def measure(name: str, policies=POLICIES, size: int | None = None, save: bool = 
     import torch
 
     import cheapconv
-    from cheapconv.errors import PolicyMatchError
+    from cheapconv import PolicyMatchError
 
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -249,7 +256,7 @@ def measure(name: str, policies=POLICIES, size: int | None = None, save: bool = 
         teacher = cheapconv.create_model(name)
         input_size = (3, size, size) if size else pick_input_size(teacher)
     except Exception as e:  # noqa: BLE001
-        res["error"] = f"build: {type(e).__name__}: {_first_line(e)}"
+        res["error"] = f"build: {type(e).__name__}: {first_line(e)}"
         res["time"] = time.perf_counter() - t0
         return res
     res["input"] = input_size[1]
@@ -263,12 +270,12 @@ def measure(name: str, policies=POLICIES, size: int | None = None, save: bool = 
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 student = cheapconv.cheapen(teacher, policy, input_size=input_size)
-            r["warnings"] = sorted({_first_line(w.message) for w in caught})[:3]
+            r["warnings"] = sorted({first_line(w.message) for w in caught})[:3]
         except PolicyMatchError as e:
-            r.update(ok=True, replaced=0, note=_first_line(e))
+            r.update(ok=True, replaced=0, note=first_line(e))
             return r
         except Exception as e:  # noqa: BLE001
-            r.update(ok=False, error=f"cheapen: {type(e).__name__}: {_first_line(e)}",
+            r.update(ok=False, error=f"cheapen: {type(e).__name__}: {first_line(e)}",
                      trace=traceback.format_exc(limit=-4))
             return r
         try:
@@ -276,7 +283,7 @@ def measure(name: str, policies=POLICIES, size: int | None = None, save: bool = 
                 r.update(check_student(teacher, student, x, tmp if save else None))
             r["ok"] = True
         except Exception as e:  # noqa: BLE001
-            r.update(ok=False, error=f"check: {type(e).__name__}: {_first_line(e)}",
+            r.update(ok=False, error=f"check: {type(e).__name__}: {first_line(e)}",
                      trace=traceback.format_exc(limit=-4))
         r["time"] = round(time.perf_counter() - t, 2)
         return r
@@ -290,28 +297,16 @@ def measure(name: str, policies=POLICIES, size: int | None = None, save: bool = 
     return res
 
 
-def _first_line(e) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
-
-
 # --- the sweep --------------------------------------------------------------------------------------------
 def run_isolated(name: str, timeout: float, save: bool, policies=POLICIES) -> dict:
-    cmd = [sys.executable, __file__, "--worker", name, "--policies", *policies] + ([] if save else ["--no-save"])
+    """:func:`measure` of one model in a fresh process (:func:`benchmarks.common.workers.run_worker`)."""
+    args = ["--worker", name, "--policies", *policies] + ([] if save else ["--no-save"])
     t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
-    except subprocess.TimeoutExpired:
-        return {"model": name, "error": f"timeout after {timeout:.0f} s", "policies": {}, "time": timeout}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        if proc.returncode < 0:
-            tail = f"killed by signal {-proc.returncode} (9: out of memory, usually; rerun it alone with -j 1)"
-        return {"model": name, "error": f"worker exit {proc.returncode}: {tail[:300]}", "policies": {},
-                "time": round(time.perf_counter() - t0, 2)}
-    return json.loads(lines[-1])
+    result, error = run_worker(WORKER, args, timeout)
+    if result is None:
+        spent = timeout if error.startswith("timeout") else round(time.perf_counter() - t0, 2)
+        return {"model": name, "error": error, "policies": {}, "time": spent}
+    return result
 
 
 def _mark(value) -> str:
@@ -505,19 +500,13 @@ def summary(results: list[dict]) -> str:
 
 def _read_results(path: Path) -> list[dict]:
     """Results saved by ``--json`` (a JSON list) or by the slow zoo tests (JSON lines, the last of each model)."""
-    text = path.read_text()
-    if text.lstrip().startswith("["):
-        return json.loads(text)
-    latest = {}
-    for line in text.splitlines():
-        if line.strip():
-            r = json.loads(line)
-            latest[r["model"]] = r
-    return list(latest.values())
+    if path.read_text().lstrip().startswith("["):
+        return json.loads(path.read_text())
+    return list(latest_by(read_records(path), "model").values())
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.coverage", description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="model names (torchvision:x, timm:x, or bare torchvision names)")
     ap.add_argument("--torchvision-only", action="store_true")
     ap.add_argument("--timm-only", action="store_true")

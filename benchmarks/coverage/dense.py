@@ -15,9 +15,9 @@ which runs once per image; the table says which was counted.
 
 Each model runs in its own subprocess::
 
-    python benchmarks/coverage_dense.py --jsonl docs/data/dense-results.jsonl     # all 18 (minutes)
-    python benchmarks/coverage_dense.py --only lraspp_mobilenet_v3_large
-    python benchmarks/coverage_dense.py --render docs/data/dense-results.jsonl    # the Markdown table
+    python -m benchmarks.coverage.dense --jsonl docs/data/dense-results.jsonl     # all 18 (minutes)
+    python -m benchmarks.coverage.dense --only lraspp_mobilenet_v3_large
+    python -m benchmarks.coverage.dense --render docs/data/dense-results.jsonl    # the Markdown table
 """
 
 from __future__ import annotations
@@ -25,13 +25,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 import traceback
 import warnings
 from pathlib import Path
+
+from ..common.records import latest_by, read_records
+from ..common.workers import first_line, run_worker
+
+#: the module that runs one model (``--worker``)
+WORKER = "benchmarks.coverage.dense"
 
 SIZE = 128
 #: the side at which SSD models run whatever the input (their transform resizes to it)
@@ -136,11 +141,10 @@ def _round_trip(student, x, task: str) -> tuple[str, bool | None]:
     if task == "segmentation":
         return kind, all(torch.allclose(want[k], got[k], rtol=1e-4, atol=1e-5) for k in want)
     # a random detector may keep few boxes, so the backbone's feature maps are compared as well (at the size
-    # the backbone works at: SSD resizes to its own)
-    from cheapconv.measure.exports import backbone_input
-
+    # the backbone works at: SSD's transform resizes every image to its fixed size, the R-CNN family keeps it)
+    fixed = getattr(student.transform, "fixed_size", None)
     with torch.no_grad():
-        xb = backbone_input(student, x)
+        xb = x if fixed is None else torch.nn.functional.interpolate(x, size=tuple(fixed), mode="bilinear")
         feats_want, feats_got = student.backbone(xb), loaded.backbone(xb)
     same_feats = all(torch.allclose(feats_want[k], feats_got[k], rtol=1e-4, atol=1e-5) for k in feats_want)
     same_boxes = len(want) == len(got) and all(
@@ -181,7 +185,7 @@ def measure_dense(name: str, save: bool = True) -> dict:
         if save:
             res["storage"], res["load_ok"] = _round_trip(student, x, task)
     except Exception as e:  # noqa: BLE001 - recorded, the table shows it
-        res["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+        res["error"] = f"{type(e).__name__}: {first_line(e) if str(e).strip() else ''}"
         res["trace"] = traceback.format_exc(limit=-4)
     after = teacher.state_dict()
     res["unchanged"] = after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
@@ -207,17 +211,9 @@ def dense_failures(res: dict) -> list[str]:
 
 
 def run_isolated(name: str, timeout: float = 900, save: bool = True) -> dict:
-    cmd = [sys.executable, __file__, "--worker", name] + ([] if save else ["--no-save"])
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
-    except subprocess.TimeoutExpired:
-        return {"model": name, "task": task_of(name), "error": f"timeout after {timeout:.0f} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        return {"model": name, "task": task_of(name), "error": f"worker exit {proc.returncode}: {tail[:300]}"}
-    return json.loads(lines[-1])
+    """:func:`measure_dense` of one model in a fresh process (:func:`benchmarks.common.workers.run_worker`)."""
+    result, error = run_worker(WORKER, ["--worker", name] + ([] if save else ["--no-save"]), timeout)
+    return result if result is not None else {"model": name, "task": task_of(name), "error": error}
 
 
 def _short(n: int, digits: int) -> str:
@@ -258,17 +254,13 @@ def render(results: list[dict]) -> str:
 
 
 def _read(path: Path) -> list[dict]:
-    latest = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            latest[r["model"]] = r
+    latest = latest_by(read_records(path), "model")
     order = {n: i for i, (_, n) in enumerate(dense_models())}
     return sorted(latest.values(), key=lambda r: order.get(r["model"], len(order)))
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.coverage.dense", description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="torchvision builder names")
     ap.add_argument("--jsonl", help="append each model's result here (the last line per model counts)")
     ap.add_argument("--no-save", action="store_true", help="skip the save/load round trip")
