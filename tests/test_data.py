@@ -29,7 +29,7 @@ from cheapconv.data import (
     read_idx,
     synthetic_dataset,
 )
-from cheapconv.data import datasets as data  # the module that reads DEBIAN_FASHION_MNIST_DIR
+from cheapconv.data import folders as data  # the module that reads DEBIAN_FASHION_MNIST_DIR
 from cheapconv.errors import DatasetNotFoundError, FileFormatError, UsageError
 
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530

@@ -15,8 +15,7 @@ from torch import nn
 
 import cheapconv
 from cheapconv import DistillConfig, distill, evaluate
-from cheapconv.data import get_dataset
-from cheapconv.data.datasets import DEBIAN_FASHION_MNIST_DIR
+from cheapconv.data import DEBIAN_FASHION_MNIST_DIR, get_dataset
 from cheapconv.data.info import DatasetInfo
 from cheapconv.data.segmentation import FOREGROUND, SegmentationTensorDataset, fashion_mnist_scenes
 from cheapconv.errors import UsageError

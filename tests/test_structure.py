@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cheapconv"
 
 #: the layers, ground floor first: a module may import only from its own layer and the ones before it
 LAYERS = [
-    {"errors", "counting", "version", "threads", "progress", "registry"},
+    {"errors", "counting", "version", "threads", "progress", "registry", "extensions"},
     {"blocks"},
     {"models"},
     {"fx"},

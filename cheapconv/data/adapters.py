@@ -33,11 +33,9 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ..models.preprocessing import Preprocessing, default_channel_order, preprocessing_of
-from .info import DatasetInfo, dataset_info, parse_name
+from .info import DatasetInfo, dataset_info, parse_name, source_of
 
 __all__ = ["ModelAdapters", "adapt_for_model", "data_preprocessing"]
-
-_IN_MEMORY = ("fashion-mnist", "cifar10", "cifar100", "synthetic", "fashion-mnist-seg")
 
 
 @dataclass(frozen=True)
@@ -93,7 +91,7 @@ def adapt_for_model(name: str, model: nn.Module, *, in_chans: int | None = None,
         # fit.notes: {"in_chans": "fashion-mnist has 1 channel(s) and the model reads 3: repeating ...", ...}
     """
     native = dataset_info(name)
-    in_memory = parse_name(name)[0] not in ("imagefolder", "voc", "cityscapes")
+    in_memory = source_of(parse_name(name)[0]).in_memory
     model_chans, model_size = _declared_input(model, in_memory)
     chans = in_chans or model_chans or native.channels
     # segmentation models are fully convolutional and masks are not padded: the data keeps its own size
@@ -121,13 +119,12 @@ def data_preprocessing(info: DatasetInfo) -> Preprocessing:
     """The record of data described by ``info`` (a dataset's ``.info``, after adapters): how its test split
     turns image files into tensors, which is what a model trained on it must be fed. ImageFolder: its resize,
     centre crop and interpolation; in-memory data: the zero padding from the stored size, if any."""
-    kind = parse_name(info.name)[0]
     c, s = info.channels, info.image_size
     pad_from = None
-    if kind in _IN_MEMORY:
+    if source_of(parse_name(info.name)[0]).in_memory:
         stored = dataset_info(info.name).image_size
         pad_from = stored if stored < s else None
-    resize = info.resize if kind == "imagefolder" else None
+    resize = info.resize
     return Preprocessing((c, s, s), info.mean, info.std, resize=resize, crop=s if resize is not None else None,
                          pad_from=pad_from, interpolation=info.interpolation, channel_order=default_channel_order(c),
                          source="data")

@@ -22,7 +22,7 @@ Segmentation data take ``none`` or ``standard`` (their joint image-and-mask reci
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -31,9 +31,9 @@ from torch.utils.data import Dataset
 
 from ..errors import UsageError
 from ..models.preprocessing import Preprocessing
-from .info import DatasetInfo, adapt_info
+from .info import DatasetInfo, DatasetSource, LoadRequest, adapt_info
 
-__all__ = ["AUGMENTS", "Augmentation", "TensorImageDataset", "augmentation"]
+__all__ = ["AUGMENTS", "Augmentation", "InMemorySource", "TensorImageDataset", "augmentation"]
 
 
 @dataclass(frozen=True)
@@ -215,3 +215,23 @@ def in_memory_dataset(
     level = augmentation(augment, split)
     return TensorImageDataset(images, labels, adapted, augment=level.active, crop_padding=level.crop_padding,
                               flip=level.flip, repeat=repeat)
+
+
+class InMemorySource(DatasetSource):
+    """A dataset of uint8 images held in memory (:class:`TensorImageDataset`): its file defines :meth:`info`
+    and :meth:`read` (the split's images N×C×H×W, labels, and class names where the files have them, else
+    None); loading checks the adapters before reading anything (which may download), then applies them."""
+
+    in_memory = True
+
+    def read(self, arg: str, request: LoadRequest) -> tuple[Tensor, Tensor, tuple[str, ...] | None]:
+        raise NotImplementedError
+
+    def load(self, arg: str, request: LoadRequest) -> TensorImageDataset:
+        r = request
+        info = self.info(arg)
+        in_memory_info(info, r.in_chans, r.image_size, r.preprocessing)   # before reading (downloading) anything
+        images, labels, classes = self.read(arg, r)
+        if classes is not None:
+            info = replace(info, classes=classes)
+        return in_memory_dataset(images, labels, info, r.split, r.augment, r.in_chans, r.image_size, r.preprocessing)

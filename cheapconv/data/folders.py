@@ -11,10 +11,13 @@ from pathlib import Path
 
 from ..errors import DatasetNotFoundError
 
-__all__ = ["DATA_DIR_ENV"]
+__all__ = ["DATA_DIR_ENV", "DEBIAN_FASHION_MNIST_DIR"]
 
 # Used when no data_dir is given: $CHEAPCONV_DATA_DIR, else ./data (ignored by the repository's .gitignore).
 DATA_DIR_ENV = "CHEAPCONV_DATA_DIR"
+#: where the Debian package ``dataset-fashion-mnist`` installs Fashion-MNIST (read when looked for, so that tests
+#: can point it elsewhere)
+DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def data_root(data_dir: str | os.PathLike[str] | None) -> Path:
@@ -22,6 +25,12 @@ def data_root(data_dir: str | os.PathLike[str] | None) -> Path:
     if data_dir is not None:
         return Path(data_dir).expanduser()
     return Path(os.environ.get(DATA_DIR_ENV) or "data")
+
+
+def fashion_mnist_folders(data_dir: Path) -> list[Path]:
+    """Where Fashion-MNIST's IDX files are looked for, in order: ``data_dir`` itself, the common sub-folder
+    names, torchvision's layout, then the Debian package's folder."""
+    return [data_dir, data_dir / "fashion-mnist", data_dir / "FashionMNIST" / "raw", DEBIAN_FASHION_MNIST_DIR]
 
 
 def fashion_mnist_files(folder: Path, split: str) -> tuple[Path, Path] | None:

@@ -1,58 +1,31 @@
-"""What a dataset is, by name, without loading it: :class:`DatasetInfo`, name parsing, :func:`dataset_info`.
+"""What a dataset is, by name, without loading it: :class:`DatasetInfo`, name parsing, :func:`dataset_info`;
+and what a dataset's file registers (:class:`DatasetSource`) and is asked (:class:`LoadRequest`).
 
-Also the ``in_chans``/``image_size`` adapters' effect on that description, and a model's normalisation
-taking the place of the dataset's (``preprocessing=``) (:func:`adapt_info`), shared by every loader so that
-``dataset_info(name, ...)`` and ``get_dataset(name, ...).info`` agree.
+Datasets are registered one file each in :mod:`cheapconv.data.sets` (:data:`~cheapconv.extensions.DATASETS`,
+file ``fashion_mnist.py`` for the name ``fashion-mnist``). Also the ``in_chans``/``image_size`` adapters' effect on
+a description, and a model's normalisation taking the place of the dataset's (``preprocessing=``)
+(:func:`adapt_info`), shared by every loader so that ``dataset_info(name, ...)`` and
+``get_dataset(name, ...).info`` agree.
 """
 
 from __future__ import annotations
 
-import os
+import difflib
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 from ..errors import UsageError
-from ..models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from .folders import imagefolder_root
+from ..extensions import DATASETS
+from ..models.preprocessing import Preprocessing
 
-__all__ = ["DATASET_NAMES", "DatasetInfo", "dataset_info"]
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
 
-DATASET_NAMES: tuple[str, ...] = (
-    "fashion-mnist",
-    "cifar10",
-    "cifar100",
-    "imagefolder:<path>",
-    "synthetic[:CxHxW[:classes[:samples]]]",
-    "fashion-mnist-seg[:SIZE[:ITEMS]]",
-    "voc",
-    "cityscapes",
-)
+__all__ = ["CROP_PCT", "DatasetInfo", "DatasetSource", "LoadRequest", "dataset_info", "parse_name", "source_of"]
 
-# Channel statistics. CIFAR: the values of the Moonshine reference code (main.py), kept so that teachers
-# trained with it see the inputs they were trained on. (The exact per-channel std of CIFAR-10 is
-# (0.2470, 0.2435, 0.2616); with BatchNorm after the stem the difference does not matter for training.)
-_FMNIST_MEAN, _FMNIST_STD = (0.2860,), (0.3530,)
-_CIFAR10_MEAN, _CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-_CIFAR100_MEAN, _CIFAR100_STD = (0.5071, 0.4866, 0.4409), (0.2009, 0.1984, 0.2023)
-_IMAGENET_MEAN, _IMAGENET_STD = IMAGENET_MEAN, IMAGENET_STD
-# ImageFolder's default evaluation transform, the ImageNet convention: resize to S/0.875 (256 for 224), crop S
-_CROP_PCT = 0.875
-# fashion-mnist-seg: mostly black canvas (measured: mean 0.084-0.127, std 0.225-0.264 for canvases 64 to 40)
-_SCENE_MEAN, _SCENE_STD = (0.10,), (0.24,)
-_VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
-_CITYSCAPES_CLASSES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
-    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
-)  # fmt: skip
-_FMNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
-_CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
-
+#: ImageFolder's default evaluation transform, the ImageNet convention: resize to S/0.875 (256 for 224), crop S
+CROP_PCT = 0.875
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -80,57 +53,75 @@ class DatasetInfo:
     interpolation: str = "bilinear"
 
 
+@dataclass(frozen=True)
+class LoadRequest:
+    """What :func:`~cheapconv.data.get_dataset` was asked, handed to the dataset's :meth:`DatasetSource.load`
+    (see get_dataset for each): the ``split``, where to look (``data_dir``, resolved) and whether to
+    ``download``, the training ``augment``ation (segmentation data: True or False, checked already), the
+    ``in_chans``/``image_size`` adapters, the ``seed`` of generated data, a model's ``preprocessing``."""
+
+    split: str
+    data_dir: Path
+    download: bool = False
+    augment: bool | str | None = None
+    in_chans: int | None = None
+    image_size: int | None = None
+    seed: int = 0
+    preprocessing: Preprocessing | None = None
+
+
+class DatasetSource:
+    """What a dataset's file registers in :data:`~cheapconv.extensions.DATASETS`: the dataset (or a family of
+    them, such as ``synthetic:...``) by name.
+
+    - ``syntax``: what may follow the name, e.g. ``":PATH"`` (an argument it needs) or ``"[:SIZE[:ITEMS]]"``
+      (one it may take); empty: it takes none. ``argument``: what the argument is, for the message when it is
+      missing.
+    - ``in_memory``: its images are held in memory at their stored size, so a model's larger input size is
+      reached by zero padding, never by resizing (see :func:`~cheapconv.data.adapt_for_model`).
+    - :meth:`info`: its :class:`DatasetInfo` for the argument (before adapters), loading nothing.
+    - :meth:`load`: the split :class:`LoadRequest` asks for, as a dataset with ``.info`` (after adapters).
+    """
+
+    syntax: ClassVar[str] = ""
+    argument: ClassVar[str] = ""
+    in_memory: ClassVar[bool] = False
+
+    def info(self, arg: str) -> DatasetInfo:
+        raise NotImplementedError
+
+    def load(self, arg: str, request: LoadRequest) -> Dataset:
+        raise NotImplementedError
+
+
+def _key(text: str) -> str:
+    return text.strip().lower().replace("-", "").replace("_", "")
+
+
+def _unknown(name: str) -> UsageError:
+    """Unknown ``name``: the valid names with their arguments (every dataset's file is imported to list them)."""
+    valid = [f"{e.name}{e.obj.syntax}" for e in DATASETS.entries()]
+    close = difflib.get_close_matches(name.partition(":")[0].strip().lower(), DATASETS.names(), n=2, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return UsageError(f"Unknown dataset {name!r}. Valid names: {', '.join(valid)}.{hint}")
+
+
 def parse_name(name: str) -> tuple[str, str]:
-    """Split a dataset name into (kind, argument); raise UsageError for unknown names."""
+    """Split a dataset name into (kind, argument); raise UsageError for unknown names. Case does not matter,
+    nor ``-`` and ``_`` in the name (``Fashion_MNIST``); aliases (``voc2012``) resolve."""
     head, sep, arg = name.strip().partition(":")
-    key = head.lower().replace("-", "").replace("_", "")
-    kinds = {"fashionmnist": "fashion-mnist", "cifar10": "cifar10", "cifar100": "cifar100",
-             "imagefolder": "imagefolder", "synthetic": "synthetic", "fashionmnistseg": "fashion-mnist-seg",
-             "voc": "voc", "voc2012": "voc", "cityscapes": "cityscapes"}  # fmt: skip
-    kind = kinds.get(key)
-    if kind is None or (sep and kind not in ("imagefolder", "synthetic", "fashion-mnist-seg")):
-        raise UsageError(f"Unknown dataset {name!r}. Valid names: {', '.join(DATASET_NAMES)}.")
-    if kind == "imagefolder" and not arg:
-        raise UsageError("'imagefolder' needs a path: imagefolder:/path/to/tree (train/ and val/ inside).")
+    kind = {_key(n): n for n in DATASETS.names()}.get(_key(head))
+    if kind is None:
+        try:
+            kind = DATASETS.entry(head.strip().lower()).name   # an alias, declared in its dataset's file
+        except UsageError:
+            raise _unknown(name) from None
+    source = DATASETS.get(kind)
+    if sep and not source.syntax:
+        raise _unknown(name)
+    if source.syntax.startswith(":") and not arg:
+        raise UsageError(f"{kind!r} needs {source.argument}: {kind}{source.syntax}.")
     return kind, arg
-
-
-def parse_synthetic(arg: str) -> tuple[int, int, int, int]:
-    """``CxHxW[:classes[:samples]]`` -> (channels, size, classes, samples), with the documented defaults."""
-    parts = arg.split(":") if arg else []
-    try:
-        if len(parts) > 3:
-            raise ValueError
-        c, h, w = (int(v) for v in parts[0].lower().split("x")) if parts and parts[0] else (3, 32, 32)
-        k = int(parts[1]) if len(parts) > 1 else 10
-        n = int(parts[2]) if len(parts) > 2 else 512
-    except ValueError:
-        raise UsageError(
-            f"Cannot parse synthetic dataset spec {'synthetic:' + arg!r}; expected "
-            "synthetic[:CxHxW[:classes[:samples]]], e.g. synthetic:1x28x28:10:256."
-        ) from None
-    if h != w:
-        raise UsageError(f"Synthetic images must be square, got {h}x{w}.")
-    if min(c, h, k, n) < 1:
-        raise UsageError(f"Synthetic dataset sizes must be positive, got {c}x{h}x{w}:{k}:{n}.")
-    return c, h, k, n
-
-
-def _scene_spec(arg: str) -> tuple[int, int]:
-    """``SIZE[:ITEMS]`` of a ``fashion-mnist-seg`` name -> (canvas, max items per scene); defaults 64 and 4."""
-    parts = arg.split(":") if arg else []
-    try:
-        if len(parts) > 2:
-            raise ValueError
-        canvas = int(parts[0]) if parts and parts[0] else 64
-        items = int(parts[1]) if len(parts) > 1 else 4
-    except ValueError:
-        raise UsageError(f"Cannot parse 'fashion-mnist-seg:{arg}'; expected fashion-mnist-seg[:SIZE[:ITEMS]], e.g. "
-                         "fashion-mnist-seg:48:3.") from None
-    if not 8 <= canvas <= 1024 or not 1 <= items <= 64:
-        raise UsageError(f"fashion-mnist-seg:{arg}: SIZE (the canvas side) must be 8..1024 pixels and ITEMS (the "
-                         "most items per scene) 1..64.")
-    return canvas, items
 
 
 def adapt_info(info: DatasetInfo, in_chans: int | None, image_size: int | None,
@@ -164,7 +155,7 @@ def adapt_info(info: DatasetInfo, in_chans: int | None, image_size: int | None,
         elif p is not None and p.crop_pct is not None:
             resize, interpolation = max(s, round(s / p.crop_pct)), p.interpolation
         else:
-            resize, interpolation = round(s / _CROP_PCT), info.interpolation
+            resize, interpolation = round(s / CROP_PCT), info.interpolation
         info = replace(info, resize=resize, interpolation=interpolation)
     return info
 
@@ -177,34 +168,9 @@ def dataset_info(name: str, *, in_chans: int | None = None, image_size: int | No
     the result describes what the dataset built with the same arguments yields.
     """
     kind, arg = parse_name(name)
-    if kind == "fashion-mnist":
-        info = DatasetInfo("fashion-mnist", 10, 1, 28, _FMNIST_MEAN, _FMNIST_STD, _FMNIST_CLASSES)
-    elif kind == "cifar10":
-        info = DatasetInfo("cifar10", 10, 3, 32, _CIFAR10_MEAN, _CIFAR10_STD, _CIFAR10_CLASSES)
-    elif kind == "cifar100":
-        info = DatasetInfo("cifar100", 100, 3, 32, _CIFAR100_MEAN, _CIFAR100_STD)
-    elif kind == "fashion-mnist-seg":
-        canvas, items = _scene_spec(arg)
-        info = DatasetInfo(f"fashion-mnist-seg:{canvas}:{items}", 11, 1, canvas, _SCENE_MEAN, _SCENE_STD,
-                           ("background",) + _FMNIST_CLASSES, task="segmentation")
-    elif kind == "voc":
-        info = DatasetInfo("voc", 21, 3, 512, _IMAGENET_MEAN, _IMAGENET_STD, _VOC_CLASSES, task="segmentation",
-                           ignore_index=255)
-    elif kind == "cityscapes":
-        info = DatasetInfo("cityscapes", 19, 3, 512, _IMAGENET_MEAN, _IMAGENET_STD, _CITYSCAPES_CLASSES,
-                           task="segmentation", ignore_index=255)
-    elif kind == "synthetic":
-        c, s, k, n = parse_synthetic(arg)
-        # Synthetic pixels are spread around 0.5 by construction (see synthetic_dataset).
-        info = DatasetInfo(f"synthetic:{c}x{s}x{s}:{k}:{n}", k, c, s, (0.5,) * c, (0.25,) * c)
-    else:
-        root = imagefolder_root(arg, "train", must_exist=False) or imagefolder_root(
-            arg, "test", must_exist=False
-        )
-        if root is None:
-            imagefolder_root(arg, "train")  # raises DatasetNotFoundError saying where it looked
-        assert root is not None
-        classes = tuple(sorted(e.name for e in os.scandir(root) if e.is_dir()))
-        info = DatasetInfo(f"imagefolder:{arg}", len(classes), 3, 224, _IMAGENET_MEAN, _IMAGENET_STD, classes,
-                           resize=round(224 / _CROP_PCT))
-    return adapt_info(info, in_chans, image_size, preprocessing)
+    return adapt_info(source_of(kind).info(arg), in_chans, image_size, preprocessing)
+
+
+def source_of(kind: str) -> DatasetSource:
+    """The :class:`DatasetSource` registered as ``kind`` (a name :func:`parse_name` returned)."""
+    return DATASETS.get(kind)

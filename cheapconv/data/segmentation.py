@@ -16,10 +16,10 @@ applied jointly to the image and its mask: zero padding (background in the mask)
 SIZE×SIZE crop, and a horizontal flip with probability 1/2.
 
 ``voc`` (Pascal VOC 2012, 21 classes) and ``cityscapes`` (fine annotations, the 19 evaluation classes) are
-read through torchvision's ``VOCSegmentation`` / ``Cityscapes`` from ``--data-dir`` in their own on-disk
-layouts (``VOCdevkit/VOC2012/...``; ``leftImg8bit/`` and ``gtFine/``); the test split is ``val``. Images are
-resized (shorter side) and cropped to ``image_size`` (default 512), randomly with a flip for training,
-centred for testing; masks follow with nearest-neighbour resizing.
+read through torchvision from ``--data-dir`` in their own on-disk layouts (their files in
+:mod:`cheapconv.data.sets`); the test split is ``val``. :class:`JointTransform`: images are resized (shorter
+side) and cropped to ``image_size`` (default 512), randomly with a flip for training, centred for testing; masks
+follow with nearest-neighbour resizing.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..errors import CheapconvError, DatasetNotFoundError, UsageError
+from ..errors import DatasetNotFoundError, UsageError
 from .augment import crop_each, normalise, normalising_affine, random_crop_corners
 from .info import DatasetInfo
 
-__all__ = ["FOREGROUND", "SegmentationTensorDataset", "fashion_mnist_scenes", "item_sizes",
-           "torchvision_segmentation"]
+__all__ = ["FOREGROUND", "JointTransform", "SegmentationTensorDataset", "fashion_mnist_scenes", "item_sizes",
+           "segmentation_files"]
 
 #: pixel value (of 255) from which a Fashion-MNIST pixel belongs to the item; below it is background
 FOREGROUND = 32
@@ -163,8 +163,9 @@ def fashion_mnist_seg(images: Tensor, labels: Tensor, info: DatasetInfo, *, spli
 # ------------------------------------------------------------------------------ VOC and Cityscapes
 
 
-class _JointTransform:
-    """PIL image + PIL mask -> normalised tensor, int64 mask (ignore index where the mask is unlabelled)."""
+class JointTransform:
+    """PIL image + PIL mask -> normalised tensor, int64 mask (ignore index where the mask is unlabelled); the
+    mask's values go through ``id_map`` where one is given (Cityscapes' label ids -> train ids)."""
 
     def __init__(self, info: DatasetInfo, train: bool, id_map: Tensor | None) -> None:
         self.size, self.train, self.id_map, self.info = info.image_size, train, id_map, info
@@ -201,7 +202,7 @@ class _JointTransform:
         return (img.float() / 255.0 - mean) / std, m[0]
 
 
-class _Wrapped(Dataset):
+class _Files(Dataset):
     def __init__(self, base: Dataset, info: DatasetInfo) -> None:
         self.base, self.info = base, info
         self.images = list(getattr(base, "images", []))   # the file list: part of the data fingerprint
@@ -213,46 +214,9 @@ class _Wrapped(Dataset):
         return self.base[i]
 
 
-def _cityscapes_id_map() -> Tensor:
-    from torchvision.datasets import Cityscapes
-
-    ids = torch.full((256,), 255, dtype=torch.int64)
-    for c in Cityscapes.classes:
-        if 0 <= c.id < 256 and 0 <= c.train_id < 255:
-            ids[c.id] = c.train_id
-    return ids
-
-
-def torchvision_segmentation(kind: str, split: str, data_dir: Path, info: DatasetInfo,
-                             augment: bool | None) -> Dataset:
-    """VOC 2012 (``kind="voc"``) or Cityscapes from ``data_dir`` through torchvision (see the module docstring)."""
-    try:
-        from torchvision import datasets as tvd
-    except ImportError as exc:
-        raise CheapconvError(f"{info.name} needs torchvision, which is not importable ({exc}). Install it with "
-                             "`pip install 'cheapconv[vision]'`.") from exc
-    train = (split == "train") if augment is None else augment
-    if kind == "voc":
-        roots = [data_dir, data_dir.parent] if data_dir.name == "VOCdevkit" else [data_dir, data_dir / "voc"]
-        root = next((r for r in roots if (r / "VOCdevkit" / "VOC2012").is_dir()), None)
-        if root is None:
-            raise DatasetNotFoundError(
-                f"Pascal VOC 2012 not found: looked for VOCdevkit/VOC2012 in {', '.join(map(str, roots))}. "
-                "Extract VOCtrainval_11-May-2012.tar into a folder and pass --data-dir FOLDER (data_dir=...).")
-        transforms = _JointTransform(info, train, None)
-        base = tvd.VOCSegmentation(str(root), year="2012", image_set="train" if split == "train" else "val",
-                                   transforms=transforms)
-    else:
-        roots = [data_dir, data_dir / "cityscapes"]
-        root = next((r for r in roots if (r / "leftImg8bit").is_dir() and (r / "gtFine").is_dir()), None)
-        if root is None:
-            raise DatasetNotFoundError(
-                f"Cityscapes not found: looked for leftImg8bit/ and gtFine/ in {', '.join(map(str, roots))}. "
-                "Extract leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip into a folder and pass "
-                "--data-dir FOLDER (data_dir=...).")
-        transforms = _JointTransform(info, train, _cityscapes_id_map())
-        base = tvd.Cityscapes(str(root), split="train" if split == "train" else "val", mode="fine",
-                              target_type="semantic", transforms=transforms)
-    if len(base) == 0:
+def segmentation_files(base: Dataset, info: DatasetInfo, split: str, root: Path) -> Dataset:
+    """A torchvision segmentation dataset (its ``transforms`` a :class:`JointTransform`) with ``.info``; a
+    :class:`~cheapconv.errors.DatasetNotFoundError` when it found no image for ``split`` under ``root``."""
+    if len(base) == 0:  # type: ignore[arg-type]
         raise DatasetNotFoundError(f"{info.name}: no images for the {split} split under {root}.")
-    return _Wrapped(base, info)
+    return _Files(base, info)

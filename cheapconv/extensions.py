@@ -1,0 +1,19 @@
+"""The extension points whose entries are files: :data:`DATASETS`.
+
+Each is a :class:`~cheapconv.registry.Registry` over one package, one module per entry; adding a dataset is
+adding a file there (or defining one at run time, :meth:`Registry.add`).
+The registries are defined here, on the ground floor, rather than in their packages, so that the command line
+lists the names (its help texts, its errors) without importing those packages, which load torch; an entry's
+file imports this module to register itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .registry import Registry
+
+__all__ = ["DATASETS"]
+
+#: datasets by name (``fashion_mnist.py`` is ``fashion-mnist``): :mod:`cheapconv.data.sets`
+DATASETS: Registry[Any] = Registry("dataset", package="cheapconv.data.sets", hyphens=True)
