@@ -265,8 +265,9 @@ def test_no_fold_reaches_every_export_the_runtimes_make(monkeypatch):
     from cheapconv.measure.runtimes import ReferenceTimer
 
     seen = []
-    real = fold_module.deployable
-    monkeypatch.setattr(fold_module, "deployable", lambda model, **kw: seen.append(kw["fold"]) or real(model, **kw))
+    runtimes = importlib.import_module("cheapconv.measure.backends._exported")   # the exporting runtimes call it
+    real = runtimes.deployable
+    monkeypatch.setattr(runtimes, "deployable", lambda model, **kw: seen.append(kw["fold"]) or real(model, **kw))
     models = [nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval() for _ in range(2)]
     profile_many(models, (3, 8, 8), runtime="pt2", repeats=1, warmup=0, batch=1, memory=False, fold=False)
     timer = ReferenceTimer(models[0], (3, 8, 8), "pt2", repeats=1, warmup=0, fold=False)

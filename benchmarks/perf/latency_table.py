@@ -76,7 +76,7 @@ def measure(networks, students, settings, threads: int | None, log, runtimes=("t
             "latency": {}, "checks": {}}
         for runtime in runtimes:
             for dtype, channels_last in settings:
-                if RUNTIMES[runtime].fp32_only and (dtype != "fp32" or channels_last):
+                if RUNTIMES.get(runtime).fp32_only and (dtype != "fp32" or channels_last):
                     continue  # the exported fp32 graph: see the module docstring
                 layout = "channels_last" if channels_last else "NCHW"
                 start = time.perf_counter()

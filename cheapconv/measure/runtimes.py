@@ -2,19 +2,11 @@
 
 The runtime changes which students are fast (a depthwise student no faster than its teacher in eager torch
 can be several times faster in ONNX Runtime), so everything that measures latency (``profile``, ``compare``,
-``sweep``, the search's latency costs and budget) takes one ``runtime``:
-
-============== ==============================================================================================
-``torch``      eager mode, the model as it is (the reference the others are checked against)
-``compile``    ``torch.compile`` (inductor, ``dynamic=False``: one compilation per batch size), of the model as
-               a user compiles it
-``pt2``        ``torch.export`` of the deployable copy (eval mode, taps stripped, BatchNorm folded unless
-               ``fold=False``/``--no-fold``: what ``cheapconv export --format pt2`` writes), run as
-               ``torch.export.load(path).module()``
-``onnxruntime`` the same copy exported to ONNX (what ``cheapconv export --format onnx`` writes), run in an
-               onnxruntime session (CPU execution provider, or CUDA's), ``threads`` intra-op threads that
-               do not spin-wait between runs (spinning sessions timed in turn take the cores from each other)
-============== ==============================================================================================
+``sweep``, the search's latency costs and budget) takes one ``runtime``: a name of
+:data:`~cheapconv.extensions.RUNTIMES`, each a file in :mod:`cheapconv.measure.backends` whose docstring says what
+it runs (``torch``: eager mode, the reference; ``onnxruntime``: an ONNX Runtime session of the exported graph;
+...). A runtime's file registers a :class:`Runtime`: what it needs (Python modules, float32 only) and how it
+makes a model runnable (a runner: :class:`~cheapconv.measure.latency.EagerRunner`, or a :class:`CheckedRunner`).
 
 Every model is exported (compiled) **once** per runtime, with a dynamic batch dimension, by the same code
 that ``cheapconv export`` uses (:mod:`cheapconv.measure.exports`). Before any pass is timed at a batch size,
@@ -31,63 +23,80 @@ with a note; then only whole-model figures are in that runtime, and the notes sa
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import importlib
-import logging
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..extensions import RUNTIMES
 from ..threads import limited_threads
-from .exports import EXTRA_HINT, LOADERS, ExportCheckError, check_outputs, flat_tensors, write_export
+from .exports import EXTRA_HINT, ExportCheckError, check_outputs, flat_tensors
 from .latency import EagerRunner, Latency, default_device, parse_dtype, time_side_by_side
 
-__all__ = ["RUNTIMES", "CompiledRunner", "ExportedRunner", "Runtime", "check_runtime", "describe_runtime",
-           "ReferenceTimer", "make_runner", "make_runners", "measure_in_runtime", "runner_notes"]
+__all__ = ["RUNTIMES", "CheckedRunner", "ReferenceTimer", "Runtime", "RunnerRequest", "check_runtime",
+           "describe_runtime", "make_runner", "make_runners", "measure_in_runtime", "runner_notes"]
 
 
 @dataclass(frozen=True)
+class RunnerRequest:
+    """How :func:`make_runner` was asked to run a model: where, in which dtype and memory format, with how many
+    threads; the check's tolerances; whether exports fold BatchNorm; the model's label in messages."""
+
+    device: torch.device
+    dtype: torch.dtype = torch.float32
+    channels_last: bool = False
+    threads: int | None = None
+    label: str | None = None
+    atol: float = 1e-4
+    rtol: float = 1e-4
+    fold: bool = True
+
+
 class Runtime:
-    """One place a model can run, for timing."""
+    """One place a model can run, for timing: what a runtime's file registers in
+    :data:`~cheapconv.extensions.RUNTIMES`.
 
-    name: str
-    what: str                       # one line for tables and help texts
-    modules: tuple[str, ...] = ()   # Python modules it needs
-    fp32_only: bool = False         # runs the exported fp32 graph: no autocast, no channels_last
-    per_block: bool = True          # can time a cheap block and the layers it replaced as small graphs
+    ``what``: one line for tables and help texts; ``title``: what :meth:`describe` calls it; ``modules``: the
+    Python modules it needs; ``exports``: it times an exported file (so BatchNorm folding, ``fold``, applies);
+    ``fp32_only``: it runs the float32 graph only (no autocast, no channels_last); ``per_block``: it can time a
+    cheap block and the layers it replaced as small graphs of their own.
+    :meth:`check` raises a :class:`~cheapconv.errors.UsageError` for what else it needs on ``device``;
+    :meth:`runner` makes a model runnable (exported or compiled once).
+    """
 
+    name: ClassVar[str] = ""
+    what: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    modules: ClassVar[tuple[str, ...]] = ()
+    exports: ClassVar[bool] = False
+    fp32_only: ClassVar[bool] = False
+    per_block: ClassVar[bool] = True
 
-RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
-    Runtime("torch", "torch eager mode"),
-    Runtime("compile", "torch.compile (inductor)"),
-    Runtime("pt2", "torch.export program, run as torch.export.load(...).module()", fp32_only=True),
-    Runtime("onnxruntime", "ONNX Runtime session of the exported ONNX graph", ("onnx", "onnxscript", "onnxruntime"),
-            fp32_only=True),
-)}
+    def check(self, device: torch.device) -> None:
+        """Raise :class:`~cheapconv.errors.UsageError` when it cannot run on ``device`` (nothing by default)."""
 
-#: dynamo's default recompile limit (8 per function) would let later small graphs fall back to eager mode
-#: silently; raised while timing, and hitting it is an error instead of a silent fallback
-#: under bf16/fp16 autocast, compiled and eager kernels round differently at every layer (a deep network ends
-#: up ~0.5 % apart in bf16): the check's tolerance follows the dtype's precision, still far below what a wrong
-#: graph gives (a missing or doubled layer is off by tens of percent)
-_AUTOCAST_TOLERANCE = {torch.bfloat16: 3e-2, torch.float16: 1e-2}
-_DYNAMO_LIMITS = {"recompile_limit": 4096, "accumulated_recompile_limit": 65536, "fail_on_recompile_limit_hit": True}
+    def runner(self, model: nn.Module, input_shape: tuple[int, ...], request: RunnerRequest) -> Any:
+        """``model`` made runnable at (C, H, W) ``input_shape`` (see :func:`make_runner`)."""
+        raise NotImplementedError
+
+    def describe(self, threads: int, device: torch.device) -> str:
+        """What was timed, for outputs: ``'<title> <torch version> (N intra-op threads)'``."""
+        return f"{self.title} {torch.__version__.split('+')[0]} ({threads} intra-op threads)"
+
+    def __repr__(self) -> str:
+        return f"Runtime({self.name!r}: {self.what})"
 
 
 def check_runtime(runtime: str, *, device: str | torch.device | None = None,
                   dtype: str | torch.dtype = torch.float32, channels_last: bool = False) -> Runtime:
     """The :class:`Runtime` called ``runtime``, after checking that it is installed and can run what was asked;
-    otherwise a :class:`~cheapconv.errors.UsageError` that says what to install or change."""
-    if runtime not in RUNTIMES:
-        raise UsageError(f"Unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}.")
-    info = RUNTIMES[runtime]
+    otherwise a :class:`~cheapconv.errors.UsageError` that says what to install or change (an unknown name:
+    the valid ones)."""
+    info = RUNTIMES.get(runtime)
     for name in info.modules:
         try:
             importlib.import_module(name)
@@ -101,29 +110,20 @@ def check_runtime(runtime: str, *, device: str | torch.device | None = None,
         raise UsageError(f"The {runtime} runtime runs the exported float32 graph, so {' and '.join(asked)} "
                          f"{'does' if len(asked) == 1 else 'do'} not apply to it; time bf16/fp16 or "
                          "channels_last in the torch or compile runtime, or drop that option.")
-    dev = torch.device(device) if device is not None else default_device()
-    if runtime == "compile" and dev.type == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
-        raise UsageError("torch.compile (inductor) needs a C++ compiler on the CPU, and none was found (c++, g++ "
-                         "or clang++). Install one (apt-get install g++), or time in another runtime.")
+    info.check(torch.device(device) if device is not None else default_device())
     return info
 
 
 def describe_runtime(runtime: str, threads: int | None = None, device: str | torch.device = "cpu") -> str:
     """What was timed, for outputs: e.g. ``'onnxruntime 1.31.1 (CPUExecutionProvider, 2 intra-op threads, no
     spin-waiting)'``."""
-    n = int(threads or torch.get_num_threads())
-    if runtime == "onnxruntime":
-        import onnxruntime as ort
-
-        provider = "CUDAExecutionProvider" if torch.device(device).type == "cuda" else "CPUExecutionProvider"
-        return f"onnxruntime {ort.__version__} ({provider}, {n} intra-op threads, no spin-waiting)"
-    what = {"torch": "torch eager", "compile": "torch.compile (inductor)", "pt2": "torch.export .pt2"}[runtime]
-    return f"{what} {torch.__version__.split('+')[0]} ({n} intra-op threads)"
+    return RUNTIMES.get(runtime).describe(int(threads or torch.get_num_threads()), torch.device(device))
 
 
-class _CheckedRunner:
-    """What the compiled and exported runners share: an eager copy to check against, one check per input
-    shape before that shape is timed, notes."""
+class CheckedRunner:
+    """What the runners of the runtimes other than eager torch share: an eager copy to check against, one check
+    per input shape before that shape is timed, notes. A subclass calls :meth:`_setup` and defines
+    ``adapt``, ``session`` and ``__call__`` (as :class:`~cheapconv.measure.latency.EagerRunner`)."""
 
     runtime = "?"
 
@@ -161,112 +161,6 @@ class _CheckedRunner:
         pass
 
 
-class CompiledRunner(_CheckedRunner):
-    """``torch.compile(copy of the model, dynamic=False)``, run in eval mode under inference mode (and
-    autocast for a non-fp32 ``dtype``). Compilation happens at the first pass of each batch size: in the
-    check, before any timing."""
-
-    runtime = "compile"
-
-    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype = torch.float32,
-                 channels_last: bool = False, label: str | None = None, atol: float = 1e-4, rtol: float = 1e-4):
-        self._setup(model, device, label, atol, rtol)
-        self.eager = EagerRunner(model, device, dtype, channels_last)
-        self.dtype, self.channels_last = dtype, channels_last
-        self.compiled = torch.compile(self.eager.model, dynamic=False)
-        if dtype != torch.float32:  # autocast changes the numbers: compare with eager under the same autocast
-            self.reference = self.eager
-            tol = _AUTOCAST_TOLERANCE.get(dtype, 1e-2)
-            self.atol, self.rtol = max(atol, tol), max(rtol, tol)
-
-    def adapt(self, x):
-        return self.eager.adapt(x)
-
-    @contextlib.contextmanager
-    def session(self):
-        # inductor's C++ builder warns on every CPU-only machine that it found no CUDA runtime: not news here
-        quiet = logging.getLogger("torch.utils.cpp_extension")
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)
-        try:
-            with self.eager.session(), torch._dynamo.config.patch(_DYNAMO_LIMITS):
-                yield
-        finally:
-            quiet.setLevel(level)
-
-    def __call__(self, x):
-        return self.compiled(x)
-
-    def close(self) -> None:
-        self.compiled = None
-
-
-class ExportedRunner(_CheckedRunner):
-    """The deployable copy of a model (:func:`cheapconv.surgery.fold.deployable`) exported as ``format``
-    (``pt2`` or ``onnx``) with a dynamic batch, loaded back once, and run from that (the file is deleted once
-    loaded: onnxruntime and torch.export hold the program in memory)."""
-
-    dtype, channels_last = torch.float32, False
-
-    def __init__(self, model: nn.Module, format: str, input_shape: tuple[int, ...], device: torch.device, *,
-                 threads: int | None = None, label: str | None = None, fold: bool = True, atol: float = 1e-4,
-                 rtol: float = 1e-4, leaf_modules=()):
-        from ..surgery.fold import deployable
-
-        self._setup(model, device, label, atol, rtol)
-        self.runtime = {"onnx": "onnxruntime"}.get(format, format)
-        self.format = format
-        work = model
-        param = next(iter(model.parameters()), None)
-        if param is not None and (param.device.type != "cpu" or param.dtype != torch.float32):
-            work = _cpu_float_copy(model)  # export on the CPU in float32; the caller's model stays
-        prepared, folding = deployable(work, fold=fold, leaf_modules=leaf_modules)
-        self.notes += folding.notes
-        self.folded = len(folding.folded)
-        self.bn_ops_kept = len(folding.ops_kept)
-        example = torch.randn((2, *input_shape))
-        with tempfile.TemporaryDirectory(prefix="cheapconv-runtime-") as tmp:
-            path = str(Path(tmp) / f"model.{format}")
-            write_export(prepared, format, example, path, label=self.label,
-                         then=f"It cannot be timed in {self.runtime}.",
-                         instead="Time it in another runtime (--runtime torch or compile)")
-            loader = LOADERS[format]
-            self.run = loader(path, device=device, threads=threads) if format == "onnx" else loader(path, device)
-        self._session = getattr(self.run, "session", None)
-        self._module = getattr(self.run, "module", None)
-        if self._session is not None:
-            self._input_name = self._session.get_inputs()[0].name
-
-    def adapt(self, x):
-        return x.detach().cpu().numpy() if self._session is not None else x
-
-    @contextlib.contextmanager
-    def session(self):
-        with torch.inference_mode():
-            yield
-
-    def __call__(self, x):
-        if self._session is not None:
-            return self._session.run(None, {self._input_name: x})
-        return self._module(x) if self._module is not None else self.run(x)
-
-    def _outputs(self, x: torch.Tensor) -> list:
-        return self.run(x)
-
-    def _hint(self) -> str:
-        if not self.folded:
-            return ""
-        return (f" {self.folded} BatchNorms were folded into the convs before them for {self.runtime}: time it "
-                "without folding (--no-fold; fold=False in Python) to see whether folding is the cause.")
-
-    def close(self) -> None:
-        self.run = self._session = self._module = None
-
-
-def _cpu_float_copy(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model).cpu().float()
-
-
 def make_runner(model: nn.Module, runtime: str, input_shape: tuple[int, ...], *,
                 device: str | torch.device | None = None, dtype: str | torch.dtype = torch.float32,
                 channels_last: bool = False, threads: int | None = None, label: str | None = None,
@@ -274,17 +168,11 @@ def make_runner(model: nn.Module, runtime: str, input_shape: tuple[int, ...], *,
     """``model`` made runnable in ``runtime`` at (C, H, W) ``input_shape``: exported (compiled) once; its
     output is checked against eager mode by the timing loop before each batch size is timed. ``fold``:
     fold BatchNorm into the convs before exporting (``pt2``, ``onnxruntime``; the others export nothing)."""
-    check_runtime(runtime, device=device, dtype=dtype, channels_last=channels_last)
+    info = check_runtime(runtime, device=device, dtype=dtype, channels_last=channels_last)
     dev = torch.device(device) if device is not None else default_device()
-    the_dtype = parse_dtype(dtype)
+    request = RunnerRequest(dev, parse_dtype(dtype), channels_last, threads, label, atol, rtol, fold)
     with limited_threads(threads):
-        if runtime == "torch":
-            return EagerRunner(model, dev, the_dtype, channels_last, label=label)
-        if runtime == "compile":
-            return CompiledRunner(model, dev, the_dtype, channels_last, label=label, atol=atol, rtol=rtol)
-        fmt = "onnx" if runtime == "onnxruntime" else runtime
-        return ExportedRunner(model, fmt, tuple(input_shape), dev, threads=threads, label=label, atol=atol,
-                              rtol=rtol, fold=fold)
+        return info.runner(model, tuple(input_shape), request)
 
 
 def make_runners(models: Sequence[nn.Module], runtime: str, input_shape: tuple[int, ...], *,
