@@ -17,8 +17,8 @@ again (the trained teacher is kept as a cheapconv file beside it, so students ca
 Latency is measured once, side by side (teacher and students interleaved, batch 1 and batch 16), and appended as
 a ``latency`` line. Training shows the library's progress bar.
 
-    python benchmarks/segmentation.py                      # the study in benchmarks/README.md
-    python benchmarks/segmentation.py --steps 40 --results /tmp/seg.jsonl   # a smoke run
+    python -m benchmarks.segmentation                      # the study on benchmarks/segmentation/README.md
+    python -m benchmarks.segmentation --steps 40 --results /tmp/seg.jsonl   # a smoke run
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -35,13 +36,18 @@ from pathlib import Path
 import torch
 
 import cheapconv
-from cheapconv import DistillConfig, count_macs, count_params, distill
+from cheapconv import DistillConfig, count_macs, count_params, distill, measure_side_by_side
 from cheapconv.data import get_dataset
-from cheapconv.measure.latency import measure_side_by_side
+
+from ..common.records import RESULTS, append_record, latest_by, read_records
+
+#: how the study is started, as its records name the command
+COMMAND = ("python", "-m", "benchmarks.segmentation")
 
 
 def _args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=" ".join(COMMAND), description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="fashion-mnist-seg:32:2", help="dataset (canvas 32, 1-2 items per scene)")
     p.add_argument("--teacher", default="segwrn_16_1", help="teacher architecture (a zoo name)")
     p.add_argument("--students", nargs="+", default=["B(2)", "G(4)"], help="student policies")
@@ -54,24 +60,13 @@ def _args(argv=None) -> argparse.Namespace:
                    "(cheapen(teacher, policy, init='teacher'), data-free) and then distilled with AT")
     p.add_argument("--beta", type=float, default=1000.0, help="AT weight (the paper's 1000)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--results", type=Path, default=Path("benchmarks/results/segmentation.jsonl"))
+    p.add_argument("--results", type=Path, default=RESULTS / "segmentation.jsonl")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
 
-def _done(path: Path) -> dict[str, dict]:
-    if not path.is_file():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["run"]: r for r in rows}
-
-
-def _append(path: Path, row: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:   # one whole line per finished run: a killed script loses only the run in progress
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+def _command() -> str:
+    return shlex.join([*COMMAND, *sys.argv[1:]])
 
 
 def _fresh(args, in_chans: int, size: int) -> torch.nn.Module:
@@ -96,7 +91,7 @@ def _row(run: str, policy: str, loss: str, model, result, args, shape, started: 
             "wall_s": round(time.time() - started, 1),
             "threads": args.threads, "loadavg_start": load, "loadavg_end": os.getloadavg(),
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "host": platform.node(), "command": " ".join(sys.argv)}
+            "host": platform.node(), "command": _command()}
 
 
 def main(argv=None) -> None:
@@ -107,7 +102,7 @@ def main(argv=None) -> None:
     size = train.info.image_size
     shape = (1, 1, size, size)
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    done = _done(args.results)
+    done = latest_by(read_records(args.results), "run")
     teacher_file = args.results.with_name(args.results.stem + ".teacher.pt")
 
     if "teacher" in done and teacher_file.is_file():
@@ -120,7 +115,7 @@ def main(argv=None) -> None:
         result = distill(None, teacher, train, val_data=test, config=_config(args, "ce"))
         cheapconv.save(teacher, teacher_file)
         row = _row("teacher", "S", "ce", teacher, result, args, shape, started, load)
-        _append(args.results, row)
+        append_record(args.results, row)
         print(f"teacher: val mIoU {row['val_miou']:.4f}, pixel acc {row['val_pixel_acc']:.4f}")
 
     students = {}
@@ -137,7 +132,7 @@ def main(argv=None) -> None:
             result = distill(teacher if loss == "at" else None, student, train, val_data=test,
                              config=_config(args, loss))
             row = _row(run, policy, loss, student, result, args, shape, started, load)
-            _append(args.results, row)
+            append_record(args.results, row)
             print(f"{run}: val mIoU {row['val_miou']:.4f}, pixel acc {row['val_pixel_acc']:.4f}")
 
     if "latency" not in done:
@@ -148,9 +143,9 @@ def main(argv=None) -> None:
             timed = measure_side_by_side(models, (batch, 1, size, size), device="cpu", repeats=30,
                                          threads=args.threads)
             lat[f"batch{batch}_median_ms"] = {n: round(t.median_ms, 3) for n, t in zip(names, timed, strict=True)}
-        _append(args.results, {"run": "latency", **lat, "threads": args.threads, "loadavg": os.getloadavg(),
-                               "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                               "command": " ".join(sys.argv)})
+        append_record(args.results, {"run": "latency", **lat, "threads": args.threads, "loadavg": os.getloadavg(),
+                                     "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                                     "command": _command()})
         print(json.dumps(lat))
 
 
