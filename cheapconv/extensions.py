@@ -1,7 +1,7 @@
-"""The extension points whose entries are files: :data:`DATASETS` and :data:`RUNTIMES`.
+"""The extension points whose entries are files: :data:`DATASETS`, :data:`LOSSES` and :data:`RUNTIMES`.
 
-Each is a :class:`~cheapconv.registry.Registry` over one package, one module per entry; adding a dataset or a
-latency runtime is adding a file there (or defining one at run time, :meth:`Registry.add`).
+Each is a :class:`~cheapconv.registry.Registry` over one package, one module per entry; adding a dataset, a
+training objective or a latency runtime is adding a file there (or defining one at run time, :meth:`Registry.add`).
 The registries are defined here, on the ground floor, rather than in their packages, so that the command line
 lists the names (its help texts, its errors) without importing those packages, which load torch; an entry's
 file imports this module to register itself.
@@ -13,9 +13,12 @@ from typing import Any
 
 from .registry import Registry
 
-__all__ = ["DATASETS", "RUNTIMES"]
+__all__ = ["DATASETS", "LOSSES", "RUNTIMES"]
 
 #: datasets by name (``fashion_mnist.py`` is ``fashion-mnist``): :mod:`cheapconv.data.sets`
 DATASETS: Registry[Any] = Registry("dataset", package="cheapconv.data.sets", hyphens=True)
+#: training objectives by name (``at_kd.py`` is ``at+kd``, a name no file name can hold):
+#: :mod:`cheapconv.train.objectives`
+LOSSES: Registry[Any] = Registry("loss kind", package="cheapconv.train.objectives", spellings={"at_kd": "at+kd"})
 #: where latency is measured: :mod:`cheapconv.measure.backends`
 RUNTIMES: Registry[Any] = Registry("runtime", package="cheapconv.measure.backends")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from cheapconv.extensions import RUNTIMES
+
 from .app import (
     app,
     check_device,
@@ -20,12 +22,11 @@ from .app import (
     parse_input_size,
     warn,
 )
+from .options import Listing, datasets_listed, runtime_option
 
 _DTYPE_HELP = "fp32, or bf16/fp16 (run under autocast)."
-_RUNTIME_HELP = ("Where latency is measured: torch (eager), compile (torch.compile), pt2 (torch.export) or "
-                 "onnxruntime; the model is exported once and checked against eager before it is timed.")
-_FOLD_HELP = ("Fold BatchNorm into the convs before them when exporting for --runtime pt2 or onnxruntime "
-              "(as `cheapconv export` does); --no-fold exports the BatchNorms as they are.")
+_FOLD_HELP = ("Fold BatchNorm into the convs before them when the --runtime times an exported file (as "
+              "`cheapconv export` does); --no-fold exports the BatchNorms as they are.")
 
 
 def _check_runtime(runtime: str, **kw) -> None:
@@ -40,8 +41,9 @@ def _check_runtime(runtime: str, **kw) -> None:
 
 def _check_fold(runtime: str, fold: bool) -> None:
     """--no-fold changes only what is exported: say so when the runtime exports nothing."""
-    if not fold and runtime in ("torch", "compile"):
-        warn(f"--no-fold has no effect with --runtime {runtime}: only pt2 and onnxruntime export the model.")
+    if not fold and not RUNTIMES.get(runtime).exports:
+        exporting = " and ".join(e.name for e in RUNTIMES.entries() if e.obj.exports)
+        warn(f"--no-fold has no effect with --runtime {runtime}: only {exporting} export the model.")
 
 
 def _print_checks(p) -> None:
@@ -91,7 +93,7 @@ def profile(
                                                         "rebuilt from the student's recipe)."),
     layers: bool = typer.Option(True, "--layers/--no-layers", help="Time each replaced block against the "
                                                                    "original layer."),
-    runtime: str = typer.Option("torch", "--runtime", help=_RUNTIME_HELP),
+    runtime: str = runtime_option(),
     fold: bool = typer.Option(True, "--fold/--no-fold", help=_FOLD_HELP),
     json_out: Path = typer.Option(None, "--json", help="Also write the full profile as JSON."),
     trust: bool = typer.Option(False, "--trust", help="Allow files that need unpickling (runs code)."),
@@ -147,16 +149,14 @@ def compare(
     channels_last: bool = typer.Option(False, "--channels-last", help="Time in channels_last memory format."),
     threads: int = typer.Option(None, "--threads", min=1, help="Intra-op CPU threads (default: torch's)."),
     device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda when present)."),
-    data: str = typer.Option(None, "--data", help="Also report top-1 accuracy on this dataset's test split "
-                                                  "(fashion-mnist, cifar10, imagefolder:PATH, ...); mIoU for "
-                                                  "segmentation data (fashion-mnist-seg, voc, cityscapes). Each "
-                                                  "model is fed as its file records (size, mean/std) unless "
-                                                  "--input-size is given."),
+    data: str = Listing(lambda: f"Also report top-1 accuracy (mIoU for segmentation data) on this dataset's test "
+                        f"split: {datasets_listed()}. Each model is fed as its file records (size, mean/std) unless "
+                        "--input-size is given.", default=None, param_decls=("--data",)),
     data_dir: Path = typer.Option(None, "--data-dir", help="Where the dataset's files are."),
     limit: int = typer.Option(None, "--limit", min=1, help="Evaluate on the first N test images only."),
     layers: bool = typer.Option(False, "--layers", help="Also time each student's blocks against the layers "
                                                         "they replaced, and count the slower ones."),
-    runtime: str = typer.Option("torch", "--runtime", help=_RUNTIME_HELP),
+    runtime: str = runtime_option(),
     fold: bool = typer.Option(True, "--fold/--no-fold", help=_FOLD_HELP),
     json_out: Path = typer.Option(None, "--json", help="Also write the profiles as JSON."),
     trust: bool = typer.Option(False, "--trust", help="Allow files that need unpickling (runs code)."),
@@ -238,8 +238,7 @@ def sweep(
     dtype: str = typer.Option("fp32", "--dtype", help=_DTYPE_HELP),
     channels_last: bool = typer.Option(False, "--channels-last", help="Time in channels_last memory format."),
     threads: int = typer.Option(None, "--threads", min=1, help="Intra-op CPU threads (default: torch's)."),
-    runtime: str = typer.Option("torch", "--runtime", help=_RUNTIME_HELP + " The Pareto front is that "
-                                                                           "runtime's."),
+    runtime: str = runtime_option(more=" The Pareto front is that runtime's."),
     fold: bool = typer.Option(True, "--fold/--no-fold", help=_FOLD_HELP),
     num_classes: int = typer.Option(None, "--num-classes", min=1, help="Classifier size of the teacher."),
     weights: Path = typer.Option(None, "--weights", help="Local weights file for the teacher."),

@@ -19,6 +19,7 @@ from .app import (
     parse_input_size,
     warn,
 )
+from .options import runtime_option
 
 
 def _policy_paths(output: Path, count: int) -> list[Path]:
@@ -104,10 +105,9 @@ def search(
                                                                     "for the spread."),
     convention: str = typer.Option("paper", "--convention", help="Parameter convention: paper or trainable."),
     threads: int = typer.Option(None, "--threads", min=1, help="Intra-op CPU threads (default: torch's)."),
-    runtime: str = typer.Option("torch", "--runtime", help="Where a latency budget is priced and the winner "
-                                                          "timed: torch (eager), compile, pt2 or onnxruntime."),
-    fold: bool = typer.Option(True, "--fold/--no-fold", help="Fold BatchNorm into the convs before them when "
-                              "exporting for --runtime pt2 or onnxruntime; --no-fold exports them as they are."),
+    runtime: str = runtime_option("Where a latency budget is priced and the winner timed"),
+    fold: bool = typer.Option(True, "--fold/--no-fold", help="Fold BatchNorm into the convs before them when the "
+                              "--runtime times an exported file; --no-fold exports them as they are."),
     num_classes: int = typer.Option(None, "--num-classes", min=1, help="Classifier size of the teacher."),
     input_size: str = typer.Option(None, "--input-size", help="C,H,W (default: the model's own)."),
     leaf: list[str] = typer.Option([], "--leaf", help="Module class or name fx must not trace into "

@@ -21,11 +21,14 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+from typer.models import OptionInfo
+
+from cheapconv.extensions import LOSSES
+from cheapconv.train.config import FINE_TUNING, RESUME_ADJUSTABLE, DistillConfig
+from cheapconv.train.objectives import canonical_name, make_objective
 
 from .app import app, check_outputs, emit, err, out, output_path, save_model, warn, weights_notes
-
-_LOSSES = "at, kd, at+kd or ce"
-
+from .options import Listing, datasets_listed, field_option, given
 
 # ------------------------------------------------------------------------------------------ options
 
@@ -33,25 +36,84 @@ def _opt(default, *names, **kw):
     return typer.Option(default, *names, **kw)
 
 
+def _data_help() -> str:
+    return f"Dataset: {datasets_listed()}."
+
+
+def _setting(name: str):
+    """The option of DistillConfig field ``name`` (for a command that runs no training but takes the setting)."""
+    return field_option(_FIELDS[name], _HINTS[name], decls=_DECLS.get(name)).parameter.default
+
+
 # also used by evaluate
-DATA = _opt(..., "--data", "-d", help="fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic[:CxHxW...]; "
-            "segmentation: fashion-mnist-seg[:SIZE[:ITEMS]], voc, cityscapes.")
+DATA = Listing(_data_help, default=..., param_decls=("--data", "-d"))
 DATA_DIR = _opt(None, "--data-dir", help="Where datasets are looked for (default $CHEAPCONV_DATA_DIR or ./data).")
 DOWNLOAD = _opt(False, "--download", help="Allow downloading the dataset (needs network).")
 IN_CHANS = _opt(None, "--in-chans", min=1, help="Input channels (default: the model's; grayscale is repeated).")
 IMAGE_SIZE = _opt(None, "--image-size", min=1, help="Image size (default: the size the model file records, else "
                   "the model's native size; in-memory data is zero-padded).")
-PRECISION = _opt("fp32", "--precision", help="fp32, bf16 (autocast) or fp16 (GPU, with a grad scaler).")
-DEVICE = _opt("auto", "--device", help="auto, cpu, cuda or cuda:N.")
-WORKERS = _opt(None, "--workers", min=0, help="DataLoader workers (default: chosen for the dataset).")
 TRUST = _opt(False, "--trust", help="Allow model files that need unpickling (runs code from the file).")
+
+_FIELDS = {f.name: f for f in dataclasses.fields(DistillConfig)}
+_HINTS = typing.get_type_hints(DistillConfig)
+#: the options whose names are not the field's
+_DECLS = {"batch_size": ("--batch-size", "-b"), "weight_decay": ("--weight-decay", "--wd"),
+          "num_workers": ("--workers",)}
+
+
+def _config_note(name: str) -> str:
+    """What the command line adds to a field's help: the settings a resume keeps unless given, and the
+    fine-tuning recipe's values (:data:`FINE_TUNING`) for a student that starts from its teacher."""
+    notes = []
+    if name in FINE_TUNING:
+        notes.append(f"{FINE_TUNING[name]} for a student that starts from its teacher.")
+    if name in RESUME_ADJUSTABLE:
+        notes.append("With --resume, the checkpoint's unless given.")
+    if name == "seed":
+        notes.append("train: the initial weights too.")
+    return " ".join(notes)
+
+
+#: the options of every DistillConfig field with a help (its objective aside, see _objective_options); the
+#: config gets those given, so that for the others its default, a resume's or a fine-tuning recipe's value applies
+CONFIG_OPTIONS = [field_option(f, _HINTS[f.name], decls=_DECLS.get(f.name), note=_config_note(f.name))
+                  for f in dataclasses.fields(DistillConfig) if "help" in f.metadata and f.name != "loss"]
+
+
+def _objective_options() -> list:
+    """``--loss`` and the settings of every registered objective (the first to declare a name describes it)."""
+    seen = {}
+    for entry in LOSSES.entries():
+        hints = typing.get_type_hints(entry.obj)
+        for f in dataclasses.fields(entry.obj):
+            if f.name not in seen and "help" in f.metadata:
+                seen[f.name] = field_option(f, hints[f.name])
+    return list(seen.values())
+
+
+OBJECTIVE_OPTIONS = _objective_options()
+LOSS = Listing(lambda: f"Objective: {LOSSES.describe()}; its settings are the options below that it takes.",
+               default="at", param_decls=("--loss",), show_default=True)
+
+
+def _objective(name: str, settings: dict):
+    """The objective ``name`` with the settings given on the command line that it takes; a note names the
+    others, which do not apply to it."""
+    cls = LOSSES.get(canonical_name(name))
+    own = {f.name for f in dataclasses.fields(cls)}
+    unused = sorted(set(settings) - own)
+    if unused and _is_main():
+        _note(f"{', '.join('--' + k.replace('_', '-') for k in unused)} do(es) not apply to the {cls.name} loss "
+              f"(its settings: {', '.join(sorted(own)) or 'none'}): ignored.")
+    return make_objective(cls.name, **{k: v for k, v in settings.items() if k in own})
 
 
 @dataclass
 class RunOptions:
-    """The options ``train`` and ``distill`` share, defined once. Each field's default is its typer Option
-    (the names, default and help the user sees); :func:`_with_run_options` puts the fields into both
-    commands' signatures, and the command receives the values typer parsed as one ``RunOptions``."""
+    """The options ``train`` and ``distill`` share, defined once: each field's default is its typer Option
+    (the names, default and help the user sees); ``settings`` are the DistillConfig fields given on the command
+    line (:data:`CONFIG_OPTIONS`). :func:`_with_run_options` puts both into the commands' signatures, and the
+    command receives the values typer parsed as one ``RunOptions``."""
 
     data: str = DATA
     output: Path = _opt(None, "--output", "-o", help="Where to write the trained model (.pt).")
@@ -59,53 +121,22 @@ class RunOptions:
     image_size: int = IMAGE_SIZE
     data_dir: Path = DATA_DIR
     download: bool = DOWNLOAD
-    epochs: int = _opt(None, "--epochs", min=1, help="Epochs (default 200, the paper's recipe).")
-    max_steps: int = _opt(None, "--max-steps", min=1, help="Stop after this many optimiser steps (overrides --epochs).")
-    batch_size: int = _opt(128, "--batch-size", "-b", min=1, help="Global batch size (split across torchrun "
-                           "processes).")
-    lr: float = _opt(None, "--lr", help="Learning rate (default 0.1; with --resume, the checkpoint's: give --lr to "
-                     "change it).")
-    momentum: float = _opt(0.9, "--momentum", help="SGD momentum.")
-    nesterov: bool = _opt(False, "--nesterov", help="Nesterov momentum.")
-    weight_decay: float = _opt(5e-4, "--weight-decay", "--wd", help="Weight decay.")
-    no_structured_wd: bool = _opt(False, "--no-structured-wd", help="Plain weight decay for structured blocks "
-                                  "too (default: scaled by each block's compression ratio, spec §2).")
-    schedule: str = _opt(None, "--schedule", help="multistep (×0.2 at 30/60/80 %), cosine or constant (default "
-                         "multistep; cosine for a student that starts from its teacher).")
-    warmup_epochs: float = _opt(0.0, "--warmup-epochs", help="Linear learning-rate warm-up, in epochs.")
-    seed: int = _opt(0, "--seed", help="Seed of shuffling, augmentation and (train) initialisation.")
-    precision: str = PRECISION
-    channels_last: bool = _opt(False, "--channels-last", help="NHWC memory format (faster convs on recent "
-                               "CPUs/GPUs).")
-    grad_clip: float = _opt(None, "--grad-clip", help="Clip the gradient norm to this value (default off, 1 for a "
-                            "student that starts from its teacher; with --resume, the checkpoint's: give --grad-clip "
-                            "to change it).")
-    device: str = DEVICE
-    workers: int = WORKERS
+    augment: str = _opt("standard", "--augment", help="Training augmentation: none, light (flip + 2-px crop; "
+                        "image folders: RandomResizedCrop scale 0.5-1) or standard (flip + 4-px crop; image "
+                        "folders: scale 0.08-1, strong for fine-tuning a pretrained network).")
     checkpoint: Path = _opt(None, "--checkpoint", help="Resume checkpoint (default: OUTPUT with suffix .ckpt).")
-    checkpoint_every: int = _opt(1, "--checkpoint-every", min=1, help="Epochs between checkpoints.")
-    checkpoint_every_steps: int = _opt(None, "--checkpoint-every-steps", min=1, help="Also checkpoint every N "
-                                       "steps.")
     resume: bool = _opt(False, "--resume", help="Continue exactly from the checkpoint of an interrupted run (a "
                         "finished run's: write its model again, no training).")
     overwrite: bool = _opt(False, "--overwrite", help="Start over even where an unfinished run's checkpoint exists "
                            "(it and its metrics are discarded).")
-    log_every: int = _opt(50, "--log-every", min=1, help="Steps between metrics records.")
-    augment: str = _opt("standard", "--augment", help="Training augmentation: none, light (flip + 2-px crop; "
-                        "image folders: RandomResizedCrop scale 0.5-1) or standard (flip + 4-px crop; image "
-                        "folders: scale 0.08-1, strong for fine-tuning a pretrained network).")
-    eval_start: bool = _opt(None, "--eval-start/--no-eval-start", help="Evaluate the student before the first "
-                            "step and warn if training ends worse (default: for a student that starts from its "
-                            "teacher).")
-    no_progress: bool = _opt(False, "--no-progress", help="No progress bar (epoch lines and the metrics file "
-                             "remain).")
-    tensorboard: bool = _opt(False, "--tensorboard", help="Also write TensorBoard events (if installed).")
-    compile: bool = _opt(False, "--compile", help="torch.compile the networks (measure: it does not always help).")
     trust: bool = TRUST
+    settings: dict = dataclasses.field(default_factory=dict)   # the DistillConfig fields given
+    kept: dict = dataclasses.field(default_factory=dict)       # on --resume, the checkpoint's (see prepare)
 
-    def prepare(self, inputs: dict) -> tuple[Path, float, float | None]:
-        """Checks before any work: the output path, outputs that are ``inputs``, the checkpoint (see
-        :func:`_prepare_run`). Returns the checkpoint path and the lr and grad-clip to use."""
+    def prepare(self, inputs: dict) -> Path:
+        """Checks before any work: the augmentation, the output path, outputs that are ``inputs``, the
+        checkpoint (see :func:`_prepare_run`, which also gives, on --resume, the checkpoint's values of the
+        settings a resume may change). Returns the checkpoint path."""
         from cheapconv.data import augmentation
 
         augmentation(self.augment, "train")   # an unknown --augment fails before any work
@@ -113,26 +144,14 @@ class RunOptions:
         check_outputs(inputs=inputs,   # the default checkpoint as in _prepare_run
                       outputs={"-o/--output": self.output,
                                "--checkpoint": self.checkpoint or self.output.with_suffix(".ckpt")})
-        return _prepare_run(self.output, self.checkpoint, resume=self.resume, overwrite=self.overwrite, lr=self.lr,
-                            grad_clip=self.grad_clip)
+        ckpt, self.kept = _prepare_run(self.output, self.checkpoint, resume=self.resume, overwrite=self.overwrite)
+        return ckpt
 
-    def config(self, *, lr: float, grad_clip: float | None, **objective):
-        """The DistillConfig of these options (the library validates every value), with the objective's
-        settings (``loss`` and its weights) added."""
-        from cheapconv import DistillConfig
-
-        # None: the config's default
-        length = {"epochs": self.epochs} if self.epochs is not None else {}
-        schedule = {"schedule": self.schedule} if self.schedule is not None else {}
-        return DistillConfig(
-            **length, **schedule, max_steps=self.max_steps, batch_size=self.batch_size, lr=lr,
-            momentum=self.momentum,
-            nesterov=self.nesterov, weight_decay=self.weight_decay, structured_wd=not self.no_structured_wd,
-            warmup_epochs=self.warmup_epochs, seed=self.seed, precision=self.precision,
-            channels_last=self.channels_last, grad_clip=grad_clip, device=self.device, num_workers=self.workers,
-            checkpoint_every=self.checkpoint_every, checkpoint_every_steps=self.checkpoint_every_steps,
-            log_every=self.log_every, progress=not self.no_progress, tensorboard=self.tensorboard,
-            compile=self.compile, eval_start=self.eval_start, **objective)
+    def config(self, **objective):
+        """The DistillConfig of these options (the library validates every value): the settings given, else on
+        --resume the checkpoint's resume-adjustable ones, else the config's defaults; with the objective
+        (``loss=``) added."""
+        return DistillConfig(**{**self.kept, **self.settings}, **objective)
 
     def recorded(self, result) -> dict:
         """What the saved model's training metadata records besides the config: the augmentation strength, and
@@ -147,24 +166,34 @@ class RunOptions:
                 load_data(self.data, "test", model, announce=False, **kw))
 
 
-def _with_run_options(lead: int):
-    """Give a command the :class:`RunOptions`. Its signature (what typer reads) becomes: its own first
-    ``lead`` parameters, ``--data`` and ``--output``, its other parameters, then the rest of the shared
-    options, which is the order ``--help`` lists them in; the command itself takes them as ``opts``."""
-    shared_hints = typing.get_type_hints(RunOptions)
+def _with_run_options(lead: int, *, objective: bool = False):
+    """Give a command the :class:`RunOptions` and the DistillConfig options (and, with ``objective``, ``--loss``
+    and the objectives' settings, handed to the command as ``loss``, the objective). Its signature (what typer
+    reads) becomes: its own first ``lead`` parameters, ``--data`` and ``--output``, its other parameters, the
+    objective's options, the rest of the shared options, then the config's: the order ``--help`` lists them in;
+    the command itself takes them as ``opts``."""
+    hints = typing.get_type_hints(RunOptions)
     shared = [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default,
-                                annotation=shared_hints[f.name]) for f in dataclasses.fields(RunOptions)]
-    names = [p.name for p in shared]
+                                annotation=hints[f.name]) for f in dataclasses.fields(RunOptions)
+              if isinstance(f.default, OptionInfo)]
+    loss = inspect.Parameter("loss", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=LOSS, annotation=str)
+    loss_options = [loss, *(d.parameter for d in OBJECTIVE_OPTIONS)] if objective else []
+    config_options = [d.parameter for d in CONFIG_OPTIONS]
+    context = inspect.Parameter("_context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
 
     def decorate(command):
-        hints = typing.get_type_hints(command)
-        own = [p.replace(annotation=hints[p.name]) for p in inspect.signature(command).parameters.values()
-               if p.name != "opts"]
-        params = own[:lead] + shared[:2] + own[lead:] + shared[2:]
+        own_hints = typing.get_type_hints(command)
+        own = [p.replace(annotation=own_hints[p.name]) for p in inspect.signature(command).parameters.values()
+               if p.name not in ("opts", "loss")]
+        params = own[:lead] + shared[:2] + own[lead:] + loss_options + shared[2:] + config_options + [context]
 
         @functools.wraps(command)
         def wrapper(**kwargs):
-            opts = RunOptions(**{name: kwargs.pop(name) for name in names})
+            ctx = kwargs.pop("_context")
+            opts = RunOptions(**{p.name: kwargs.pop(p.name) for p in shared},
+                              settings=given(CONFIG_OPTIONS, kwargs, ctx))
+            if objective:
+                kwargs["loss"] = _objective(kwargs.pop("loss"), given(OBJECTIVE_OPTIONS, kwargs, ctx))
             return command(**kwargs, opts=opts)
 
         wrapper.__signature__ = inspect.Signature(params)
@@ -227,11 +256,11 @@ def preprocessing_note(info, record, *, size_option: str | None) -> str:
     return f"preprocessing: {data_preprocessing(info).describe()} ({origin}{change})."
 
 
-def _prepare_run(output: Path, checkpoint: Path | None, *, resume: bool, overwrite: bool, lr: float | None,
-                 grad_clip: float | None) -> tuple[Path, float, float | None]:
+def _prepare_run(output: Path, checkpoint: Path | None, *, resume: bool, overwrite: bool) -> tuple[Path, dict]:
     """Checks before any work (loading models or data): every output path can be written, a new run does not
-    overwrite an unfinished run's checkpoint, a resume has its checkpoint. Returns the checkpoint path and
-    the lr and grad-clip to use (on --resume, the checkpoint's unless given)."""
+    overwrite an unfinished run's checkpoint, a resume has its checkpoint. Returns the checkpoint path and, on
+    --resume, the checkpoint's values of the settings a resume may change (RESUME_ADJUSTABLE: lr, grad_clip),
+    which apply unless given."""
     from cheapconv import UsageError
     from cheapconv.train.checkpoint import check_run_paths, load_checkpoint, refuse_fresh_start
 
@@ -242,9 +271,9 @@ def _prepare_run(output: Path, checkpoint: Path | None, *, resume: bool, overwri
     if not resume:
         if not overwrite:
             refuse_fresh_start(ckpt)
-        return ckpt, 0.1 if lr is None else lr, grad_clip
+        return ckpt, {}
     saved = json.loads(load_checkpoint(ckpt, mmap=True)["config_json"])
-    return ckpt, saved.get("lr", 0.1) if lr is None else lr, saved.get("grad_clip") if grad_clip is None else grad_clip
+    return ckpt, {k: saved[k] for k in sorted(RESUME_ADJUSTABLE) if k in saved}
 
 
 def _run(teacher, student, train, val, cfg, *, checkpoint: Path, resume: bool, overwrite: bool = False):
@@ -352,10 +381,10 @@ def train(
     from cheapconv.data import dataset_info
     from cheapconv.store.resolve import is_model_file
 
-    ckpt, lr, grad_clip = opts.prepare(inputs={"MODEL": model, "--weights": weights})
-    cfg = opts.config(lr=lr, grad_clip=grad_clip, loss="ce")
+    ckpt = opts.prepare(inputs={"MODEL": model, "--weights": weights})
+    cfg = opts.config(loss="ce")
     info = dataset_info(opts.data)
-    torch.manual_seed(opts.seed)  # the initial weights (every rank builds the same model)
+    torch.manual_seed(cfg.seed)  # the initial weights (every rank builds the same model)
     kwargs = {"in_chans": opts.in_chans} if opts.in_chans is not None and not is_model_file(model) else {}
     if weights_by_position:
         kwargs["weights_by_position"] = True
@@ -368,7 +397,7 @@ def train(
 
 
 @app.command("distill")
-@_with_run_options(lead=2)
+@_with_run_options(lead=2, objective=True)
 def distill_cmd(
     teacher: str = _opt(..., "--teacher", "-t", help="A cheapconv file, or a zoo name with --teacher-weights."),
     student: str = _opt(..., "--student", "-s", help="Student: a cheapconv file (from `cheapconv cheapen`)."),
@@ -376,33 +405,22 @@ def distill_cmd(
     teacher_weights_by_position: bool = _opt(False, "--teacher-weights-by-position", help="Load --teacher-weights "
                                              "in order (tensor names that differ; same shapes, same order)."),
     num_classes: int = _opt(None, "--num-classes", min=1, help="Classifier size of a zoo teacher."),
-    loss: str = _opt("at", "--loss", help=f"Objective: {_LOSSES}."),
-    beta: float = _opt(1000.0, "--beta", help="AT weight."),
-    alpha: float = _opt(0.9, "--alpha", help="KD weight."),
-    temperature: float = _opt(4.0, "--temperature", help="KD temperature."),
-    kd_reduction: str = _opt("batchmean", "--kd-reduction", help="batchmean (standard) or reference (the "
-                             "Moonshine code: batch×classes mean × 2)."),
-    taps: str = _opt(None, "--taps", help="Stage outputs for AT, by module name, comma-separated (e.g. "
-                     "'backbone.layer2, backbone.layer3, classifier.0'); default: found in both networks, matched by "
-                     "name."),
-    *, opts: RunOptions,
+    *, opts: RunOptions, loss,
 ) -> None:
     """Distil STUDENT from TEACHER (attention transfer by default) with the teacher's recipe.
 
     Example: cheapconv distill --teacher teacher.pt --student s.pt --data fashion-mnist --loss at -o trained.pt
     """
-    ckpt, lr, grad_clip = opts.prepare(inputs={"--teacher": teacher, "--student": student,
-                                               "--teacher-weights": teacher_weights})
-    tap_names = tuple(n.strip() for n in (taps or "").split(",") if n.strip())
-    cfg = opts.config(lr=lr, grad_clip=grad_clip, loss=loss, beta=beta, alpha=alpha, temperature=temperature,
-                      kd_reduction=kd_reduction, taps=tap_names)
+    ckpt = opts.prepare(inputs={"--teacher": teacher, "--student": student, "--teacher-weights": teacher_weights})
+    cfg = opts.config(loss=loss)
     t = load_model(teacher, weights=teacher_weights, num_classes=num_classes, trust=opts.trust, what="teacher",
                    **({"weights_by_position": True} if teacher_weights_by_position else {}))
     s = load_model(student, trust=opts.trust, what="student")
     cfg = _recipe_for_start(s, cfg, opts)
-    if cfg.loss_fn(teacher=True).needs_taps and _is_main():
+    if loss.needs_taps and _is_main():
         from cheapconv.surgery.taps import match_taps
 
+        tap_names = tuple(getattr(loss, "taps", ()))
         t_names, s_names = match_taps(t, s, tap_names)
         chosen = (f"{', '.join(t_names)} (matched by name)" if t_names == s_names else
                   f"teacher {', '.join(t_names) or 'none'}; student {', '.join(s_names) or 'none'} (by position)")
@@ -419,18 +437,14 @@ def distill_cmd(
 def _recipe_for_start(student, cfg, opts: RunOptions):
     """For a student that starts from its teacher (``cheapen --init teacher``), the fine-tuning settings
     (:data:`cheapconv.train.config.FINE_TUNING`: gradient clip 1, cosine schedule) where the command line
-    leaves them open, said in a note. The schedule applies on --resume too (so the resumed config matches the
-    run's); the clip of a resumed run is its checkpoint's (see :func:`_prepare_run`)."""
-    from cheapconv.train.config import FINE_TUNING
+    leaves them open, said in a note. They apply on --resume too (so the resumed config matches the run's),
+    except those a resume takes from its checkpoint (the clip: see :func:`_prepare_run`)."""
     from cheapconv.train.fine_tuning import starts_from_teacher
 
     if not starts_from_teacher(student):
         return cfg
-    changes = {}
-    if opts.schedule is None:
-        changes["schedule"] = FINE_TUNING["schedule"]
-    if opts.grad_clip is None and not opts.resume:
-        changes["grad_clip"] = FINE_TUNING["grad_clip"]
+    changes = {k: v for k, v in FINE_TUNING.items()
+               if k not in opts.settings and not (opts.resume and k in RESUME_ADJUSTABLE)}
     if changes and _is_main() and not opts.resume:
         said = ", ".join(f"--{k.replace('_', '-')} {v if isinstance(v, str) else format(v, 'g')}"
                          for k, v in changes.items())
@@ -451,7 +465,8 @@ def evaluate(
     num_classes: int = _opt(None, "--num-classes", min=1, help="Classifier size of a zoo model."),
     batch_size: int = _opt(256, "--batch-size", "-b", min=1, help="Batch size."),
     in_chans: int = IN_CHANS, image_size: int = IMAGE_SIZE, data_dir: Path = DATA_DIR, download: bool = DOWNLOAD,
-    device: str = DEVICE, precision: str = PRECISION, workers: int = WORKERS, trust: bool = TRUST,
+    device: str = _setting("device"), precision: str = _setting("precision"), workers: int = _setting("num_workers"),
+    trust: bool = TRUST,
     as_json: bool = _opt(False, "--json", help="Print the figures as one JSON object."),
 ) -> None:
     """Top-1, top-5 and mean cross-entropy of a model on a dataset split (segmentation data: mIoU and pixel

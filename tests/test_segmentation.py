@@ -273,10 +273,11 @@ def test_distill_with_named_taps():
     torch.manual_seed(0)
     teacher = cheapconv.create_model("segwrn_10_1", num_classes=3, in_chans=1)
     student = cheapconv.cheapen(teacher, "B(2)")
-    r = distill(teacher, student, _toy_seg(16), config=DistillConfig(max_steps=2, loss="at", log_every=1,
-                                                                     taps=("block3", "up1"), **_FAST))
+    loss = {"name": "at", "taps": ("block3", "up1")}
+    r = distill(teacher, student, _toy_seg(16), config=DistillConfig(max_steps=2, loss=loss, log_every=1, **_FAST))
     assert r.steps == 2 and math.isfinite(r.history[-1]["at"])
-    assert DistillConfig.from_dict(DistillConfig(taps=("a", "b")).to_dict()).taps == ("a", "b")
+    assert DistillConfig.from_dict(DistillConfig(loss={"name": "at", "taps": ["a", "b"]}).to_dict()).loss.taps \
+        == ("a", "b")
 
 
 # ------------------------------------------------------------------------------------------ datasets

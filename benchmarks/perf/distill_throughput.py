@@ -52,7 +52,7 @@ def plain_loop(teacher, student, data, *, batch_size: int, steps: int, cfg: Dist
     """The reference code's loop, written plainly. Returns per-step wall times (seconds; on a GPU each step
     ends with the reference code's ``.item()`` reads, which synchronise)."""
     teacher, student = teacher.to(device), student.to(device)
-    loss_fn = DistillationLoss("at", beta=cfg.beta)
+    loss_fn = DistillationLoss(cfg.objective(teacher=True))
     optimizer = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(seed)

@@ -7,12 +7,22 @@ That recipe was written for students that start from random weights; ``DistillCo
 one for students that start from their teacher (gradient norm clipped at 1, cosine decay: :data:`FINE_TUNING`).
 
 A config turns into plain JSON data and back (``to_dict`` / ``from_dict``); checkpoints and saved models carry
-it that way, never as pickled objects. Unknown keys are an error rather than silently ignored.
+it that way, never as pickled objects. Unknown keys are an error rather than silently ignored. Each field's
+``metadata["help"]`` is its one-line description; the command line's options are made from the fields (names,
+defaults, help), so a new field is a new option.
+
+The objective is one field, ``loss``: an :class:`~cheapconv.train.objectives.Objective` holding its own settings
+(``{"name": "kd", "alpha": 0.9, "temperature": 4.0, "kd_reduction": "batchmean"}`` in the stored form). Version 1
+kept those settings as flat fields (``beta``, ``alpha``, ``temperature``, ``kd_reduction``, ``taps``) beside the
+loss's name; :meth:`DistillConfig.from_dict` reads them into ``loss`` (for a version-1 config that named no loss,
+AT settings other than the defaults become ``"at"``, the loss such a run used with a teacher, and KD settings,
+unused there, are dropped).
 
 Example::
 
-    cfg = DistillConfig(epochs=2, lr=0.05, precision="bf16", channels_last=True)
+    cfg = DistillConfig(epochs=2, lr=0.05, precision="bf16", channels_last=True, loss="kd")
     cfg.replace(epochs=3)                      # a new config; configs are immutable
+    cfg.replace(loss={"name": "at", "beta": 500.0})
     DistillConfig.from_dict(cfg.to_dict()) == cfg
 """
 
@@ -21,16 +31,19 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import UsageError
-from .losses import KD_REDUCTIONS, DistillationLoss
+from .objectives import LOSSES, Objective, canonical_name, make_objective
 
 __all__ = ["CONFIG_VERSION", "FINE_TUNING", "PRECISIONS", "RESUME_ADJUSTABLE", "DistillConfig", "check_precision"]
 
-CONFIG_VERSION = 1
+#: 2: the objective's settings live under ``loss`` (version 1: flat fields beside its name)
+CONFIG_VERSION = 2
+#: version 1's flat settings of the objectives, now each objective's own (see the module docstring)
+_V1_LOSS_FIELDS = ("beta", "alpha", "temperature", "kd_reduction", "taps")
 
 Precision = Literal["fp32", "bf16", "fp16"]
 Schedule = Literal["multistep", "cosine", "constant"]
@@ -55,9 +68,14 @@ RESUME_ADJUSTABLE = frozenset({"lr", "grad_clip"})
 
 #: What :meth:`DistillConfig.fine_tuning` changes in the paper's recipe for a student that starts from its
 #: teacher: the gradient norm clipped at 1 (unclipped first steps undo the start) and a cosine decay (a short
-#: budget ends at a low lr instead of stopping before the first step decay). Measured in benchmarks/README.md
-#: ("Students that start from their teacher"); see :mod:`cheapconv.train.fine_tuning`.
-FINE_TUNING: dict[str, Any] = {"grad_clip": 1.0, "schedule": "cosine"}
+#: budget ends at a low lr instead of stopping before the first step decay). Measured in
+#: benchmarks/teacher_init/README.md ("Students that start from their teacher"); see :mod:`cheapconv.train.fine_tuning`.
+FINE_TUNING: dict[str, Any] = {"schedule": "cosine", "grad_clip": 1.0}
+
+
+def _setting(default: Any, help: str, **meta: Any) -> Any:
+    """A field with its one-line ``help`` (and ``min``, the smallest value, where there is one) in its metadata."""
+    return field(default=default, metadata={"help": help, **meta})
 
 
 @dataclass(frozen=True)
@@ -67,15 +85,17 @@ class DistillConfig:
     Length of training: ``epochs`` (default 200), or ``max_steps`` optimiser steps, which takes precedence
     (the schedule is then laid out over ``max_steps``).
 
-    - Objective: ``loss`` is ``"at"``, ``"kd"``, ``"at+kd"`` or ``"ce"``; None means ``"at"`` with a teacher
-      and ``"ce"`` without. ``beta`` (AT weight, 1000), ``alpha`` (KD weight, 0.9), ``temperature`` (4),
-      ``kd_reduction`` (``"batchmean"``, the standard per-sample KL, or ``"reference"``, the Moonshine
-      code's batch×classes mean times 2: see :func:`cheapconv.train.losses.kd_loss`).
+    - Objective: ``loss``, an :class:`~cheapconv.train.objectives.Objective` (one of
+      :data:`~cheapconv.train.objectives.LOSSES`) with its own settings; a name (``"kd"``) or the stored form
+      (``{"name": "at", "beta": 500.0}``) is accepted and converted. None means ``"at"`` with a teacher and
+      ``"ce"`` without. The built-in objectives' settings: ``beta`` (AT weight, 1000) and ``taps`` (the stage
+      outputs AT matches, by module name, the same in teacher and student; empty: found automatically by
+      :func:`cheapconv.surgery.taps.find_stages` and matched by name where the names agree); ``alpha`` (KD
+      weight, 0.9), ``temperature`` (4) and ``kd_reduction`` (``"batchmean"``, the standard per-sample KL, or
+      ``"reference"``, the Moonshine code's batch×classes mean times 2: see
+      :func:`cheapconv.train.losses.kd_loss`).
     - Segmentation: ``aux_weight`` (0.5) weighs an auxiliary head's CE (a model returning ``{"out", "aux"}``);
       ``ignore_index`` (255, VOC's and Cityscapes') marks mask pixels that count in no loss and no metric.
-    - ``taps``: the stage outputs to match with attention transfer, by module name (the same names in teacher
-      and student, e.g. ``("backbone.layer2", "backbone.layer3", "classifier.0")``); empty: found
-      automatically (:func:`cheapconv.surgery.taps.find_stages`) and matched by name where the names agree.
     - Optimiser: SGD with ``momentum`` (0.9), ``nesterov`` (False), ``lr`` (0.1), ``weight_decay`` (5e-4).
       ``structured_wd`` (True): the parameters of structured blocks (``Sep``, ``LR``, ``Shuffle``, ``ACDC``,
       tensor-train, Tucker, ...) get ``weight_decay`` × their compression ratio (block params / params of the
@@ -108,45 +128,47 @@ class DistillConfig:
       ``tensorboard`` package is installed.
     """
 
-    epochs: int | None = 200
-    max_steps: int | None = None
-    batch_size: int = 128
-    loss: str | None = None
-    beta: float = 1000.0
-    alpha: float = 0.9
-    temperature: float = 4.0
-    kd_reduction: str = "batchmean"
-    aux_weight: float = 0.5
-    ignore_index: int = 255
-    taps: tuple[str, ...] = ()
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    structured_wd: bool = True
-    schedule: str = "multistep"
-    milestones: tuple[float, ...] = (0.3, 0.6, 0.8)
-    gamma: float = 0.2
-    warmup_epochs: float = 0.0
-    seed: int = 0
-    precision: str = "fp32"
-    channels_last: bool = False
-    grad_clip: float | None = None
-    checkpoint_every: int = 1
-    checkpoint_every_steps: int | None = None
-    log_every: int = 50
-    eval_every: int = 1
-    eval_start: bool | None = None
-    device: str = "auto"
-    num_workers: int | None = None
-    compile: bool = False
-    progress: bool = True
-    tensorboard: bool = False
+    epochs: int | None = _setting(200, "Epochs of training (the paper's recipe).", min=1)
+    max_steps: int | None = _setting(None, "Stop after this many optimiser steps (takes precedence over the epochs; "
+                                     "the schedule is laid out over them).", min=1)
+    batch_size: int = _setting(128, "Global batch size (split across torchrun processes).", min=1)
+    loss: Objective | None = _setting(None, "The objective (default: at with a teacher, ce without).")
+    aux_weight: float = _setting(0.5, "Weight of an auxiliary head's cross-entropy (segmentation models that "
+                                 "return 'out' and 'aux').")
+    ignore_index: int = _setting(255, "Mask value of unlabelled pixels (segmentation): in no loss and no metric.")
+    lr: float = _setting(0.1, "Learning rate.")
+    momentum: float = _setting(0.9, "SGD momentum.")
+    nesterov: bool = _setting(False, "Nesterov momentum.")
+    weight_decay: float = _setting(5e-4, "Weight decay.")
+    structured_wd: bool = _setting(True, "Scale the weight decay of structured blocks by each block's compression "
+                                   "ratio (spec §2); off: the plain decay for every parameter.")
+    schedule: str = _setting("multistep", "Learning-rate schedule: multistep (× gamma at each milestone), cosine "
+                             "(to 0) or constant.")
+    milestones: tuple[float, ...] = _setting((0.3, 0.6, 0.8), "Fractions of training at which multistep "
+                                             "multiplies the lr by gamma.")
+    gamma: float = _setting(0.2, "The lr factor at each multistep milestone.")
+    warmup_epochs: float = _setting(0.0, "Linear learning-rate warm-up, in epochs.")
+    seed: int = _setting(0, "Seed of shuffling and augmentation.")
+    precision: str = _setting("fp32", "fp32, bf16 (autocast) or fp16 (autocast with a gradient scaler; GPU only).")
+    channels_last: bool = _setting(False, "NHWC memory format (faster convs on recent CPUs/GPUs).")
+    grad_clip: float | None = _setting(None, "Clip the gradient norm to this value (default: off).")
+    checkpoint_every: int = _setting(1, "Epochs between checkpoints.", min=1)
+    checkpoint_every_steps: int | None = _setting(None, "Also checkpoint every N steps.", min=1)
+    log_every: int = _setting(50, "Steps between metrics records.", min=1)
+    eval_every: int = _setting(1, "Epochs between validation passes (the last epoch is always evaluated).", min=1)
+    eval_start: bool | None = _setting(None, "Evaluate the student before the first step and warn if training ends "
+                                       "worse (default: for a student that starts from its teacher).")
+    device: str = _setting("auto", "auto, cpu, cuda or cuda:N.")
+    num_workers: int | None = _setting(None, "DataLoader workers (default: chosen for the dataset).", min=0)
+    compile: bool = _setting(False, "torch.compile the networks (measure: it does not always help).")
+    progress: bool = _setting(True, "A progress bar on stderr (epoch lines and the metrics file remain without it).")
+    tensorboard: bool = _setting(False, "Also write TensorBoard events (if installed).")
     version: int = field(default=CONFIG_VERSION, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "milestones", tuple(float(m) for m in self.milestones))
-        object.__setattr__(self, "taps", tuple(str(t) for t in self.taps))
+        if isinstance(self.loss, (str, Mapping)):   # a name or the stored form: the objective (validates it)
+            object.__setattr__(self, "loss", make_objective(self.loss))
         problems = []
         if self.epochs is None and self.max_steps is None:
             problems.append("give epochs or max_steps")
@@ -177,8 +199,6 @@ class DistillConfig:
             problems.append(f"aux_weight must be non-negative, got {self.aux_weight}")
         if self.precision not in PRECISIONS:
             problems.append(f"unknown precision {self.precision!r} (valid: {', '.join(PRECISIONS)})")
-        if self.kd_reduction not in KD_REDUCTIONS:
-            problems.append(f"unknown kd_reduction {self.kd_reduction!r} (valid: {', '.join(KD_REDUCTIONS)})")
         if self.grad_clip is not None and not self.grad_clip > 0:
             problems.append(f"grad_clip must be positive (or None), got {self.grad_clip}")
         for name in ("checkpoint_every", "log_every", "eval_every"):
@@ -190,24 +210,23 @@ class DistillConfig:
             problems.append(f"checkpoint_every_steps must be at least 1 (or None), got {self.checkpoint_every_steps}")
         if self.version > CONFIG_VERSION:
             problems.append(f"config version {self.version} is newer than this cheapconv ({CONFIG_VERSION})")
+        if self.loss is not None and not isinstance(self.loss, Objective):
+            problems.append(f"loss must be an objective, its name or its stored form, got {self.loss!r}")
         if problems:
             raise UsageError("Invalid training configuration: " + "; ".join(problems) + ".")
-        if self.loss is not None:
-            self.loss_fn(teacher=True)  # validates the name and the loss's own settings
 
     # ------------------------------------------------------------------------------------ derived
 
     def resolved_loss(self, *, teacher: bool) -> str:
-        """The loss kind actually used: ``loss``, or ``"at"``/``"ce"`` by whether a teacher is given."""
-        if self.loss is None:
-            return "at" if teacher else "ce"
-        return DistillationLoss(self.loss).kind
+        """The loss kind actually used: ``loss``'s name, or ``"at"``/``"ce"`` by whether a teacher is given."""
+        return self.objective(teacher=teacher).name
 
-    def loss_fn(self, *, teacher: bool) -> DistillationLoss:
-        """The configured :class:`~cheapconv.train.losses.DistillationLoss`."""
-        return DistillationLoss(self.resolved_loss(teacher=teacher), beta=self.beta, alpha=self.alpha,
-                                temperature=self.temperature, kd_reduction=self.kd_reduction,  # type: ignore[arg-type]
-                                aux_weight=self.aux_weight, ignore_index=self.ignore_index)
+    def objective(self, *, teacher: bool) -> Objective:
+        """The objective actually used: ``loss``, or ``"at"``/``"ce"`` with their defaults by whether a teacher is
+        given (run it with :class:`~cheapconv.train.losses.DistillationLoss`)."""
+        if self.loss is None:
+            return make_objective("at" if teacher else "ce")
+        return self.loss
 
     def total_steps(self, steps_per_epoch: int) -> int:
         """Optimiser steps of the whole run."""
@@ -263,25 +282,24 @@ class DistillConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able data (tuples become lists)."""
-        data = dataclasses.asdict(self)
+        """Plain JSON-able data (tuples become lists; ``loss`` its stored form, ``{"name": ..., settings}``)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["milestones"] = list(self.milestones)
-        data["taps"] = list(self.taps)
+        data["loss"] = self.loss.to_dict() if self.loss is not None else None
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DistillConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error (a typo must not silently fall back)."""
+        """Inverse of :meth:`to_dict`, reading version-1 configs too (see the module docstring); unknown keys
+        are an error (a typo must not silently fall back)."""
+        data = _from_version_1(dict(data)) if data.get("version", CONFIG_VERSION) < 2 else dict(data)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
             raise UsageError(f"Unknown training setting(s) in the configuration: {', '.join(sorted(unknown))}. "
                              f"Valid: {', '.join(sorted(names))}.")
-        data = dict(data)
         if "milestones" in data:
             data["milestones"] = tuple(data["milestones"])
-        if "taps" in data:
-            data["taps"] = tuple(data["taps"])
         return cls(**data)
 
     def trajectory_diff(self, other: DistillConfig) -> dict[str, tuple[Any, Any]]:
@@ -295,3 +313,19 @@ class DistillConfig:
         """The resume-adjustable fields (``lr``, ``grad_clip``) whose values differ: ``{name: (self, other)}``."""
         a, b = self.to_dict(), other.to_dict()
         return {k: (a[k], b[k]) for k in sorted(RESUME_ADJUSTABLE) if a[k] != b[k]}
+
+
+def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 config dict with the objective's flat settings moved under ``loss`` (see the module
+    docstring)."""
+    flat = {k: data.pop(k) for k in _V1_LOSS_FIELDS if k in data}
+    flat = {k: tuple(v) if isinstance(v, list) else v for k, v in flat.items()}
+    name = data.get("loss")
+    if name is None:   # "at" with a teacher, "ce" without: AT settings that are not the defaults were meant for "at"
+        at = {f.name: f.default for f in dataclasses.fields(LOSSES.get("at"))}   # type: ignore[arg-type]
+        name = "at" if any(flat.get(k, default) != default for k, default in at.items()) else None
+    if name is not None:
+        own = {f.name for f in dataclasses.fields(LOSSES.get(canonical_name(name)))}   # type: ignore[arg-type]
+        data["loss"] = {"name": name, **{k: v for k, v in flat.items() if k in own}}
+    data["version"] = CONFIG_VERSION
+    return data

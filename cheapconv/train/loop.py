@@ -20,7 +20,7 @@ What the spec (``moonshine.md`` sections 5-6) asks and where it happens:
 - The teacher runs in eval mode under ``torch.inference_mode`` and is never updated: no autograd graph is
   built for it, its BatchNorm statistics are never touched (eval mode), and its modules' own training flags
   are restored when the run ends. (It is moved to the run's device and memory format; values unchanged.)
-- Taps are matched teacher-to-student by name (``config.taps``, or the stages both networks have:
+- Taps are matched teacher-to-student by name (the objective's ``taps``, or the stages both networks have:
   :func:`cheapconv.surgery.taps.match_taps`), by position where the names have nothing in common; different
   counts or spatial sizes are a
   :class:`~cheapconv.errors.UsageError` naming both sides' stages and sizes, raised on the first batch
@@ -137,8 +137,8 @@ def distill(
     """Train ``student`` on ``train_data``, distilling from ``teacher`` (None: from scratch).
 
     - ``config``: a :class:`~cheapconv.train.config.DistillConfig`; its defaults are the paper's recipe. The loss
-      is ``config.loss`` (``"at"``, ``"kd"``, ``"at+kd"``, ``"ce"``), by default ``"at"`` with a teacher and
-      ``"ce"`` without.
+      is ``config.loss``, an objective of :data:`~cheapconv.train.objectives.LOSSES` with its settings, by
+      default ``"at"`` with a teacher and ``"ce"`` without.
     - ``train_data`` / ``val_data``: datasets yielding ``(image, label)`` (see :mod:`cheapconv.data`);
       batches are drawn as :mod:`cheapconv.train.distributed` describes (the last partial training batch of an
       epoch is dropped).

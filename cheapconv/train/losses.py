@@ -1,4 +1,5 @@
-"""Distillation losses: attention maps, attention transfer (AT), knowledge distillation (KD).
+"""Distillation losses: attention maps, attention transfer (AT), knowledge distillation (KD), and the objectives
+by name.
 
 Pure functions of tensors: no modules, no hooks, no state. The formulas are those of the specification
 (``spec/moonshine.md`` section 5), restated in each docstring. Where the Moonshine paper and its reference
@@ -13,6 +14,10 @@ over the valid pixels; AT is unchanged (any B×C×H×W taps, encoder or decoder)
 (``out``, ``aux``: torchvision's segmentation models) or a tuple (prediction first): :func:`split_output`
 says which entry is the prediction, and the auxiliary head's CE is added with weight ``aux_weight``.
 
+The objectives (``at``, ``kd``, ...) are registered one file each in :mod:`cheapconv.train.objectives`; they
+combine the terms that :class:`LossInputs` computes here. :func:`distillation_loss` and
+:class:`DistillationLoss` run one by name.
+
 Example::
 
     total, terms = distillation_loss(
@@ -24,9 +29,10 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +40,14 @@ from torch import Tensor
 
 from ..errors import UsageError
 from .dense import cross_entropy, dense_kd_parts, split_output
+from .objectives import LOSSES, Objective, canonical_name, make_objective
+from .objectives.kd import KD_REDUCTIONS, check_kd_settings
 
 __all__ = [
     "KD_REDUCTIONS",
-    "LOSS_KINDS",
+    "LOSSES",
     "DistillationLoss",
+    "LossInputs",
     "at_loss",
     "at_term",
     "attention_map",
@@ -49,13 +58,6 @@ __all__ = [
 ]
 
 KDReduction = Literal["batchmean", "reference"]
-KD_REDUCTIONS: tuple[str, ...] = ("batchmean", "reference")
-
-LossKind = Literal["ce", "at", "kd", "at+kd"]
-LOSS_KINDS: tuple[str, ...] = ("ce", "at", "kd", "at+kd")
-# Spellings accepted on input and what they mean. "scratch" is the spec's word for training the same student
-# with no teacher, which is plain cross-entropy.
-_KIND_ALIASES = {"scratch": "ce", "kd+at": "at+kd"}
 
 
 def attention_map(x: Tensor) -> Tensor:
@@ -148,18 +150,6 @@ def at_loss(student_acts: Sequence[Tensor], teacher_acts: Sequence[Tensor], beta
     return (3.0 * beta / len(terms)) * torch.stack(terms).sum()
 
 
-def _check_kd_args(alpha: float, temperature: float, reduction: str) -> None:
-    if not 0.0 <= alpha <= 1.0:
-        raise UsageError(f"KD weight alpha must lie in [0, 1], got {alpha}.")
-    if not temperature > 0.0:
-        raise UsageError(f"KD temperature must be positive, got {temperature}.")
-    if reduction not in KD_REDUCTIONS:
-        raise UsageError(
-            f"Unknown KD reduction {reduction!r}; valid: {', '.join(KD_REDUCTIONS)} "
-            "('batchmean' is the standard form, 'reference' reproduces the Moonshine code)."
-        )
-
-
 def _kd_parts(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -170,7 +160,7 @@ def _kd_parts(
     ignore_index: int = 255,
 ) -> tuple[Tensor, Tensor]:
     """Return ``(CE, weighted soft term)`` so that ``kd_loss = (1 − α)·CE + soft``."""
-    _check_kd_args(alpha, temperature, reduction)
+    check_kd_settings(alpha, temperature, reduction)
     if student_logits.dim() not in (2, 4) or student_logits.shape != teacher_logits.shape:
         raise UsageError(
             f"KD compares class distributions, so student and teacher logits must both be B×num_classes "
@@ -234,36 +224,55 @@ def kd_loss(
     return (1.0 - alpha) * ce + soft
 
 
-def _canonical_kind(kind: str) -> str:
-    k = kind.strip().lower().replace(" ", "")
-    k = _KIND_ALIASES.get(k, k)
-    if k not in LOSS_KINDS:
-        raise UsageError(
-            f"Unknown loss kind {kind!r}; valid: {', '.join(LOSS_KINDS)} "
-            f"(aliases: {', '.join(f'{a}={b}' for a, b in _KIND_ALIASES.items())})."
-        )
-    return k
+@dataclass
+class LossInputs:
+    """What the networks produced for one batch, handed to an objective
+    (:class:`~cheapconv.train.objectives.Objective`), with the terms objectives combine: :meth:`ce`,
+    :meth:`kd`, :meth:`at`. An objective may also compute its own from the tensors."""
+
+    student_logits: Tensor
+    labels: Tensor
+    teacher_logits: Tensor | None = None
+    student_acts: Sequence[Tensor] = ()
+    teacher_acts: Sequence[Tensor] = ()
+    ignore_index: int = 255
+    kind: str = "?"   # the objective's name, for messages
+
+    def ce(self) -> Tensor:
+        """The student's cross-entropy (per pixel for dense logits, see :func:`cross_entropy`)."""
+        return cross_entropy(self.student_logits, self.labels, self.ignore_index)
+
+    def kd(self, alpha: float, temperature: float, reduction: str) -> tuple[Tensor, Tensor]:
+        """``(CE, weighted soft term)`` of :func:`kd_loss`, whose value is ``(1 − α)·CE + soft``."""
+        if self.teacher_logits is None:
+            raise UsageError(f"The {self.kind!r} loss needs the teacher's logits (teacher_logits=...); none were "
+                             "given.")
+        return _kd_parts(self.student_logits, self.teacher_logits, self.labels, alpha, temperature, reduction,
+                         self.ignore_index)
+
+    def at(self, beta: float) -> Tensor:
+        """:func:`at_loss` over the matched stage outputs."""
+        return at_loss(self.student_acts, self.teacher_acts, beta)
 
 
 def distillation_loss(
-    kind: str,
+    kind: str | Objective,
     student_logits: Tensor,
     labels: Tensor,
     *,
     teacher_logits: Tensor | None = None,
     student_acts: Sequence[Tensor] = (),
     teacher_acts: Sequence[Tensor] = (),
-    beta: float = 1000.0,
-    alpha: float = 0.9,
-    temperature: float = 4.0,
-    kd_reduction: KDReduction = "batchmean",
     student_aux: Tensor | None = None,
     aux_weight: float = 0.5,
     ignore_index: int = 255,
+    **settings: Any,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """One training objective by name; returns ``(total, terms)``.
+    """One training objective by name (or an :class:`~cheapconv.train.objectives.Objective`); returns
+    ``(total, terms)``. ``settings`` are the objective's (``beta`` for ``"at"``; ``alpha``, ``temperature``,
+    ``kd_reduction`` for ``"kd"``; see :class:`DistillationLoss` for those it does not take).
 
-    Kinds (spec section 5):
+    The built-in kinds (spec section 5; one file each in :mod:`cheapconv.train.objectives`):
 
     - ``"ce"`` (alias ``"scratch"``): ``CE(student, labels)``; no teacher.
     - ``"at"``: ``CE + at_loss(student_acts, teacher_acts, beta)``.
@@ -281,48 +290,23 @@ def distillation_loss(
     ``terms``, is added with weight ``aux_weight`` (0.5, as torchvision's segmentation recipe). Dense logits
     use ``ignore_index`` (see :func:`cross_entropy`).
     """
-    return _objective(_canonical_kind(kind), student_logits, labels, teacher_logits, student_acts, teacher_acts,
-                      beta, alpha, temperature, kd_reduction, student_aux, aux_weight, ignore_index)
+    loss_fn = DistillationLoss(kind, aux_weight=aux_weight, ignore_index=ignore_index, **settings)
+    return loss_fn(student_logits, labels, teacher_logits=teacher_logits, student_acts=student_acts,
+                   teacher_acts=teacher_acts, student_aux=student_aux)
 
 
-def _objective(k: str, student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None,
-               student_acts: Sequence[Tensor], teacher_acts: Sequence[Tensor], beta: float, alpha: float,
-               temperature: float, kd_reduction: str, student_aux: Tensor | None = None, aux_weight: float = 0.5,
-               ignore_index: int = 255) -> tuple[Tensor, dict[str, Tensor]]:
-    """:func:`distillation_loss` for a canonical kind ``k``."""
-    uses_kd = k in ("kd", "at+kd")
-    uses_at = k in ("at", "at+kd")
-    if uses_kd and teacher_logits is None:
-        raise UsageError(f"The {k!r} loss needs the teacher's logits (teacher_logits=...); none were given.")
-
-    terms: dict[str, Tensor] = {}
-    if uses_kd:
-        assert teacher_logits is not None  # checked above; narrows the type
-        ce, soft = _kd_parts(student_logits, teacher_logits, labels, alpha, temperature, kd_reduction, ignore_index)
-        total = (1.0 - alpha) * ce + soft
-        terms["kd"] = soft.detach()
-    else:
-        ce = cross_entropy(student_logits, labels, ignore_index)
-        total = ce
-    terms["ce"] = ce.detach()
-    if student_aux is not None:
-        aux = cross_entropy(student_aux, labels, ignore_index)
-        total = total + aux_weight * aux
-        terms["aux"] = aux.detach()
-    if uses_at:
-        at = at_loss(student_acts, teacher_acts, beta)
-        total = total + at
-        terms["at"] = at.detach()
-    terms["total"] = total.detach()
-    return total, terms
-
-
-@dataclass(frozen=True)
 class DistillationLoss:
-    """A configured :func:`distillation_loss`: validate the settings once, call it every step.
+    """A configured objective: validate the settings once, call it every step.
+
+    ``kind``: an objective's name (``"at"``, ``"kd"``, ...: ``LOSSES.names()``) or an
+    :class:`~cheapconv.train.objectives.Objective`. ``settings``, for a name, are the objective's own; those it
+    does not take are ignored, so that one call can carry the settings of several (``beta=`` for ``"kd"`` is
+    unused, as ``alpha=`` is for ``"at"``). ``aux_weight`` and ``ignore_index`` apply to every objective
+    (segmentation, see :func:`distillation_loss`).
 
     ``needs_teacher`` and ``needs_taps`` tell a training loop whether to run the teacher and record stage
-    outputs at all (a "ce" run needs neither).
+    outputs at all (a "ce" run needs neither); ``taps`` are the objective's chosen stage outputs (empty: found
+    automatically).
 
     Example::
 
@@ -330,31 +314,38 @@ class DistillationLoss:
         total, terms = loss_fn(logits, labels, student_acts=s_taps, teacher_acts=t_taps)
     """
 
-    kind: str = "at"
-    beta: float = 1000.0
-    alpha: float = 0.9
-    temperature: float = 4.0
-    kd_reduction: KDReduction = "batchmean"
-    aux_weight: float = 0.5
-    ignore_index: int = 255
+    def __init__(self, kind: str | Objective = "at", *, aux_weight: float = 0.5, ignore_index: int = 255,
+                 **settings: Any) -> None:
+        if isinstance(kind, Objective):
+            objective = make_objective(kind, **settings)
+        else:
+            cls = LOSSES.get(canonical_name(kind))
+            own = {f.name for f in dataclasses.fields(cls)}   # type: ignore[arg-type]
+            objective = make_objective(cls.name, **{k: v for k, v in settings.items() if k in own})
+        self.objective, self.aux_weight, self.ignore_index = objective, aux_weight, ignore_index
 
-    def __post_init__(self) -> None:
-        # Canonicalise once so that str(self) and saved recipes show "ce", never an alias.
-        object.__setattr__(self, "kind", _canonical_kind(self.kind))
-        if self.kind in ("kd", "at+kd"):
-            _check_kd_args(self.alpha, self.temperature, self.kd_reduction)
-        if self.kind in ("at", "at+kd") and not self.beta >= 0.0:
-            raise UsageError(f"AT weight beta must be non-negative, got {self.beta}.")
+    @property
+    def kind(self) -> str:
+        """The objective's registered name (never an alias)."""
+        return self.objective.name
 
     @property
     def needs_teacher(self) -> bool:
         """Whether the objective uses the teacher at all."""
-        return self.kind != "ce"
+        return self.objective.needs_teacher
 
     @property
     def needs_taps(self) -> bool:
         """Whether the objective uses stage-output activations (AT)."""
-        return self.kind in ("at", "at+kd")
+        return self.objective.needs_taps
+
+    @property
+    def taps(self) -> tuple[str, ...]:
+        """The stage outputs the objective names (empty: found automatically)."""
+        return tuple(getattr(self.objective, "taps", ()))
+
+    def __repr__(self) -> str:
+        return f"DistillationLoss({self.objective}, aux_weight={self.aux_weight}, ignore_index={self.ignore_index})"
 
     def __call__(
         self,
@@ -367,7 +358,13 @@ class DistillationLoss:
         student_aux: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Evaluate the objective; see :func:`distillation_loss` for the returned terms."""
-        # the kind was canonicalised at construction: straight to the objective (this runs every step)
-        return _objective(self.kind, student_logits, labels, teacher_logits, student_acts, teacher_acts,
-                          self.beta, self.alpha, self.temperature, self.kd_reduction, student_aux, self.aux_weight,
-                          self.ignore_index)
+        inputs = LossInputs(student_logits, labels, teacher_logits, student_acts, teacher_acts, self.ignore_index,
+                            self.objective.name)
+        total, parts = self.objective(inputs)
+        terms = {k: v.detach() for k, v in parts.items()}
+        if student_aux is not None:
+            aux = cross_entropy(student_aux, labels, self.ignore_index)
+            total = total + self.aux_weight * aux
+            terms["aux"] = aux.detach()
+        terms["total"] = total.detach()
+        return total, terms

@@ -147,10 +147,12 @@ class Run:
             yield stop, s_acts, t_acts
 
     def tap_names(self) -> tuple[list[str], list[str]]:
-        """The stages AT pairs up, (teacher's, student's): ``cfg.taps`` or matched by name (``match_taps``)."""
+        """The stages AT pairs up, (teacher's, student's): the objective's ``taps`` or matched by name
+        (``match_taps``)."""
+        taps = self.loss_fn.taps
         if self.teacher is None:
-            return list(self.cfg.taps), list(self.cfg.taps)
-        return match_taps(self.teacher, self.student, self.cfg.taps)
+            return list(taps), list(taps)
+        return match_taps(self.teacher, self.student, taps)
 
     # ------------------------------------------------------------------------------- between steps
 
@@ -276,7 +278,8 @@ def start_run(teacher: nn.Module | None, student: nn.Module, train_data: Dataset
     """Everything before the first step (see the module docstring); the arguments are
     :func:`~cheapconv.train.loop.distill`'s. Leaves the process group again if anything fails."""
     cfg = config
-    loss_fn = cfg.loss_fn(teacher=teacher is not None)
+    loss_fn = DistillationLoss(cfg.objective(teacher=teacher is not None), aux_weight=cfg.aux_weight,
+                               ignore_index=cfg.ignore_index)
     if loss_fn.needs_teacher and teacher is None:
         raise UsageError(f"The {loss_fn.kind!r} loss distils from a teacher, but none was given. Pass a teacher, "
                          "or use loss='ce' (training from scratch).")
