@@ -76,7 +76,8 @@ def _fresh(args, in_chans: int, size: int) -> torch.nn.Module:
 
 def _config(args, loss: str) -> DistillConfig:
     return DistillConfig(max_steps=args.steps, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
-                         loss=loss, beta=args.beta, seed=args.seed, num_workers=0, eval_every=1000, log_every=50,
+                         loss={"name": loss, "beta": args.beta} if loss == "at" else loss, seed=args.seed,
+                         num_workers=0, eval_every=1000, log_every=50,
                          progress=not args.no_progress, device="cpu")
 
 
