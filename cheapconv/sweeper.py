@@ -196,10 +196,10 @@ def sweep(model: nn.Module, blocks: Sequence[str], out_dir: str | Path, *, model
     ``data``/``epochs`` describe the distillation and are part of the configuration; with ``data`` and no
     hooks, :func:`default_hooks` provides them. ``evaluate_fn`` alone (no distillation) evaluates the
     students as cheapened. Distilled students are saved to ``points/<block>.pt`` (``save_students``).
-    ``runtime`` is where latency is measured (``torch``, ``compile``, ``pt2``, ``onnxruntime``; see
+    ``runtime`` is where latency is measured (a name of :data:`~cheapconv.extensions.RUNTIMES`; see
     :mod:`cheapconv.measure.runtimes`): the teacher is exported once, each student once, both checked against
     eager mode before they are timed, so the Pareto front is the one of that runtime. ``fold=False`` exports
-    them without folding BatchNorm into the convs (``pt2``, ``onnxruntime``).
+    them without folding BatchNorm into the convs (in the runtimes that time an exported file).
 
     >>> from cheapconv.models import WideResNet
     >>> result = sweep(WideResNet(10, 1), ["G(2)", "B(2)"], "/tmp/sweep", repeats=2)   # doctest: +SKIP

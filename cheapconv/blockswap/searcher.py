@@ -114,10 +114,10 @@ def search(teacher: nn.Module | str, budget: str | float | Budget, *, metric: st
     - ``top`` configurations are re-scored ``spread_runs`` times in all (seeds ``seed .. seed+spread_runs-1``,
       each with its own initialisation and, where the data allow, its own minibatch) for the spread.
     - ``progress(phase, done, total)`` is called as the phases ("latency", "scoring", "spread") advance.
-    - ``runtime``: where a latency budget is priced and the winner timed: ``"torch"`` (eager),
-      ``"compile"``, ``"pt2"`` or ``"onnxruntime"`` (:mod:`cheapconv.measure.runtimes`); each block and
-      candidate is exported as a small graph of its own, the winner as a whole; ``fold=False`` exports them
-      without folding BatchNorm into the convs (``pt2``, ``onnxruntime``).
+    - ``runtime``: where a latency budget is priced and the winner timed: ``"torch"`` (eager, the default) or
+      another name of :data:`~cheapconv.extensions.RUNTIMES` (:mod:`cheapconv.measure.runtimes`); each block
+      and candidate is exported as a small graph of its own, the winner as a whole; ``fold=False`` exports them
+      without folding BatchNorm into the convs (in the runtimes that time an exported file).
     - ``precision``: of the Fisher pass, ``"bf16"`` (autocast, the default: it keeps the fp32 ranking at
       ~1.4x the speed) or ``"fp32"``; a device without native bf16 scores in fp32 (noted).
 

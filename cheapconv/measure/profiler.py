@@ -13,8 +13,8 @@ throughput per MAC, so a student with 4× fewer MACs can be no faster, or slower
 * **per block**: for each layer a student replaced, the cheap block and the original conv (or, for
   ``B``/``BG``, the original conv → norm → act → conv chain) timed side by side at the input shape that layer
   sees in the model; blocks slower than what they replaced are flagged.
-* **runtime**: all of it in torch eager mode by default, or where the model will run (``runtime="compile"``,
-  ``"pt2"``, ``"onnxruntime"``; :mod:`cheapconv.measure.runtimes`): each model is exported once, checked
+* **runtime**: all of it in torch eager mode by default, or where the model will run (``runtime=``, a name of
+  :data:`~cheapconv.extensions.RUNTIMES`; :mod:`cheapconv.measure.runtimes`): each model is exported once, checked
   against its eager output, then timed; per-block timings export each block and the layers it replaced as
   small graphs of their own.
 
@@ -370,10 +370,10 @@ def profile(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
     model's native size). ``device`` defaults to CUDA when present, else the CPU; ``dtype`` other than fp32
     runs under autocast; ``threads`` sets torch's intra-op threads while measuring. ``teacher`` supplies
     the original layers for the per-block comparison (default: rebuilt from the student's recipe).
-    ``runtime`` is where latency is measured: ``"torch"`` (eager), ``"compile"``, ``"pt2"`` or
-    ``"onnxruntime"`` (see :mod:`cheapconv.measure.runtimes`; the model is exported once and checked
-    against its eager output before it is timed; ``p.checks`` holds the check per batch). ``fold=False``
-    exports without folding BatchNorm into the convs (``pt2``, ``onnxruntime``: what ``cheapconv export
+    ``runtime`` is where latency is measured: ``"torch"`` (eager, the default) or another name of
+    :data:`~cheapconv.extensions.RUNTIMES` (see :mod:`cheapconv.measure.runtimes`; the model is exported once and
+    checked against its eager output before it is timed; ``p.checks`` holds the check per batch). ``fold=False``
+    exports without folding BatchNorm into the convs (the runtimes that time an exported file: what ``cheapconv export
     --no-fold`` writes). The model itself is never moved or modified. ``progress(done, total)`` follows the
     per-block timing.
 
