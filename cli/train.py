@@ -103,8 +103,9 @@ def _objective(name: str, settings: dict):
     own = {f.name for f in dataclasses.fields(cls)}
     unused = sorted(set(settings) - own)
     if unused and _is_main():
-        _note(f"{', '.join('--' + k.replace('_', '-') for k in unused)} do(es) not apply to the {cls.name} loss "
-              f"(its settings: {', '.join(sorted(own)) or 'none'}): ignored.")
+        named = " and ".join("--" + k.replace("_", "-") for k in unused)
+        _note(f"{named} {'does' if len(unused) == 1 else 'do'} not apply to the {cls.name} loss (its settings: "
+              f"{', '.join(sorted(own)) or 'none'}): ignored.")
     return make_objective(cls.name, **{k: v for k, v in settings.items() if k in own})
 
 
