@@ -23,6 +23,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 Convention = Literal["trainable", "paper"]
 
@@ -80,8 +81,6 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...] | torch.Size, *,
     >>> round(count_macs(WideResNet(40, 2), (1, 3, 32, 32)) / 1e6, 1)
     327.6
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     counters: list[FlopCounterMode] = []
 
     def counting():

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from .store.files import atomic_write
+
 
 def pareto_front(xs: Sequence[float], ys: Sequence[float]) -> list[bool]:
     """For each point, whether it is on the Pareto front when both coordinates are to be minimised: no other
@@ -30,12 +32,11 @@ def pareto_plot(path: str | Path, labels: Sequence[str], panels: Sequence[tuple[
                 Sequence[float]]], *, title: str = "") -> None:
     """Write a PNG with one panel per ``(x label, xs, y label, ys)``: points labelled, log x-axis, the Pareto
     front marked. Written atomically."""
-    import matplotlib
+    import matplotlib  # optional (plots extra), slow to import: only when a plot is drawn
 
     matplotlib.use("Agg")  # no display needed; must precede pyplot's import
     import matplotlib.pyplot as plt
 
-    from .store.files import atomic_write
 
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, (xlabel, xs, ylabel, ys) in zip(axes[0], panels, strict=True):

@@ -27,6 +27,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
 __all__ = ["ProgressReport", "format_duration", "stage"]
 
 
@@ -41,7 +51,6 @@ def format_duration(seconds: float) -> str:
 def _console(console: Any | None) -> Any:
     if console is not None:
         return console
-    from rich.console import Console  # here, not at the top: `import cheapconv` imports torch only
 
     return Console(stderr=True)
 
@@ -88,15 +97,6 @@ class ProgressReport:
     def __enter__(self) -> ProgressReport:
         self._last = time.monotonic()
         if self.live:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
             # labels and info may quote paths and layer names: shown literally, never as markup
             self._bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),

@@ -1,5 +1,5 @@
-"""A sweep's report from its points: ``sweep.csv`` (every figure, with Pareto flags), ``sweep.md`` (the table)
-and ``sweep.png`` (the trade-offs, with matplotlib installed).
+"""A sweep's points (:class:`SweepPoint`, one per block type) and its report from them: ``sweep.csv`` (every
+figure, with Pareto flags), ``sweep.md`` (the table) and ``sweep.png`` (the trade-offs, with matplotlib installed).
 
 The trade-offs shown are error against parameters and against batch-1 latency when every point has an
 accuracy, else latency against parameters and MACs; a point is on a trade-off's Pareto front when no other
@@ -9,24 +9,59 @@ point is at least as low on both axes and lower on one.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .plots import pareto_front
+from .formatting import human
+from .measure.accuracy import accuracy_metric
+from .plots import pareto_front, pareto_plot
 from .store.files import atomic_write
 
-if TYPE_CHECKING:
-    from .sweeper import SweepPoint
+__all__ = ["TEACHER", "SweepPoint", "error_label", "write_report"]
 
-__all__ = ["error_label", "write_report"]
+TEACHER = "S"          # the teacher itself: the reference point of every sweep
+
+
+@dataclass
+class SweepPoint:
+    """One block type of a sweep. Latencies in ms per forward pass; the teacher's were measured alongside."""
+
+    block: str
+    params_paper: int
+    params_trainable: int
+    macs: int
+    replaced: int
+    latency_b1_ms: float
+    latency_bn_ms: float
+    teacher_b1_ms: float
+    teacher_bn_ms: float
+    accuracy: float | None = None
+    distilled: bool = False
+    seconds: float = 0.0
+
+    @property
+    def error(self) -> float | None:
+        """Error in percent: 100 × (1 − accuracy), the accuracy being top-1 or, on segmentation data, mIoU."""
+        return None if self.accuracy is None else 100.0 * (1.0 - self.accuracy)
+
+    @property
+    def speedup_b1(self) -> float:
+        return self.teacher_b1_ms / self.latency_b1_ms
+
+    @property
+    def speedup_bn(self) -> float:
+        return self.teacher_bn_ms / self.latency_bn_ms
+
+    @property
+    def label(self) -> str:
+        return "teacher" if self.block == TEACHER else self.block
 
 
 def error_label(config: dict) -> str:
     """What the error column is: ``1 − mIoU`` for a segmentation dataset, else top-1 error."""
-    from .measure.accuracy import accuracy_metric
-
     return "1 − mIoU (%)" if config.get("data") and accuracy_metric(config["data"]) == "mIoU" else "top-1 error (%)"
 
 
@@ -66,8 +101,6 @@ def _rows(points: Sequence[SweepPoint], batch: int) -> list[dict]:
 
 
 def _markdown(points: Sequence[SweepPoint], config: dict, notes: Sequence[str]) -> str:
-    from .surgery.report import human
-
     b = config["batch"]
     c, h, w = config["input_size"]
     has_err = all(p.error is not None for p in points)
@@ -131,11 +164,8 @@ def write_report(out_dir: str | Path, points: Sequence[SweepPoint], config: dict
     md = _markdown(points, config, notes)
     atomic_write(out_dir / "sweep.md", lambda tmp: Path(tmp).write_text(md))
     files["md"] = str(out_dir / "sweep.md")
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("matplotlib") is None:   # the plots extra is optional: no PNG without it
         return files
-    from .plots import pareto_plot
 
     labels = [p.label for p in points]
     panels = [(xlabel, xs, ylabel, ys) for _, xlabel, xs, ylabel, ys in _axes(points, error_label(config))]

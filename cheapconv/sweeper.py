@@ -13,7 +13,7 @@ skips those points and recomputes only the missing ones. A folder holding a swee
 
 Distillation is optional and pluggable. ``distill_fn(student, teacher, block) -> trained student`` and
 ``evaluate_fn(model) -> top-1 accuracy in [0, 1]`` may be any callables. When a dataset is named and no hook
-is given, :func:`default_hooks` uses :mod:`cheapconv.train.loop` (imported only then) and
+is given, :func:`default_hooks` uses :func:`cheapconv.distill` and
 :func:`cheapconv.measure.profiler.evaluate_accuracy`.
 """
 
@@ -32,55 +32,26 @@ import torch
 from torch import nn
 
 from .counting import count_macs, count_params
+from .data import get_dataset
 from .errors import CheapconvError, UsageError
-from .store.files import atomic_write
+from .measure.profiler import default_device, evaluate_accuracy, input_shape_of, model_label, parse_dtype
+from .measure.runtimes import ReferenceTimer, check_runtime, describe_runtime
+from .store.files import DiskFullError, atomic_write, is_disk_full
+from .store.modelfile import save
 from .surgery.policy import parse_policy_list as parse_blocks  # noqa: F401 - the sweep's --blocks list
-from .sweep_report import write_report
+from .surgery.rewrite import cheapen
+from .sweep_report import TEACHER, SweepPoint, write_report
+from .train.config import DistillConfig
+from .train.loop import distill
 
 DistillFn = Callable[[nn.Module, nn.Module, str], nn.Module]
 EvaluateFn = Callable[[nn.Module], float]
 
-TEACHER = "S"          # the teacher itself: the reference point of every sweep
 SWEEP_FORMAT = "cheapconv-sweep"
 SWEEP_VERSION = 1
 #: configuration fields that change what a point means; a folder is resumed only when they all agree
 _KEY_FIELDS = ("model", "input_size", "batch", "dtype", "channels_last", "device", "data", "epochs", "runtime",
                "fold")
-
-
-@dataclass
-class SweepPoint:
-    """One block type of a sweep. Latencies in ms per forward pass; the teacher's were measured alongside."""
-
-    block: str
-    params_paper: int
-    params_trainable: int
-    macs: int
-    replaced: int
-    latency_b1_ms: float
-    latency_bn_ms: float
-    teacher_b1_ms: float
-    teacher_bn_ms: float
-    accuracy: float | None = None
-    distilled: bool = False
-    seconds: float = 0.0
-
-    @property
-    def error(self) -> float | None:
-        """Error in percent: 100 × (1 − accuracy), the accuracy being top-1 or, on segmentation data, mIoU."""
-        return None if self.accuracy is None else 100.0 * (1.0 - self.accuracy)
-
-    @property
-    def speedup_b1(self) -> float:
-        return self.teacher_b1_ms / self.latency_b1_ms
-
-    @property
-    def speedup_bn(self) -> float:
-        return self.teacher_bn_ms / self.latency_bn_ms
-
-    @property
-    def label(self) -> str:
-        return "teacher" if self.block == TEACHER else self.block
 
 
 @dataclass
@@ -98,18 +69,7 @@ def default_hooks(data: str, epochs: int | None, *, input_size: tuple[int, ...],
     """Distil with :func:`cheapconv.distill` (its defaults: the spec's recipe, AT from the teacher)
     on the train split of ``data`` for ``epochs``, and evaluate top-1 on its test split. With
     ``checkpoint_dir``, each student's run checkpoints to ``<block>.ckpt`` there and an interrupted sweep
-    resumes inside the point. :mod:`cheapconv.train.loop` is imported here, lazily: a cheapconv without it can
-    still run cheapen-only sweeps."""
-    try:
-        from .train.loop import distill
-    except ImportError:
-        raise UsageError("Distilling in a sweep needs cheapconv.train.loop, which this installation lacks. Run "
-                         "the sweep without --data (params, MACs and latency only), or pass your own "
-                         "distill_fn from Python.") from None
-    from .data import get_dataset
-    from .measure.profiler import evaluate_accuracy
-    from .train.config import DistillConfig
-
+    resumes inside the point."""
     c, h, _ = input_size
     train = get_dataset(data, "train", data_dir=data_dir, in_chans=c, image_size=h)
     config = DistillConfig(**({"epochs": epochs} if epochs else {}), device=device or "auto")
@@ -138,8 +98,6 @@ def _write_json(path: Path, obj) -> None:
 
 def _make_folder(folder: Path) -> None:
     """``mkdir -p`` with a clear message when it fails (read-only place, full disk)."""
-    from .store.files import DiskFullError, is_disk_full
-
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -206,9 +164,6 @@ def sweep(model: nn.Module, blocks: Sequence[str], out_dir: str | Path, *, model
     >>> [p.label for p in result.points]                                                # doctest: +SKIP
     ['teacher', 'G(2)', 'B(2)']
     """
-    from .measure.profiler import default_device, input_shape_of, model_label, parse_dtype
-    from .measure.runtimes import check_runtime, describe_runtime
-
     log = log or (lambda message: None)
     blocks = [b for b in blocks if b != TEACHER]
     shape = input_shape_of(model, input_size)
@@ -230,7 +185,6 @@ def sweep(model: nn.Module, blocks: Sequence[str], out_dir: str | Path, *, model
     _write_json(out_dir / "sweep.json", {"format": SWEEP_FORMAT, "version": SWEEP_VERSION, "config": config})
     result = SweepResult(config, [])
     order = ([TEACHER] if include_teacher else []) + list(blocks)
-    from .measure.runtimes import ReferenceTimer
 
     timer = ReferenceTimer(model, shape, runtime, batches=sorted({1, int(batch)}), dtype=dtype,
                            channels_last=channels_last, threads=threads, warmup=warmup, repeats=repeats, fold=fold)
@@ -258,8 +212,6 @@ def _run_point(model: nn.Module, block: str, shape: tuple[int, ...], out_dir: Pa
                epochs: int | None, distill_fn: DistillFn | None, evaluate_fn: EvaluateFn | None, save_students: bool,
                log: Callable[[str], None], notes: list[str]) -> SweepPoint | None:
     """Measure (distil, evaluate) one point and store it in ``points/``; None if the block does not apply."""
-    from .surgery.rewrite import cheapen
-
     start = time.perf_counter()
     student = model
     if block != TEACHER:
@@ -290,8 +242,6 @@ def _run_point(model: nn.Module, block: str, shape: tuple[int, ...], out_dir: Pa
         student = distill_fn(student, model, block)
         point.distilled = True
         if save_students:
-            from .store.modelfile import save
-
             save(student, out_dir / "points" / f"{point_slug(block)}.pt")
     if evaluate_fn is not None:
         point.accuracy = float(evaluate_fn(student))

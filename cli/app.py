@@ -2,18 +2,55 @@
 
 Command modules register themselves with ``@app.command()``; :mod:`cheapconv_cli.main` imports them all.
 Tables and results go to stdout, progress and diagnostics to stderr.
+
+Starting is cheap: this module and the command modules import typer, rich and the standard library only, so
+``cheapconv --help`` never loads torch. A command imports the library (and so torch) inside its function, when
+it runs; tests/test_structure.py checks both.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-app = typer.Typer(
+from cheapconv.errors import UsageError
+
+
+class _Typer(typer.Typer):
+    """A typer app whose commands run with torch.fx's own traceback printing turned off (see
+    :func:`quiet_fx_errors`; ``--debug`` keeps it): installed when a command runs, so ``--help`` imports no torch."""
+
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+
+        def decorate(function):
+            register(_quiet_fx_while_running(function))
+            return function
+
+        return decorate
+
+
+def _quiet_fx_while_running(command):
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        undo = (lambda: None) if STATE["debug"] else quiet_fx_errors()
+        try:
+            return command(*args, **kwargs)
+        finally:
+            undo()
+
+    return run
+
+
+app = _Typer(
     name="cheapconv",
     help="Make trained convolutional networks cheap: swap in cheap conv blocks, measure, distil.",
     no_args_is_help=True,
@@ -63,8 +100,6 @@ def warn(message: str) -> None:
 
 def save_model(model, path: Path, **kwargs) -> str:
     """:func:`cheapconv.save`, with its warnings (why a model had to be pickled, say) printed as warnings."""
-    import warnings
-
     import cheapconv
 
     with warnings.catch_warnings(record=True) as caught:
@@ -94,11 +129,9 @@ def output_path(path: Path | None, *, required: bool = True) -> Path | None:
 
 # ------------------------------------------------------------------------ outputs that would destroy inputs
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
     """Whether two paths name the same file: equal once resolved (symlinks followed), or one inode (hard
     links, bind mounts) when both exist."""
-    import os
-
     try:
         if a.resolve() == b.resolve():
             return True
@@ -110,7 +143,9 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _pairs(items) -> list[tuple[str, Path]]:
+def labelled_paths(items) -> list[tuple[str, Path]]:
+    """``(option label, Path)`` for each path of ``items``: a mapping of labels to a path, a list of paths or
+    None (skipped), or such pairs already (see :func:`check_outputs`)."""
     if items is None:
         return []
     pairs = items.items() if hasattr(items, "items") else items
@@ -131,18 +166,17 @@ def check_outputs(*, inputs=None, outputs=None) -> None:
     and, when both exist, by inode (hard links). Each output's folder is also checked to exist and be writable
     (:func:`cheapconv.store.files.check_writable`). Raises :class:`cheapconv.errors.UsageError` (exit 2).
     """
-    from cheapconv.errors import UsageError
     from cheapconv.store.files import check_writable
 
-    ins, outs = _pairs(inputs), _pairs(outputs)
+    ins, outs = labelled_paths(inputs), labelled_paths(outputs)
     for i, (label, path) in enumerate(outs):
         for in_label, in_path in ins:
-            if _same_file(path, in_path):
+            if same_file(path, in_path):
                 raise UsageError(f"The output {label} {str(path)!r} is the same file as the input {in_label} "
                                  f"{str(in_path)!r}: writing it would destroy the input. Choose another "
                                  f"{label} path.")
         for other_label, other in outs[:i]:
-            if _same_file(path, other):
+            if same_file(path, other):
                 raise UsageError(f"The outputs {other_label} {str(other)!r} and {label} {str(path)!r} are the "
                                  "same file: one would overwrite the other. Give them different paths.")
     for _, path in outs:
@@ -159,8 +193,6 @@ def literal(text) -> str:
     """``text`` made safe to print with rich: markup escaped (so ``[red]`` prints as ``[red]``) and control
     characters (ESC and the other C0/C1 controls except newline, DEL, bidirectional overrides) shown as
     ``\\xNN``/``\\uNNNN`` escapes instead of being sent to the terminal. Use it on every string read from a file."""
-    from rich.markup import escape
-
     text = str(text)
 
     def show(m) -> str:
@@ -191,8 +223,6 @@ def check_device(text: str | None, *, option: str = "--device") -> str | None:
     if text is None:
         return None
     import torch
-
-    from cheapconv.errors import UsageError
 
     try:
         device = torch.device(text)
@@ -225,8 +255,6 @@ def check_input_size(model, size: tuple[int, int, int] | None, *, what: str = "T
     if size is None:
         return
     import torch
-
-    from cheapconv.errors import UsageError
 
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")

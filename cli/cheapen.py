@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
 import typer
+from rich.table import Table
 
 from .app import (
     app,
@@ -21,6 +23,7 @@ from .app import (
     warn,
     weights_notes,
 )
+from .train import preprocessing_note
 
 
 def resolve_policy(block: str | None, policy: str | None, policy_file: Path | None, model: str | None = None):
@@ -98,7 +101,7 @@ def cheapen(
     -o reconstructed.pt
     """
     import cheapconv
-    from cheapconv.surgery.report import summary_table
+    from cheapconv.surgery.plans import summary_table
 
     if init not in ("random", "teacher"):
         raise typer.BadParameter(f"{init!r} is not a way to start the student: use 'random' or 'teacher'",
@@ -185,7 +188,7 @@ def restart(model: str, teacher_spec: str, *, output: Path | None, weights: Path
     import cheapconv
     from cheapconv.errors import UsageError
     from cheapconv.store.resolve import is_model_file, resolve_model
-    from cheapconv.surgery.report import summary_table
+    from cheapconv.surgery.plans import summary_table
 
     if not is_model_file(model):
         raise UsageError(f"With --teacher, MODEL is a saved student file (written by cheapconv cheapen); "
@@ -237,8 +240,6 @@ def calibrate(student, teacher, name: str, *, samples: int, steps: int, data_dir
     import cheapconv
     from cheapconv.data import adapt_for_model, get_dataset
 
-    from .train import preprocessing_note
-
     fed = student if getattr(student, "cheapconv_preprocessing", None) is not None else teacher
     fit = adapt_for_model(name, fed, image_size=input_size[-1] if input_size else None)
     for note in fit.notes.values():
@@ -252,8 +253,6 @@ def calibrate(student, teacher, name: str, *, samples: int, steps: int, data_dir
 
 def init_table(records):
     """The per-site table of ``--init teacher``: how each replaced block started and how close it is."""
-    from rich.table import Table
-
     t = Table(title="Initialised from the teacher (weight error: ‖Ŵ − W‖/‖W‖ of the kernel the block computes)",
               title_justify="left")
     for col in ("layer", "block", "start", "weight error", "note"):
@@ -273,14 +272,9 @@ def inspect(
 
     Every string from the file is printed literally (rich markup and terminal control characters escaped).
     """
-    import json
-
-    from rich.table import Table
-
     from cheapconv.errors import FileFormatError
     from cheapconv.store.modelfile import describe_file
-    from cheapconv.surgery.planner import Plan
-    from cheapconv.surgery.report import summary_table
+    from cheapconv.surgery.plans import Plan, summary_table
 
     summary = describe_file(file)
     recipe = summary["recipe"]
@@ -322,8 +316,6 @@ def inspect(
 @app.command()
 def blocks() -> None:
     """List the block families, their structure and parameter formulas."""
-    from rich.table import Table
-
     from cheapconv.blocks import BLOCK_ALIASES, BLOCK_REGISTRY
 
     t = Table(title="Cheap blocks (N = channels, M = C_out/b, k = kernel size)", title_justify="left")

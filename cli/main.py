@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import sys
 
-# Only the standard library is imported at module level: the command modules (typer, rich, torch) are
-# imported inside main(), so that Ctrl-C while they load is a clean "Interrupted." (exit 130), not a traceback.
+# Only the standard library is imported at module level: the command modules (typer, rich) are imported
+# inside main(), so that Ctrl-C while they load is a clean "Interrupted." (exit 130), not a traceback. The
+# library and torch are imported by the command that runs, never at start (``cheapconv --help`` stays fast).
 
 
 def _classes(name: str) -> tuple[type, ...]:
@@ -54,14 +55,11 @@ def _main(argv: list[str], debug: bool) -> int:
     from . import measure as _measure  # noqa: F401
     from . import search as _search  # noqa: F401
     from . import train as _train  # noqa: F401
-    from .app import STATE, app, err, literal, quiet_fx_errors
+    from .app import STATE, app, err, literal
 
     click_errors = _classes("ClickException")
     exits = (typer.Exit, *_classes("Exit")) if hasattr(click.exceptions, "Exit") else (typer.Exit,)
     aborts = (typer.Abort, *_classes("Abort"))
-    # torch.fx prints its own traceback when generated forward code raises; without --debug the error
-    # below is the only message.
-    restore_fx = (lambda: None) if debug else quiet_fx_errors()
     try:
         # Without standalone mode, click/typer *return* the code of typer.Exit(n) and of Ctrl-C (130).
         code = app(args=argv, prog_name="cheapconv", standalone_mode=False)
@@ -85,8 +83,6 @@ def _main(argv: list[str], debug: bool) -> int:
                   "cheapconv or an unsupported model; rerun with --debug for the traceback.", highlight=False,
                   soft_wrap=True)
         return 1
-    finally:
-        restore_fx()
 
 
 def run() -> None:

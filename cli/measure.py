@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
 import typer
 
+from cheapconv.errors import UsageError
 from cheapconv.extensions import RUNTIMES
 
 from .app import (
@@ -15,14 +17,18 @@ from .app import (
     check_device,
     check_outputs,
     err,
+    labelled_paths,
     literal,
     literal_table,
     out,
     output_path,
     parse_input_size,
+    same_file,
     warn,
 )
 from .options import Listing, datasets_listed, runtime_option
+from .search import progress_bar
+from .train import preprocessing_note
 
 _DTYPE_HELP = "fp32, or bf16/fp16 (run under autocast)."
 _FOLD_HELP = ("Fold BatchNorm into the convs before them when the --runtime times an exported file (as "
@@ -116,8 +122,6 @@ def profile(
     with err.status(f"Loading {model}..."):
         the_model = _load_model(model, trust=trust)
         the_teacher = _load_model(teacher, trust=trust) if teacher else None
-    from .search import progress_bar
-
     bar, tick = progress_bar()
     with bar:  # per-block timing in an exporting runtime exports two small graphs per layer: minutes
         p = run_profile(the_model, size, device=device, dtype=the_dtype, channels_last=channels_last,
@@ -190,8 +194,6 @@ def compare(
     if data:
         from cheapconv.measure.accuracy import accuracy_data_info
 
-        from .train import preprocessing_note
-
         for name, m in zip(names, loaded, strict=True):   # each model is fed as its file records (or --input-size)
             info, record = accuracy_data_info(m, data, input_shape=size)
             note = preprocessing_note(info, record, size_option=None if size else "--input-size")
@@ -251,7 +253,6 @@ def sweep(
 
     Example: cheapconv sweep wrn_40_2 --blocks 'G(2),G(4),G(N/8),B(2),BG(2,M)' -o sweep-wrn
     """
-    from cheapconv.errors import UsageError
     from cheapconv.measure import parse_dtype
     from cheapconv.sweeper import parse_blocks
     from cheapconv.sweeper import sweep as run_sweep
@@ -291,9 +292,6 @@ def sweep(
 def _check_sweep_folder(output: Path, specs: list[str], *, inputs: dict) -> None:
     """A sweep folder must be writable (it, or the folder it is created in) and must not hold the run's inputs
     where the sweep writes its files."""
-    import os
-
-    from cheapconv.errors import UsageError
     from cheapconv.sweeper import point_slug
 
     where = output if output.exists() else (output.parent if str(output.parent) else Path("."))
@@ -307,10 +305,8 @@ def _check_sweep_folder(output: Path, specs: list[str], *, inputs: dict) -> None
                              "Choose another --output.")
     files = [output / name for name in ("sweep.json", "sweep.csv", "sweep.md", "sweep.png")]
     files += [output / "points" / f"{point_slug(b)}{ext}" for b in ["S", *specs] for ext in (".json", ".pt", ".ckpt")]
-    from .app import _pairs, _same_file
-
-    for label, path in _pairs(inputs):
-        hit = next((f for f in files if _same_file(f, path)), None)
+    for label, path in labelled_paths(inputs):
+        hit = next((f for f in files if same_file(f, path)), None)
         if hit is not None:
             raise UsageError(f"The input {label} {str(path)!r} is a file the sweep writes ({str(hit)!r}): the "
                              "sweep would overwrite it. Copy it elsewhere or choose another --output.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import typer
@@ -128,8 +129,6 @@ def search(
       cheapconv search wrn_40_2 --budget 300k --data fashion-mnist -o policy.txt
       cheapconv cheapen wrn_40_2 --policy-file policy.txt -o student.pt
     """
-    import warnings
-
     import torch
 
     from cheapconv.blockswap import search as run_search

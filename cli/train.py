@@ -15,7 +15,9 @@ import dataclasses
 import functools
 import inspect
 import json
+import os
 import typing
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,8 +211,6 @@ def _note(message: str) -> None:
 
 
 def _is_main() -> bool:
-    import os
-
     return int(os.environ.get("RANK", "0")) == 0
 
 
@@ -279,8 +279,6 @@ def _prepare_run(output: Path, checkpoint: Path | None, *, resume: bool, overwri
 
 def _run(teacher, student, train, val, cfg, *, checkpoint: Path, resume: bool, overwrite: bool = False):
     """distill() with Ctrl-C turned into exit code 130 and a message saying where the checkpoint is."""
-    import warnings
-
     from cheapconv import distill
     from cheapconv.train.loop import Interrupted
     from cheapconv.train.start_end import StartLostWarning

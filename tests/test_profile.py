@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import cheapconv
+from cheapconv.formatting import render_plain
 from cheapconv.measure import (
     BlockTiming,
     Latency,
@@ -21,7 +22,6 @@ from cheapconv.measure import (
 from cheapconv.measure.chain import Chain, node_steps
 from cheapconv.models import WideResNet
 from cheapconv.models.inputs import input_shape_of, resolve_input_size
-from cheapconv.surgery.report import render_plain
 from cheapconv.threads import limited_threads
 from cheapconv_cli.main import main
 

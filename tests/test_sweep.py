@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import csv
-import sys
 
 import pytest
 import torch
@@ -145,12 +144,6 @@ def test_without_accuracy_the_report_is_params_macs_latency(tmp_path, teacher):
     rows = _csv(tmp_path / "sweep.csv")
     assert all(r["error_pct"] == "" for r in rows) and "pareto_macs_latency" in rows[0]
     assert "not trained" in (tmp_path / "sweep.md").read_text()
-
-
-def test_data_without_cheapconv_distill_is_a_usage_error(tmp_path, teacher, monkeypatch):
-    monkeypatch.setitem(sys.modules, "cheapconv.train.loop", None)  # as if the module did not exist
-    with pytest.raises(UsageError, match="cheapconv.train.loop"):
-        sweep(teacher, ["G(2)"], tmp_path, data="synthetic", epochs=1, **FAST)
 
 
 def test_a_block_that_does_not_apply_is_skipped_with_a_note(tmp_path, teacher):

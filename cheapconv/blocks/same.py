@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import register_module
+from .grammar import parse_block
 
 
 def pads_at_run_time(conv: nn.Conv2d) -> bool:
@@ -35,7 +36,6 @@ class SamePadded(nn.Module):
     def __init__(self, block: str, in_channels: int, out_channels: int, kernel_size, stride=1, dilation=1,
                  bias: bool = False):
         super().__init__()
-        from .grammar import parse_block  # the grammar imports every family, this module included
 
         pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
         self.init_args = dict(block=block, in_channels=in_channels, out_channels=out_channels,

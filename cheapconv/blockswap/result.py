@@ -6,13 +6,12 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from rich.table import Table
+
+from ..formatting import human
 from ..surgery.policy import Policy, parse_policy
 from .budget import Budget, format_cost
-
-if TYPE_CHECKING:
-    from rich.table import Table
 
 
 @dataclass
@@ -119,10 +118,6 @@ class SearchResult:
 
     def table(self, top: int = 10) -> Table:
         """A rich table of the ``top`` configurations."""
-        from rich.table import Table
-
-        from ..surgery.report import human
-
         t = Table(title=f"Block search: {self.model}, {self.describe_budget()}", title_justify="left")
         for col, just in (("rank", "right"), ("cost", "right"), ("params", "right"), ("MACs", "right"),
                           ("score", "right"), ("spread (mean ± std)", "right"), ("blocks", "left")):

@@ -13,8 +13,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, fx, nn
 
+from ..counting import eval_mode
+from ..data import get_dataset
 from ..errors import UsageError
 from ..fx.edit import insert_after
+from ..surgery.rewrite import cheapen
+from ..train.metrics import autocast
 from .fisher import FisherScores, fisher_potential, seeded_init_
 from .space import SearchSpace, single_thread
 
@@ -30,8 +34,6 @@ class Minibatch:
 
 
 def _num_classes(teacher: nn.Module, input_shape: tuple[int, ...]) -> int:
-    from ..counting import eval_mode
-
     param = next(iter(teacher.parameters()))
     with eval_mode(teacher), torch.no_grad():
         out = teacher(torch.zeros((1, *input_shape), device=param.device, dtype=param.dtype))
@@ -79,8 +81,6 @@ def fixed_minibatch(data, *, batch_size: int, seed: int, input_shape: tuple[int,
             return Minibatch(x.float(), y.long(), source, False)
         return Minibatch(x.float(), y.long(), f"given tensors ({x.shape[0]} rows)", False)
     if isinstance(data, str):
-        from ..data import get_dataset
-
         c, h, w = input_shape
         if h != w:
             raise UsageError(f"Dataset names need a square model input; the teacher takes {h}×{w}. Pass the "
@@ -145,8 +145,6 @@ class Scorer:
 
     def build(self, config: Sequence[int]) -> nn.Module:
         """The student of ``config`` exactly as ``cheapen(teacher, policy)`` makes it (plan checked)."""
-        from ..surgery.rewrite import cheapen
-
         with single_thread():  # cheapen runs only batch-1 forwards (shapes, MACs)
             student = cheapen(self.teacher, self.space.policy(config), input_size=self.input_size,
                               leaf_modules=self.leaf_modules, taps=False, strict=True,
@@ -158,8 +156,6 @@ class Scorer:
               precision: str | None = None) -> FisherScores:
         """Fisher potential of ``config``'s student: seeded init (``seed``, default the scorer's) and the
         fixed minibatch (or ``batch``), in the scorer's precision (or ``precision``)."""
-        from ..train.metrics import autocast
-
         t0 = time.perf_counter()
         student = self.build(config)
         t1 = time.perf_counter()

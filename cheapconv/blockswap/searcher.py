@@ -41,8 +41,11 @@ import torch
 from torch import nn
 
 from ..blocks import BlockSpec
+from ..counting import count_macs, count_params
 from ..errors import UsageError
-from ..measure.runtimes import check_runtime
+from ..measure.runtimes import check_runtime, measure_in_runtime
+from ..models import create_model
+from ..surgery.rewrite import cheapen
 from .budget import Budget, format_cost, parse_budget
 from .result import ScoredConfiguration, SearchResult
 from .scoring import Scorer, fixed_minibatch
@@ -203,8 +206,6 @@ def _check_arguments(*, tolerance: float, samples: int, batch_size: int, top: in
 def _resolve_teacher(teacher: nn.Module | str) -> tuple[str, nn.Module]:
     """(name, module) of a teacher given as a module or a model name."""
     if isinstance(teacher, str):
-        from ..models import create_model
-
         return teacher, create_model(teacher)
     return getattr(teacher, "cheapconv_source", None) or type(teacher).__name__, teacher
 
@@ -292,17 +293,12 @@ def _verify_winner(teacher: nn.Module, space: SearchSpace, config: tuple[int, ..
                    latency_conditions: dict) -> dict[str, float]:
     """The winner as the user will get it, ``cheapen(teacher, policy)``, counted (and timed for a latency
     budget); raises if a count differs from what the search computed."""
-    from ..counting import count_macs, count_params
-    from ..surgery.rewrite import cheapen
-
     student = cheapen(teacher, space.policy(config), input_size=input_size, leaf_modules=leaf_modules,
                       strict=True, model_name=model_name)
     shape = (1, *space.input_shape)
     measured: dict[str, float] = {"params": count_params(student, "trainable"),
                                   "paper": count_params(student, "paper"), "macs": count_macs(student, shape)}
     if metric == "latency":  # the whole winner, in the runtime its blocks were priced in
-        from ..measure.runtimes import measure_in_runtime
-
         (lat,) = measure_in_runtime([student], (latency_batch, *space.input_shape),
                                     latency_conditions.get("runtime", "torch"), device=latency_conditions["device"],
                                     fold=latency_conditions.get("fold", True))

@@ -45,7 +45,7 @@ from ..errors import UsageError
 from ..fx.analysis import Analysis, ConvSite, PairSite
 from ..fx.ops import is_add, is_passthrough, single_user
 from ..surgery.advice import nothing_replaced_advice
-from ..surgery.planner import Cost, module_cost, modules_cost, outside_scope, price_conv
+from ..surgery.planner import Cost, module_cost, modules_cost, outside_scope, prepare, price_conv
 from ..surgery.policy import Policy, parse_policy
 from ..threads import limited_threads
 
@@ -218,8 +218,6 @@ class SearchSpace:
 
     @classmethod
     def _of(cls, teacher, specs, name, input_size, leaf_modules) -> SearchSpace:
-        from ..surgery.planner import prepare
-
         analysis, _, notes, totals = prepare(teacher, input_size=input_size, leaf_modules=leaf_modules,
                                              stages=[])
         if not analysis.graph_mode:

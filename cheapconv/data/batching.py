@@ -10,6 +10,7 @@ import os
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
 
 from ..errors import UsageError
 from .augment import TensorImageDataset
@@ -62,8 +63,6 @@ def make_loader(
         num_workers = default_workers(dataset)
     sampler = None
     if distributed:
-        from torch.utils.data.distributed import DistributedSampler
-
         try:
             sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
         except (RuntimeError, ValueError) as exc:

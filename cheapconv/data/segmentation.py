@@ -171,7 +171,7 @@ class JointTransform:
         self.size, self.train, self.id_map, self.info = info.image_size, train, id_map, info
 
     def __call__(self, image, mask) -> tuple[Tensor, Tensor]:
-        import torchvision.transforms.v2.functional as TF
+        import torchvision.transforms.v2.functional as TF  # optional (vision extra): VOC and Cityscapes only
 
         s = self.size
         img = TF.pil_to_tensor(image.convert("RGB"))

@@ -25,6 +25,7 @@ from torch import fx, nn
 
 from ..counting import shape_forward
 from .ops import FUNCTIONAL_CONVS, MUL_FUNCTIONS, MUL_METHODS, is_add, is_passthrough, module_of, single_user
+from .tracer import module_path_of
 
 
 @dataclass
@@ -217,8 +218,6 @@ def analyse(model: nn.Module, example_input: torch.Tensor, graph_mode: bool) -> 
         by_name: dict[str, ConvSite] = {}
         for node in model.graph.nodes:
             if node.op == "call_function" and node.target in FUNCTIONAL_CONVS:
-                from .tracer import module_path_of
-
                 path = module_path_of(node)
                 functional.append(FunctionalConv(node.name, path[-1] if path else ""))
             m = module_of(model, node)

@@ -46,14 +46,13 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ..blocks import BLOCK_MODULES
 from ..errors import TraceError
 from .ops import NORM_TYPES
+from .tap import Tap
 
 
 def _cheapconv_leaf_types() -> tuple[type, ...]:
-    from ..blocks import BLOCK_MODULES
-    from .tap import Tap
-
     return (Tap, *BLOCK_MODULES)
 
 

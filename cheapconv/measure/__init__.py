@@ -5,9 +5,9 @@ from __future__ import annotations
 from .accuracy import evaluate_accuracy
 from .latency import Latency, default_device, measure_latency, measure_side_by_side, parse_dtype, time_side_by_side
 from .memory import peak_memory
-from .profiler import BlockTiming, LayerCost, Profile, block_timings, profile, profile_many
+from .profiler import block_timings, profile, profile_many
+from .profiles import BlockTiming, LayerCost, Profile, blocks_table, compare_table, profile_table
 from .runtimes import RUNTIMES, check_runtime, describe_runtime, make_runners, measure_in_runtime
-from .tables import blocks_table, compare_table, profile_table
 
 __all__ = [
     "BlockTiming", "Latency", "LayerCost", "Profile", "block_timings", "blocks_table", "compare_table",

@@ -5,19 +5,18 @@ names which)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..counting import eval_mode
+from ..data import DatasetInfo, dataset_info, get_dataset
 from ..errors import UsageError
 from ..models.inputs import input_shape_of
 from ..models.preprocessing import Preprocessing, preprocessing_of
+from ..train.losses import split_output
+from ..train.metrics import evaluate
 from .latency import prepared_copy
-
-if TYPE_CHECKING:
-    from ..data import DatasetInfo
 
 __all__ = ["accuracy_data_info", "accuracy_metric", "evaluate_accuracy"]
 
@@ -25,8 +24,6 @@ __all__ = ["accuracy_data_info", "accuracy_metric", "evaluate_accuracy"]
 def accuracy_metric(data: str) -> str:
     """The figure :func:`evaluate_accuracy` reports for dataset ``data``: ``"top-1"``, or ``"mIoU"`` for a
     segmentation dataset. Nothing is loaded."""
-    from ..data import dataset_info
-
     return "mIoU" if dataset_info(data).task == "segmentation" else "top-1"
 
 
@@ -34,8 +31,6 @@ def _fed_as(model: nn.Module, data: str, input_shape: tuple[int, ...] | None
             ) -> tuple[int, int, Preprocessing | None, bool]:
     """(channels, size, the model's preprocessing record if its normalisation applies, whether ``data`` is
     segmentation data): how :func:`evaluate_accuracy` feeds ``model`` dataset ``data``."""
-    from ..data import dataset_info
-
     c, h, _ = input_shape_of(model, input_shape)
     record = preprocessing_of(model)
     if record is not None and len(record.mean) != c:
@@ -48,8 +43,6 @@ def accuracy_data_info(model: nn.Module, data: str, *, input_shape: tuple[int, .
     """What :func:`evaluate_accuracy` will feed ``model``, without loading the data: the adapted
     :class:`~cheapconv.data.DatasetInfo` and the model's preprocessing record it takes the normalisation
     from (None: the dataset's own)."""
-    from ..data import dataset_info
-
     c, h, record, dense = _fed_as(model, data, input_shape)
     return dataset_info(data, in_chans=c, image_size=None if dense else h, preprocessing=record), record
 
@@ -66,10 +59,6 @@ def evaluate_accuracy(model: nn.Module, data: str, *, input_shape: tuple[int, ..
     has one: :func:`accuracy_data_info`); ``limit`` evaluates the first that many images only. A model whose
     output has fewer classes than the dataset is a :class:`~cheapconv.errors.UsageError`. ``progress(done,
     total)`` follows the images evaluated (see :func:`cheapconv.train.metrics.evaluate`)."""
-    from ..data import get_dataset
-    from ..train.losses import split_output
-    from ..train.metrics import evaluate
-
     c, h, record, dense = _fed_as(model, data, input_shape)
     dataset = get_dataset(data, split, data_dir=data_dir, augment=False, in_chans=c,
                           image_size=None if dense else h, preprocessing=record)

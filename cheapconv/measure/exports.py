@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from ..errors import CheapconvError, UsageError
 
@@ -66,8 +68,6 @@ class ExportCheck:
 
 def flat_tensors(output) -> list[torch.Tensor]:
     """The tensors of a model's output (a tensor, tuple, list or dict of them), in a fixed order."""
-    from torch.utils._pytree import tree_leaves
-
     return [t for t in tree_leaves(output) if isinstance(t, torch.Tensor)]
 
 
@@ -131,13 +131,13 @@ def _load_pt2(path: str, device: str | torch.device = "cpu") -> Callable:
 
 def _write_onnx(model: nn.Module, example: torch.Tensor, path: str) -> None:
     try:
-        import onnx  # noqa: F401
+        import onnx  # noqa: F401 - optional (export extra), heavy: only ONNX exports need it
     except ImportError:
         raise UsageError(f"ONNX export needs the onnx package (and onnxruntime to run it): {EXTRA_HINT}") from None
     quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
         try:
-            import onnxscript  # noqa: F401
+            import onnxscript  # noqa: F401 - optional: the dynamo exporter where installed
             torch.onnx.export(model, (example,), path, dynamo=True, dynamic_shapes=_dynamic_batch(),
                               input_names=["input"], output_names=["output"], verbose=False,
                               external_data=False)
@@ -150,7 +150,7 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, path: str) -> None:
 def onnx_session(path: str, *, threads: int | None = None, device: str | torch.device = "cpu"):
     """An onnxruntime session of ``path`` on the CPU (or CUDA) execution provider, ``threads`` intra-op
     threads (default: torch's current count, so that runtimes compared side by side get the same)."""
-    try:
+    try:  # optional (export extra), heavy: only ONNX files need them
         import onnx
         import onnxruntime as ort
     except ImportError:
@@ -211,8 +211,6 @@ def backbone_input(model, x: torch.Tensor) -> torch.Tensor:
 
 
 def _write_torchscript(model: nn.Module, example: torch.Tensor, path: str) -> None:
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript's deprecation notice; the check is what matters
         # a detector's control flow depends on its data: compile it (scripting) rather than trace one path
@@ -222,8 +220,6 @@ def _write_torchscript(model: nn.Module, example: torch.Tensor, path: str) -> No
 
 
 def _load_torchscript(path: str, device: str | torch.device = "cpu") -> Callable:
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = torch.jit.load(path, map_location=torch.device(device))

@@ -10,15 +10,14 @@ import weakref
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from ..counting import eval_mode
 from .latency import default_device, parse_dtype, prepared_copy, timing_input
 
 
 def _live_tensor_mode():
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_leaves
-
     class LiveStorage(TorchDispatchMode):
         """Sums the bytes of storages created by operators while they are alive; remembers the peak."""
 

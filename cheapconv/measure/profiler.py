@@ -19,126 +19,36 @@ throughput per MAC, so a student with 4× fewer MACs can be no faster, or slower
   small graphs of their own.
 
 ``cheapconv.profile`` is the function :func:`profile`; the rest is in :mod:`cheapconv.measure`
-(``from cheapconv.measure import profile_many``). The tables are rendered by :mod:`cheapconv.measure.tables`,
-accuracy is :mod:`cheapconv.measure.accuracy`; this module only measures.
+(``from cheapconv.measure import profile_many``). What it measured and its tables are
+:mod:`cheapconv.measure.profiles`, accuracy is :mod:`cheapconv.measure.accuracy`; this module only measures.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
 from ..counting import count_macs, count_params
-from ..errors import UsageError
+from ..errors import CheapconvError, TraceError, UsageError
+from ..fx.analysis import analyse
+from ..fx.tracer import trace
 from ..models.inputs import example_input_for, input_shape_of
+from ..store.rebuild import teacher_from_recipe
+from ..surgery.plans import Plan
 from .accuracy import evaluate_accuracy  # noqa: F401 - lives in .accuracy; the sweeper still imports it from here
 from .chain import Chain, node_steps
 from .latency import (
-    SLOWER_MARGIN,
-    Latency,
     default_device,
     measure_side_by_side,  # noqa: F401 - imported from here by older callers
     parse_dtype,
     time_side_by_side,
 )
 from .memory import peak_memory
+from .profiles import BlockTiming, LayerCost, Profile
 from .runtimes import check_runtime, describe_runtime, make_runners, runner_notes
-from .tables import profile_table
-
-
-# --- results ------------------------------------------------------------------------------------------------
-@dataclass
-class LayerCost:
-    """One Conv or Linear module of the profiled model: its own parameters and its MACs at batch 1."""
-
-    name: str
-    kind: str
-    params: int
-    macs: int
-
-
-@dataclass
-class BlockTiming:
-    """A replaced layer: the cheap block against the original at the same input, timed side by side."""
-
-    layer: str
-    block: str
-    input_shape: tuple[int, ...]      # (C, H, W) that the layer sees in the model
-    params_before: int
-    params_after: int
-    macs_before: int
-    macs_after: int
-    before: dict[int, Latency]        # batch -> latency of the original conv (or conv pair)
-    after: dict[int, Latency]         # batch -> latency of the cheap block
-
-    def speedup(self, batch: int) -> float:
-        """original time ÷ block time (above 1: the block is faster)."""
-        return self.before[batch].median_ms / self.after[batch].median_ms
-
-    def verdict(self, batch: int) -> str:
-        """``"slower"``, ``"faster"`` or ``"same"`` (within :data:`SLOWER_MARGIN`) at ``batch``."""
-        s = self.speedup(batch)
-        return "slower" if s < 1 / (1 + SLOWER_MARGIN) else "faster" if s > 1 + SLOWER_MARGIN else "same"
-
-    def slower(self, batch: int | None = None) -> bool:
-        """True when the block is slower than what it replaced (at ``batch``, or at any measured batch)."""
-        batches = [batch] if batch is not None else list(self.after)
-        return any(self.verdict(b) == "slower" for b in batches)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["before"] = {b: lat.to_dict() for b, lat in self.before.items()}
-        d["after"] = {b: lat.to_dict() for b, lat in self.after.items()}
-        return d
-
-
-@dataclass
-class Profile:
-    """Everything :func:`profile` measured for one model. Latencies and memory are keyed by batch size."""
-
-    model: str
-    input_shape: tuple[int, ...]                  # (C, H, W)
-    params_trainable: int
-    params_paper: int
-    macs: int                                     # per image (batch 1)
-    latency: dict[int, Latency]
-    peak_memory: dict[int, int] = field(default_factory=dict)   # bytes, per batch
-    weight_bytes: int = 0
-    layers: list[LayerCost] = field(default_factory=list)
-    blocks: list[BlockTiming] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    runtime: str = "torch"
-    runtime_info: str = ""                        # what was timed: version, provider, threads
-    checks: dict[int, str] = field(default_factory=dict)   # batch -> the runtime-vs-eager check line
-
-    @property
-    def batches(self) -> list[int]:
-        return sorted(self.latency)
-
-    @property
-    def slower_blocks(self) -> list[BlockTiming]:
-        return [b for b in self.blocks if b.slower()]
-
-    def describe_setting(self) -> str:
-        lat = next(iter(self.latency.values()))
-        layout = "channels_last" if lat.channels_last else "NCHW"
-        where = self.runtime_info or describe_runtime(self.runtime, lat.threads, lat.device)
-        return (f"{where}, {lat.device}, {lat.dtype}, {layout}, {lat.threads} threads, "
-                f"median of {lat.repeats} after warm-up")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["latency"] = {b: lat.to_dict() for b, lat in self.latency.items()}
-        d["blocks"] = [b.to_dict() for b in self.blocks]
-        return d
-
-    def table(self):
-        """A rich Table of the totals (see :func:`profile_table`)."""
-        return profile_table(self)
 
 
 # --- per layer ----------------------------------------------------------------------------------------------
@@ -158,8 +68,6 @@ def _layer_costs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, l
 
 
 def _student_plan(student: nn.Module):
-    from ..surgery.planner import Plan
-
     plan = getattr(student, "cheapconv_plan", None)
     if plan is None:
         recipe = getattr(student, "cheapconv_recipe", None) or {}
@@ -171,7 +79,6 @@ def _rebuild_teacher(student: nn.Module) -> nn.Module | None:
     recipe = getattr(student, "cheapconv_recipe", None) or {}
     if not recipe.get("source"):
         return None
-    from ..store.rebuild import teacher_from_recipe
 
     return teacher_from_recipe(recipe)
 
@@ -203,10 +110,6 @@ def block_timings(student: nn.Module, teacher: nn.Module | None = None, *,
     >>> rows[0].speedup(8) > 0   # original time ÷ block time at batch 8 (above 1: the block is faster)
     True
     """
-    from ..errors import TraceError
-    from ..fx.analysis import analyse
-    from ..fx.tracer import trace
-
     notes = notes if notes is not None else []
     plan = _student_plan(student)
     if plan is None or not plan.replaced:
@@ -278,8 +181,6 @@ def _time_pair(original: nn.Module, block: nn.Module, layer: str, in_shape, batc
                notes: list[str], *, device, dtype, channels_last, warmup, repeats, threads, fold=True):
     """({batch: original's latency}, {batch: block's}) timed side by side in ``runtime``, or None (with a
     note) when the runtime cannot take one of them on its own."""
-    from ..errors import CheapconvError
-
     try:
         runners = make_runners([original, block], runtime, tuple(in_shape), device=device, dtype=dtype,
                                channels_last=channels_last, threads=threads, labels=[f"{layer} (original)", layer],

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import urllib.error
+
 from ..errors import UsageError
 
 __all__ = ["download_error", "is_network_error"]
@@ -12,9 +15,6 @@ _NETWORK_MODULES = ("urllib3", "requests", "huggingface_hub", "httpx", "http.cli
 
 def is_network_error(exc: BaseException) -> bool:
     """Whether ``exc`` (or what it was raised from) is a failed download: no network, DNS, refused, timeout."""
-    import socket
-    import urllib.error
-
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen and len(seen) < 32:

@@ -50,7 +50,7 @@ def canonical_name(name: str) -> str:
 
 
 def _torchvision_names() -> list[str]:
-    import torchvision
+    import torchvision  # optional (vision extra), slow to import: only for torchvision names
 
     return sorted(torchvision.models.list_models(module=torchvision.models)
                   + torchvision.models.list_models(module=torchvision.models.segmentation)
@@ -58,19 +58,19 @@ def _torchvision_names() -> list[str]:
 
 
 def _is_segmentation(tv_name: str) -> bool:
-    import torchvision
+    import torchvision  # optional (vision extra), slow to import: only for torchvision names
 
     return tv_name in torchvision.models.list_models(module=torchvision.models.segmentation)
 
 
 def _is_detection(tv_name: str) -> bool:
-    import torchvision
+    import torchvision  # optional (vision extra), slow to import: only for torchvision names
 
     return tv_name in torchvision.models.list_models(module=torchvision.models.detection)
 
 
 def _timm_names() -> list[str]:
-    import timm
+    import timm  # optional (vision extra), slow to import: only for timm names
 
     return timm.list_models()
 
@@ -153,7 +153,7 @@ def _create_model(name: str, *, num_classes: int | None = None, pretrained: bool
 
 def _create_torchvision(name, tv_name, num_classes, pretrained, **kwargs) -> nn.Module:
     try:
-        import torchvision
+        import torchvision  # optional (vision extra), slow to import: only for torchvision names
     except ImportError:
         raise UsageError(f"{name!r} needs torchvision, which is not installed: "
                          "pip install 'cheapconv[vision]'.") from None
@@ -187,7 +187,7 @@ def _timm_suggestions(name: str) -> list[str]:
 
 def _create_timm(timm_name: str, num_classes, pretrained, **kwargs) -> nn.Module:
     try:
-        import timm
+        import timm  # optional (vision extra), slow to import: only for timm names
     except ImportError:
         raise UsageError(f"timm:{timm_name} needs timm, which is not installed: "
                          "pip install 'cheapconv[vision]'.") from None

@@ -5,6 +5,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from rich.table import Table
+
+from ..formatting import render_plain
+
 __all__ = ["ADAM_NOT_KEPT", "ReconstructionReport", "SiteResult"]
 
 #: How a site's method says that the Adam steps after its fit were discarded (the fit itself stands).
@@ -56,8 +60,6 @@ class ReconstructionReport:
 
     def table(self):
         """A rich Table: every site with its block, method and errors before and after."""
-        from rich.table import Table
-
         t = Table(title=f"Reconstruction on {self.samples:,} calibration images "
                         f"({self.steps} optimisation steps per site, BatchNorm statistics: {self.batchnorm})",
                   title_justify="left")
@@ -76,8 +78,6 @@ class ReconstructionReport:
         return t
 
     def __str__(self) -> str:
-        from ..surgery.report import render_plain
-
         lines = render_plain(self.table()).rstrip("\n")
         return (f"{lines}\nErrors are ‖student − teacher‖ / ‖teacher‖ at each site's output; 'sample' is the "
                 f"number of calibration images cached for the site's optimisation (at most "

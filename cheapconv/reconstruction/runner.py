@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from ..data import default_workers
+from ..data import adapt_for_model, data_preprocessing, default_workers, get_dataset
 from ..errors import UsageError
 from ..models.preprocessing import preprocessing_of
 from ..progress import ProgressReport
@@ -99,8 +99,6 @@ def _calibration_data(data: Dataset | torch.Tensor | str, student: nn.Module, te
     """``data``, or for a dataset name its training split built the way ``--data`` is everywhere
     (:func:`cheapconv.data.adapt_for_model`: the size and normalisation the student records, else the
     teacher's; no augmentation). A dataset fed otherwise than the record says gets a warning."""
-    from ..data import adapt_for_model, data_preprocessing, get_dataset
-
     fed = student if preprocessing_of(student) is not None else teacher
     if isinstance(data, str):
         fit = adapt_for_model(data, fed)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from ..surgery.planner import PlanEntry
+from ..surgery.plans import PlanEntry
 from ..surgery.teacher_init import replaced_sites
 
 __all__ = ["Site", "execution_order", "fitting_sites"]

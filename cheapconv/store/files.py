@@ -9,6 +9,7 @@ died are removed by the next write to the same target.
 from __future__ import annotations
 
 import errno as _errno
+import hashlib
 import os
 import re
 import secrets
@@ -125,8 +126,6 @@ def _tmp_stem(path: Path) -> str:
     """``.NAME.``: the start of every temporary of ``path`` (long names shortened to stay under NAME_MAX)."""
     name = path.name
     if len(name.encode()) > 160:
-        import hashlib
-
         name = name[:40] + "~" + hashlib.sha1(name.encode()).hexdigest()[:12]
     return f".{name}."
 

@@ -24,21 +24,26 @@ import datetime as _dt
 import io as _io
 import json
 import pickle
+import sys
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import fx, nn
 
+from ..counting import count_state
 from ..errors import FileFormatError, TraceError, UntrustedFileError, UsageError
 from ..fx.tracer import trace
+from ..models.inputs import default_input_size
 from ..models.preprocessing import Preprocessing, preprocessing_of
 from ..models.weights import mismatch
-from ..surgery.planner import Plan
+from ..surgery.plans import Plan
+from ..version import __version__
 from . import graph_codec
 from .files import atomic_save, check_writable
-from .rebuild import recipe_for_classes
+from .rebuild import check_recipe, rebuild_from_recipe, recipe_for_classes
 
 FORMAT = "cheapconv"
 FORMAT_VERSION = 1
@@ -46,10 +51,6 @@ FORMAT_VERSION = 1
 
 def versions() -> dict[str, str]:
     """Library versions recorded in every file."""
-    import sys
-
-    from ..version import __version__
-
     out = {"cheapconv": __version__, "torch": torch.__version__}
     for name in ("torchvision", "timm"):
         mod = sys.modules.get(name)
@@ -119,15 +120,12 @@ def _input_size_for(model: nn.Module, recipe: dict) -> tuple[int, ...] | None:
     """The input size a stored graph is checked at: the recipe's, else the model's own native size."""
     if recipe.get("input_size"):
         return tuple(recipe["input_size"])
-    from ..models.inputs import default_input_size
 
     return default_input_size(model)
 
 
 def _rebuilds_from_recipe(model: nn.Module, recipe: dict) -> bool:
     """Whether :func:`load` will rebuild exactly this model from ``recipe`` (the same checks as loading)."""
-    from .rebuild import check_recipe
-
     try:
         check_recipe(recipe, expected=model.state_dict())
     except Exception:  # noqa: BLE001 - any failure just means this storage kind is not usable
@@ -300,7 +298,7 @@ def _check_payload(payload: dict, path: Path) -> dict:
 
 
 def _plan_of(recipe: dict):
-    """The :class:`~cheapconv.surgery.planner.Plan` in a student's recipe, or None where it cannot be read (a
+    """The :class:`~cheapconv.surgery.plans.Plan` in a student's recipe, or None where it cannot be read (a
     file of another version: the model still loads; only what needs the plan says so)."""
     try:
         return Plan.from_dict(recipe["plan"])
@@ -309,8 +307,6 @@ def _plan_of(recipe: dict):
 
 
 def _looks_like_torch_file(path: Path) -> bool:
-    import zipfile
-
     if zipfile.is_zipfile(path):
         return True
     with open(path, "rb") as f:
@@ -320,8 +316,6 @@ def _looks_like_torch_file(path: Path) -> bool:
 def describe_file(path: str | Path) -> dict[str, Any]:
     """What a cheapconv file says about itself, without building the model (``cheapconv inspect``): its
     checked recipe, the number of state-dict tensors and their values in the paper convention."""
-    from ..counting import count_state
-
     payload = _read(path)
     recipe = _check_payload(payload, Path(path))
     state = payload["state_dict"]
@@ -364,8 +358,6 @@ def load(path: str | Path, *, trust: bool = False, map_location: str | torch.dev
             raise FileFormatError(f"{str(path)!r} describes a graph this cheapconv refuses to build "
                                   f"({str(e)[:300]}).") from None
     elif kind == "recipe":
-        from .rebuild import rebuild_from_recipe
-
         model = rebuild_from_recipe(recipe, expected=state)
     elif kind == "pickle":
         if not trust:

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..blocks import BLOCK_MODULES
+from ..fx.tap import Tap
 from .graph_vocab import NotDescribable, check_identifier
 
 __all__ = ["JSON_SCALARS", "build_module", "describe_module", "module_types"]
@@ -111,9 +113,6 @@ _TORCH_RECIPES: dict[type, _Recipe] = {nn.MultiheadAttention: _Recipe(_mha_args)
 
 
 def module_types() -> dict[str, type[nn.Module]]:
-    from ..blocks import BLOCK_MODULES
-    from ..fx.tap import Tap
-
     types: dict[str, type[nn.Module]] = {f"torch.nn.{cls.__name__}": cls for cls in _TORCH_TYPES}
     for cls in (*BLOCK_MODULES, Tap):
         types[f"cheapconv.{cls.__name__}"] = cls

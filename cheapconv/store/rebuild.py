@@ -25,7 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..counting import materialising_meta_models, throwaway_copy
 from ..errors import FileFormatError
+from ..models.weights import head_keys
+from ..models.zoo import create_model
+from ..surgery.rewrite import cheapen
 from .graph_limits import tensor_bytes
 
 __all__ = ["MAX_TEACHER_BYTES", "SOURCE_KWARGS", "check_recipe", "rebuild_from_recipe", "recipe_for_classes",
@@ -85,8 +89,6 @@ def teacher_from_recipe(recipe: dict) -> nn.Module:
     Built-in WRNs take any depth and width, so their size is checked on the meta device first; torchvision
     and timm models have the fixed sizes of their registries (with the bounded keywords above).
     """
-    from ..models.zoo import create_model
-
     source, kwargs = _source(recipe)
     if source.startswith(("wrn_", "segwrn_")):
         with torch.device("meta"):
@@ -106,8 +108,6 @@ def recipe_for_classes(recipe: dict, state: dict[str, torch.Tensor]) -> dict | N
     nn.Linear(512, 10)``) still carries its source's keywords; built with the head's class count instead, it
     may have exactly its tensors again (:func:`check_recipe` decides), and save as a recipe rather than a pickle.
     """
-    from ..models.weights import head_keys
-
     try:
         with torch.device("meta"), _quiet():   # only the names and shapes are needed
             teacher = teacher_from_recipe(recipe)
@@ -135,8 +135,6 @@ def rebuild_from_recipe(recipe: dict, expected: dict[str, torch.Tensor] | None =
     ``expected`` (a state dict) is the file's weights: the student rebuilt on the meta device must have
     exactly these tensor names and shapes before the real one is built.
     """
-    from ..surgery.rewrite import cheapen
-
     teacher, policy, size, leaves = _checked_teacher(recipe, expected)
     if not policy:
         return teacher
@@ -146,9 +144,6 @@ def rebuild_from_recipe(recipe: dict, expected: dict[str, torch.Tensor] | None =
 
 def _checked_teacher(recipe: dict, expected: dict[str, torch.Tensor] | None):
     """The recipe's teacher and cheapen arguments, after every check (the student tried on meta tensors)."""
-    from ..counting import materialising_meta_models, throwaway_copy
-    from ..surgery.rewrite import cheapen
-
     _source(recipe)
     policy = recipe.get("policy")
     if policy is not None and (not isinstance(policy, str) or len(policy) > 20_000):

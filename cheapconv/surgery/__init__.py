@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from .fold import FoldReport, deployable, fold_batchnorm, strip_taps
-from .planner import Plan, PlanEntry, plan, prepare
+from .planner import plan, prepare
+from .plans import Plan, PlanEntry, plan_table, summary_table
 from .policy import Policy, Rule, Selector, parse_policy
-from .report import human, plan_table, ratio, render_plain, summary_table
 from .rewrite import apply_plan, cheapen
 from .taps import find_stages, insert_taps, record, taps_of
 from .teacher_init import InitRecord, Site, init_from_teacher, replaced_sites, site_output_errors
 
 __all__ = [
     "FoldReport", "Plan", "PlanEntry", "Policy", "Rule", "Selector", "apply_plan", "cheapen", "deployable",
-    "find_stages", "fold_batchnorm", "human", "insert_taps", "parse_policy", "plan", "plan_table", "prepare",
-    "ratio", "record", "render_plain", "strip_taps", "summary_table", "taps_of",
+    "find_stages", "fold_batchnorm", "insert_taps", "parse_policy", "plan", "plan_table", "prepare",
+    "record", "strip_taps", "summary_table", "taps_of",
     "InitRecord", "Site", "init_from_teacher", "replaced_sites", "site_output_errors",
 ]

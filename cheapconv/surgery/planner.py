@@ -15,11 +15,9 @@ this plan. Every layer appears with an action:
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import nn
@@ -27,81 +25,15 @@ from torch import nn
 from ..blocks import BlockSpec, SamePadded, pads_at_run_time
 from ..counting import count_macs, count_params
 from ..errors import PolicyMatchError, TraceError
+from ..formatting import human
 from ..fx.analysis import Analysis, ConvSite, PairSite, analyse, shape_mismatch
 from ..fx.tap import Tap
+from ..fx.tracer import trace
+from ..models.inputs import as_example_batch, example_input_for
 from .advice import nothing_replaced_advice
+from .plans import Plan, PlanEntry
 from .policy import Policy, Rule, Selector, parse_policy
-
-Action = Literal["replace", "keep", "skip", "cannot"]
-
-
-@dataclass
-class PlanEntry:
-    """One row of a plan: a conv, or a residual-branch conv pair (``layer1.0.conv1+conv2``)."""
-
-    layer: str
-    convs: tuple[str, ...]
-    action: Action
-    block: str | None = None
-    rule: str | None = None
-    reason: str = ""
-    shape: str = ""
-    params_before: int = 0          # trainable convention
-    params_after: int = 0
-    paper_before: int = 0           # paper convention (BN running stats included)
-    paper_after: int = 0
-    macs_before: int = 0
-    macs_after: int = 0
-
-    @property
-    def changes(self) -> bool:
-        return self.action == "replace"
-
-
-@dataclass
-class Plan:
-    """A printable, serialisable list of :class:`PlanEntry` plus model totals before and after."""
-
-    model: str
-    policy: str
-    input_shape: tuple[int, ...]
-    mode: Literal["graph", "module"]
-    entries: list[PlanEntry]
-    totals: dict[str, int]
-    stages: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def replaced(self) -> list[PlanEntry]:
-        return [e for e in self.entries if e.changes]
-
-    @property
-    def impossible(self) -> list[PlanEntry]:
-        return [e for e in self.entries if e.action == "cannot"]
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["input_shape"] = list(self.input_shape)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Plan:
-        d = dict(d)
-        d["entries"] = [PlanEntry(**{**e, "convs": tuple(e["convs"])}) for e in d["entries"]]
-        d["input_shape"] = tuple(d["input_shape"])
-        return cls(**d)
-
-    def table(self, *, show_all: bool = True):
-        """A rich Table of the entries (kept rows dimmed)."""
-        from .report import plan_table
-
-        return plan_table(self, show_all=show_all)
-
-    def __str__(self) -> str:
-        from .report import render_plain
-
-        return render_plain(self.table())
-
+from .taps import find_stages
 
 # --- costs -------------------------------------------------------------------------------------------------
 #: (trainable parameters, paper-convention parameters, MACs per image)
@@ -211,8 +143,6 @@ def _grows(entry: PlanEntry, spec: BlockSpec, before: Cost, after: Cost, *, name
     A rule that names the layer exactly still applies the block (False); build_plan warns about it."""
     if after[0] <= before[0] or named:
         return False
-    from .report import human
-
     entry.action = "skip"
     entry.reason = (f"{spec} here: {human(after[0])} params > {human(before[0])} of {what}; name the layer "
                     "to force it")
@@ -339,12 +269,6 @@ def prepare(model: nn.Module, *, example_input: torch.Tensor | list[torch.Tensor
 
     ``example_input`` is a batch, a C×H×W image or a list of them
     (:func:`~cheapconv.models.inputs.as_example_batch`)."""
-    import copy
-
-    from ..fx.tracer import trace
-    from ..models.inputs import as_example_batch, example_input_for
-    from .taps import find_stages
-
     # a detector's natural input, [image], is measured as the batch it stands for
     example_input = example_input_for(model, input_size) if example_input is None else as_example_batch(example_input)
     notes = []

@@ -17,7 +17,8 @@ from ..errors import UsageError
 from ..fx.analysis import Analysis
 from ..fx.tap import Tap
 from ..models.preprocessing import preprocessing_of
-from .planner import Plan, build_plan, prepare
+from .planner import build_plan, prepare
+from .plans import Plan
 from .policy import Policy, parse_policy
 from .taps import insert_taps
 from .teacher_init import init_from_teacher
@@ -64,7 +65,7 @@ def cheapen(model: nn.Module, policy: str | Policy | BlockSpec, *,
     the linear blocks and a documented linear start for ``G``, ``B``, ``BG``), with one record per site in
     ``student.cheapconv_init``. Either way ``model`` is only read.
 
-    The student carries ``cheapconv_plan`` (the :class:`~cheapconv.surgery.planner.Plan` that was applied),
+    The student carries ``cheapconv_plan`` (the :class:`~cheapconv.surgery.plans.Plan` that was applied),
     ``cheapconv_recipe`` (what :func:`cheapconv.save` records), Tap modules at the stage outputs, and the
     teacher's ``cheapconv_preprocessing`` (how it must be fed; at ``input_size`` where one is given).
 

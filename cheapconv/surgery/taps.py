@@ -31,10 +31,13 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import fx, nn
 
+from ..counting import shape_forward
 from ..errors import UsageError
 from ..fx.edit import insert_after
+from ..fx.ops import ACT_MODULES, NORM_TYPES
 from ..fx.tap import TAPS_ATTR, Tap
 from ..fx.tracer import module_path_of
+from ..models.inputs import example_input_for
 
 __all__ = ["DENSE_HEADS", "find_stages", "head_stages", "insert_taps", "match_taps", "record", "taps_of"]
 
@@ -88,8 +91,6 @@ def head_stages(model: nn.Module, example_input: torch.Tensor | None = None) -> 
     conv-norm-act block) ends a stage; a bare conv ends one at the norms and activations right after it; a
     bare conv with none after it is the final classifier and no stage. Stages whose output is not a map larger
     than 1×1 (LR-ASPP's global-pool gate) are left out, found with one forward on meta tensors."""
-    from ..fx.ops import ACT_MODULES, NORM_TYPES
-
     found = []
     for head_name, head in model.named_children():
         if head_name not in DENSE_HEADS:
@@ -109,10 +110,7 @@ def head_stages(model: nn.Module, example_input: torch.Tensor | None = None) -> 
     if not found:
         return found
     if example_input is None:
-        from ..models.inputs import example_input_for
-
         example_input = example_input_for(model)
-    from ..counting import shape_forward
 
     seen: dict[str, tuple[int, tuple[int, ...]]] = {}
     handles = [model.get_submodule(n).register_forward_hook(_size_hook(seen, n)) for n in found]
@@ -137,10 +135,7 @@ def find_stages(model: nn.Module, example_input: torch.Tensor | None = None) -> 
     if len(names) >= 2:
         return names
     if example_input is None:
-        from ..models.inputs import example_input_for
-
         example_input = example_input_for(model)
-    from ..counting import shape_forward
 
     trunk = _trunk(model)
     prefix = {m: n for n, m in model.named_modules()}
@@ -172,8 +167,6 @@ def find_stages(model: nn.Module, example_input: torch.Tensor | None = None) -> 
 
 def _stage_end(run: list[str], modules: dict[str, nn.Module]) -> str:
     """The last conv-holding child of a run, or the norms/activations right after it (not a pool or head)."""
-    from ..fx.ops import ACT_MODULES, NORM_TYPES
-
     end = max(i for i, n in enumerate(run) if _convs_in(modules[n]))
     while end + 1 < len(run) and isinstance(modules[run[end + 1]], (*ACT_MODULES, *NORM_TYPES)):
         end += 1

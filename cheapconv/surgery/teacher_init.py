@@ -31,7 +31,7 @@ from ..blocks import SamePadded
 from ..counting import eval_mode
 from ..errors import UsageError
 from .block_init import INITIALISERS, dilated_corners
-from .planner import PlanEntry
+from .plans import PlanEntry
 
 
 @dataclass

@@ -26,7 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
 from ..progress import ProgressReport
+from ..store.files import atomic_write
 from .start_end import start_line
 
 __all__ = ["Callback", "JsonlLogger", "RichProgress", "RunInfo", "TensorBoardLogger", "truncate_jsonl"]
@@ -106,8 +110,6 @@ def truncate_jsonl(path: str | Path, step: int) -> int:
     of steps up to ``step`` (a line cut off by a kill and records of steps after the checkpoint are dropped,
     and so is an ``end`` record, which the resumed run writes again). Returns how many lines were dropped;
     the file is rewritten atomically, and only when something is dropped."""
-    from ..store.files import atomic_write
-
     path = Path(path)
     raw = path.read_bytes()
     kept, dropped = [], 0
@@ -143,21 +145,11 @@ class RichProgress(Callback):
         self._info = ""
 
     def on_start(self, run: RunInfo) -> None:
-        from rich.console import Console
-
         console = Console(stderr=True)
         if not console.is_terminal or console.is_dumb_terminal:
             self._lines = ProgressReport({"steps": self.description}, console=console, unit="steps")
             self._lines.start("steps", run.step, run.total_steps, self._epoch_info(run))
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
 
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

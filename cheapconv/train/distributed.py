@@ -23,9 +23,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import default_workers
+from ..data import TensorImageDataset, default_workers
 from ..errors import UsageError
 
 __all__ = ["DistContext", "EpochBatchSampler", "batches_for_eval", "resolve_device", "setup", "teardown",
@@ -56,7 +57,6 @@ class DistContext:
         """``model`` in DistributedDataParallel when there are several processes, else unchanged."""
         if not self.distributed:
             return model
-        from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
@@ -193,8 +193,6 @@ def train_batches(dataset: Dataset, sampler: EpochBatchSampler, loader: DataLoad
 def make_train_loader(dataset: Dataset, sampler: EpochBatchSampler, num_workers: int,
                       device: torch.device) -> DataLoader | None:
     """The DataLoader for datasets that need one (None: batch in memory, see :func:`train_batches`)."""
-    from ..data import TensorImageDataset
-
     if num_workers == 0 and isinstance(dataset, TensorImageDataset):
         return None
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
@@ -207,8 +205,6 @@ def batches_for_eval(data, batch_size: int, *, shard: tuple[int, int] | None = N
                      ) -> Iterator[tuple[Tensor, Tensor]]:
     """Sequential batches of a dataset (this rank's contiguous slice under ``shard``), or ``data`` itself
     when it already yields batches (a DataLoader)."""
-    from ..data import TensorImageDataset
-
     if isinstance(data, DataLoader) or not isinstance(data, Dataset):
         yield from data
         return

@@ -75,6 +75,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from ..errors import UsageError
 from .callbacks import Callback
 from .checks import check_inputs, check_taps
 from .config import DistillConfig
@@ -257,13 +258,9 @@ def _check_prediction(logits: Tensor, labels: Tensor, data: Dataset) -> None:
         return
     classes = getattr(getattr(data, "info", None), "num_classes", None)
     if logits.dim() != labels.dim() + 1 or logits.shape[-2:] != labels.shape[-2:]:
-        from ..errors import UsageError
-
         raise UsageError(f"The data are segmentation masks of size {tuple(labels.shape[-2:])} but the student "
                          f"predicts a tensor of shape {tuple(logits.shape)}; a segmentation model must return "
                          "B×classes×H×W logits at the input's resolution (or a dict with them under 'out').")
     if classes is not None and logits.shape[1] != classes:
-        from ..errors import UsageError
-
         raise UsageError(f"The student predicts {logits.shape[1]} classes per pixel but the dataset has {classes}; "
                          f"build it with num_classes={classes} (--num-classes {classes}).")

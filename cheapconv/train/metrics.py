@@ -30,6 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..counting import eval_mode
 from .config import check_precision
+from .dense import cross_entropy, split_output
+from .distributed import batches_for_eval
 
 __all__ = ["BatchStats", "Meters", "autocast", "batch_stats", "confusion_counts", "evaluate", "peak_memory_mb",
            "seg_scores", "topk_hits"]
@@ -226,9 +228,6 @@ def evaluate(model: nn.Module, data, *, batch_size: int = 256, device: str | tor
     every batch with the images evaluated so far (``total`` 0 where the data do not say how many):
     :class:`cheapconv.progress.ProgressReport` turns it into a bar or log lines.
     """
-    from .dense import cross_entropy, split_output
-    from .distributed import batches_for_eval
-
     check_precision(precision)
     param = next(iter(model.parameters()), None)
     dev = torch.device(device) if device is not None else (param.device if param is not None else torch.device("cpu"))
