@@ -160,7 +160,8 @@ def _write(student, output: Path, *, from_teacher: bool) -> None:
     err.print(f"Wrote {literal(output)} ({kind} format" + (": loading it will need --trust" if kind == "pickle" else "")
               + ").", highlight=False)
     if from_teacher:
-        # measured (benchmarks/README.md): unclipped lr-0.1 steps take a reconstructed student to chance
+        # measured (benchmarks/teacher_init/README.md): unclipped lr-0.1 steps take a reconstructed student to
+        # chance
         err.print("Next: cheapconv distill --student THIS_FILE ... trains it with its gradient norm clipped at 1 and a "
                   "cosine schedule (the file records that it starts from its teacher; unclipped first steps of the "
                   "paper's recipe undo such a start). A short budget is enough: e.g. --epochs 1.", highlight=False)

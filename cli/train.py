@@ -448,7 +448,8 @@ def _recipe_for_start(student, cfg, opts: RunOptions):
         said = ", ".join(f"--{k.replace('_', '-')} {v if isinstance(v, str) else format(v, 'g')}"
                          for k, v in changes.items())
         _note(f"the student starts from its teacher: training it with {said} (unclipped first steps of the "
-              "paper's recipe undo such a start; see benchmarks/README.md). Give the options to choose otherwise.")
+              "paper's recipe undo such a start; see benchmarks/teacher_init/README.md). Give the options to choose "
+              "otherwise.")
     return cfg.replace(**changes) if changes else cfg
 
 

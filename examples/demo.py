@@ -8,7 +8,7 @@
    images (training images the students never train on).
 3. Distil both students from the teacher with attention transfer for the same short budget: the random one
    with the teacher's own recipe, the teacher-initialised one with its gradient norm clipped at 1 (at lr 0.1
-   its first unclipped steps undo the good start; see ``benchmarks/README.md``).
+   its first unclipped steps undo the good start; see ``benchmarks/teacher_init/README.md``).
 4. Print a table: parameters (both conventions), MACs per image, measured latency (batch 1, side by side)
    and test accuracy, before distillation for the teacher-initialised student too.
 

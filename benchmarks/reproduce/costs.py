@@ -59,7 +59,8 @@ def cost_section(s) -> list[str]:
     if teacher is None:
         return ["Pending (the teacher has not run)."]
     if all(p["b1"] is None for p in points):
-        return ["Pending (no latency measured yet: `python benchmarks/reproduce.py --latency` on a quiet machine)."]
+        return ["Pending (no latency measured yet: `python -m benchmarks.reproduce --latency` on a quiet "
+                "machine)."]
     threads = sorted({p["threads"] for p in points if p["threads"] is not None})
     lines = ["Each student's costs as a fraction of the teacher's (fp32, "
              f"{'/'.join(map(str, threads))} thread(s), medians of interleaved runs), and the compute rate it "

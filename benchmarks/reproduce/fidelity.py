@@ -85,7 +85,7 @@ FISHER_DECISION = (
 def fisher_section(paths: list[Path]) -> list[str]:
     """One table per Fisher check (``fisher.py``), and which settings kept the ranking."""
     if not paths:
-        return ["Pending (`benchmarks/reproduce_fisher.py` has not run)."]
+        return ["Pending (`python -m benchmarks.reproduce.fisher` has not run)."]
     lines = []
     for path in paths:
         r = json.loads(path.read_text())

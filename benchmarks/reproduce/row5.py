@@ -23,7 +23,7 @@ def teacher_init_section(records: list[dict]) -> list[str]:
     """Markdown lines: one row per row-5 run with its learning curve (test top-1 %, fp32 evaluation)."""
     runs = [r for r in records if r.get("kind") == "run" and r.get("row") == "5"]
     if not runs:
-        return ["Pending (row 5 has not run: `python benchmarks/reproduce.py --teacher-init`)."]
+        return ["Pending (row 5 has not run: `python -m benchmarks.reproduce --teacher-init`)."]
     random = {r["student"]: r for r in records
               if r.get("kind") == "run" and r.get("row") == "2" and r.get("mode") == "at" and r.get("seed") == 0}
     head = "| student | seed | step 0 | " + " | ".join(LABELS) + " | final | random-init AT final | " \
@@ -62,6 +62,6 @@ def teacher_init_section(records: list[dict]) -> list[str]:
                   "deployed at that step, not its best possible reading). With the fine-tuning recipe that "
                   "`cheapconv distill` now applies to teacher-initialised students (gradient norm clipped at 1, "
                   "cosine decay over the budget), the same starts reach the random-initialised students' final "
-                  "accuracy in far fewer steps: benchmarks/README.md, \"Short budgets with the fine-tuning "
-                  "recipe\" (benchmarks/teacher_init.py)."]
+                  "accuracy in far fewer steps: benchmarks/teacher_init/README.md, \"Short budgets with the "
+                  "fine-tuning recipe\" (`python -m benchmarks.teacher_init`)."]
     return lines

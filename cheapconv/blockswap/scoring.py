@@ -126,8 +126,8 @@ class Scorer:
 
     ``precision`` is the Fisher pass's: ``"bf16"`` (autocast; the default) or ``"fp32"``. bf16 keeps the
     fp32 ranking (Spearman 0.988 on WRN-16-2 and 0.995 on WRN-40-2 over 50 configurations, closer than a
-    second fp32 seed comes) at ~1.4x the speed; see ``benchmarks/reproduction.md``. On a device without
-    native bf16 it is fp32 (``self.precision`` says which ran)."""
+    second fp32 seed comes) at ~1.4x the speed; see ``benchmarks/reproduce/README.md``. On a device
+    without native bf16 it is fp32 (``self.precision`` says which ran)."""
 
     def __init__(self, teacher: nn.Module, space: SearchSpace, batch: Minibatch, *, seed: int = 0,
                  input_size: tuple[int, ...] | None = None, leaf_modules: Sequence = (),

@@ -140,9 +140,9 @@ def reconstruct(student: nn.Module, teacher: nn.Module, data: Dataset | torch.Te
     (learning rate ``lr``, cosine decay) on that block alone, kept only if they lower the error (see
     :mod:`cheapconv.reconstruction.fitting`; ``lr=1e-2`` beat ``1e-3`` at 200 steps on a trained WRN-16-2,
     step-0 test top-1 85.6 % against 82.5 % for ``B(2)``, 90.4 % against 90.0 % for ``G(4)``; more steps help
-    the bottleneck further, benchmarks/README.md). With ``balance`` (the default) each fitted block is then rescaled
-    exactly (same eval-mode function) so that distillation at the teacher's learning rate does not throw it
-    out in its first steps (:mod:`cheapconv.reconstruction.balance` says why and what).
+    the bottleneck further, benchmarks/teacher_init/README.md). With ``balance`` (the default) each fitted block is
+    then rescaled exactly (same eval-mode function) so that distillation at the teacher's learning rate does not
+    throw it out in its first steps (:mod:`cheapconv.reconstruction.balance` says why and what).
 
     BatchNorm statistics: with ``batchnorm="blocks"`` (the default)
     those inside each replaced block are recomputed right after its fit, from its final inputs (nothing

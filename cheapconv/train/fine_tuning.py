@@ -3,7 +3,8 @@
 A student built with ``cheapen(..., init="teacher")`` (and usually :func:`cheapconv.reconstruct`) starts
 close to its teacher; the paper's recipe (lr 0.1, no gradient clipping, step decay over 200 epochs) was
 written for random starts and throws such a student out in its first steps. Measured on real
-Fashion-MNIST with a WRN-16-2 teacher (``benchmarks/README.md``, "Students that start from their teacher"):
+Fashion-MNIST with a WRN-16-2 teacher (``benchmarks/teacher_init/README.md``, "Students that start from their
+teacher"):
 unclipped lr-0.1 steps took reconstructed students to chance; clipped at 1 they keep their start, and given
 one epoch with a cosine decay a reconstructed ``B(2)`` went from 87.95 % to 90.03 %, 0.73 points below its
 teacher (lower peak lrs, 0.005 to 0.05, ended lower: 88.68 to 89.69 %).
