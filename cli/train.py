@@ -415,7 +415,7 @@ def distill_cmd(
     t = load_model(teacher, weights=teacher_weights, num_classes=num_classes, trust=opts.trust, what="teacher",
                    **({"weights_by_position": True} if teacher_weights_by_position else {}))
     s = load_model(student, trust=opts.trust, what="student")
-    cfg = _recipe_for_start(s, cfg, opts)
+    cfg = _recipe_for_start(s, cfg, opts, teacher=t)
     if loss.needs_taps and _is_main():
         from cheapconv.surgery.taps import match_taps
 
@@ -433,23 +433,29 @@ def distill_cmd(
     _say_start_end(result, cfg, start_file=student, output=opts.output)
 
 
-def _recipe_for_start(student, cfg, opts: RunOptions):
+def _recipe_for_start(student, cfg, opts: RunOptions, *, teacher=None):
     """For a student that starts from its teacher (``cheapen --init teacher``), the fine-tuning settings
-    (:data:`cheapconv.train.config.FINE_TUNING`: gradient clip 1, cosine schedule) where the command line
-    leaves them open, said in a note. They apply on --resume too (so the resumed config matches the run's),
-    except those a resume takes from its checkpoint (the clip: see :func:`_prepare_run`)."""
-    from cheapconv.train.fine_tuning import starts_from_teacher
+    (:data:`cheapconv.train.config.FINE_TUNING`: gradient clip 1, cosine schedule; the lr its teacher was trained
+    with, :func:`cheapconv.train.fine_tuning.teacher_lr`, where the teacher's file records it) where the command
+    line leaves them open, said in a note. They apply on --resume too (so the resumed config matches the run's),
+    except those a resume takes from its checkpoint (the clip and the lr: see :func:`_prepare_run`)."""
+    from cheapconv.train.fine_tuning import starts_from_teacher, teacher_lr
 
     if not starts_from_teacher(student):
         return cfg
-    changes = {k: v for k, v in FINE_TUNING.items()
+    recipe = dict(FINE_TUNING)
+    lr = teacher_lr(teacher) if teacher is not None else None
+    if lr is not None:
+        recipe["lr"] = lr
+    changes = {k: v for k, v in recipe.items()
                if k not in opts.settings and not (opts.resume and k in RESUME_ADJUSTABLE)}
     if changes and _is_main() and not opts.resume:
         said = ", ".join(f"--{k.replace('_', '-')} {v if isinstance(v, str) else format(v, 'g')}"
-                         for k, v in changes.items())
+                         + (" (its teacher's)" if k == "lr" else "") for k, v in changes.items())
         _note(f"the student starts from its teacher: training it with {said} (unclipped first steps of the "
-              "paper's recipe undo such a start; see benchmarks/teacher_init/README.md). Give the options to choose "
-              "otherwise.")
+              "paper's recipe undo such a start, and a student fine-tunes best near its teacher's lr; see "
+              "benchmarks/teacher_init/README.md and benchmarks/pretrained_journey/README.md). Give the options to "
+              "choose otherwise.")
     return cfg.replace(**changes) if changes else cfg
 
 

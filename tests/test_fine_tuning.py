@@ -92,3 +92,20 @@ def test_cli_distill_trains_a_teacher_initialised_student_with_the_fine_tuning_r
     assert code == 0, err
     assert (cfg["grad_clip"], cfg["schedule"]) == (None, "multistep")  # the paper's recipe for random starts
     assert "starts from its teacher" not in err
+
+
+def test_cli_distill_fine_tunes_at_the_lr_its_teacher_was_trained_with(tmp_path, capsys):
+    """A student that starts from its teacher trains at the teacher's recorded lr unless --lr is given (measured:
+    benchmarks/pretrained_journey/README.md); a teacher without a training record leaves the default."""
+    assert main(["train", "wrn_10_1", "--data", DATA, "--lr", "0.02", *SHORT, "-o", str(tmp_path / "t.pt")]) == 0
+    trained = cheapconv.load(tmp_path / "t.pt")
+    assert cheapconv.train.fine_tuning.teacher_lr(trained) == 0.02
+    cheapconv.save(_student(trained, "teacher"), tmp_path / "warm.pt")
+    capsys.readouterr()
+    code, err, cfg = _distill(capsys, tmp_path, tmp_path / "warm.pt")
+    assert code == 0, err
+    assert cfg["lr"] == 0.02 and "--lr 0.02 (its teacher's)" in " ".join(err.split())
+    code, err, cfg = _distill(capsys, tmp_path, tmp_path / "warm.pt", "--lr", "0.05", "--overwrite")
+    assert code == 0, err
+    assert cfg["lr"] == 0.05 and "(its teacher's)" not in err
+    assert cheapconv.train.fine_tuning.teacher_lr(cheapconv.create_model("wrn_10_1")) is None

@@ -21,7 +21,7 @@ from torch import nn
 
 from .config import FINE_TUNING, DistillConfig
 
-__all__ = ["FINE_TUNING", "check_start", "starts_from_teacher"]
+__all__ = ["FINE_TUNING", "check_start", "starts_from_teacher", "teacher_lr"]
 
 
 def starts_from_teacher(student: nn.Module) -> bool:
@@ -41,3 +41,19 @@ def check_start(student: nn.Module, config: DistillConfig) -> None:
             "lr 0.1). Use DistillConfig.fine_tuning(...) (gradient norm clipped at "
             f"{FINE_TUNING['grad_clip']:g}, {FINE_TUNING['schedule']} schedule) or set grad_clip.",
             stacklevel=3)
+
+
+def teacher_lr(teacher: nn.Module) -> float | None:
+    """The peak lr ``teacher`` was trained with by ``cheapconv train``/``distill`` (its file's training record),
+    None where it records none (a zoo model, plain weights).
+
+    ``cheapconv distill`` trains a student that starts from its teacher at this lr unless ``--lr`` is given.
+    Measured (benchmarks/pretrained_journey/README.md): a WRN-16-2 trained from scratch at 0.1 gives its
+    reconstructed ``B(2)`` student the best one-epoch result at 0.1 (0.005-0.05 end lower); an ImageNet
+    EfficientNet-Lite0 fine-tuned at 0.01 gives its reconstructed ``LRp(0.5)`` student the best at 0.01 (0.1 and 0.03
+    end 2-3 points lower, 0.003 slightly lower). A student fine-tunes best near its teacher's own step size.
+    """
+    recipe = getattr(teacher, "cheapconv_recipe", None) or {}
+    config = (recipe.get("training") or {}).get("config") if isinstance(recipe, dict) else None
+    lr = config.get("lr") if isinstance(config, dict) else None
+    return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) and 0 < lr < 10 else None
