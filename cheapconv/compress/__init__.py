@@ -1,0 +1,9 @@
+"""``compress``: from a pretrained teacher to the most accurate student that meets a measured latency budget in the
+runtime it ships in (issue 27). A candidate library per teacher (every replaceable site, every applicable family at a
+few strengths, each fitted locally to the teacher and measured), an exact selection under the budget (a
+multiple-choice knapsack solved as an integer program), then the assembled student measured as a whole, reconstructed
+in order and distilled."""
+
+from .library_model import KEEP, Library, LibrarySite, SiteOption
+
+__all__ = ["KEEP", "Library", "LibrarySite", "SiteOption"]

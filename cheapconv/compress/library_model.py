@@ -1,0 +1,126 @@
+"""What a candidate library holds (issue 27): the sites of a teacher, the options each can take, and what every
+option was measured to cost and to change. Plain data, JSON on disk; built by :mod:`cheapconv.compress.library`,
+read by :mod:`cheapconv.compress.select` (which option per site) and :mod:`cheapconv.compress.assemble` (the
+student from the chosen options' fitted weights).
+
+A *site* is one replaceable conv (``kind="conv"``) or one residual pair (``kind="pair"``: two convs whose
+inner width nothing else reads). A pair's options replace the pair as a whole (a bottleneck ``B(2)``, and the
+inner-width families such as thinner blocks); its convs are sites of their own for conv-level options
+(``G(4)`` on one conv, ``LRp(0.5)`` on another). So a pair takes *either* one pair-level option *or* conv-level
+options on its convs: :attr:`LibrarySite.convs` names the conv sites a pair-level choice excludes, and the
+selection enforces it.
+
+Every site has the option ``keep`` (the teacher's own layers: zero cost change, zero loss). An option records:
+
+- ``rule``: the policy line that builds it (``block1.0.conv1=G(4)``; a pair: ``block1.0=B(2)``), so a chosen
+  set of options is an ordinary policy for :func:`cheapconv.cheapen`;
+- the exact change of parameters (both conventions) and MACs against the teacher's layers it replaces;
+- ``latency_saved_ms``: the teacher's time minus the time with this option, in the library's runtime settings
+  (positive: faster), measured on the site's own layers; ``None`` where it could not be measured;
+- ``local_error``: the relative output error at the site after fitting, on held-out calibration images
+  (the site fed the teacher's own input there: options are independent of each other);
+- ``kl`` and ``agreement``: the teacher with only this option swapped in, against the teacher, on held-out
+  images (mean KL divergence of the predictions; top-1 agreement);
+- ``weights``: the file (inside the library folder) of the fitted modules' state dict.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..store.files import atomic_write
+
+__all__ = ["KEEP", "LIBRARY_FORMAT", "Library", "LibrarySite", "SiteOption"]
+
+KEEP = "keep"
+LIBRARY_FORMAT = 1
+
+
+@dataclass
+class SiteOption:
+    """One way a site can be built (see the module docstring for each field)."""
+
+    spec: str                              # the block notation, or "keep"
+    rule: str | None                       # the policy line; None for keep
+    params: int = 0                        # change against the teacher (trainable convention; negative: fewer)
+    paper: int = 0                         # change in the paper convention
+    macs: int = 0                          # change of MACs for one input
+    latency_saved_ms: float | None = 0.0   # teacher's time minus this option's time (positive: faster)
+    local_error: float = 0.0
+    kl: float = 0.0
+    agreement: float = 1.0
+    weights: str | None = None             # file name inside the library folder
+    family: str = KEEP
+    seconds: float = 0.0                   # what fitting and scoring it took
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def is_keep(self) -> bool:
+        return self.spec == KEEP
+
+
+@dataclass
+class LibrarySite:
+    """One site and its options (``options[0]`` is always keep)."""
+
+    name: str                              # the plan's name: a conv's module name, a pair's "block1.0.conv1+conv2"
+    kind: str                              # "conv" or "pair"
+    convs: tuple[str, ...]                 # the conv(s) it covers
+    shape: str = ""                        # human description, e.g. "32→32 3×3 @32×32"
+    options: list[SiteOption] = field(default_factory=list)
+
+    def option(self, spec: str) -> SiteOption:
+        for opt in self.options:
+            if opt.spec == spec:
+                return opt
+        raise KeyError(f"{self.name} has no option {spec!r}")
+
+
+@dataclass
+class Library:
+    """A teacher's candidate library: its sites and options, and the settings they were measured under.
+
+    ``key`` identifies what the figures depend on (the teacher's SHA-256, the calibration data's fingerprint,
+    the candidate families and strengths, the runtime settings); a library folder built for another key is not
+    reused. ``teacher_latency_ms`` is the whole teacher's time in those settings."""
+
+    key: dict[str, Any]
+    sites: list[LibrarySite] = field(default_factory=list)
+    teacher_latency_ms: float | None = None
+    teacher_params: int = 0
+    teacher_paper: int = 0
+    teacher_macs: int = 0
+    input_shape: tuple[int, ...] = ()
+    format: int = LIBRARY_FORMAT
+
+    def site(self, name: str) -> LibrarySite:
+        for s in self.sites:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    # ------------------------------------------------------------------ JSON
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Library:
+        sites = [LibrarySite(name=s["name"], kind=s["kind"], convs=tuple(s["convs"]), shape=s.get("shape", ""),
+                             options=[SiteOption(**o) for o in s["options"]]) for s in data.get("sites", [])]
+        return cls(key=dict(data["key"]), sites=sites, teacher_latency_ms=data.get("teacher_latency_ms"),
+                   teacher_params=data.get("teacher_params", 0), teacher_paper=data.get("teacher_paper", 0),
+                   teacher_macs=data.get("teacher_macs", 0), input_shape=tuple(data.get("input_shape", ())),
+                   format=data.get("format", LIBRARY_FORMAT))
+
+    def save_json(self, path: str | Path) -> None:
+        """Write the library as JSON atomically (a kill never leaves half a file: the build resumes from it)."""
+        text = json.dumps(self.to_dict(), indent=1) + "\n"
+        atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+    @classmethod
+    def load_json(cls, path: str | Path) -> Library:
+        return cls.from_dict(json.loads(Path(path).read_text()))
