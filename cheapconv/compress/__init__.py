@@ -4,6 +4,9 @@ few strengths, each fitted locally to the teacher and measured), an exact select
 multiple-choice knapsack solved as an integer program), then the assembled student measured as a whole, reconstructed
 in order and distilled."""
 
+from .budgets import METRICS, parse_budget
 from .library_model import KEEP, Library, LibrarySite, SiteOption
+from .selection import BudgetUnreachableError, Front, Selection, front, select
 
-__all__ = ["KEEP", "Library", "LibrarySite", "SiteOption"]
+__all__ = ["KEEP", "Library", "LibrarySite", "SiteOption",
+           "METRICS", "BudgetUnreachableError", "Front", "Selection", "front", "parse_budget", "select"]
