@@ -1,5 +1,5 @@
-"""The exact selection of ``compress`` (issue 27): budgets, the integer program against brute force, the front
-and the chosen policy applied to a real WRN."""
+"""The exact selection of ``compress`` (issue 27): budgets, the integer program against brute force, the front,
+the re-solve loop with a fake timer, and the chosen policy applied to a real WRN."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from cheapconv.compress import (
     LibrarySite,
     SiteOption,
     front,
+    meet_budget,
     parse_budget,
     select,
 )
@@ -219,6 +220,58 @@ def test_the_front_skips_unreachable_budgets_and_writes_csv(tmp_path):
     assert (tmp_path / "front.csv").read_text() == text
     assert text.splitlines()[0].startswith("metric,budget,budget_share,predicted_latency_ms")
     assert len(text.splitlines()) == 4
+
+
+# ------------------------------------------------------------------------------------------------- re-solve
+
+def graded_library() -> Library:
+    """Six sites with three strengths each: many reachable latencies between 0.6 and 3 ms."""
+    sites = [LibrarySite(f"c{i}", "conv", (f"c{i}",),
+                         options=[keep()] + [option(f"c{i}", f"G({g})", s, -100 * g, s ** 2 * (1 + i / 10))
+                                             for g, s in ((2, 0.1), (4, 0.25), (8, 0.4))]) for i in range(6)]
+    return Library(key={}, sites=sites, teacher_latency_ms=3.0)
+
+
+def test_the_re_solve_loop_tightens_the_budget_until_met():
+    lib = graded_library()
+    calls = []
+
+    def fake_timer(selection):
+        calls.append(selection)
+        return selection.predicted_latency_ms * 1.1 + 0.2
+
+    result = meet_budget(lib, "2ms", fake_timer)
+    assert result.met and len(result.rounds) >= 2 and len(calls) == len(result.rounds)
+    first, last = result.rounds[0], result.rounds[-1]
+    assert first.target == 2.0 and first.measured > 2.0 * 1.02 and not first.met
+    assert last.measured <= 2.0 * 1.02 and last.met
+    assert last.target < first.target  # the budget was tightened by the measured offset
+    assert last.target == pytest.approx(2.0 - (result.rounds[-2].measured - result.rounds[-2].predicted))
+    assert result.selection is calls[-1]
+    assert result.history == [(r.predicted, r.measured) for r in result.rounds]
+    assert any("the budget less the offset" in n for n in result.selection.notes)
+
+
+def test_the_re_solve_loop_stops_after_its_rounds_with_the_best_attempt():
+    lib = graded_library()
+    result = meet_budget(lib, "2ms", lambda sel: sel.predicted_latency_ms * 1.1 + 0.2, rounds=1)
+    assert not result.met and len(result.rounds) == 1
+    assert any("no student met 2.000 ms" in n for n in result.notes)
+    measured = iter([2.3, 2.1, 2.2])  # a timer that never meets the budget: the lowest attempt comes back
+    result = meet_budget(lib, "2ms", lambda sel: next(measured), rounds=3)
+    assert not result.met and [r.measured for r in result.rounds] == [2.3, 2.1, 2.2]
+    assert result.selection.predicted_latency_ms == pytest.approx(result.rounds[1].predicted)
+
+
+def test_the_re_solve_loop_meets_at_once_when_the_prediction_holds():
+    result = meet_budget(graded_library(), "60%", lambda sel: sel.predicted_latency_ms)
+    assert result.met and len(result.rounds) == 1 and result.offset == 0
+
+
+def test_the_re_solve_loop_stops_when_the_corrected_budget_is_out_of_reach():
+    result = meet_budget(graded_library(), "0.7ms", lambda sel: sel.predicted_latency_ms + 1.0)
+    assert not result.met and len(result.rounds) == 1
+    assert any("below the fastest student" in n for n in result.notes)
 
 
 # ------------------------------------------------------------------------------------------------- policy

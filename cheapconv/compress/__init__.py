@@ -6,7 +6,9 @@ in order and distilled."""
 
 from .budgets import METRICS, parse_budget
 from .library_model import KEEP, Library, LibrarySite, SiteOption
+from .measured_budget import BudgetResult, Round, meet_budget
 from .selection import BudgetUnreachableError, Front, Selection, front, select
 
 __all__ = ["KEEP", "Library", "LibrarySite", "SiteOption",
-           "METRICS", "BudgetUnreachableError", "Front", "Selection", "front", "parse_budget", "select"]
+           "METRICS", "BudgetResult", "BudgetUnreachableError", "Front", "Round", "Selection", "front", "meet_budget",
+           "parse_budget", "select"]
