@@ -1,4 +1,5 @@
-"""The extension points whose entries are files: :data:`DATASETS`, :data:`LOSSES` and :data:`RUNTIMES`.
+"""The extension points whose entries are files: :data:`DATASETS`, :data:`LOSSES`, :data:`RUNTIMES` and
+:data:`FAMILIES`.
 
 Each is a :class:`~cheapconv.registry.Registry` over one package, one module per entry; adding a dataset, a
 training objective or a latency runtime is adding a file there (or defining one at run time, :meth:`Registry.add`).
@@ -13,7 +14,7 @@ from typing import Any
 
 from .registry import Registry
 
-__all__ = ["DATASETS", "LOSSES", "RUNTIMES"]
+__all__ = ["DATASETS", "FAMILIES", "LOSSES", "RUNTIMES"]
 
 #: datasets by name (``fashion_mnist.py`` is ``fashion-mnist``): :mod:`cheapconv.data.sets`
 DATASETS: Registry[Any] = Registry("dataset", package="cheapconv.data.sets", hyphens=True)
@@ -22,3 +23,5 @@ DATASETS: Registry[Any] = Registry("dataset", package="cheapconv.data.sets", hyp
 LOSSES: Registry[Any] = Registry("loss kind", package="cheapconv.train.objectives", spellings={"at_kd": "at+kd"})
 #: where latency is measured: :mod:`cheapconv.measure.backends`
 RUNTIMES: Registry[Any] = Registry("runtime", package="cheapconv.measure.backends")
+#: the candidate families of ``compress``'s library: :mod:`cheapconv.compress.families`
+FAMILIES: Registry[Any] = Registry("candidate family", package="cheapconv.compress.families")

@@ -138,6 +138,15 @@ def price_conv(site: ConvSite, spec: BlockSpec, analysis: Analysis) -> tuple[Pla
     return entry, analysis.replacements.pop(entry.layer, None)
 
 
+def price_pair(pair: PairSite, rule: Rule, analysis: Analysis) -> tuple[PlanEntry, nn.Module | None]:
+    """How ``rule`` (a block-level spec whose selector matches ``pair``) is planned on the residual pair: the
+    priced entry (``replace``, or ``cannot``/``skip`` with the reason) and the replacement module (None unless
+    replaced). The candidate library prices its pair-level options with this, so its costs are the plan's by
+    construction; ``analysis`` is left as it was."""
+    entry = _pair_entry(pair, rule, analysis)
+    return entry, analysis.replacements.pop(entry.layer, None)
+
+
 def _grows(entry: PlanEntry, spec: BlockSpec, before: Cost, after: Cost, *, named: bool, what: str) -> bool:
     """Wildcard and default rules never make a layer bigger: such a layer is kept (True), with the reason.
     A rule that names the layer exactly still applies the block (False); build_plan warns about it."""
