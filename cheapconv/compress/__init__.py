@@ -4,11 +4,15 @@ few strengths, each fitted locally to the teacher and measured), an exact select
 multiple-choice knapsack solved as an integer program), then the assembled student measured as a whole, reconstructed
 in order and distilled."""
 
+from .assembly import assemble
 from .budgets import METRICS, parse_budget
+from .family import FAMILIES, Family
+from .library import build_library
 from .library_model import KEEP, Library, LibrarySite, SiteOption
 from .measured_budget import BudgetResult, Round, meet_budget
 from .selection import BudgetUnreachableError, Front, Selection, front, select
 
 __all__ = ["KEEP", "Library", "LibrarySite", "SiteOption",
+           "FAMILIES", "Family", "assemble", "build_library",
            "METRICS", "BudgetResult", "BudgetUnreachableError", "Front", "Round", "Selection", "front", "meet_budget",
            "parse_budget", "select"]

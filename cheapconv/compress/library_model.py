@@ -95,6 +95,8 @@ class Library:
     teacher_macs: int = 0
     input_shape: tuple[int, ...] = ()
     format: int = LIBRARY_FORMAT
+    #: the folder the library was built in or loaded from (the options' ``weights`` are relative to it); not saved
+    directory: Path | None = field(default=None, compare=False, repr=False)
 
     def site(self, name: str) -> LibrarySite:
         for s in self.sites:
@@ -105,7 +107,9 @@ class Library:
     # ------------------------------------------------------------------ JSON
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        del data["directory"]   # where the library lies is not part of it: the folder may move
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Library:
@@ -123,4 +127,6 @@ class Library:
 
     @classmethod
     def load_json(cls, path: str | Path) -> Library:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        library = cls.from_dict(json.loads(Path(path).read_text()))
+        library.directory = Path(path).parent
+        return library
