@@ -21,6 +21,7 @@ from pathlib import Path
 _EXPORTS = {
     "BLOCK_REGISTRY": "blocks", "BlockSpec": "blocks", "parse_block": "blocks",
     "SearchResult": "blockswap", "search": "blockswap", "fisher_potential": "blockswap.fisher",
+    "CompressResult": "compression", "build_library": "compression", "compress": "compression",
     "count_macs": "counting", "count_params": "counting",
     "get_dataset": "data",
     "CheapconvError": "errors", "PolicyMatchError": "errors", "PolicySyntaxError": "errors", "TraceError": "errors",

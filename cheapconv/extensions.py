@@ -23,5 +23,5 @@ DATASETS: Registry[Any] = Registry("dataset", package="cheapconv.data.sets", hyp
 LOSSES: Registry[Any] = Registry("loss kind", package="cheapconv.train.objectives", spellings={"at_kd": "at+kd"})
 #: where latency is measured: :mod:`cheapconv.measure.backends`
 RUNTIMES: Registry[Any] = Registry("runtime", package="cheapconv.measure.backends")
-#: the candidate families of ``compress``'s library: :mod:`cheapconv.compress.families`
-FAMILIES: Registry[Any] = Registry("candidate family", package="cheapconv.compress.families")
+#: the candidate families of ``compress``'s library: :mod:`cheapconv.compression.families`
+FAMILIES: Registry[Any] = Registry("candidate family", package="cheapconv.compression.families")

@@ -52,6 +52,7 @@ def _main(argv: list[str], debug: bool) -> int:
     from cheapconv.errors import CheapconvError
 
     from . import cheapen as _cheapen  # noqa: F401  (registers commands)
+    from . import compress as _compress  # noqa: F401
     from . import measure as _measure  # noqa: F401
     from . import search as _search  # noqa: F401
     from . import train as _train  # noqa: F401

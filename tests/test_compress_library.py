@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import cheapconv
-from cheapconv.compress import FAMILIES, Family, Library, assemble, build_library
-from cheapconv.compress import library as library_module
-from cheapconv.compress.calibration import calibration_split
-from cheapconv.compress.candidates import find_sites
-from cheapconv.compress.family import resolve_families
+from cheapconv.compression import FAMILIES, Family, Library, assemble, build_library
+from cheapconv.compression import library as library_module
+from cheapconv.compression.calibration import calibration_split
+from cheapconv.compression.candidates import find_sites
+from cheapconv.compression.family import resolve_families
 from cheapconv.errors import UsageError
 
 DATA = "synthetic:3x32x32:10:512"

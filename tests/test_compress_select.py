@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import cheapconv
-from cheapconv.compress import (
+from cheapconv.compression import (
     KEEP,
     BudgetUnreachableError,
     Library,

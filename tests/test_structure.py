@@ -33,7 +33,7 @@ LAYERS = [
     {"measure"},
     {"blockswap"},
     {"sweeper", "sweep_report", "exporter", "plots"},
-    {"compress"},         # the teacher-aware selection under a measured budget uses everything below it
+    {"compression"},      # the teacher-aware selection under a measured budget uses everything below it
     {"__init__"},
     {"cli"},              # the command line (cli/, installed as cheapconv_cli) sits on top of everything
 ]

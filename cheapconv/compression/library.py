@@ -1,12 +1,12 @@
 """Building a teacher's candidate library (issue 27): every option of every site fitted, scored and timed alone.
 
-For each site and each option a family offers there (:mod:`cheapconv.compress.candidates`), the model built is the
+For each site and each option a family offers there (:mod:`cheapconv.compression.candidates`), the model built is the
 teacher with only that option swapped in (``cheapen(teacher, option.rule, init="teacher")``, checked to replace
 exactly that site at exactly the priced cost). Then:
 
 1. it is fitted locally: :func:`cheapconv.reconstruct` on the calibration images, so the block reads the teacher's
    own input at its site (everything else *is* the teacher) and options are independent of each other;
-2. it is scored on held-out images (:mod:`cheapconv.compress.scoring`): the local relative error at the site, and
+2. it is scored on held-out images (:mod:`cheapconv.compression.scoring`): the local relative error at the site, and
    KL divergence and top-1 agreement of its predictions against the teacher's;
 3. the block is timed against the layers it replaced, side by side in the library's runtime, batch and threads
    (:func:`cheapconv.block_timings`); ``latency_saved_ms`` is the difference (None, with a note, where the runtime
@@ -224,7 +224,7 @@ def build_library(teacher: nn.Module, data: Dataset | torch.Tensor | str, *, fam
 
         teacher = cheapconv.load("teacher.pt")
         library = build_library(teacher, "fashion-mnist", directory="wrn16-library")
-        student = cheapconv.compress.assemble(teacher, library, {"block3.0.conv1+conv2": "B(2)"})
+        student = cheapconv.compression.assemble(teacher, library, {"block3.0.conv1+conv2": "B(2)"})
     """
     device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
     _check(runtime, batch, threads, samples, held_out, steps, device)

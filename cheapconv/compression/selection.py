@@ -9,8 +9,8 @@ what choosing between them needs; summed top-1 drops were too noisy to select on
 
 **The predicted cost** is the teacher's figure plus the chosen options' changes: the latency is
 ``teacher_latency_ms`` less the options' ``latency_saved_ms`` (an additive model: fusion and session overheads
-make the whole student differ, which :func:`cheapconv.compress.meet_budget` corrects by measuring it); params
-(paper convention) and MACs add the options' exact changes. See :mod:`cheapconv.compress.budgets`.
+make the whole student differ, which :func:`cheapconv.compression.meet_budget` corrects by measuring it); params
+(paper convention) and MACs add the options' exact changes. See :mod:`cheapconv.compression.budgets`.
 
 **The program** is a multiple-choice knapsack with exclusions, solved exactly by ``scipy.optimize.milp`` (HiGHS):
 a binary variable per (site, option); each site takes exactly one option; a residual pair's pair-level option
@@ -281,7 +281,7 @@ def select(library: Library, budget: str | float, *, metric: str = "latency", ma
            max_macs: str | float | None = None) -> Selection:
     """The student the library predicts most accurate within ``budget``: one option per site.
 
-    ``budget`` is text (``"50%"``, ``"2ms"``, ``"300k"``: :func:`~cheapconv.compress.parse_budget`) or a number
+    ``budget`` is text (``"50%"``, ``"2ms"``, ``"300k"``: :func:`~cheapconv.compression.parse_budget`) or a number
     in ``metric``'s unit: ``latency`` (ms, predicted as the teacher's time less the options' time saved),
     ``params`` (paper convention) or ``macs``. ``max_params`` and ``max_macs`` cap the others the same way.
     The loss minimised is the summed per-site KL to the teacher (see the module docstring: it overestimates the

@@ -63,7 +63,7 @@ def meet_budget(library: Library, budget: str | float, measure: Callable[[Select
     again; at most ``rounds`` rounds in all (see the module docstring).
 
     Stops early when a corrected budget falls below the fastest student the library can build (said in
-    ``notes``). ``rounds`` and the caps are as in :func:`~cheapconv.compress.select`.
+    ``notes``). ``rounds`` and the caps are as in :func:`~cheapconv.compression.select`.
     """
     if rounds < 1:
         raise UsageError(f"rounds must be at least 1 (one solve and one measurement), not {rounds}.")

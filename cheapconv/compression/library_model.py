@@ -1,6 +1,6 @@
 """What a candidate library holds (issue 27): the sites of a teacher, the options each can take, and what every
-option was measured to cost and to change. Plain data, JSON on disk; built by :mod:`cheapconv.compress.library`,
-read by :mod:`cheapconv.compress.selection` (which option per site) and :mod:`cheapconv.compress.assemble` (the
+option was measured to cost and to change. Plain data, JSON on disk; built by :mod:`cheapconv.compression.library`,
+read by :mod:`cheapconv.compression.selection` (which option per site) and :mod:`cheapconv.compression.assembly` (the
 student from the chosen options' fitted weights).
 
 A *site* is one replaceable conv (``kind="conv"``) or one residual pair (``kind="pair"``: two convs whose

@@ -1,12 +1,12 @@
 """A candidate family of the compress library: which cheap blocks, at which strengths, a site may take.
 
-A family is one file in :mod:`cheapconv.compress.families` that registers a :class:`Family` in
+A family is one file in :mod:`cheapconv.compression.families` that registers a :class:`Family` in
 :data:`cheapconv.extensions.FAMILIES` (the file's name is the family's name). It says
 
 * ``level``: ``"conv"`` (each option replaces one conv: ``G(4)``, ``LRp(0.5)``) or ``"pair"`` (each option
   replaces a residual pair ``conv_a → norm → act → conv_b`` as a whole, or changes its inner width: ``B(2)``);
 * ``strengths``: the specs it offers by default (``G(2)``, ``G(4)``, ``G(N)``);
-* ``default``: whether :func:`cheapconv.compress.build_library` uses it when no families are named;
+* ``default``: whether :func:`cheapconv.compression.build_library` uses it when no families are named;
 * :meth:`Family.price`: whether a spec applies at a site, and what it costs. The default is the plan's own rule
   (:func:`cheapconv.surgery.planner.price_conv` and :func:`~cheapconv.surgery.planner.price_pair`, the same
   pricing the block search uses), so the library, ``cheapen`` and ``search`` cannot disagree on where a block

@@ -1,5 +1,5 @@
 """The candidate families of ``compress``'s library, one file each, registered in
-:data:`cheapconv.extensions.FAMILIES` under the file's name (see :mod:`cheapconv.compress.family`).
+:data:`cheapconv.extensions.FAMILIES` under the file's name (see :mod:`cheapconv.compression.family`).
 
 By default the library uses ``grouped`` (``G(2)``, ``G(4)``, ``G(N)``), ``low_rank`` (``LRp(0.5)``, ``LRp(0.25)``),
 ``tucker`` (``Tucker2(0.5)``) on single convs and ``bottleneck`` (``B(2)``, ``B(4)``) on residual pairs; ``svd``

@@ -1,0 +1,86 @@
+"""``compress`` end to end, tiny (issue 27): library, exact selection, assembly, reconstruction, distillation, from
+Python and from the command line. No timing assertions: latency figures belong in benchmarks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cheapconv
+from cheapconv.data import get_dataset
+from cheapconv_cli.main import main
+
+pytest.importorskip("scipy")
+
+DATA = "synthetic:3x32x32:10:256"
+SMALL = {"samples": 64, "held_out": 32, "families": ["grouped", "bottleneck"], "reconstruct_samples": 64,
+         "progress": False}
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    torch.manual_seed(0)
+    return cheapconv.create_model("wrn_10_1").eval()
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_a_params_budget_is_met_exactly_and_the_library_is_reused(teacher, tmp_path):
+    data = get_dataset(DATA, "train", augment=False)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    result = cheapconv.compress(teacher, data, "50%", metric="params", library=tmp_path / "lib", epochs=0, **SMALL)
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())      # the teacher is only read
+    limit = 0.5 * cheapconv.count_params(teacher, "paper")
+    assert cheapconv.count_params(result.student, "paper") == result.counts["student"]["paper"] <= limit
+    assert result.selection.chosen and result.met and result.budget is None and result.training is None
+    assert result.reconstruction is not None and result.library_dir == tmp_path / "lib"
+    # the predicted count is exact: the selection's figure is the assembled student's
+    assert result.selection.predicted_paper == result.counts["student"]["paper"]
+    # another budget from the same library: nothing refitted (the options' files are not rewritten)
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "lib" / "weights").iterdir()}
+    again = cheapconv.compress(teacher, data, "30%", metric="params", library=tmp_path / "lib", epochs=0, **SMALL)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "lib" / "weights").iterdir()} == stamps
+    assert again.counts["student"]["paper"] <= 0.3 * cheapconv.count_params(teacher, "paper")
+
+
+@pytest.mark.slow
+def test_a_latency_budget_is_measured_and_the_student_distilled(teacher, tmp_path):
+    data = get_dataset(DATA, "train", augment=False)
+    val = get_dataset(DATA, "test")
+    result = cheapconv.compress(teacher, data, "90%", library=tmp_path / "lib", epochs=1, val_data=val, repeats=3,
+                                rounds=2, **SMALL)
+    assert 1 <= len(result.budget.rounds) <= 2
+    assert all(r.measured > 0 and r.predicted > 0 for r in result.budget.rounds)
+    assert result.measured is not None and set(result.measured.student_ms) == {1}
+    assert result.training is not None and result.training.start is not None and result.training.end is not None
+    table = result.table()
+    assert table.row_count == 4     # params, MACs, batch-1 latency, accuracy start -> end
+
+
+def test_cli_compress_writes_a_student_that_loads(teacher, tmp_path, capsys):
+    cheapconv.save(teacher, tmp_path / "t.pt")
+    code, out, err = run(capsys, "compress", tmp_path / "t.pt", "--data", DATA, "--budget", "60%", "--metric",
+                         "params", "--epochs", "0", "--samples", "64", "--held-out", "32", "--families",
+                         "grouped,bottleneck", "--library", tmp_path / "lib", "-o", tmp_path / "s.pt")
+    assert code == 0, err
+    assert "Selection under" in out and "compress: teacher and student" in out
+    student = cheapconv.load(tmp_path / "s.pt")
+    assert cheapconv.count_params(student, "paper") <= 0.6 * cheapconv.count_params(teacher, "paper")
+
+
+def test_cli_compress_dry_run_and_an_unreachable_budget(teacher, tmp_path, capsys):
+    cheapconv.save(teacher, tmp_path / "t.pt")
+    code, out, err = run(capsys, "compress", tmp_path / "t.pt", "--data", DATA, "--budget", "50%", "--dry-run")
+    assert code == 0, err
+    flat = " ".join(out.split())
+    assert "sites" in flat and "options to fit and time" in flat and "block1.0.conv1+conv2" in flat
+    assert not (tmp_path / "lib").exists()
+    code, _, err = run(capsys, "compress", tmp_path / "t.pt", "--data", DATA, "--budget", "1%", "--metric", "params",
+                       "--epochs", "0", "--samples", "64", "--held-out", "32", "--families", "bottleneck",
+                       "--library", tmp_path / "lib", "-o", tmp_path / "s.pt")
+    flat = " ".join(err.split())
+    assert code == 2 and "reach" in flat and "Traceback" not in err and not (tmp_path / "s.pt").exists()
