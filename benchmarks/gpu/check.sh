@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One short GPU run (about 5-8 minutes on one H200) that exercises what CPU CI cannot: cheapen on the GPU,
-# distil with AMP (bf16) + channels_last + torch.compile, profile with CUDA-event timing, and the throughput of
-# cheapconv.distill against the plain loop. Figures go under $OUT (default: gpu-out/), logs included.
+# distil with AMP (bf16) + channels_last + torch.compile, profile with CUDA-event timing, the throughput of
+# cheapconv.distill against the plain loop, and a compress candidate library built on the GPU. Figures go under
+# $OUT (default: gpu-out/), logs included.
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu/check.sh
 #
@@ -42,6 +43,24 @@ step profile-cuda $CLI profile "$WORK/r50-b2.pt" --device $DEVICE --json "$OUT/p
 step compare-cuda $CLI compare resnet50 "$WORK/r50-b2.pt" --device $DEVICE --json "$OUT/compare_r50_cuda.json"
 step throughput   $PY -m benchmarks.perf.distill_throughput --device $DEVICE --data $DATA --threads 4 --steps $STEPS \
                       --warmup ${WARMUP:-5} --rounds ${ROUNDS:-3} --compile --json "$OUT/throughput_cuda.json"
+# compress's candidate library on the GPU: every option fitted and timed with CUDA events (its build time is the
+# figure; the selection needs scipy, which the GPU machine may lack, so the library is built alone)
+step compress-library $PY -c "
+import json, sys, time, torch, cheapconv
+from cheapconv.data import get_dataset
+teacher = cheapconv.load('$WORK/teacher.pt').to('$DEVICE')
+data = get_dataset('$DATA', 'train', augment=False)
+t0 = time.perf_counter()
+n = len(data)
+lib = cheapconv.build_library(teacher, data, directory='$WORK/library', samples=min(1024, n // 2),
+                              held_out=min(512, n // 4), progress=False)
+took = time.perf_counter() - t0
+options = sum(len(s.options) - 1 for s in lib.sites)
+json.dump({'seconds': took, 'sites': len(lib.sites), 'options': options, 'teacher_ms': lib.teacher_latency_ms,
+           'device': torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'},
+          open('$OUT/compress_library.json', 'w'), indent=1)
+print(f'{options} options on {len(lib.sites)} sites in {took:.0f} s')
+"
 rm -rf "$WORK"
 echo "exit $status" >> "$OUT/summary.txt"
 exit $status

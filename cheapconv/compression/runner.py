@@ -156,7 +156,8 @@ def compress(teacher: nn.Module, data: Dataset | torch.Tensor | str, budget: str
              held_out: int = 512, steps: int = 0, max_params: str | float | None = None,
              max_macs: str | float | None = None, rounds: int = 3, tolerance: float = 0.02, repeats: int = 20,
              reconstruct_samples: int = 2048, reconstruct_steps: int = 0, epochs: int = 1,
-             val_data: Dataset | str | None = None, config: DistillConfig | None = None, fold: bool = True,
+             val_data: Dataset | str | None = None, train_data: Dataset | None = None,
+             config: DistillConfig | None = None, fold: bool = True,
              data_dir: str | Path | None = None, progress: bool = True, seed: int = 0) -> CompressResult:
     """The most accurate student of ``teacher`` that meets ``budget`` (the module docstring has the steps).
 
@@ -164,7 +165,8 @@ def compress(teacher: nn.Module, data: Dataset | torch.Tensor | str, budget: str
       the metric's unit (:func:`parse_budget`); ``metric``: latency (measured in ``runtime`` at ``batch`` with
       ``threads`` threads), params (paper convention) or macs. ``max_params``/``max_macs``: caps besides.
     - ``data``: calibration and training images (a dataset name, or a dataset without random augmentation for the
-      library; with ``epochs`` > 0 a dataset object needs ``val_data``).
+      library; with ``epochs`` > 0 a dataset object needs ``val_data``, and ``train_data`` is the augmented training
+      set for distillation where it differs from ``data``).
     - ``library``: a folder to build the library in or reuse (same teacher, data and settings), or a built
       :class:`Library`; None builds one in a temporary folder. ``families``, ``samples``, ``held_out``, ``steps``:
       the library's (:func:`build_library`).
@@ -207,6 +209,7 @@ def compress(teacher: nn.Module, data: Dataset | torch.Tensor | str, budget: str
     training = None
     if epochs > 0:
         train_set, val_set = _datasets(data, val_data, student, data_dir)
+        train_set = train_data if train_data is not None else train_set
         cfg = config or DistillConfig.fine_tuning(epochs=epochs, lr=teacher_lr(teacher) or 0.1, progress=progress,
                                                   seed=seed)
         training = distill(teacher, student, train_set, val_data=val_set, config=cfg)

@@ -1,0 +1,117 @@
+"""``compress`` on the reproduction study's teacher (issue 27): WRN-16-2 on real Fashion-MNIST, one candidate library
+per runtime, students at budgets of 30 %, 50 % and 70 % of the teacher's measured latency, each assembled,
+reconstructed and distilled for one epoch, measured side by side with the teacher, and evaluated on the test set.
+
+Resumable: the library lives in ``OUT/library-<runtime>`` (a stopped build continues), and every finished budget is
+one line of ``benchmarks/results/compress.jsonl`` (a rerun skips it). Stages, each a separate run:
+
+    python -m benchmarks.compress --teacher T.pt --out bench-out/compress --runtime torch      # library + budgets
+    python -m benchmarks.compress --teacher T.pt --out bench-out/compress --runtime onnxruntime
+    python -m benchmarks.compress --report
+
+The teacher: ``cheapconv train wrn_16_2 --data fashion-mnist --epochs 3 --precision bf16 --channels-last -b 128``
+(the reproduction study's schedule). Latency figures need a quiet machine: each record keeps the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+import cheapconv
+from cheapconv.data import get_dataset
+
+from ..common.records import append_record, file_sha, latest_by, read_records
+from ..common.report import say
+
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "compress.jsonl"
+BUDGETS = ("70%", "50%", "30%")
+
+
+def run_budget(teacher: torch.nn.Module, args: argparse.Namespace, budget: str, train, augmented, test) -> dict:
+    """One student: compress at ``budget`` (library reused; distilled on the ``augmented`` training set)."""
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = cheapconv.compress(teacher, train, budget, train_data=augmented, runtime=args.runtime,
+                                    batch=args.batch, threads=1, library=args.out / f"library-{args.runtime}",
+                                    samples=args.samples,
+                                    held_out=args.held_out, epochs=args.epochs, val_data=test, repeats=args.repeats,
+                                    reconstruct_samples=args.samples, progress=not args.quiet, seed=args.seed)
+    seconds = time.perf_counter() - started
+    cheapconv.save(result.student, args.out / f"student-{args.runtime}-{budget.rstrip('%')}.pt")
+    training = result.training
+    return {
+        "budget": budget, "runtime": args.runtime, "batch": args.batch, "threads": 1, "epochs": args.epochs,
+        "choices": {site: spec for site, spec in result.selection.choices.items() if spec != "keep"},
+        "predicted_latency_ms": result.selection.predicted_latency_ms,
+        "predicted_loss": result.selection.predicted_loss,
+        "gap": result.selection.mip_gap, "met": result.met,
+        "rounds": [vars(r) for r in result.budget.rounds] if result.budget else [],
+        "teacher_ms": result.measured.teacher_ms if result.measured else None,
+        "student_ms": result.measured.student_ms if result.measured else None,
+        "counts": result.counts, "start": training.start if training else None,
+        "end": training.end if training else None,
+        "seconds": seconds,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.compress", description=__doc__.split("\n")[0])
+    p.add_argument("--teacher", type=Path, help="The trained WRN-16-2 teacher file.")
+    p.add_argument("--out", type=Path, default=Path("bench-out/compress"))
+    p.add_argument("--runtime", default="torch")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--budgets", nargs="+", default=list(BUDGETS))
+    p.add_argument("--samples", type=int, default=1024)
+    p.add_argument("--held-out", type=int, default=512)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--report", action="store_true", help="Print the table from the results file and stop.")
+    args = p.parse_args(argv)
+    if args.report:
+        from .report import render
+
+        print(render(read_records(RESULTS)))
+        return
+    if args.teacher is None:
+        p.error("--teacher is required")
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    teacher = cheapconv.load(args.teacher)
+    sha = file_sha(args.teacher)
+    train = get_dataset("fashion-mnist", "train", in_chans=3, image_size=32, augment=False)
+    test = get_dataset("fashion-mnist", "test", in_chans=3, image_size=32)
+    done = latest_by(read_records(RESULTS), "key")
+    if f"library {args.runtime} {sha}" not in done:
+        started = time.perf_counter()
+        library = cheapconv.build_library(teacher, train, runtime=args.runtime, batch=args.batch, threads=1,
+                                          samples=args.samples, held_out=args.held_out,
+                                          directory=args.out / f"library-{args.runtime}", progress=not args.quiet,
+                                          seed=args.seed)
+        append_record(RESULTS, {"key": f"library {args.runtime} {sha}", "teacher_sha": sha, "runtime": args.runtime,
+                                "seconds": time.perf_counter() - started, "sites": len(library.sites),
+                                "options": sum(len(s.options) - 1 for s in library.sites),
+                                "teacher_latency_ms": library.teacher_latency_ms,
+                                "loadavg": [round(v, 2) for v in os.getloadavg()]})
+    teacher_eval = cheapconv.evaluate(teacher, test)
+    for budget in args.budgets:
+        key = f"student {args.runtime} b{args.batch} {budget} {sha} e{args.epochs} s{args.seed}"
+        if key in done:
+            continue
+        say(f"== {key}")
+        record = run_budget(teacher, args, budget, train,
+                            get_dataset("fashion-mnist", "train", in_chans=3, image_size=32), test)
+        append_record(RESULTS, {"key": key, "teacher_sha": sha, "teacher_top1": teacher_eval["top1"], **record,
+                                "loadavg": [round(v, 2) for v in os.getloadavg()]})
+
+
+if __name__ == "__main__":
+    main()
