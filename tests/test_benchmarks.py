@@ -82,10 +82,11 @@ def test_links_between_pages_resolve(page):
 
 
 def _edits_sys_path(tree: ast.AST) -> bool:
-    """A call of a ``sys.path`` method (insert, append, ...) or an assignment to ``sys.path`` or an item of it."""
+    """A call of a ``sys.path`` method (insert, append, ...) or of pytest's ``monkeypatch.syspath_prepend``, or an
+    assignment to ``sys.path`` or an item of it."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                and ast.unparse(node.func.value) == "sys.path":
+                and (ast.unparse(node.func.value) == "sys.path" or node.func.attr == "syspath_prepend"):
             return True
         targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
             if isinstance(node, ast.AugAssign) else []

@@ -7,10 +7,10 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import re
-import sys
 import textwrap
 
 import pytest
+from helpers import package_from_folder
 
 from cheapconv.extensions import DATASETS, LOSSES, RUNTIMES
 from cheapconv.train.config import DistillConfig
@@ -83,9 +83,7 @@ def toys(tmp_path, monkeypatch):
     (pkg / "__init__.py").write_text("")
     for name, text in (("squares", TOY_DATASET), ("l2", TOY_LOSS), ("eager", TOY_RUNTIME)):
         (pkg / f"{name}.py").write_text(textwrap.dedent(text))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    for name in ("toyplugins", "toyplugins.squares", "toyplugins.l2", "toyplugins.eager"):
-        sys.modules.pop(name, None)
+    package_from_folder("toyplugins", pkg, monkeypatch)     # importable by name: no sys.path edit
     for name in ("squares", "l2", "eager"):
         importlib.import_module(f"toyplugins.{name}")
     yield

@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import pytest
+from helpers import module_from_file, package_from_folder
 
 from cheapconv.errors import UsageError
 from cheapconv.registry import Registry
@@ -15,7 +16,7 @@ from cheapconv.registry import Registry
 
 @pytest.fixture
 def plugins(tmp_path, monkeypatch):
-    """A package ``toyplugins`` with two entry files and a private helper, on sys.path."""
+    """A package ``toyplugins`` with two entry files and a private helper (importable by name: no sys.path edit)."""
     pkg = tmp_path / "toyplugins"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
@@ -34,12 +35,8 @@ def plugins(tmp_path, monkeypatch):
         from cheapconv.registry import Registry
         REG = Registry("dataset", package="toyplugins", hyphens=True)
     """))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    for name in ("toyregistry", "toyplugins", "toyplugins.fashion_mnist", "toyplugins.cifar10"):
-        sys.modules.pop(name, None)
-    import toyregistry
-
-    return toyregistry.REG
+    package_from_folder("toyplugins", pkg, monkeypatch)
+    return module_from_file("toyregistry", tmp_path / "toyregistry.py", monkeypatch).REG
 
 
 def test_names_come_from_file_names_without_importing(plugins):
@@ -98,10 +95,8 @@ def test_spellings_name_entries_that_no_file_name_can_hold(tmp_path, monkeypatch
     (tmp_path / "toylossreg.py").write_text(
         "from cheapconv.registry import Registry\n"
         "REG = Registry('loss', package='toylosses', spellings={'at_kd': 'at+kd'})\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    for name in ("toylossreg", "toylosses", "toylosses.at_kd"):
-        sys.modules.pop(name, None)
-    import toylossreg
+    package_from_folder("toylosses", pkg, monkeypatch)
+    toylossreg = module_from_file("toylossreg", tmp_path / "toylossreg.py", monkeypatch)
 
     assert toylossreg.REG.names() == ("at+kd",) and "toylosses.at_kd" not in sys.modules
     assert toylossreg.REG.get("at+kd") == "both"
