@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -38,6 +40,7 @@ from torch import nn
 from .counting import eval_mode
 from .errors import CheapconvError, UsageError
 from .measure.exports import (
+    LOADERS,
     RUNNERS,
     WRITERS,
     ExportCheckError,
@@ -48,6 +51,14 @@ from .measure.exports import (
     write_export,
 )
 from .measure.profiler import input_shape_of
+from .measure.quantization import (
+    MODES,
+    WARN_AGREEMENT,
+    WARN_DROP,
+    calibration_images,
+    compare_predictions,
+    quantize_onnx,
+)
 from .models.preprocessing import deployment_card, preprocessing_of
 from .store.files import atomic_write, check_writable, ensure_free_space, is_disk_full
 from .surgery.fold import deployable
@@ -84,6 +95,7 @@ class ExportReport:
     bn_ops_kept: int = 0              # folded BNs whose fused activation/dropout stayed as ops of their own
     preprocessing: dict | None = None      # how to feed the file (models.preprocessing.deployment_card) ...
     preprocessing_path: str | None = None  # ... written here, beside it (sidecar_path)
+    quantization: dict | None = None       # quantize=: what was quantised and its check against fp32 (the card's)
 
     @property
     def tolerance(self) -> float:
@@ -102,7 +114,9 @@ class ExportReport:
 
 def export(model: nn.Module, path: str | Path, format: Format = "pt2", *,
            input_shape: tuple[int, ...] | None = None, fold: bool = True, atol: float = 1e-4,
-           rtol: float = 1e-4, check_batch: int = 3, leaf_modules=(), seed: int = 0) -> ExportReport:
+           rtol: float = 1e-4, check_batch: int = 3, leaf_modules=(), seed: int = 0, quantize: str | None = None,
+           calib_data=None, calib_samples: int = 512, check_samples: int = 500,
+           accept_quantization_loss: bool = False) -> ExportReport:
     """Export ``model`` to ``path`` as ``format`` (``pt2``, ``onnx`` or ``torchscript``), checked first.
 
     ``input_shape`` is (C, H, W) (default: the student's recipe, else the model's native size); the batch
@@ -111,6 +125,15 @@ def export(model: nn.Module, path: str | Path, format: Format = "pt2", *,
     (input name and shape, resize/crop, mean/std, channel order, class names: the model's preprocessing
     record, :func:`~cheapconv.models.preprocessing.deployment_card`). Returns an :class:`ExportReport`; raises
     :class:`ExportCheckError` (and writes nothing) when the check fails.
+
+    ``quantize="int8"`` (ONNX only) writes the float32 graph, checked as above, quantised by ONNX Runtime
+    (static QDQ: weights int8 per channel, activations calibrated on ``calib_samples`` images of
+    ``calib_data``, fed as the model records; :mod:`cheapconv.measure.quantization`), then compares it with
+    float32 on ``check_samples`` held-out images of ``calib_data`` (top-1 agreement, each one's accuracy). Past
+    the thresholds there (agreement under 90 %, or over 5 accuracy points lost) nothing is written unless
+    ``accept_quantization_loss``; past the lower ones (98 %, 1 point) it warns. ``quantize="dynamic"``
+    quantises the linear layers' weights only (no calibration data needed), checked the same way where data is
+    given. The card records the quantisation and the check (``report.quantization``).
 
     >>> from cheapconv.models import WideResNet
     >>> report = export(WideResNet(16, 2), "/tmp/wrn.pt2")      # doctest: +SKIP
@@ -123,8 +146,19 @@ def export(model: nn.Module, path: str | Path, format: Format = "pt2", *,
         raise UsageError(f"{type(model).__name__} is a detector: its post-processing (NMS, top-k) depends on the "
                          f"data, which {format} cannot capture in one graph. Export it with --format torchscript "
                          "(compiled by torch.jit.script; runs with torch.jit.load, no cheapconv needed).")
+    if quantize is not None and (quantize not in MODES or format != "onnx"):
+        raise UsageError(f"--quantize {quantize} is not available for {format}: quantisation ({', '.join(MODES)}) is "
+                         "ONNX Runtime's, so export with --format onnx." if quantize in MODES else
+                         f"Unknown quantisation {quantize!r}; valid: {', '.join(MODES)}.")
+    if quantize == "int8" and calib_data is None:
+        raise UsageError("--quantize int8 calibrates the activations' ranges on real images: give --calib-data (a "
+                         "dataset name such as imagefolder:DIR; calib_data= in Python), the data the model is for.")
     path = check_writable(path)
     shape = input_shape_of(model, input_shape)
+    calib = held = labels = None
+    if quantize is not None and calib_data is not None:  # read the data before exporting: bad data fails fast
+        calib, held, labels = calibration_images(calib_data, model, shape, samples=calib_samples,
+                                                 check=check_samples, seed=seed)
     param = next(iter(model.parameters()), None)
     if param is not None and (param.device.type != "cpu" or param.dtype != torch.float32):
         model = copy.deepcopy(model).cpu().float()  # the caller's model stays where it is
@@ -168,18 +202,55 @@ def export(model: nn.Module, path: str | Path, format: Format = "pt2", *,
             raise ExportCheckError(f"The exported model does not match the original, so {str(path)!r} was "
                                    f"not written: {report.check_line()}. {hint} the tolerance (--atol/--rtol) if "
                                    "the difference is acceptable.")
+        if quantize is not None:
+            report.quantization = _quantize_and_check(tmp, quantize, calib, held, labels, path,
+                                                      accept_quantization_loss)
 
     atomic_write(path, write_and_check, suffix=SUFFIX[format])
     assert report is not None
-    report.preprocessing, report.preprocessing_path = _write_card(model, path, format, shape)
+    report.preprocessing, report.preprocessing_path = _write_card(model, path, format, shape, report.quantization)
     return report
 
 
-def _write_card(model: nn.Module, path: Path, format: str, shape: tuple[int, ...]) -> tuple[dict, str]:
+def _quantize_and_check(tmp: str, mode: str, calib, held, labels, path: Path, accept: bool) -> dict:
+    """Quantise the checked float32 file ``tmp`` in place (through a file beside it) and compare the two on the
+    held-out images; raise :class:`ExportCheckError` past the refusal thresholds unless ``accept``."""
+    quantized = f"{tmp}.{mode}.onnx"
+    try:
+        info = quantize_onnx(tmp, quantized, calib, mode=mode)
+        if held is not None:
+            fp32, low = LOADERS["onnx"](tmp), LOADERS["onnx"](quantized)
+            check = compare_predictions(lambda x: fp32(x)[0], lambda x: low(x)[0], held, labels)
+            info["check"] = check.to_dict()
+            info["check_line"] = check.line()
+            if not check.passed and not accept:
+                raise ExportCheckError(
+                    f"The {mode} model loses too much against float32, so {str(path)!r} was not written: "
+                    f"{check.line()}. The export refuses below {100 * check.refuse_agreement:g} % agreement or past "
+                    f"{check.refuse_drop:g} points lost. Export float32 (no --quantize), calibrate on more or more "
+                    "typical images (--calib-data, --calib-samples), or write it anyway with "
+                    "--accept-quantization-loss (accept_quantization_loss=True in Python).")
+            if not check.passed or check.worrying:
+                warnings.warn(f"{check.line()}: the {mode} model departs from float32 (the export warns under "
+                              f"{100 * WARN_AGREEMENT:g} % agreement or past {WARN_DROP:g} point lost). Check it on "
+                              "your own data before shipping it.", stacklevel=4)
+        else:
+            info["check_line"] = "not compared with float32 (no --calib-data given)"
+        os.replace(quantized, tmp)
+    finally:
+        if os.path.exists(quantized):
+            os.remove(quantized)
+    return info
+
+
+def _write_card(model: nn.Module, path: Path, format: str, shape: tuple[int, ...],
+                quantization: dict | None = None) -> tuple[dict, str]:
     """Write how the exported file must be fed beside it (``FILE.json``, atomically): only after the export
     passed its check, so a refused export leaves neither file."""
     classes = (getattr(model, "cheapconv_recipe", None) or {}).get("classes")
     card = deployment_card(preprocessing_of(model), shape, model_file=path.name, fmt=format, classes=classes)
+    if quantization is not None:
+        card["quantization"] = quantization
     card_path = sidecar_path(path)
     atomic_write(card_path, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n",
                                                              encoding="utf-8"))

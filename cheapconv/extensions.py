@@ -21,7 +21,7 @@ DATASETS: Registry[Any] = Registry("dataset", package="cheapconv.data.sets", hyp
 #: training objectives by name (``at_kd.py`` is ``at+kd``, a name no file name can hold):
 #: :mod:`cheapconv.train.objectives`
 LOSSES: Registry[Any] = Registry("loss kind", package="cheapconv.train.objectives", spellings={"at_kd": "at+kd"})
-#: where latency is measured: :mod:`cheapconv.measure.backends`
-RUNTIMES: Registry[Any] = Registry("runtime", package="cheapconv.measure.backends")
+#: where latency is measured (``onnxruntime_int8.py`` is ``onnxruntime-int8``): :mod:`cheapconv.measure.backends`
+RUNTIMES: Registry[Any] = Registry("runtime", package="cheapconv.measure.backends", hyphens=True)
 #: the candidate families of ``compress``'s library: :mod:`cheapconv.compression.families`
 FAMILIES: Registry[Any] = Registry("candidate family", package="cheapconv.compression.families")

@@ -63,8 +63,10 @@ def test_cuda_timing_in_each_runtime(runtime):
 
 
 def test_the_registry_and_unknown_names():
-    assert list(RUNTIMES) == ["compile", "onnxruntime", "pt2", "torch"]   # one file each, in measure/backends
-    with pytest.raises(UsageError, match=r"Unknown runtime 'tensorrt'\. Valid: compile, onnxruntime, pt2, torch\."):
+    # one file each, in measure/backends (onnxruntime_int8.py is onnxruntime-int8)
+    assert list(RUNTIMES) == ["compile", "onnxruntime", "onnxruntime-int8", "pt2", "torch"]
+    with pytest.raises(UsageError, match=r"Unknown runtime 'tensorrt'\. Valid: compile, onnxruntime, "
+                                         r"onnxruntime-int8, pt2, torch\."):
         check_runtime("tensorrt")
     with pytest.raises(UsageError, match="float32 graph"):
         check_runtime("onnxruntime", dtype="bf16")

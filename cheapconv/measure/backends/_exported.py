@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,9 +28,12 @@ class ExportedRunner(CheckedRunner):
 
     def __init__(self, model: nn.Module, format: str, input_shape: tuple[int, ...], device: torch.device, *,
                  threads: int | None = None, label: str | None = None, fold: bool = True, atol: float = 1e-4,
-                 rtol: float = 1e-4, leaf_modules=()):
+                 rtol: float = 1e-4, leaf_modules=(), runtime: str | None = None,
+                 prepare: Callable[[str], str] | None = None):
+        """``prepare`` (a runtime's own step, e.g. quantisation): the exported file's path -> the path of the file
+        to load instead (written in the same temporary folder); ``runtime`` names it in messages."""
         self._setup(model, device, label, atol, rtol)
-        self.runtime = {"onnx": "onnxruntime"}.get(format, format)
+        self.runtime = runtime or {"onnx": "onnxruntime"}.get(format, format)
         self.format = format
         work = model
         param = next(iter(model.parameters()), None)
@@ -45,6 +49,8 @@ class ExportedRunner(CheckedRunner):
             write_export(prepared, format, example, path, label=self.label,
                          then=f"It cannot be timed in {self.runtime}.",
                          instead="Time it in another runtime (--runtime torch or compile)")
+            if prepare is not None:
+                path = prepare(path)
             loader = LOADERS[format]
             self.run = loader(path, device=device, threads=threads) if format == "onnx" else loader(path, device)
         self._session = getattr(self.run, "session", None)
