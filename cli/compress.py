@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from cheapconv.extensions import FAMILIES
+
 from .app import app, check_outputs, err, literal, literal_table, out, output_path, warn
 from .options import runtime_option
 
@@ -29,8 +31,10 @@ def compress(
     library: Path = typer.Option(None, "--library", help="Folder of the candidate library: built there, resumed "
                                                          "after a stop, reused by every budget of the same teacher "
                                                          "and settings (default: a temporary folder)."),
-    families: str = typer.Option(None, "--families", help="Candidate families, comma-separated (default: the "
-                                                          "default families; see `cheapconv blocks`)."),
+    families: str = typer.Option(None, "--families", help=f"Candidate families, comma-separated: "
+                                                          f"{FAMILIES.describe(last='or')} (default: those marked "
+                                                          "default; a family is one file in "
+                                                          "cheapconv/compression/families/)."),
     samples: int = typer.Option(1024, "--samples", min=1, help="Calibration images each option is fitted on."),
     held_out: int = typer.Option(512, "--held-out", min=1, help="Other images each option is scored on."),
     steps: int = typer.Option(0, "--fit-steps", min=0, help="Adam steps per option after its closed-form fit."),
