@@ -1,4 +1,5 @@
-"""Pareto plots for sweeps (matplotlib, imported only here and only when a plot is drawn).
+"""Pareto plots for sweeps and the front of a compress library (matplotlib, imported only here and only when a plot
+is drawn).
 
 Like the paper's figure 3 (error against parameters, one point per block type), with a second panel against
 measured latency, log x-axes, and the Pareto front (points no other point beats on both axes) drawn as a line
@@ -56,6 +57,37 @@ def pareto_plot(path: str | Path, labels: Sequence[str], panels: Sequence[tuple[
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    finally:
+        plt.close(fig)
+
+
+def front_plot(path: str | Path, points: Sequence[tuple[float, float]], *,
+               marks: Sequence[tuple[str, float, float]] = (), xlabel: str, ylabel: str, title: str = "",
+               caption: str = "") -> None:
+    """Write a PNG of one front: ``points`` (x, y) joined in x order, ``marks`` (label, x, y) drawn over them as
+    labelled stars (e.g. the student that was measured), and ``caption`` under the axes. Written atomically."""
+    import matplotlib  # optional (plots extra), slow to import: only when a plot is drawn
+
+    matplotlib.use("Agg")  # no display needed; must precede pyplot's import
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    pts = sorted(points)
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color="tab:blue", label="solved from the library")
+    for label, x, y in marks:
+        ax.scatter([x], [y], marker="*", s=160, color="tab:red", zorder=4)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    if caption:
+        fig.text(0.01, 0.01, caption, fontsize=8, ha="left", va="bottom")
+    fig.tight_layout(rect=(0, 0.04 if caption else 0, 1, 1))
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     finally:

@@ -47,6 +47,9 @@ def compress(
                               "file."),
     data_dir: Path = typer.Option(None, "--data-dir", help="Where the dataset's files are."),
     weights: Path = typer.Option(None, "--weights", help="Local weights for a teacher given by zoo name."),
+    write_front: bool = typer.Option(True, "--front/--no-front", help="Also write the front of other budgets "
+                                     "solved from the same library beside the student: s.front.csv and (with "
+                                     "matplotlib) s.front.png for -o s.pt."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the sites and options and the work ahead; build "
                                                           "nothing."),
     seed: int = typer.Option(0, "--seed", help="Calibration split and training seed."),
@@ -97,3 +100,8 @@ def compress(
         warn(note)
     kind = cheapconv.save(result.student, output)
     err.print(literal(f"Wrote {output} ({kind} format); library in {result.library_dir}."), highlight=False)
+    if write_front:
+        written = result.write_front(output.with_suffix(""))
+        err.print(literal("Front of other budgets from the same library: " + ", ".join(map(str, written))
+                          + ("" if len(written) > 1 else " (no PNG: pip install 'cheapconv[plots]')")),
+                  highlight=False)

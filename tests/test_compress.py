@@ -3,6 +3,8 @@ Python and from the command line. No timing assertions: latency figures belong i
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 import torch
 
@@ -70,6 +72,14 @@ def test_cli_compress_writes_a_student_that_loads(teacher, tmp_path, capsys):
     assert "Selection under" in out and "compress: teacher and student" in out
     student = cheapconv.load(tmp_path / "s.pt")
     assert cheapconv.count_params(student, "paper") <= 0.6 * cheapconv.count_params(teacher, "paper")
+    # the front of other budgets from the same library, beside the student: every row within its budget, the
+    # predicted loss falling as the budget grows
+    rows = list(csv.DictReader((tmp_path / "s.front.csv").open()))
+    assert len(rows) >= 3 and all(float(r["predicted_params"]) <= float(r["budget"]) for r in rows)
+    losses = [float(r["predicted_loss"]) for r in sorted(rows, key=lambda r: float(r["budget"]))]
+    assert losses == sorted(losses, reverse=True) and losses[-1] == 0.0     # 100 %: the teacher itself
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "s.front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_compress_dry_run_and_an_unreachable_budget(teacher, tmp_path, capsys):

@@ -11,7 +11,9 @@ measured* (issue 27, items 2-3), on top of the library (:func:`build_library`) a
    inputs (errors that compound across sites are removed in order);
 4. distil it with the fine-tuning recipe (gradient clip 1, cosine, the teacher's own lr where its file records
    one), its accuracy evaluated before the first step and after the last (``epochs=0``: stop after step 3);
-5. measure it against the teacher once more, at batch 1 and ``batch`` where they differ.
+5. measure it against the teacher once more, at batch 1 and ``batch`` where they differ;
+6. solve the front of other budgets from the same library (:func:`front`: 10 % to 100 % of the teacher), which
+   :meth:`CompressResult.write_front` writes as CSV and PNG.
 
 Measured latency is normalised by the teacher timed in the same run: ``student_ms × library_teacher_ms /
 teacher_ms_now``, so a machine busier now than when the library was built does not move the student's figure
@@ -20,6 +22,7 @@ against a budget that was set from the teacher's.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,7 @@ from .assembly import assemble
 from .budgets import check_metric, parse_budget
 from .candidates import find_sites
 from .family import resolve_families
+from .front import Front, front
 from .library import build_library
 from .library_model import Library
 from .measured_budget import BudgetResult, meet_budget
@@ -67,7 +71,8 @@ class CompressResult:
     """What :func:`compress` did: the ``student`` (trained in place when ``epochs`` > 0), the ``library`` it was
     chosen from, the final ``selection``, the budget rounds (``budget``: predicted and measured per round, whether
     it was met), the ``reconstruction`` report, the distillation result (``training``: its ``start``/``end``
-    figures), the last side-by-side ``measured`` latencies and the exact counts."""
+    figures), the last side-by-side ``measured`` latencies, the exact counts and the ``front`` of other budgets
+    solved from the same library."""
 
     student: nn.Module
     library: Library
@@ -78,6 +83,7 @@ class CompressResult:
     measured: Measured | None
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    front: Front | None = None
 
     @property
     def library_dir(self) -> Path | None:
@@ -88,6 +94,29 @@ class CompressResult:
     def met(self) -> bool:
         """Whether the student met the budget (as measured, for a latency budget; exactly, for params/MACs)."""
         return self.budget.met if self.budget is not None else True
+
+    def write_front(self, stem: str | Path) -> list[Path]:
+        """Write the front as ``STEM.front.csv`` and, with matplotlib installed, ``STEM.front.png`` (the student
+        handed back marked where it was measured); returns the paths written."""
+        if self.front is None:
+            return []
+        stem = Path(stem)
+        csv_path = stem.with_name(stem.name + ".front.csv")
+        self.front.to_csv(csv_path)
+        written = [csv_path]
+        if importlib.util.find_spec("matplotlib") is not None:   # the plots extra is optional
+            png = stem.with_name(stem.name + ".front.png")
+            marks = []
+            if self.measured is not None:
+                batch = int(self.library.key.get("batch", 1))
+                ratio = self.measured.ratio(batch)
+                marks.append((f"student handed back, measured {ratio:.2f}×", ratio,
+                              self.selection.predicted_loss))
+            self.front.plot(png, marks=marks, title=f"compress: the front of one library "
+                                                    f"({self.library.key.get('runtime', 'torch')}, batch "
+                                                    f"{self.library.key.get('batch', 1)})")
+            written.append(png)
+        return written
 
     def table(self) -> Table:
         """Teacher against student: params, MACs, measured latency, accuracy at step 0 and after training."""
@@ -221,4 +250,15 @@ def compress(teacher: nn.Module, data: Dataset | torch.Tensor | str, budget: str
         measured = _measure(teacher, student, lib, sorted({1, int(lib.key.get("batch", batch))}), repeats=repeats,
                             fold=fold)
     return CompressResult(student=student, library=lib, selection=selection, budget=rounds_result,
-                          reconstruction=report, training=training, measured=measured, counts=counts, notes=notes)
+                          reconstruction=report, training=training, measured=measured, counts=counts, notes=notes,
+                          front=front(lib, metric=metric, max_params=max_params, max_macs=max_macs,
+                                      offset=_offset(rounds_result)))
+
+
+def _offset(rounds: BudgetResult | None) -> float:
+    """How far the additive latency model was off (measured − predicted) for the student handed back: the last
+    round's when the budget was met, else the round measured lowest (the one returned)."""
+    if rounds is None or not rounds.rounds:
+        return 0.0
+    r = rounds.rounds[-1] if rounds.met else min(rounds.rounds, key=lambda r: r.measured)
+    return r.measured - r.predicted

@@ -22,11 +22,7 @@ reported in the :class:`Selection`.
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from rich.table import Table
@@ -36,7 +32,7 @@ from ..formatting import human, render_plain
 from .budgets import check_metric, format_value, option_change, parse_budget, teacher_value
 from .library_model import KEEP, Library, SiteOption
 
-__all__ = ["BudgetUnreachableError", "Front", "Selection", "front", "select"]
+__all__ = ["BudgetUnreachableError", "Selection", "select"]
 
 #: how long one solve may run; a multiple-choice knapsack of a few hundred options solves in well under a second
 TIME_LIMIT_S = 60.0
@@ -355,54 +351,3 @@ def _unreachable(program: _Program, budget: float, caps: list[tuple[str, float]]
         f"{low_word} student this library can build{under} is predicted at {format_value(fastest, metric)} "
         f"({fastest / teacher:.0%}), the {high_word} (the teacher) at {format_value(teacher, metric)}. Give a budget "
         "between them, or build the library with stronger candidate blocks.", (fastest, teacher))
-
-
-# ------------------------------------------------------------------------------------------------- the front
-
-@dataclass
-class Front:
-    """Selections at several budgets from one library (budget order), and the budgets no student reaches."""
-
-    metric: str
-    selections: list[Selection]
-    skipped: list[str] = field(default_factory=list)
-
-    def __iter__(self) -> Iterator[Selection]:
-        return iter(self.selections)
-
-    def __len__(self) -> int:
-        return len(self.selections)
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One row per selection: the budget, the predicted figures and loss, the solver's verdict, the policy."""
-        return [{"metric": s.metric, "budget": s.budget,
-                 "budget_share": s.budget / t if (t := s.teacher()) else None,
-                 "predicted_latency_ms": s.predicted_latency_ms, "predicted_params": s.predicted_paper,
-                 "predicted_macs": s.predicted_macs, "predicted_loss": s.predicted_loss,
-                 "sites_changed": len(s.chosen), "status": s.status, "mip_gap": s.mip_gap,
-                 "policy": s.policy().replace("\n", "; ")} for s in self.selections]
-
-    def to_csv(self, path: str | Path | None = None) -> str:
-        """The rows as CSV text, also written to ``path`` when given."""
-        out = io.StringIO()
-        rows = self.rows()
-        fields = list(rows[0]) if rows else ["metric", "budget"]
-        writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        if path is not None:
-            Path(path).write_text(out.getvalue())
-        return out.getvalue()
-
-
-def front(library: Library, budgets: Sequence[str | float], *, metric: str = "latency",
-          max_params: str | float | None = None, max_macs: str | float | None = None) -> Front:
-    """:func:`select` at each of ``budgets`` (e.g. ``["30%", "50%", "70%"]``) from the same library: the
-    predicted loss against the budget. A budget no student reaches is skipped, with its reason in ``skipped``."""
-    selections, skipped = [], []
-    for budget in budgets:
-        try:
-            selections.append(select(library, budget, metric=metric, max_params=max_params, max_macs=max_macs))
-        except BudgetUnreachableError as exc:
-            skipped.append(f"{budget}: {exc}")
-    return Front(metric, selections, skipped)
