@@ -7,15 +7,15 @@ in order and distilled."""
 from .assembly import assemble
 from .budgets import METRICS, parse_budget
 from .family import FAMILIES, Family
+from .fronts import DEFAULT_SHARES, Front, front
 from .library import build_library
 from .library_model import KEEP, Library, LibrarySite, SiteOption
 from .measured_budget import BudgetResult, Round, meet_budget
 from .runner import CompressResult, compress, list_sites
-from .front import DEFAULT_SHARES, Front, front
 from .selection import BudgetUnreachableError, Selection, select
 
 __all__ = ["KEEP", "Library", "LibrarySite", "SiteOption",
            "FAMILIES", "Family", "assemble", "build_library",
-           "METRICS", "BudgetResult", "BudgetUnreachableError", "DEFAULT_SHARES", "Front", "Round", "Selection", "front", "meet_budget",
-           "parse_budget", "select",
+           "METRICS", "BudgetResult", "BudgetUnreachableError", "DEFAULT_SHARES", "Front", "Round", "Selection",
+           "front", "meet_budget", "parse_budget", "select",
            "CompressResult", "compress", "list_sites"]

@@ -44,7 +44,7 @@ from .assembly import assemble
 from .budgets import check_metric, parse_budget
 from .candidates import find_sites
 from .family import resolve_families
-from .front import Front, front
+from .fronts import Front, front
 from .library import build_library
 from .library_model import Library
 from .measured_budget import BudgetResult, meet_budget
