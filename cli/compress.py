@@ -31,6 +31,9 @@ def compress(
     library: Path = typer.Option(None, "--library", help="Folder of the candidate library: built there, resumed "
                                                          "after a stop, reused by every budget of the same teacher "
                                                          "and settings (default: a temporary folder)."),
+    fits_from: Path = typer.Option(None, "--fits-from", help="A library of the same teacher, data and families "
+                                   "built for another runtime, batch or thread count: take its fits and scores, "
+                                   "only time the options here."),
     families: str = typer.Option(None, "--families", help=f"Candidate families, comma-separated: "
                                                           f"{FAMILIES.describe(last='or')} (default: those marked "
                                                           "default; a family is one file in "
@@ -87,7 +90,8 @@ def compress(
         result = cheapconv.compress(net, data, budget, metric=metric, runtime=runtime, batch=batch, threads=threads,
                                     library=library, families=names, samples=samples, held_out=held_out,
                                     steps=steps, max_params=max_params, max_macs=max_macs, rounds=rounds,
-                                    epochs=epochs, fold=fold, data_dir=data_dir, seed=seed)
+                                    epochs=epochs, fold=fold, data_dir=data_dir, seed=seed,
+                                    fits_from=fits_from)
     for w in caught:
         warn(str(w.message))
     out.print(literal_table(result.selection.table()))

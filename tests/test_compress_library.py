@@ -206,6 +206,29 @@ def test_a_killed_build_resumes_without_refitting(teacher, data, built, tmp_path
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_a_library_for_another_runtime_takes_the_fits_and_only_times(teacher, data, built, tmp_path, monkeypatch):
+    def no_fitting(*args, **kwargs):
+        raise AssertionError("refitted an option the donor library had fitted")
+
+    monkeypatch.setattr(library_module, "reconstruct", no_fitting)
+    monkeypatch.setattr(library_module, "score_option", no_fitting)
+    other = build_library(teacher, data, directory=tmp_path, fits_from=built.directory, **{**SETTINGS, "batch": 2})
+    assert other.key["batch"] == 2 and other.directory == tmp_path
+    for (_, a), (_, b) in zip(_options(other), _options(built), strict=True):
+        assert (a.spec, a.local_error, a.kl, a.agreement) == (b.spec, b.local_error, b.kl, b.agreement)
+        assert a.latency_saved_ms is not None and any("fit and scores from" in n for n in a.notes)
+        sa = torch.load(tmp_path / a.weights, weights_only=True)       # the library is whole without its donor
+        sb = torch.load(built.directory / b.weights, weights_only=True)
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_donor_fitted_under_other_settings_is_refused(teacher, data, built, tmp_path):
+    with pytest.raises(UsageError, match=r"fitted under other settings.*samples: 64 there, 48 now"):
+        build_library(teacher, data, directory=tmp_path, fits_from=built.directory, **{**SETTINGS, "samples": 48})
+    with pytest.raises(UsageError, match="no candidate library"):
+        build_library(teacher, data, directory=tmp_path / "b", fits_from=tmp_path / "nowhere", **SETTINGS)
+
+
 # ------------------------------------------------------------------------------------------------ assemble
 
 def test_a_keep_only_choice_is_the_teacher(teacher, built):

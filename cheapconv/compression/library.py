@@ -17,6 +17,10 @@ exactly that site at exactly the priced cost). Then:
 So a build killed at any moment resumes where it stopped and never redoes a finished option: a folder is reused when
 its :attr:`Library.key` matches (the teacher's SHA-256, the calibration and held-out images' SHA-256, the families
 and strengths, the runtime settings, and the fitting settings), and refused otherwise.
+
+Steps 1 and 2 do not depend on where latency is measured, so a library for another runtime, batch or thread count
+can take its fits and scores from a finished one (``fits_from=``, ``--fits-from DIR``) and only time them: the
+donor's key must match in everything but :data:`TIMING_KEYS`.
 """
 
 from __future__ import annotations
@@ -46,10 +50,13 @@ from .family import Families, FamilyChoice, resolve_families
 from .library_model import LIBRARY_FORMAT, Library, LibrarySite, SiteOption
 from .scoring import score_option, teacher_outputs
 
-__all__ = ["LIBRARY_FILE", "build_library", "key_differences", "library_key", "open_library"]
+__all__ = ["LIBRARY_FILE", "TIMING_KEYS", "build_library", "key_differences", "library_key", "open_library"]
 
 #: the library's JSON inside its folder (the fitted weights are in ``weights/`` beside it)
 LIBRARY_FILE = "library.json"
+
+#: the parts of a library's key that only its timings depend on (its fits and scores do not)
+TIMING_KEYS = frozenset({"runtime", "batch", "threads", "fold"})
 
 
 def library_key(teacher: nn.Module, calibration: torch.Tensor, held_out: torch.Tensor,
@@ -98,6 +105,37 @@ def open_library(directory: str | Path, key: Mapping[str, Any]) -> Library | Non
                          f"{'; '.join(differences)}. Choose another folder for this library (--library DIR, "
                          "directory=...), or delete that one to rebuild it.")
     return library
+
+
+def open_donor(directory: str | Path, key: Mapping[str, Any]) -> Library:
+    """The finished library in ``directory`` whose fits and scores a library for ``key`` can take: built for the
+    same teacher, images, families and fitting settings (anything but :data:`TIMING_KEYS` may not differ)."""
+    path = Path(directory) / LIBRARY_FILE
+    try:
+        donor = Library.load_json(path)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"--fits-from {directory}: no candidate library cheapconv can read there ({e}). Name the "
+                         "folder of a library built before (its --library DIR).") from None
+    fit_key = {k: v for k, v in key.items() if k not in TIMING_KEYS}
+    differences = key_differences({k: v for k, v in donor.key.items() if k not in TIMING_KEYS}, fit_key)
+    if differences:
+        raise UsageError(f"The library in {directory} was fitted under other settings, so its fits do not apply "
+                         f"here: {'; '.join(differences)}. Fit this library itself (leave out --fits-from), or "
+                         "build it with the donor's teacher, data, families and fitting settings.")
+    donor.directory = Path(directory)
+    return donor
+
+
+def _donated(donor: Library | None, site: str, spec: str) -> SiteOption | None:
+    """The donor's finished option for (``site``, ``spec``), if it has one."""
+    if donor is None:
+        return None
+    for s in donor.sites:
+        if s.name == site:
+            for o in s.options:
+                if o.spec == spec and _finished(o, donor.directory):
+                    return o
+    return None
 
 
 def _finished(option: SiteOption, folder: Path) -> bool:
@@ -152,24 +190,31 @@ def _check_rest_is_teacher(student: nn.Module, teacher: nn.Module, prefix: str) 
 def _fit_and_score(teacher: nn.Module, site: LibrarySite, option: SiteOption, *, shape: tuple[int, ...],
                    calibration: torch.Tensor, held_out: torch.Tensor, teacher_scores: torch.Tensor, steps: int,
                    seed: int, runtime: str, batch: int, threads: int, fold: bool, device: torch.device,
-                   folder: Path) -> SiteOption:
-    """``option`` built, fitted, scored, timed and saved; returns it with its figures filled in."""
+                   folder: Path, donor: Library | None = None) -> SiteOption:
+    """``option`` built, fitted, scored, timed and saved; returns it with its figures filled in. With ``donor``
+    holding this option finished, its fit and scores are taken and only the timing is done here."""
     started = time.perf_counter()
     notes: list[str] = []
+    given = _donated(donor, site.name, option.spec)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         student = _single_swap(teacher, site, option, shape)
-        report = reconstruct(student, teacher, calibration, samples=calibration.shape[0], steps=steps,
-                             progress=False, seed=seed)
         (fitted,) = fitting_sites(student, teacher)
         prefix = fitted.student_path + "."
+        if given is not None:
+            _load_fit(student, donor.directory / given.weights, prefix)
+            scores = given
+            notes += [n for n in given.notes if n.startswith("fit: ")] + [f"fit and scores from {donor.directory}"]
+        else:
+            report = reconstruct(student, teacher, calibration, samples=calibration.shape[0], steps=steps,
+                                 progress=False, seed=seed)
+            if report.sites:
+                notes.append(f"fit: {report.sites[0].method}")
+            scores = score_option(student, teacher, fitted, held_out, teacher_scores)
         _check_rest_is_teacher(student, teacher, prefix)
-        scores = score_option(student, teacher, fitted, held_out, teacher_scores)
         timed = block_timings(student, teacher, input_shape=shape, batches=(batch,), device=device,
                               threads=threads, runtime=runtime, fold=fold, notes=notes)
-    notes = [*(str(w.message) for w in caught), *notes]
-    if report.sites:
-        notes.insert(0, f"fit: {report.sites[0].method}")
+    notes = [*notes[:1], *(str(w.message) for w in caught), *notes[1:]]
     weights = _weights_name(site.name, option.spec)
     (folder / "weights").mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in student.state_dict().items() if k.startswith(prefix)}
@@ -187,6 +232,16 @@ def _fit_and_score(teacher: nn.Module, site: LibrarySite, option: SiteOption, *,
     return option
 
 
+def _load_fit(student: nn.Module, path: Path, prefix: str) -> None:
+    """Load a donor's fitted block (the tensors under ``prefix``) into the single-swap ``student``."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    mine = {k for k in student.state_dict() if k.startswith(prefix)}
+    if set(state) != mine:
+        raise UsageError(f"The donor library's {path.name} does not hold the tensors of this block (it differs in "
+                         f"{sorted(set(state) ^ mine)[:4]}). Fit this library itself (leave out --fits-from).")
+    student.load_state_dict(state, strict=False)
+
+
 def _check(runtime: str, batch: int, threads: int, samples: int, held_out: int, steps: int,
            device: torch.device) -> None:
     problems = [f"{name} must be at least {least}, got {value}" for name, value, least in
@@ -200,7 +255,7 @@ def _check(runtime: str, batch: int, threads: int, samples: int, held_out: int, 
 def build_library(teacher: nn.Module, data: Dataset | torch.Tensor | str, *, families: Families = None,
                   runtime: str = "torch", batch: int = 1, threads: int = 1, samples: int = 1024,
                   held_out: int = 512, steps: int = 0, directory: str | Path | None = None, progress: bool = True,
-                  fold: bool = True, seed: int = 0) -> Library:
+                  fold: bool = True, seed: int = 0, fits_from: str | Path | None = None) -> Library:
     """The candidate library of ``teacher``: every replaceable site, every option the ``families`` offer there,
     each fitted alone to the teacher and measured (the module docstring says how).
 
@@ -218,6 +273,8 @@ def build_library(teacher: nn.Module, data: Dataset | torch.Tensor | str, *, fam
     - ``directory``: where the library lives (``library.json`` and ``weights/``), rewritten after every option; a
       rebuild into the same folder with the same settings resumes, one with other settings is refused. None: a new
       temporary folder (not resumable; delete it when done, :attr:`Library.directory` says where).
+    - ``fits_from``: a finished library of the same teacher, images, families and fitting settings, built for
+      another runtime, batch or thread count: its fits and scores are taken and only the timings are done here.
     - ``progress``: a bar on a terminal, a line per ~10 % with the time left in a log.
 
     The teacher is never changed. Example::
@@ -235,6 +292,7 @@ def build_library(teacher: nn.Module, data: Dataset | torch.Tensor | str, *, fam
                       device=device, steps=steps, seed=seed)
     folder = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="cheapconv-library-"))
     saved = open_library(folder, key)
+    donor = open_donor(fits_from, key) if fits_from is not None else None
     found, notes, totals = find_sites(teacher, chosen, shape)
     for note in notes:
         warnings.warn(note, stacklevel=2)
@@ -268,7 +326,7 @@ def build_library(teacher: nn.Module, data: Dataset | torch.Tensor | str, *, fam
         for site, option in todo:
             _fit_and_score(teacher, site, option, shape=shape, calibration=calibration, held_out=held,
                            teacher_scores=teacher_scores, steps=steps, seed=seed, runtime=runtime, batch=batch,
-                           threads=threads, fold=fold, device=device, folder=folder)
+                           threads=threads, fold=fold, device=device, folder=folder, donor=donor)
             library.save_json(folder / LIBRARY_FILE)
             done += 1
             if report is not None:

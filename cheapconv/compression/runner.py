@@ -187,7 +187,8 @@ def compress(teacher: nn.Module, data: Dataset | torch.Tensor | str, budget: str
              reconstruct_samples: int = 2048, reconstruct_steps: int = 0, epochs: int = 1,
              val_data: Dataset | str | None = None, train_data: Dataset | None = None,
              config: DistillConfig | None = None, fold: bool = True,
-             data_dir: str | Path | None = None, progress: bool = True, seed: int = 0) -> CompressResult:
+             data_dir: str | Path | None = None, progress: bool = True, seed: int = 0,
+             fits_from: str | Path | None = None) -> CompressResult:
     """The most accurate student of ``teacher`` that meets ``budget`` (the module docstring has the steps).
 
     - ``budget``: ``"50%"`` of the teacher's figure in ``metric``, ``"2ms"``, ``"300k"`` parameters, or a number in
@@ -197,8 +198,8 @@ def compress(teacher: nn.Module, data: Dataset | torch.Tensor | str, budget: str
       library; with ``epochs`` > 0 a dataset object needs ``val_data``, and ``train_data`` is the augmented training
       set for distillation where it differs from ``data``).
     - ``library``: a folder to build the library in or reuse (same teacher, data and settings), or a built
-      :class:`Library`; None builds one in a temporary folder. ``families``, ``samples``, ``held_out``, ``steps``:
-      the library's (:func:`build_library`).
+      :class:`Library`; None builds one in a temporary folder. ``families``, ``samples``, ``held_out``, ``steps``,
+      ``fits_from`` (another runtime's library whose fits to take): the library's (:func:`build_library`).
     - ``rounds``, ``tolerance``: the measured-budget loop (:func:`meet_budget`); ``repeats``: timed passes per
       measurement.
     - ``reconstruct_samples``, ``reconstruct_steps``: the sequential reconstruction pass after assembly.
@@ -213,7 +214,8 @@ def compress(teacher: nn.Module, data: Dataset | torch.Tensor | str, budget: str
     check_metric(metric)
     lib = library if isinstance(library, Library) else build_library(
         teacher, data, families=families, runtime=runtime, batch=batch, threads=threads, samples=samples,
-        held_out=held_out, steps=steps, directory=library, progress=progress, fold=fold, seed=seed)
+        held_out=held_out, steps=steps, directory=library, progress=progress, fold=fold, seed=seed,
+        fits_from=fits_from)
     target = parse_budget(budget, lib, metric)
     notes: list[str] = []
     rounds_result = None
