@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .bounded import MiB, read_text
 from .counting import count_macs, count_params
 from .data import get_dataset
 from .errors import CheapconvError, UsageError
@@ -49,6 +50,8 @@ EvaluateFn = Callable[[nn.Module], float]
 
 SWEEP_FORMAT = "cheapconv-sweep"
 SWEEP_VERSION = 1
+#: the largest sweep.json or points/*.json read back (cheapconv writes a few KiB; a point file, under 1 KiB)
+SWEEP_JSON_MAX_BYTES = 4 * MiB
 #: configuration fields that change what a point means; a folder is resumed only when they all agree
 _KEY_FIELDS = ("model", "input_size", "batch", "dtype", "channels_last", "device", "data", "epochs", "runtime",
                "fold")
@@ -112,9 +115,10 @@ def _load_state(out_dir: Path, config: dict) -> dict[str, SweepPoint]:
     state = out_dir / "sweep.json"
     if not state.exists():
         return {}
+    fix = "Choose another output folder."
     try:
-        saved = json.loads(state.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        saved = json.loads(read_text(state, what="the sweep state", limit=SWEEP_JSON_MAX_BYTES, fix=fix))
+    except (OSError, json.JSONDecodeError, RecursionError) as e:
         raise UsageError(f"{str(state)!r} is not a readable sweep state ({e}); choose another output "
                          "folder.") from None
     if not isinstance(saved, dict) or saved.get("format") != SWEEP_FORMAT:
@@ -132,9 +136,12 @@ def _load_state(out_dir: Path, config: dict) -> dict[str, SweepPoint]:
     known = {f.name for f in fields(SweepPoint)}
     for file in sorted((out_dir / "points").glob("*.json")):
         try:
-            d = json.loads(file.read_text())
+            d = json.loads(read_text(file, what="the sweep point", limit=SWEEP_JSON_MAX_BYTES,
+                                     fix="Delete it to recompute that point, or choose another output folder."))
             point = SweepPoint(**{k: v for k, v in d.items() if k in known})
-        except (OSError, ValueError, TypeError, AttributeError) as e:
+        except UsageError:
+            raise
+        except (OSError, ValueError, TypeError, AttributeError, RecursionError) as e:
             raise UsageError(f"{str(file)!r} is not a readable sweep point ({type(e).__name__}: {e}); delete it "
                              "to recompute that point, or choose another output folder.") from None
         points[point.block] = point

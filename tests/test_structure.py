@@ -21,7 +21,7 @@ CLI = ROOT / "cli"          # installed as cheapconv_cli
 
 #: the layers, ground floor first: a module may import only from its own layer and the ones before it
 LAYERS = [
-    {"errors", "counting", "version", "threads", "progress", "registry", "formatting", "extensions"},
+    {"errors", "counting", "version", "threads", "progress", "registry", "formatting", "extensions", "bounded"},
     {"blocks"},
     {"models"},
     {"fx"},
@@ -161,7 +161,7 @@ def test_packages_declare_exports_that_do_not_shadow_modules(package):
 #: optional dependencies (not in install_requires), slow to import: the only modules a library function may
 #: import, each import with a one-line comment saying why (the feature that needs it)
 OPTIONAL = ("onnx", "onnxruntime", "onnxscript", "matplotlib", "torchvision", "timm", "safetensors", "numpy", "scipy",
-            "torch.utils.tensorboard")
+            "torch.utils.tensorboard", "PIL")
 #: what the command line imports when a command runs (a library module that loads none of HEAVY may be
 #: imported at start: the ground floor, the registries, the config dataclasses its options come from)
 AT_RUN_TIME = ("cheapconv", "torch")

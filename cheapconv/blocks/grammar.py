@@ -13,6 +13,10 @@ from ..errors import PolicySyntaxError
 from .base import BLOCK_ALIASES, BLOCK_REGISTRY, BlockSpec, GroupCount
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:-[0-9]+x[0-9]+)?")
+# ASCII only: str.isdigit() and float() also take fullwidth (４), superscript (²) and other Unicode digits, and
+# float() takes '1_0', 'inf' and 'nan', none of which a spec means.
+_INTEGER = re.compile(r"[0-9]{1,9}")   # more digits than any channel count: refused before int()
+_NUMBER = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def valid_block_names() -> str:
@@ -88,8 +92,8 @@ class Parser:
     # helpers for from_args -------------------------------------------------------------------------------
     def positive_int(self, arg: tuple[str, int], what: str) -> int:
         text, col = arg
-        if not text.isdigit():
-            raise self.fail(f"{what} must be a positive integer, got {text!r}", col)
+        if not _INTEGER.fullmatch(text):
+            raise self.fail(f"{what} must be a positive integer in ASCII digits (at most 9), got {text!r}", col)
         value = int(text)
         if value < 1:
             raise self.fail(f"{what} must be at least 1, got {value}", col)
@@ -97,10 +101,9 @@ class Parser:
 
     def fraction(self, arg: tuple[str, int], what: str) -> float:
         text, col = arg
-        try:
-            value = float(text)
-        except ValueError:
-            raise self.fail(f"{what} must be a number in (0, 1], got {text!r}", col) from None
+        if not _NUMBER.fullmatch(text):
+            raise self.fail(f"{what} must be a number in (0, 1] in ASCII digits, got {text!r}", col)
+        value = float(text)
         if not 0 < value <= 1:
             raise self.fail(f"{what} must be in (0, 1], got {text}", col)
         return value
@@ -113,7 +116,7 @@ class Parser:
         if compact.startswith(symbol + "/"):
             d = self.positive_int((compact[len(symbol) + 1:], col + len(symbol) + 1), f"the divisor in {symbol}/d")
             return GroupCount(divisor=d, symbol=symbol)
-        if compact.isdigit():
+        if _INTEGER.fullmatch(compact):
             return GroupCount(value=self.positive_int((compact, col), "the group count"), symbol=symbol)
         raise self.fail(f"a group count is an integer, {symbol} or {symbol}/d; got {text!r}", col)
 

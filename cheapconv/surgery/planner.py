@@ -230,13 +230,15 @@ def build_plan(analysis: Analysis, policy: Policy, *, model_name: str, strict: b
     entries, used = decide(analysis, policy)
     notes = list(notes)
     names = ", ".join(s.name for s in analysis.convs[:4])
-    for i, rule in enumerate(policy.rules):
-        if rule.selector is not None and used[i] == 0:
-            msg = f"rule '{rule}' matches no conv (conv names look like: {names}, ...)"
-            if strict:
-                raise PolicyMatchError(f"Under --strict, every rule must match: {msg}. Fix the selector, or "
-                                       "print the layer names with --dry-run.")
-            notes.append(msg)
+    unused = [rule for i, rule in enumerate(policy.rules) if rule.selector is not None and used[i] == 0]
+    if unused and strict:
+        raise PolicyMatchError(f"Under --strict, every rule must match: rule '{unused[0]}' matches no conv (conv "
+                               f"names look like: {names}, ...). Fix the selector, or print the layer names with "
+                               "--dry-run.")
+    # One note per unused rule, up to a few: a long generated policy must not print thousands of warnings.
+    notes += [f"rule '{rule}' matches no conv (conv names look like: {names}, ...)" for rule in unused[:5]]
+    if len(unused) > 5:
+        notes.append(f"{len(unused) - 5:,} more rules match no conv")
     if policy.changes_anything and not any(used[i] for i, r in enumerate(policy.rules) if r.block.level != "keep"):
         raise PolicyMatchError(
             f"The policy '{policy}' selects nothing in {model_name}: no rule that changes a block matches a "

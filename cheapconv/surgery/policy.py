@@ -24,11 +24,18 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from ..blocks import BlockSpec, parse_block
 from ..blocks.grammar import Parser, split_top_level
+from ..bounded import MiB, read_text
 from ..errors import PolicySyntaxError, UsageError
+
+#: the largest policy file read (a model's one-rule-per-layer policy is a few KiB; even a 1,000-layer one, 60 KiB)
+POLICY_FILE_MAX_BYTES = 1 * MiB
+#: the most rules a policy may hold (a model with more replaceable layers than this does not exist)
+POLICY_MAX_RULES = 10_000
 
 
 @dataclass(frozen=True)
@@ -46,10 +53,18 @@ class Selector:
         """True for a plain layer name (no wildcard, no regex): a rule that names one layer on purpose."""
         return not self.is_regex and not any(ch in self.pattern for ch in "*?[")
 
-    def matches(self, name: str) -> bool:
+    @cached_property
+    def _compiled(self) -> re.Pattern[str]:
+        # Compiled once per selector: fnmatch's and re's own caches hold 32,768 and 512 patterns, and a policy
+        # with more selectors than that recompiled every pattern for every layer.
         if self.is_regex:
-            return re.fullmatch(self.pattern[3:], name) is not None
-        return fnmatch.fnmatchcase(name, self.pattern)
+            return re.compile(self.pattern[3:])
+        return re.compile(fnmatch.translate(self.pattern))
+
+    def matches(self, name: str) -> bool:
+        if self.is_literal:
+            return name == self.pattern
+        return self._compiled.fullmatch(name) is not None
 
     def __str__(self) -> str:
         return self.pattern
@@ -88,13 +103,35 @@ class Policy:
         """The first rule that matches any of ``names`` (index and rule), or None.
 
         Default rules never match the stem: the paper keeps it, and a user who wants it cheap says so by
-        name."""
-        for i, rule in enumerate(self.rules):
-            if rule.selector is None and is_stem:
-                continue
-            if rule.matches(*names):
+        name.
+
+        One pass: literal selectors (plain layer names) are looked up in a dict, and only the default and
+        pattern rules before the first literal hit are tried in order, so a long policy of layer names costs
+        one look-up per name, not one comparison per rule."""
+        literal, patterned = self._index
+        found = min((literal[n] for n in names if n in literal), default=len(self.rules))
+        for i in patterned:
+            if i >= found:
+                break
+            rule = self.rules[i]
+            if rule.selector is None:
+                if not is_stem:
+                    return i, rule
+            elif rule.matches(*names):
                 return i, rule
-        return None
+        return (found, self.rules[found]) if found < len(self.rules) else None
+
+    @cached_property
+    def _index(self) -> tuple[dict[str, int], tuple[int, ...]]:
+        """(literal selector -> index of its first rule, indices of the other rules in order)."""
+        literal: dict[str, int] = {}
+        patterned = []
+        for i, rule in enumerate(self.rules):
+            if rule.selector is not None and rule.selector.is_literal:
+                literal.setdefault(rule.selector.pattern, i)
+            else:
+                patterned.append(i)
+        return literal, tuple(patterned)
 
     @property
     def changes_anything(self) -> bool:
@@ -102,13 +139,13 @@ class Policy:
 
     @classmethod
     def from_file(cls, path: str | Path) -> Policy:
-        """Read a policy file: one rule per line, ``#`` comments and blank lines allowed."""
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise UsageError(f"Cannot read the policy file {str(path)!r}: {e.strerror or e}. "
-                             "Check the path, or pass the rules inline with --policy.") from None
+        """Read a policy file: one rule per line, ``#`` comments and blank lines allowed.
+
+        Only a regular UTF-8 file of at most :data:`POLICY_FILE_MAX_BYTES` is read (a FIFO, a device or a
+        larger file is a :class:`~cheapconv.errors.UsageError`), and it may hold at most
+        :data:`POLICY_MAX_RULES` rules."""
+        text = read_text(path, what="the policy file", limit=POLICY_FILE_MAX_BYTES,
+                         fix="Check the path, or pass the rules inline with --policy.")
         return parse_policy(text)
 
 
@@ -136,6 +173,10 @@ def parse_policy(text: str | Policy | BlockSpec) -> Policy:
         for piece in body.split(";"):
             start = offset + col
             if piece.strip():
+                if len(rules) == POLICY_MAX_RULES:
+                    raise PolicySyntaxError(f"The policy has more than {POLICY_MAX_RULES:,} rules, more than any "
+                                            "model has layers: cheapconv reads no more. Use wildcards (layer4.*) "
+                                            "or a default rule to cover many layers with one rule.")
                 rules.append(_parse_rule(piece, text, start))
             col += len(piece) + 1
         offset += len(line)

@@ -10,7 +10,10 @@ ratio and interpolation where its preprocessing says so); S defaults to 224.
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from torch.utils.data import Dataset
 
@@ -19,10 +22,47 @@ from ...extensions import DATASETS
 from ...models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from ..augment import augmentation
 from ..folders import imagefolder_root
+from ..imagefiles import load_image, scan_images
 from ..info import CROP_PCT, DatasetInfo, DatasetSource, LoadRequest, adapt_info
 from ..vision import import_torchvision
 
-__all__ = ["ImageFolder"]
+__all__ = ["ImageFolder", "ScreenedImageFolder"]
+
+#: the extensions read as images (torchvision's IMG_EXTENSIONS); other files are ignored, as torchvision does
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class ScreenedImageFolder(Dataset):
+    """torchvision's ImageFolder (``classes``, ``class_to_idx``, ``samples``, ``targets``; items ``(image,
+    class)``), built from a screened walk (:func:`~cheapconv.data.imagefiles.scan_images`): files that are not
+    images, symlink loops and images over the pixel cap are skipped with one warning, and a folder left without
+    an image for a class is a :class:`~cheapconv.errors.DatasetNotFoundError`."""
+
+    def __init__(self, root: str, transform: Callable[[Any], Any] | None = None) -> None:
+        self.root, self.transform = root, transform
+        self.classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        if not self.classes:
+            raise DatasetNotFoundError(f"No class folders under {root}: expected <class>/*.jpg sub-folders.")
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        scan = scan_images(root, self.class_to_idx, IMAGE_EXTENSIONS)
+        note = scan.summary(root)
+        if note:
+            warnings.warn(note, stacklevel=2)
+        empty = sorted(set(self.classes) - {self.classes[i] for _, i in scan.samples})
+        if empty:
+            raise DatasetNotFoundError(f"No usable images under {root} for the classes {', '.join(empty)} "
+                                       f"(extensions read: {', '.join(IMAGE_EXTENSIONS)}).")
+        self.samples = scan.samples
+        self.targets = [i for _, i in scan.samples]
+        self.skipped = dict(scan.skipped)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, target = self.samples[index]
+        image = load_image(path)
+        return (self.transform(image) if self.transform is not None else image), target
 
 
 class ImageFolder(DatasetSource):
@@ -60,9 +100,9 @@ class ImageFolder(DatasetSource):
             # The ImageNet convention: resize to S/0.875 (256 for 224; a model's own ratio), then centre-crop S.
             tf = t.Compose([t.Resize(info.resize, interpolation=mode), t.CenterCrop(s), t.ToTensor(), normalize])
         try:
-            ds = tv.datasets.ImageFolder(str(root), transform=tf)
-        except FileNotFoundError as exc:  # no class folders, or class folders without images
-            raise DatasetNotFoundError(f"imagefolder:{arg}: no usable images under {root}: {exc}") from exc
+            ds = ScreenedImageFolder(str(root), transform=tf)
+        except DatasetNotFoundError as exc:  # no class folders, or class folders without images
+            raise DatasetNotFoundError(f"imagefolder:{arg}: {exc}") from None
         ds.augmentation = level.name
         ds.info = replace(info, num_classes=len(ds.classes), classes=tuple(ds.classes))
         return ds
