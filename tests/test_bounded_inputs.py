@@ -194,3 +194,60 @@ def test_an_image_that_changes_after_the_scan_is_a_file_format_error(tmp_path: P
 def test_block_specs_take_ascii_digits_only(spec: str) -> None:
     with pytest.raises(PolicySyntaxError):
         parse_policy(spec)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+@pytest.mark.parametrize("step", [-1000, 2**60, 3.5, True, "7"])
+def test_a_checkpoint_step_out_of_range_is_refused(tmp_path: Path, step) -> None:
+    import torch
+
+    from cheapconv.train.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+
+    path = tmp_path / "run.ckpt"
+    torch.save({"format": CHECKPOINT_FORMAT, "format_version": 1, "step": step, "config_json": "{}",
+                "info_json": "{}"}, path)
+    with pytest.raises(FileFormatError, match="its step is"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_step_past_the_run_is_refused_on_resume(tmp_path: Path) -> None:
+    import torch
+
+    from cheapconv import DistillConfig, distill
+    from cheapconv.data import synthetic_dataset
+    from cheapconv.models import WideResNet
+
+    cfg = DistillConfig(epochs=1, batch_size=16, loss="ce", progress=False)
+    data = synthetic_dataset("train", channels=3, image_size=8, num_samples=32, seed=1)
+    ckpt = tmp_path / "run.ckpt"
+    distill(None, WideResNet(10, 1), data, config=cfg, checkpoint=ckpt)
+    payload = torch.load(ckpt, weights_only=True)
+    payload["step"] = 10_000
+    torch.save(payload, ckpt)
+    with pytest.raises(UsageError, match="at step 10,000, past the 2 steps"):
+        distill(None, WideResNet(10, 1), data, config=cfg, checkpoint=ckpt, resume=True)
+
+
+# ------------------------------------------------------------------------------------------ workers, loss settings
+
+
+def test_workers_are_capped_by_the_cores_with_a_warning() -> None:
+    from cheapconv.data import cap_workers
+    from cheapconv.data.batching import usable_cpus
+
+    with pytest.warns(UserWarning, match=f"using {usable_cpus()}"):
+        assert cap_workers(1000) == usable_cpus()
+    assert cap_workers(0) == 0 and cap_workers(None) is None
+    with pytest.raises(UsageError):
+        cap_workers(-1)
+
+
+@pytest.mark.parametrize("settings", [{"name": "at", "beta": float("inf")}, {"name": "at", "beta": float("nan")},
+                                      {"name": "kd", "temperature": float("inf")}])
+def test_infinite_loss_settings_are_refused_up_front(settings) -> None:
+    from cheapconv.train.objectives import make_objective
+
+    with pytest.raises(UsageError, match="finite"):
+        make_objective(settings)

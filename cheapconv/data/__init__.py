@@ -15,7 +15,7 @@ from __future__ import annotations
 from ..extensions import DATASETS
 from .adapters import ModelAdapters, adapt_for_model, data_preprocessing
 from .augment import AUGMENTS, Augmentation, InMemorySource, TensorImageDataset, augmentation
-from .batching import default_workers, make_loader
+from .batching import cap_workers, default_workers, make_loader
 from .datasets import get_dataset, synthetic_dataset
 from .folders import DATA_DIR_ENV, DEBIAN_FASHION_MNIST_DIR
 from .idx import read_idx
@@ -25,6 +25,6 @@ from .segmentation import SegmentationTensorDataset
 __all__ = [
     "AUGMENTS", "Augmentation", "DATASETS", "DATA_DIR_ENV", "DEBIAN_FASHION_MNIST_DIR", "DatasetInfo",
     "DatasetSource", "InMemorySource", "LoadRequest", "ModelAdapters", "TensorImageDataset", "adapt_for_model",
-    "augmentation", "data_preprocessing", "dataset_info", "default_workers", "get_dataset", "make_loader",
-    "parse_name", "SegmentationTensorDataset", "read_idx", "synthetic_dataset",
+    "augmentation", "cap_workers", "data_preprocessing", "dataset_info", "default_workers", "get_dataset",
+    "make_loader", "parse_name", "SegmentationTensorDataset", "read_idx", "synthetic_dataset",
 ]

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -16,7 +17,28 @@ from ..errors import UsageError
 from .augment import TensorImageDataset
 from .segmentation import SegmentationTensorDataset
 
-__all__ = ["default_workers", "make_loader"]
+__all__ = ["cap_workers", "default_workers", "make_loader", "usable_cpus"]
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the platform says, else the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def cap_workers(num_workers: int | None) -> int | None:
+    """``num_workers`` (None passes through), at most :func:`usable_cpus`, with a warning saying so when capped:
+    a worker is a whole process with a copy of the dataset object, and more of them than cores only add memory
+    (``--workers 1000`` forked a thousand). A negative count is a :class:`~cheapconv.errors.UsageError`."""
+    if num_workers is None:
+        return None
+    if num_workers < 0:
+        raise UsageError(f"The number of DataLoader workers must be 0 or more, got {num_workers}.")
+    cpus = usable_cpus()
+    if num_workers > cpus:
+        warnings.warn(f"{num_workers} DataLoader workers asked for, but this process may use {cpus} CPU cores: "
+                      f"using {cpus}.", stacklevel=2)
+        return cpus
+    return num_workers
 
 
 def default_workers(dataset: Dataset) -> int:
@@ -32,8 +54,7 @@ def default_workers(dataset: Dataset) -> int:
     """
     if isinstance(dataset, (TensorImageDataset, SegmentationTensorDataset)):
         return 0
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(8, cpus)
+    return min(8, usable_cpus())
 
 
 def make_loader(
@@ -59,8 +80,7 @@ def make_loader(
     if batch_size < 1:
         raise UsageError(f"batch_size must be positive, got {batch_size}.")
     cuda = torch.cuda.is_available()
-    if num_workers is None:
-        num_workers = default_workers(dataset)
+    num_workers = default_workers(dataset) if num_workers is None else cap_workers(num_workers)
     sampler = None
     if distributed:
         try:

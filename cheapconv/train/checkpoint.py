@@ -134,8 +134,36 @@ def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
         raise FileFormatError(f"{str(path)!r} is not a cheapconv training checkpoint.{hint}")
     if payload.get("format_version", 0) > CHECKPOINT_VERSION:
         raise FileFormatError(f"{str(path)!r} was written by a newer cheapconv; upgrade to resume from it.")
-    payload["info"] = json.loads(payload.pop("info_json", "{}"))
+    _check_fields(payload, path)
     return payload
+
+
+#: the largest step a checkpoint may record (2^40 steps is centuries of training)
+MAX_CHECKPOINT_STEP = 1 << 40
+
+
+def _check_fields(payload: dict[str, Any], path: Path) -> None:
+    """Every field a resume reads has the type and range cheapconv writes; ``info_json`` is decoded into
+    ``info``. A hand-edited or foreign checkpoint (a negative or absurd ``step``) is a FileFormatError."""
+    def bad(what: str) -> FileFormatError:
+        return FileFormatError(f"The checkpoint {str(path)!r} is damaged or was edited: {what}. Resume from the "
+                               "checkpoint the run wrote, or start over with --overwrite.")
+
+    step = payload.get("step")
+    if type(step) is not int or not 0 <= step <= MAX_CHECKPOINT_STEP:
+        raise bad(f"its step is {step!r}, not a whole number from 0 to {MAX_CHECKPOINT_STEP:,}")
+    for key, kind in (("config_json", str), ("model", dict), ("optimizer", dict), ("scheduler", dict),
+                      ("rng", list)):
+        if key in payload and not isinstance(payload[key], kind):
+            raise bad(f"its {key!r} is a {type(payload[key]).__name__}, not a {kind.__name__}")
+    info_json = payload.pop("info_json", "{}")
+    try:
+        info = json.loads(info_json) if isinstance(info_json, str) else None
+    except (ValueError, RecursionError):
+        info = None
+    if not isinstance(info, dict):
+        raise bad("its info_json is not a JSON object")
+    payload["info"] = info
 
 
 # ------------------------------------------------------------------------------------------ run safety

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import TensorImageDataset, default_workers
+from ..data import TensorImageDataset, cap_workers, default_workers
 from ..errors import UsageError
 
 __all__ = ["DistContext", "EpochBatchSampler", "batches_for_eval", "resolve_device", "setup", "teardown",
@@ -216,6 +216,6 @@ def batches_for_eval(data, batch_size: int, *, shard: tuple[int, int] | None = N
             index = torch.arange(start, min(start + batch_size, hi))
             yield data.transform_batch(index), data.labels[index]
         return
-    workers = num_workers if num_workers is not None else default_workers(data)
+    workers = cap_workers(num_workers) if num_workers is not None else default_workers(data)
     batches = [list(range(s, min(s + batch_size, hi))) for s in range(lo, hi, batch_size)]
     yield from DataLoader(data, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory)

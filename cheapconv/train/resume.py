@@ -45,7 +45,12 @@ def resume_from(path: Path, cfg: DistillConfig, ctx: DistContext, student: nn.Mo
         raise UsageError(f"Cannot resume from {str(path)!r} exactly: {'; '.join(problems)}. Resume with the "
                          "data, teacher and settings of the interrupted run (only --lr and --grad-clip may change "
                          "on a resume), or start a new run with --overwrite (overwrite=True) instead of --resume.")
-    step = int(payload["step"])
+    step = payload["step"]   # a whole number >= 0 (load_checkpoint checked it)
+    total = cfg.total_steps(steps_per_epoch)
+    if step > total:
+        raise UsageError(f"The checkpoint {str(path)!r} is at step {step:,}, past the {total:,} steps of this run: "
+                         "it was edited, or belongs to a run on other data. Resume from the checkpoint the run "
+                         "wrote, or start over with --overwrite.")
     try:
         student.load_state_dict(payload["model"])
     except RuntimeError as e:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..counting import eval_mode
-from ..data import default_workers
+from ..data import cap_workers, default_workers
 from ..errors import UsageError
 from ..surgery.taps import match_taps, record
 from .callbacks import Callback, JsonlLogger, RichProgress, RunInfo, TensorBoardLogger
@@ -357,7 +357,7 @@ def _build(cfg: DistillConfig, ctx: DistContext, loss_fn: DistillationLoss, teac
                                 world_size=ctx.world_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cfg.lr_schedule(sampler.steps_per_epoch()))
     scaler = torch.amp.GradScaler(dev.type, enabled=cfg.precision == "fp16")
-    workers = cfg.num_workers if cfg.num_workers is not None else default_workers(train_data)
+    workers = cap_workers(cfg.num_workers) if cfg.num_workers is not None else default_workers(train_data)
     loader = make_train_loader(train_data, sampler, workers, dev)
     return Run(cfg=cfg, ctx=ctx, loss_fn=loss_fn, student=student, model=model, teacher=teacher,
                teacher_fwd=teacher_fwd, train_data=train_data, val_data=val_data, optimizer=optimizer,

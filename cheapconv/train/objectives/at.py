@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,8 +27,9 @@ class AttentionTransfer(Objective, name="at", help="attention transfer: CE + Î²Â
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "taps", tuple(str(t) for t in self.taps))
-        if not self.beta >= 0.0:
-            raise UsageError(f"AT weight beta must be non-negative, got {self.beta}.")
+        if not 0.0 <= self.beta < math.inf:   # inf (or NaN) would make every loss inf: refused before any work
+            raise UsageError(f"AT weight beta must be a finite non-negative number, got {self.beta} (the paper "
+                             "uses 1000).")
 
     def __call__(self, x: Any) -> tuple[Any, dict[str, Any]]:
         ce, at = x.ce(), x.at(self.beta)

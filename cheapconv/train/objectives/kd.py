@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +19,8 @@ def check_kd_settings(alpha: float, temperature: float, reduction: str) -> None:
     """Raise :class:`~cheapconv.errors.UsageError` for KD settings outside their ranges."""
     if not 0.0 <= alpha <= 1.0:
         raise UsageError(f"KD weight alpha must lie in [0, 1], got {alpha}.")
-    if not temperature > 0.0:
-        raise UsageError(f"KD temperature must be positive, got {temperature}.")
+    if not 0.0 < temperature < math.inf:
+        raise UsageError(f"KD temperature must be a finite positive number, got {temperature}.")
     if reduction not in KD_REDUCTIONS:
         raise UsageError(
             f"Unknown KD reduction {reduction!r}; valid: {', '.join(KD_REDUCTIONS)} "
