@@ -46,6 +46,18 @@ def _write_policies(result, output: Path, top: int) -> list[Path]:
     return written
 
 
+def _refuse_existing(paths: list[Path]) -> None:
+    """Before any work: the policy files this run would write must not exist yet (a ``<stem>.2.txt`` of another
+    run, or a model file given as -o by mistake), unless --overwrite says to replace them."""
+    from cheapconv.errors import UsageError
+
+    existing = [p for p in paths if p.exists() or p.is_symlink()]
+    if existing:
+        raise UsageError(f"{', '.join(repr(str(p)) for p in existing)} already exist{'s' if len(existing) == 1 else ''}"
+                         ": search writes its policies to -o and <stem>.K for the top K. Choose another -o, or pass "
+                         "--overwrite to replace them.")
+
+
 def _metric(value: str | None) -> str | None:
     if value is not None and value not in ("params", "macs", "latency"):
         raise typer.BadParameter(f"choose params, macs or latency, not {value!r}", param_hint="--metric")
@@ -115,6 +127,8 @@ def search(
                                                       "(repeatable)."),
     trust: bool = typer.Option(False, "--trust", help="Allow a model file that needs unpickling (runs its "
                                                       "code)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files at -o and its <stem>.K "
+                                                              "paths."),
 ) -> None:
     """Search one block type per residual pair or replaceable conv of MODEL within a budget (BlockSwap).
 
@@ -149,6 +163,8 @@ def search(
     if output is not None:
         check_outputs(inputs={"MODEL": model}, outputs=[(f"-o/--output (rank {k})" if k > 1 else "-o/--output", p)
                                                         for k, p in enumerate(_policy_paths(output, top), 1)])
+        if not overwrite:
+            _refuse_existing(_policy_paths(output, top))
     if threads is not None:
         torch.set_num_threads(threads)
     from cheapconv.store.resolve import resolve_model

@@ -251,3 +251,21 @@ def test_infinite_loss_settings_are_refused_up_front(settings) -> None:
 
     with pytest.raises(UsageError, match="finite"):
         make_objective(settings)
+
+
+# ------------------------------------------------------------------------------------------ search -k / -o
+
+
+def test_search_never_overwrites_a_file_it_did_not_write(tmp_path: Path, capsys) -> None:
+    from cheapconv_cli.main import main
+
+    out = tmp_path / "policy.txt"
+    other = tmp_path / "policy.2.txt"
+    other.write_text("somebody else's file\n")
+    code = main(["search", "wrn_10_1", "--budget", "50%", "-k", "3", "-o", str(out)])
+    assert code == 2 and "already exists" in capsys.readouterr().err
+    assert other.read_text() == "somebody else's file\n" and not out.exists()
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"weights")
+    assert main(["search", "wrn_10_1", "--budget", "50%", "-o", str(model)]) == 2
+    assert model.read_bytes() == b"weights"
