@@ -20,8 +20,8 @@ import math
 import torch
 
 __all__ = [
-    "depthwise_pointwise", "near_equal_factors", "relative_error", "spatial_svd", "truncated_svd",
-    "tt_reconstruct", "tt_svd", "tucker2_hosvd", "tucker_hosvd", "tucker_reconstruct",
+    "compose_factorised", "depthwise_pointwise", "near_equal_factors", "relative_error", "spatial_svd",
+    "truncated_svd", "tt_reconstruct", "tt_svd", "tucker2_hosvd", "tucker_hosvd", "tucker_reconstruct",
 ]
 
 
@@ -173,3 +173,32 @@ def tucker_hosvd(tensor: torch.Tensor, ranks: tuple[int, int, int]
 def tucker_reconstruct(core: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor, u3: torch.Tensor) -> torch.Tensor:
     """The full tensor from a Tucker core and its three factors."""
     return torch.einsum("ijk,ai,bj,ck->abc", core, u1, u2, u3)
+
+
+def compose_factorised(w_a: torch.Tensor, w_b: torch.Tensor, b_a: torch.Tensor | None = None,
+                       b_b: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The k×k kernel (and bias) of a factorised pair: conv ``w_a`` (k×1 or 1×k) then conv ``w_b`` (the other).
+
+    The kernel is exact for the pair's linear part: ``W[o, c, y, x] = Σ_m w_b[o, m, ·] w_a[m, c, ·]`` over the
+    two axes, a kernel of rank at most the pair's middle width in every output-input slice. The bias
+    ``b_b + Σ w_b · b_a`` is exact away from the border (the second conv's zero padding does not carry ``b_a``),
+    and an activation between the two is ignored: this is a start, not an identity.
+
+    >>> a, b = torch.randn(5, 4, 3, 1), torch.randn(6, 5, 1, 3)
+    >>> compose_factorised(a, b)[0].shape
+    torch.Size([6, 4, 3, 3])
+    """
+    a64, b64 = w_a.double(), w_b.double()
+    if w_a.shape[3] == 1:    # k×1 first: its taps run over y, the second conv's over x
+        kernel = torch.einsum("omx,mcy->ocyx", b64[:, :, 0, :], a64[:, :, :, 0])
+    else:
+        kernel = torch.einsum("omy,mcx->ocyx", b64[:, :, :, 0], a64[:, :, 0, :])
+    bias = None
+    if b_a is not None or b_b is not None:
+        bias = torch.zeros(w_b.shape[0], dtype=torch.float64, device=w_b.device)
+        if b_b is not None:
+            bias += b_b.double()
+        if b_a is not None:
+            bias += b64.sum(dim=(2, 3)) @ b_a.double()
+        bias = bias.to(w_b.dtype)
+    return kernel.to(w_a.dtype), bias

@@ -7,7 +7,12 @@ when tracing is impossible.
 
 * Convs inside leaf modules (declared leaves, timm's own, or modules fx could not trace) have no graph node;
   they are still listed, so conv-level specs replace them as modules.
-* The stem is the conv that reads the image through no other conv, along any input path.
+* The stem is the conv that reads the image through no other conv, along every input path (ERFNet's
+  downsamplers concatenate a conv with a max-pool of their input, so later convs reach the image through pools
+  alone on one path, and through convs on the others: those are no stems).
+* Factorised pairs ``k×1 conv -> [activation] -> 1×k conv`` (or 1×k then k×1) on dense convs are one k×k site
+  for conv-level blocks (:class:`FactoredSite`): ERFNet's non-bottleneck-1D, Inception's 1×7/7×1 where nothing
+  but an activation sits between. The site carries the pair's stride, padding and dilation per axis.
 * Between ``conv_b`` and the add may sit norms, activations, parameter-free leaves (drop-path), layer scale
   (a multiply by a parameter) and attention gates ``x * gate(x)`` (squeeze-excitation, ECA); the two convs
   need not share a parent module (timm's ``conv1_kxk.conv`` / ``conv2_kxk.conv``).
@@ -24,7 +29,16 @@ import torch
 from torch import fx, nn
 
 from ..counting import shape_forward
-from .ops import FUNCTIONAL_CONVS, MUL_FUNCTIONS, MUL_METHODS, is_add, is_passthrough, module_of, single_user
+from .ops import (
+    FUNCTIONAL_CONVS,
+    MUL_FUNCTIONS,
+    MUL_METHODS,
+    is_activation,
+    is_add,
+    is_passthrough,
+    module_of,
+    single_user,
+)
 from .tracer import module_path_of
 
 
@@ -74,6 +88,40 @@ class PairSite:
 
 
 @dataclass
+class FactoredSite:
+    """A factorised pair ``a -> between... -> b`` (k×1 then 1×k, or 1×k then k×1) that stands for one k×k conv.
+
+    Conv-level blocks replace the pair as they would the k×k conv :meth:`as_conv` describes: the vertical
+    conv's stride, padding and dilation on the height axis, the horizontal one's on the width axis."""
+
+    a: ConvSite
+    b: ConvSite
+    between: list[fx.Node] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """``layers.3.conv3x1_1+conv1x3_1``: the first conv's name, then the second's below their module."""
+        return PairSite(self.a, self.b).label
+
+    @property
+    def block(self) -> str:
+        return PairSite(self.a, self.b).block
+
+    def as_conv(self) -> nn.Conv2d:
+        """:func:`factored_conv` of the pair's convs."""
+        return factored_conv(self.a.conv, self.b.conv)
+
+    def describe(self) -> str:
+        """``64→64 3×1+1×3 d2 @16×16``: channels, the two kernels, stride and dilation where not 1, output size."""
+        a, b = self.a.conv, self.b.conv
+        hw = f" @{self.b.output_shape[1]}×{self.b.output_shape[2]}" if self.b.output_shape else ""
+        kernels = "+".join("×".join(map(str, c.kernel_size)) for c in (a, b))
+        d, s = max(*a.dilation, *b.dilation), max(*a.stride, *b.stride)
+        return (f"{a.in_channels}→{b.out_channels} {kernels}" + (f" s{s}" if s != 1 else "")
+                + (f" d{d}" if d != 1 else "") + hw)
+
+
+@dataclass
 class FunctionalConv:
     node_name: str
     block: str
@@ -87,6 +135,7 @@ class Analysis:
     convs: list[ConvSite]
     pairs: list[PairSite]
     functional: list[FunctionalConv]
+    factored: list[FactoredSite] = field(default_factory=list)
     #: replacement modules built while planning (keyed by plan entry layer), reused by the rewrite
     replacements: dict[str, nn.Module] = field(default_factory=dict)
 
@@ -95,6 +144,9 @@ class Analysis:
 
     def pair_ending_at(self, name: str) -> PairSite | None:
         return next((p for p in self.pairs if p.b.name == name), None)
+
+    def factored_starting_at(self, name: str) -> FactoredSite | None:
+        return next((p for p in self.factored if p.a.name == name), None)
 
 
 def _is_conv_node(gm, node) -> bool:
@@ -162,25 +214,30 @@ def _gate_of(node: fx.Node, limit: int = 64) -> fx.Node | None:
 
 
 def _is_stem_node(gm, node: fx.Node) -> bool:
-    """True when the conv reads the network input through no other conv.
+    """True when the conv reads the network input, and through no other conv on any input path.
 
     Every input path is followed (not only the first argument), so a stem behind input normalisation,
     ``torch.cat`` of re-scaled channels (torchvision's Inception ``transform_input``) or space-to-depth
-    is still found; paths stop at convs and at leaves that hold convs."""
+    is still found; a path that reaches a conv (or a leaf holding one) makes it no stem, so a conv that also
+    reads the image through pools alone (ERFNet's downsamplers) or a skip from the input is not one."""
     seen: set[fx.Node] = set()
     todo = list(node.all_input_nodes)
-    while todo and len(seen) < 256:
+    reads_input = False
+    while todo:
+        if len(seen) >= 256:   # far from the input: no stem
+            return False
         arg = todo.pop()
         if arg in seen:
             continue
         seen.add(arg)
         if arg.op == "placeholder":
-            return True
+            reads_input = True
+            continue
         m = module_of(gm, arg)
         if m is not None and any(isinstance(c, nn.Conv2d) for c in m.modules()):
-            continue
+            return False
         todo.extend(arg.all_input_nodes)
-    return False
+    return reads_input
 
 
 def _record_shapes(model: nn.Module, example_input: torch.Tensor) -> tuple[dict, dict, Counter]:
@@ -248,14 +305,71 @@ def analyse(model: nn.Module, example_input: torch.Tensor, graph_mode: bool) -> 
             b = by_name[b_node.target]
             if b.calls == 1:
                 pairs.append(PairSite(site, b, between))
+        factored = _factored_pairs(model, convs, by_name)
     else:
+        factored = []
         first = True
         for name, m in model.named_modules():
             if isinstance(m, nn.Conv2d):
                 convs.append(ConvSite(name, m, None, first, calls[name], inputs.get(name),
                                       outputs.get(name)))
                 first = False
-    return Analysis(model, graph_mode, tuple(example_input.shape[1:]), convs, pairs, functional)
+    return Analysis(model, graph_mode, tuple(example_input.shape[1:]), convs, pairs, functional, factored=factored)
+
+
+def _line(conv: nn.Conv2d) -> str | None:
+    """"v" for a dense k×1 conv, "h" for a dense 1×k conv (k > 1, numeric padding, zero padding mode), else None.
+    The axis the kernel does not span must be plain: stride, padding and dilation 1, 0, 1 there."""
+    if conv.groups != 1 or isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+        return None
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    if kh > 1 and kw == 1 and (sw, pw, dw) == (1, 0, 1):
+        return "v"
+    if kw > 1 and kh == 1 and (sh, ph, dh) == (1, 0, 1):
+        return "h"
+    return None
+
+
+def is_factored(a: nn.Conv2d, b: nn.Conv2d) -> bool:
+    """Whether ``a`` then ``b`` is a factorised pair: one dense k×1 and one dense 1×k conv (either order), same k,
+    ``b`` reading ``a``'s channels."""
+    return {_line(a), _line(b)} == {"v", "h"} and max(a.kernel_size) == max(b.kernel_size) and \
+        a.out_channels == b.in_channels
+
+
+def factored_conv(a: nn.Conv2d, b: nn.Conv2d) -> nn.Conv2d:
+    """An uninitialised k×k conv with the geometry of the factorised pair ``a`` then ``b``: the vertical conv's
+    stride, padding and dilation on the height axis, the horizontal one's on the width axis (on ``a``'s device and
+    dtype, with its training flag; a bias where either conv has one). Its weights, where wanted:
+    :func:`cheapconv.blocks.factorize.compose_factorised`."""
+    v, h = (a, b) if a.kernel_size[1] == 1 else (b, a)
+    conv = nn.Conv2d(a.in_channels, b.out_channels, (v.kernel_size[0], h.kernel_size[1]),
+                     stride=(v.stride[0], h.stride[1]), padding=(v.padding[0], h.padding[1]),
+                     dilation=(v.dilation[0], h.dilation[1]), bias=a.bias is not None or b.bias is not None,
+                     device="meta", dtype=a.weight.dtype)
+    return conv.to_empty(device=a.weight.device).train(a.training)
+
+
+def _factored_pairs(gm, convs: list[ConvSite], by_name: dict[str, ConvSite]) -> list[FactoredSite]:
+    """Every ``k×1 -> [activation] -> 1×k`` (or the other order) of convs called once, each conv in one pair."""
+    found, used = [], set()
+    for site in convs:
+        if site.node is None or site.calls != 1 or site.name in used or _line(site.conv) is None:
+            continue
+        between, node = [], single_user(site.node)
+        while node is not None and not _is_conv_node(gm, node) and is_activation(gm, node) and \
+                node.args and node.args[0] is (between[-1] if between else site.node):
+            between.append(node)
+            node = single_user(node)
+        if node is None or not _is_conv_node(gm, node) or not node.args or \
+                node.args[0] is not (between[-1] if between else site.node):
+            continue
+        b = by_name.get(node.target)
+        if b is None or b.calls != 1 or b.name in used or not is_factored(site.conv, b.conv):
+            continue
+        found.append(FactoredSite(site, b, between))
+        used.update((site.name, b.name))
+    return found
 
 
 def shape_mismatch(replacement: nn.Module, input_shape: tuple[int, ...] | None,

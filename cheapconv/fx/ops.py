@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 __all__ = ["ACT_FUNCTIONS", "ACT_METHODS", "ACT_MODULES", "ADD_FUNCTIONS", "ADD_METHODS", "FUNCTIONAL_CONVS",
-           "MUL_FUNCTIONS", "MUL_METHODS", "NORM_TYPES", "is_add", "is_passthrough", "module_of", "single_user"]
+           "MUL_FUNCTIONS", "MUL_METHODS", "NORM_TYPES", "is_activation", "is_add", "is_passthrough",
+           "module_of", "single_user"]
 
 #: norms: fx leaves, and pass-throughs inside a residual branch
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
@@ -45,6 +46,17 @@ def is_passthrough(gm: nn.Module, node: fx.Node) -> bool:
             return True
         # parameter-free leaves such as drop-path / drop-block
         return next(iter(m.parameters()), None) is None and not any(True for _ in m.children())
+    if node.op == "call_function":
+        return node.target in ACT_FUNCTIONS
+    if node.op == "call_method":
+        return node.target in ACT_METHODS
+    return False
+
+
+def is_activation(gm: nn.Module, node: fx.Node) -> bool:
+    """An activation (module, function or method) or an identity: what may sit inside a factorised pair."""
+    if node.op == "call_module":
+        return isinstance(module_of(gm, node), (*ACT_MODULES, nn.Identity))
     if node.op == "call_function":
         return node.target in ACT_FUNCTIONS
     if node.op == "call_method":

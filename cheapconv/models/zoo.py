@@ -10,6 +10,8 @@ Accepted names (files are loaded by :func:`cheapconv.store.resolve.create_model`
   likewise a torchvision detection name (``fasterrcnn_resnet50_fpn``, ``retinanet_resnet50_fpn``,
   ``ssdlite320_mobilenet_v3_large``, ...), which also takes the detector's own keywords (``min_size``, ...);
 * ``segwrn_<depth>_<width>``: the built-in small segmentation network (:mod:`cheapconv.models.segwrn`);
+* ``erfnet``: ERFNet, the Moonshine paper's segmentation teacher (:mod:`cheapconv.models.erfnet`; 20 classes
+  unless ``num_classes`` says otherwise);
 * ``timm:<name>``;
 
 ``pretrained`` is False, True (the hub's weights: needs network) or a local weights file (works offline; a new
@@ -26,6 +28,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import CheapconvError, UnknownModelError, UsageError
+from .erfnet import ERFNet
 from .hub import download_error, is_network_error
 from .preprocessing import weights_preprocessing
 from .segwrn import SegWRN
@@ -44,7 +47,7 @@ def canonical_name(name: str) -> str:
     m = _SEGWRN.fullmatch(name)
     if m:
         return f"segwrn_{m.group(1)}_{m.group(2)}"
-    if name.startswith(("torchvision:", "timm:")):
+    if name.startswith(("torchvision:", "timm:")) or name == "erfnet":
         return name
     return f"torchvision:{name}"
 
@@ -82,7 +85,8 @@ def _suggest(name: str, options: list[str]) -> str:
 
 def _unknown(name: str, detail: str = "") -> UnknownModelError:
     return UnknownModelError(
-        f"Unknown model {name!r}.{detail} Use wrn_<depth>_<width> (e.g. wrn_40_2), a torchvision "
+        f"Unknown model {name!r}.{detail} Use wrn_<depth>_<width> (e.g. wrn_40_2), segwrn_<depth>_<width>, "
+        "erfnet, a torchvision "
         "classification model (resnet34 or torchvision:resnet34), a timm model (timm:resnet50), or the path "
         "of a file saved by cheapconv."
     )
@@ -145,6 +149,14 @@ def _create_model(name: str, *, num_classes: int | None = None, pretrained: bool
             raise UsageError(f"There are no hub weights for the built-in {name!r}; pass a local weights file "
                              "(pretrained=PATH, --weights PATH) or train one with `cheapconv train`.")
         return model
+    if name == "erfnet":
+        if pretrained is True:
+            raise UsageError("There are no hub weights for the built-in 'erfnet'; pass a local weights file "
+                             "(pretrained=PATH, --weights PATH) or train one with `cheapconv train`.")
+        try:
+            return ERFNet(num_classes=num_classes or 20, **kwargs)
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"Cannot build 'erfnet': {e}.") from None
     if name.startswith("timm:"):
         return _create_timm(name[5:], num_classes, pretrained, **kwargs)
     tv_name = name[len("torchvision:"):] if name.startswith("torchvision:") else name

@@ -33,6 +33,7 @@ from torch import nn
 
 from ..blocks import LowRankPointwise, SamePadded, SeparablePointwise
 from ..blocks.factorize import depthwise_pointwise
+from ..surgery.teacher_init import as_kxk
 from .balance import balance_block
 from .batchnorm import batchnorms, recalibrate
 from .capture import prefix_input, prefix_output
@@ -185,7 +186,8 @@ def _settle(block: nn.Module, cache: _Cache, size: int, last: nn.Conv2d | None, 
 
 
 def _teacher_conv(teacher: nn.Module, site: Site) -> nn.Conv2d:
-    return teacher.get_submodule(site.teacher_in)
+    # a factorised pair's site reads as the k×k conv it composes to
+    return as_kxk(tuple(teacher.get_submodule(name) for name in site.entry.convs))[0]
 
 
 def _typical_row_norm(conv: nn.Module) -> float:

@@ -11,6 +11,10 @@ this plan. Every layer appears with an action:
   wildcard or default rule);
 * ``cannot``: a rule asked for a block this layer cannot take; the reason says why. ``strict=True``
   turns these into an error.
+
+Factorised pairs (k×1 then 1×k through at most an activation, :class:`~cheapconv.fx.analysis.FactoredSite`) are
+one row under conv-level blocks: the block replaces the pair as it would the k×k conv with the pair's geometry.
+Convs a model lists in ``cheapconv_stems`` are treated as its stem (ERFNet's downsamplers, which the paper keeps).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from ..blocks import BlockSpec, SamePadded, pads_at_run_time
 from ..counting import count_macs, count_params
 from ..errors import PolicyMatchError, TraceError
 from ..formatting import human
-from ..fx.analysis import Analysis, ConvSite, PairSite, analyse, shape_mismatch
+from ..fx.analysis import Analysis, ConvSite, FactoredSite, PairSite, analyse, shape_mismatch
 from ..fx.tap import Tap
 from ..fx.tracer import trace
 from ..models.inputs import as_example_batch, example_input_for
@@ -70,8 +74,8 @@ def _conv_entry(site: ConvSite, rule_match: tuple[int, Rule] | None, analysis: A
     entry = PlanEntry(site.name, (site.name,), "keep", shape=site.describe())
     before = module_cost(site.conv, site.input_shape)
     if rule_match is None:
-        entry.reason = "the stem (reads the image); name it in a rule to change it" if site.is_stem \
-            else "no rule matches"
+        entry.reason = ("the stem (reads the image, or the model lists it in cheapconv_stems); name it in a rule "
+                        "to change it") if site.is_stem else "no rule matches"
         entry.action = "skip" if site.is_stem else "keep"
         return _price(entry, before, before)
     _, rule = rule_match
@@ -120,6 +124,29 @@ def _conv_entry(site: ConvSite, rule_match: tuple[int, Rule] | None, analysis: A
         return _price(entry, before, before)
     analysis.replacements[entry.layer] = replacement
     entry.action, entry.block, entry.reason = "replace", str(spec), f"rule '{rule}'"
+    return _price(entry, before, after)
+
+
+def _factored_entry(fac: FactoredSite, rule_match: tuple[int, Rule], analysis: Analysis) -> PlanEntry:
+    """A conv-level rule on a factorised pair: planned as on the k×k conv with the pair's geometry, priced
+    against the two convs it replaces (the activation between them goes too)."""
+    composite = ConvSite(fac.label, fac.as_conv(), None, fac.a.is_stem, min(fac.a.calls, fac.b.calls),
+                         fac.a.input_shape, fac.b.output_shape)
+    rule = rule_match[1]
+    named = any(rule.names_exactly(n) for n in (fac.a.name, fac.label))
+    # a rule naming the pair's first conv names the site: planned as if it named the site's label
+    as_named = (rule_match[0], Rule(rule.block, Selector(fac.label))) if named else rule_match
+    entry = _conv_entry(composite, as_named, analysis)
+    entry.convs, entry.shape, entry.rule = (fac.a.name, fac.b.name), fac.describe(), str(rule)
+    before = modules_cost([fac.a.conv, fac.b.conv], [fac.a.input_shape, fac.b.input_shape])
+    if entry.action != "replace":
+        return _price(entry, before, before)
+    entry.reason = f"rule '{rule}'"
+    after = (entry.params_after, entry.paper_after, entry.macs_after)
+    if _grows(entry, rule.block, before, after, named=named, what="the factorised pair"):
+        analysis.replacements.pop(entry.layer, None)
+        entry.block = None
+        return _price(entry, before, before)
     return _price(entry, before, after)
 
 
@@ -199,6 +226,17 @@ def decide(analysis: Analysis, policy: Policy) -> tuple[list[PlanEntry], dict[in
     for site in analysis.convs:
         if site.name in consumed:
             continue
+        fac = analysis.factored_starting_at(site.name)
+        if fac is not None:
+            match = policy.first_match(site.name, fac.label, is_stem=site.is_stem)
+            b_match = policy.first_match(fac.b.name, fac.label, is_stem=site.is_stem)
+            # the pair is one site when its first conv (or its label) takes a conv-level rule that its second
+            # conv does not contradict
+            if match is not None and match[1].block.level == "conv" and (b_match is None or b_match[0] == match[0]):
+                used[match[0]] += 1
+                entries.append(_factored_entry(fac, match, analysis))
+                consumed.add(fac.b.name)
+                continue
         pair = analysis.pair_starting_at(site.name)
         names = (site.name, pair.block) if pair else (site.name,)
         match = policy.first_match(*names, is_stem=site.is_stem)
@@ -297,6 +335,9 @@ def prepare(model: nn.Module, *, example_input: torch.Tensor | list[torch.Tensor
         notes.append(f"Falling back to module replacement (no graph): {e}")
     notes += getattr(work, "cheapconv_trace_notes", [])
     analysis = analyse(work, example_input, graph_mode)
+    declared = set(getattr(model, "cheapconv_stems", ()) or ())
+    for site in analysis.convs:   # what the model itself calls its stem (ERFNet's downsamplers)
+        site.is_stem = site.is_stem or site.name in declared
     if stages is None:
         stages = getattr(model, "cheapconv_stages", None) or find_stages(model, example_input)
     totals = {"params_before": count_params(model), "paper_before": count_params(model, "paper"),

@@ -35,7 +35,8 @@ def apply_plan(analysis: Analysis, plan: Plan) -> nn.Module:
         if len(entry.convs) == 1:
             model.set_submodule(entry.convs[0], replacement)
             continue
-        pair = analysis.pair_starting_at(entry.convs[0])
+        # a factorised pair (k×1, 1×k) or a residual pair: the block takes the first conv's place either way
+        pair = analysis.factored_starting_at(entry.convs[0]) or analysis.pair_starting_at(entry.convs[0])
         model.set_submodule(pair.a.name, replacement)
         graph = model.graph
         pair.b.node.replace_all_uses_with(pair.a.node)

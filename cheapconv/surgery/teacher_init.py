@@ -28,8 +28,10 @@ import torch
 from torch import nn
 
 from ..blocks import SamePadded
+from ..blocks.factorize import compose_factorised
 from ..counting import eval_mode
 from ..errors import UsageError
+from ..fx.analysis import factored_conv, is_factored
 from .block_init import INITIALISERS, dilated_corners
 from .plans import PlanEntry
 
@@ -128,6 +130,22 @@ def _check_same_shapes(student: nn.Module, teacher: nn.Module, replaced: list[st
                          "classes, e.g. the file written by cheapconv train).")
 
 
+def as_kxk(convs: tuple[nn.Conv2d, ...]) -> tuple[nn.Conv2d, ...]:
+    """A factorised pair (k×1 then 1×k) as the one k×k conv it computes without the activation between (the
+    composed kernel, of rank at most the middle width: :func:`~cheapconv.blocks.factorize.compose_factorised`);
+    other sites' convs unchanged. The closed forms of square-conv blocks then apply to the pair."""
+    if len(convs) != 2 or not is_factored(*convs):
+        return convs
+    a, b = convs
+    conv = factored_conv(a, b)
+    with torch.no_grad():
+        weight, bias = compose_factorised(a.weight, b.weight, a.bias, b.bias)
+        conv.weight.copy_(weight)
+        if bias is not None:
+            conv.bias.copy_(bias)
+    return (conv,)
+
+
 def _unwrap(block: nn.Module) -> nn.Module:
     return block.block if isinstance(block, SamePadded) else block
 
@@ -138,7 +156,10 @@ def _initialise(site: Site) -> InitRecord:
     if type(block) is nn.Conv2d and tuple(block.kernel_size) == (2, 2) and len(site.teacher_convs) == 1:
         kind, error, note = dilated_corners(block, site.teacher_convs)
     elif type(block) in INITIALISERS:
-        kind, error, note = INITIALISERS[type(block)](block, site.teacher_convs)
+        kind, error, note = INITIALISERS[type(block)](block, as_kxk(site.teacher_convs))
+        if len(as_kxk(site.teacher_convs)) < len(site.teacher_convs):
+            note = "; ".join(filter(None, [note, "from the factorised pair's composed k×k kernel (the activation "
+                                                 "between them ignored)"]))
     else:
         record.note = f"no initialiser for {type(block).__name__}: left random"
         return record
