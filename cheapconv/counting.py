@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import operator
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Literal
@@ -24,6 +25,8 @@ from typing import Literal
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from .errors import UsageError
 
 Convention = Literal["trainable", "paper"]
 
@@ -149,6 +152,31 @@ def _fallback_copy(model: nn.Module) -> nn.Module:
     return work
 
 
+#: the most elements an input given for counting may have (2^28: a 1 GiB float32 batch, 3×9000×9000 fits)
+MAX_INPUT_ELEMENTS = 1 << 28
+
+
+def check_input_shape(input_shape) -> None:
+    """A :class:`~cheapconv.errors.UsageError` before any work for an input shape that is not whole positive
+    sizes, or whose input alone would pass :data:`MAX_INPUT_ELEMENTS` (a real fallback forward would allocate it
+    and more)."""
+    try:
+        dims = tuple(operator.index(d) for d in input_shape if not isinstance(d, bool))
+        if len(dims) != len(input_shape):
+            dims = ()
+    except TypeError:   # not a sequence, or a size that is not a whole number (3.0, '3')
+        dims = ()
+    if not dims or any(d < 1 for d in dims):
+        raise UsageError(f"An input shape is whole positive sizes such as (1, 3, 32, 32), not {input_shape!r}.")
+    numel = 1
+    for d in dims:
+        numel *= int(d)
+    if numel > MAX_INPUT_ELEMENTS:
+        raise UsageError(f"The input shape {dims} has {numel:,} elements, more than the {MAX_INPUT_ELEMENTS:,} "
+                         "cheapconv runs a model on (a real forward would need several times that in memory). "
+                         "Give a smaller image size or batch.")
+
+
 def shape_forward(model: nn.Module, input_shape: tuple[int, ...] | torch.Size, on_retry=None, *,
                   mode=None) -> None:
     """Run ``model`` once on a zero input of ``input_shape`` in eval mode, for its hooks' sake.
@@ -160,6 +188,7 @@ def shape_forward(model: nn.Module, input_shape: tuple[int, ...] | torch.Size, o
     ``on_retry`` is called first so hooks can forget what the failed attempt recorded. ``mode`` is a factory
     of a context manager entered around each attempt (a fresh one per attempt).
     """
+    check_input_shape(input_shape)
     param = next(iter(model.parameters()), None)
     dtype = param.dtype if param is not None and param.dtype.is_floating_point else torch.float32
     with torch.no_grad():

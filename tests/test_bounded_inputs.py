@@ -269,3 +269,15 @@ def test_search_never_overwrites_a_file_it_did_not_write(tmp_path: Path, capsys)
     model.write_bytes(b"weights")
     assert main(["search", "wrn_10_1", "--budget", "50%", "-o", str(model)]) == 2
     assert model.read_bytes() == b"weights"
+
+
+# ------------------------------------------------------------------------------------------ library entry points
+
+
+@pytest.mark.parametrize("shape", [(1, 3, -1, 32), (1, 3.0, 32, 32), (1, True, 32, 32), (1, 3, 100_000, 100_000)])
+def test_count_macs_refuses_a_bad_or_huge_shape_before_any_work(shape) -> None:
+    import cheapconv
+    from cheapconv.models import WideResNet
+
+    with pytest.raises(UsageError, match="input shape"):
+        cheapconv.count_macs(WideResNet(10, 1), shape)
