@@ -14,7 +14,7 @@ from cheapconv.fx.tracer import CheapTracer
 # At least one concrete spelling per family, plus the aliases and relative group counts.
 SPELLINGS = ["S", "keep", "S-2x2", "G(2)", "G(4)", "G(N/4)", "G(N)", "DW", "B(2)", "B(4)", "BG(2,4)",
              "BG(2,M/4)", "BG(2,M)", "Sep", "LR(0.25)", "LR(1)", "LRp(0.25)", "Shuffle(4)", "ACDC(2)",
-             "Tucker2(0.25)", "SVDk(0.5)", "TT(0.25)", "Tucker(0.25)"]
+             "Tucker2(0.25)", "SVDk(0.5)", "TT(0.25)", "Tucker(0.25)", "W(0.5)", "W(1)"]
 
 
 def test_every_family_has_a_spelling_here():
@@ -49,7 +49,7 @@ def conv(cin, cout, stride=1, k=3):
 
 CONV_LEVEL = ["S-2x2", "G(2)", "G(4)", "G(N/4)", "G(N)", "Sep", "LR(0.25)", "Shuffle(4)", "ACDC(2)", "Tucker2(0.25)",
               "SVDk(0.5)", "TT(0.25)", "Tucker(0.25)"]
-BLOCK_LEVEL = ["B(2)", "B(4)", "BG(2,4)", "BG(2,M/4)", "BG(2,M)"]
+BLOCK_LEVEL = ["B(2)", "B(4)", "BG(2,4)", "BG(2,M/4)", "BG(2,M)", "W(0.5)"]
 
 
 @pytest.mark.parametrize("text", CONV_LEVEL)

@@ -14,7 +14,7 @@ from cheapconv.counting import count_macs
 
 #: one spelling per registered block family
 BLOCKS = ["S", "S-2x2", "G(4)", "G(N)", "B(2)", "BG(2,M)", "Sep", "LR(0.5)", "LRp(0.25)", "Shuffle(2)",
-          "ACDC(2)", "Tucker2(0.25)", "SVDk(0.5)", "TT(0.25)", "Tucker(0.25)"]
+          "ACDC(2)", "Tucker2(0.25)", "SVDk(0.5)", "TT(0.25)", "Tucker(0.25)", "W(0.5)"]
 
 
 def _flop_counter_macs(model, shape):

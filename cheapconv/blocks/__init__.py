@@ -35,6 +35,7 @@ from .structured import (
     ShufflePointwise,
 )
 from .tensorized import TensorTrain, TensorTrainPointwise, Tucker, TuckerPointwise
+from .thin import Thin, ThinSpec, kept_channels
 
 __all__ = [
     "ACDC", "ACDCPointwise", "BLOCK_ALIASES", "BLOCK_MODULES", "BLOCK_REGISTRY", "BlockSpec", "Bottleneck",
@@ -43,5 +44,5 @@ __all__ = [
     "SeparablePointwise", "Shuffle", "ShufflePointwise", "SideHead", "Standard", "pads_at_run_time", "parse_block",
     "register_alias", "register_block", "register_module", "side_outputs", "valid_block_names",
     "FractionSpec", "SpatialSVD", "SpatialSVDConv", "TensorTrain", "TensorTrainPointwise", "Tucker", "Tucker2",
-    "Tucker2Conv", "TuckerPointwise",
+    "Tucker2Conv", "TuckerPointwise", "Thin", "ThinSpec", "kept_channels",
 ]

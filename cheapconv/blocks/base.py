@@ -16,6 +16,7 @@ Two levels exist (``moonshine.md`` section 2):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -154,6 +155,21 @@ class BlockSpec:
 
     def build_pair(self, conv_a: nn.Conv2d, conv_b: nn.Conv2d) -> nn.Module:
         raise NotImplementedError
+
+    #: whether the block rebuilds the layers between the pair's convs (``W(f)`` keeps the teacher's norm and
+    #: activation); a block that brings its own (``B(b)``) ignores them
+    reads_between: ClassVar[bool] = False
+
+    def pair_reason_with(self, conv_a: nn.Conv2d, conv_b: nn.Conv2d, between: Sequence[nn.Module | str]
+                         ) -> str | None:
+        """:meth:`pair_reason` given the layers between the convs (modules in order; a string names an operation
+        that has no module). Planning and the search call this one; by default the layers do not matter."""
+        return self.pair_reason(conv_a, conv_b)
+
+    def build_pair_with(self, conv_a: nn.Conv2d, conv_b: nn.Conv2d, between: Sequence[nn.Module | str]
+                        ) -> nn.Module:
+        """:meth:`build_pair` given the layers between the convs (see :meth:`pair_reason_with`)."""
+        return self.build_pair(conv_a, conv_b)
 
     def replace(self, **changes) -> BlockSpec:
         return dataclasses.replace(self, **changes)

@@ -43,7 +43,7 @@ from ..blocks import BlockSpec, parse_block
 from ..blocks.grammar import split_top_level
 from ..errors import UsageError
 from ..fx.analysis import Analysis, ConvSite, PairSite
-from ..fx.ops import is_add, is_passthrough, single_user
+from ..fx.ops import is_add, is_passthrough, layers_between, single_user
 from ..surgery.advice import nothing_replaced_advice
 from ..surgery.planner import Cost, module_cost, modules_cost, outside_scope, prepare, price_conv
 from ..surgery.policy import Policy, parse_policy
@@ -438,9 +438,10 @@ def _price(pair: PairSite, between: list[nn.Module], specs: list[BlockSpec], ana
             candidates.append(Candidate(spec, "S", 0, 0, 0))
             continue
         if spec.level == "block":
-            reason = spec.pair_reason(a.conv, b.conv)
+            layers = layers_between(analysis.model, pair.between)
+            reason = spec.pair_reason_with(a.conv, b.conv, layers)
             if reason is None:
-                module = spec.build_pair(a.conv, b.conv)
+                module = spec.build_pair_with(a.conv, b.conv, layers)
                 delta = _sub(module_cost(module, a.input_shape), pair_before)
                 candidates.append(Candidate(spec, "block: " + _module_key([module]), *delta))
         else:
@@ -472,7 +473,8 @@ def _price_conv(site: ConvSite, specs: list[BlockSpec], analysis: Analysis
 def _applies(spec: BlockSpec, analysis: Analysis) -> bool:
     """Whether ``spec`` can replace some conv (not the stem) or residual pair of the analysed model."""
     if spec.level == "block":
-        return any(spec.pair_reason(p.a.conv, p.b.conv) is None for p in analysis.pairs)
+        return any(spec.pair_reason_with(p.a.conv, p.b.conv, layers_between(analysis.model, p.between)) is None
+                   for p in analysis.pairs)
     return any(spec.conv_reason(s.conv) is None for s in analysis.convs if not s.is_stem and s.calls == 1)
 
 

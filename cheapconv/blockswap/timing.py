@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..fx.ops import layers_between
 from ..measure.chain import Chain, node_steps
 from ..measure.runtimes import check_runtime, describe_runtime, measure_in_runtime
 from .space import SearchSpace
@@ -74,7 +75,8 @@ def measure_latencies(space: SearchSpace, teacher: nn.Module, *, batch: int = 1,
                 if block.kind == "conv":
                     module: nn.Module = _conv_step(cand, site, block)
                 elif cand.level == "block":
-                    module = cand.spec.build_pair(pair.a.conv, pair.b.conv)
+                    module = cand.spec.build_pair_with(pair.a.conv, pair.b.conv,
+                                                       layers_between(space.graph, pair.between))
                 else:  # conv-level: the convs it applies to replaced, the others kept
                     module = Chain([_conv_step(cand, pair.a, block), *between, _conv_step(cand, pair.b, block)])
                 delta = timed(module, shape, **kw).median_ms - original

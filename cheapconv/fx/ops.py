@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 __all__ = ["ACT_FUNCTIONS", "ACT_METHODS", "ACT_MODULES", "ADD_FUNCTIONS", "ADD_METHODS", "FUNCTIONAL_CONVS",
-           "MUL_FUNCTIONS", "MUL_METHODS", "NORM_TYPES", "is_activation", "is_add", "is_passthrough",
+           "MUL_FUNCTIONS", "MUL_METHODS", "NORM_TYPES", "is_activation", "is_add", "is_passthrough", "layers_between",
            "module_of", "single_user"]
 
 #: norms: fx leaves, and pass-throughs inside a residual branch
@@ -72,3 +72,24 @@ def is_add(node: fx.Node) -> bool:
 def single_user(node: fx.Node) -> fx.Node | None:
     users = list(node.users)
     return users[0] if len(users) == 1 else None
+
+
+#: activation functions and methods with no extra argument, as the module that computes the same
+_ACT_AS_MODULE = {F.relu: nn.ReLU, torch.relu: nn.ReLU, torch.relu_: nn.ReLU, F.relu_: nn.ReLU, "relu": nn.ReLU,
+                  "relu_": nn.ReLU, F.relu6: nn.ReLU6, F.silu: nn.SiLU, F.hardswish: nn.Hardswish, F.mish: nn.Mish}
+
+
+def layers_between(gm: nn.Module, nodes: list[fx.Node]) -> list[nn.Module | str]:
+    """The layers a residual pair's ``between`` nodes apply, in order: each module, an argument-free activation
+    function (``F.relu(x)``, ``x.relu()``) as its module, and anything else as a string naming it. Blocks that
+    rebuild these layers (``W(f)``) read them; ``gm`` is not changed."""
+    layers: list[nn.Module | str] = []
+    for node in nodes:
+        if node.op == "call_module":
+            layers.append(gm.get_submodule(node.target))
+            continue
+        plain = len(node.args) == 1 and not {k for k in node.kwargs if k != "inplace"}
+        module = _ACT_AS_MODULE.get(node.target) if plain else None
+        name = getattr(node.target, "__name__", str(node.target))
+        layers.append(module() if module is not None else f"{name}(...) (a {node.op.replace('_', ' ')})")
+    return layers

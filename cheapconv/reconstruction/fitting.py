@@ -10,7 +10,8 @@ For each site, in the order the student runs them:
    factorisation of the teacher's kernel and their pointwise part from least squares / activation-aware
    low rank on the moments (:mod:`.linear`). Other blocks get their BatchNorm statistics from the sample
    (their eval-mode function kept) and their last dense 1×1 conv, when they end with one (``G``: pointwise,
-   ``B``/``BG``: expand, Tucker-2), refitted by least squares given everything before it.
+   ``B``/``BG``: expand, Tucker-2), refitted by least squares given everything before it; ``W(f)``'s last conv,
+   the consumer of the kept channels, whatever its kernel (least squares on its input patches).
 3. A short optimisation: Adam on the block's parameters alone, relative squared error to the teacher's
    output, on minibatches of the cached sample, cosine-decayed learning rate; BatchNorm layers inside the
    block run in train mode (batch statistics, as after recalibration), then are recalibrated on the sample
@@ -31,13 +32,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..blocks import LowRankPointwise, SamePadded, SeparablePointwise
+from ..blocks import LowRankPointwise, SamePadded, SeparablePointwise, Thin
 from ..blocks.factorize import depthwise_pointwise
 from ..surgery.teacher_init import as_kxk
 from .balance import balance_block
 from .batchnorm import batchnorms, recalibrate
 from .capture import prefix_input, prefix_output
-from .linear import Moments, dense_solution, pointwise_features, reduced_rank_solution
+from .linear import Moments, conv_features, dense_solution, pointwise_features, reduced_rank_solution
 from .report import ADAM_NOT_KEPT
 from .sites import Site
 
@@ -114,9 +115,13 @@ def _capture_input(block: nn.Module, module: nn.Module, x: torch.Tensor) -> tupl
 
 
 def last_pointwise(block: nn.Module, x: torch.Tensor) -> nn.Conv2d | None:
-    """The dense, bias-free, unpadded 1×1 conv whose output *is* the block's output, if there is one."""
-    candidates = [m for m in block.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)
-                  and m.groups == 1 and m.bias is None and tuple(m.padding) == (0, 0)]
+    """The dense, bias-free, unpadded 1×1 conv whose output *is* the block's output, if there is one. A block
+    whose last conv *consumes* channels it keeps from the teacher (``Thin``, of ``W(f)``) has that conv refitted
+    whatever its kernel (zero padding, no bias): there least squares is what re-mixes the kept channels."""
+    any_kernel = isinstance(_inner(block), Thin)
+    candidates = [m for m in block.modules() if isinstance(m, nn.Conv2d) and m.groups == 1 and m.bias is None
+                  and m.padding_mode == "zeros" and not isinstance(m.padding, str)
+                  and ((m.kernel_size == (1, 1) and tuple(m.padding) == (0, 0)) or any_kernel)]
     outputs: dict[int, nn.Conv2d] = {}
     handles = [m.register_forward_hook(lambda mod, a, out: outputs.__setitem__(id(out), mod)) for m in candidates]
     try:
@@ -147,7 +152,7 @@ def _refit_last(block: nn.Module, last: nn.Conv2d, cache: _Cache, size: int) -> 
     with torch.no_grad():
         for x, y in cache.chunks(size):
             _, f = _capture_input(block, last, x)
-            m.add(pointwise_features(f, last.stride), y)
+            m.add(conv_features(f, last), y)
     if m.count:
         last.weight.data.copy_(dense_solution(m).reshape_as(last.weight).to(last.weight))
 
@@ -243,7 +248,8 @@ def fit_site(site: Site, student: nn.Module, teacher: nn.Module, batches: Callab
             method = "least squares + Adam"
     else:
         last = last_pointwise(block, cache.x[:2] if cache.n else xs)
-        method = "BN from data + least-squares last 1×1 + Adam" if last is not None else "Adam"
+        kernel = "1×1" if last is None or tuple(last.kernel_size) == (1, 1) else "×".join(map(str, last.kernel_size))
+        method = f"BN from data + least-squares last {kernel} + Adam" if last is not None else "Adam"
         _settle(block, cache, size, last, preserve=True)
     before_adam = _cache_error(block, cache, size)
     kept = copy.deepcopy(block.state_dict())

@@ -17,8 +17,10 @@ the number of calibration images.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["Moments", "dense_solution", "pointwise_features", "reduced_rank_solution"]
+__all__ = ["Moments", "conv_features", "dense_solution", "pointwise_features", "reduced_rank_solution"]
 
 
 class Moments:
@@ -82,3 +84,16 @@ def pointwise_features(x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor
         x = x[:, :, ::stride[0], ::stride[1]]
     return x
 
+
+
+def conv_features(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """What a dense, bias-free, zero-padded ``conv`` reads of ``x`` at each output pixel: its C_in·kh·kw input patch
+    (im2col), as N×(C_in·kh·kw)×H_out×W_out. Applying ``conv.weight.reshape(C_out, -1)`` per pixel is the conv, so
+    :class:`Moments` and :func:`dense_solution` fit a k×k conv by least squares as they fit a 1×1 one."""
+    if tuple(conv.kernel_size) == (1, 1) and tuple(conv.padding) == (0, 0):
+        return pointwise_features(x, conv.stride)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    h = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    w = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    cols = F.unfold(x, (kh, kw), dilation=(dh, dw), padding=(ph, pw), stride=(sh, sw))
+    return cols.reshape(x.shape[0], -1, h, w)

@@ -23,12 +23,14 @@ from ..blocks import (
     ShufflePointwise,
     SpatialSVDConv,
     TensorTrainPointwise,
+    Thin,
     Tucker2Conv,
     TuckerPointwise,
 )
 from ..blocks import factorize as fz
 
-__all__ = ["EXACT_TOLERANCE", "INITIALISERS", "Initialiser", "dilated_corners", "register_initialiser"]
+__all__ = ["EXACT_TOLERANCE", "INITIALISERS", "READS_BETWEEN", "Initialiser", "channel_importance", "dilated_corners",
+           "register_initialiser"]
 
 #: a relative weight error at or below this counts as exact (float32 round-off of the factorisations)
 EXACT_TOLERANCE = 1e-5
@@ -37,12 +39,17 @@ EXACT_TOLERANCE = 1e-5
 #: an initialiser sets ``block``'s weights from the teacher conv(s); returns (kind, weight error, note)
 Initialiser = Callable[[nn.Module, tuple[nn.Conv2d, ...]], tuple[str, "float | None", str]]
 INITIALISERS: dict[type[nn.Module], Initialiser] = {}
+#: block classes whose initialiser also takes the teacher's modules between a pair's convs (a third argument)
+READS_BETWEEN: set[type[nn.Module]] = set()
 
 
-def register_initialiser(cls: type[nn.Module]):
-    """Decorator: make ``fn(block, teacher_convs) -> (kind, weight_error, note)`` the initialiser of ``cls``."""
+def register_initialiser(cls: type[nn.Module], *, reads_between: bool = False):
+    """Decorator: make ``fn(block, teacher_convs) -> (kind, weight_error, note)`` the initialiser of ``cls``
+    (``fn(block, teacher_convs, teacher_between)`` with ``reads_between``: blocks that rebuild those modules)."""
     def decorate(fn: Initialiser) -> Initialiser:
         INITIALISERS[cls] = fn
+        if reads_between:
+            READS_BETWEEN.add(cls)
         return fn
     return decorate
 
@@ -252,6 +259,58 @@ def _init_bottleneck(block, convs):
     _identity_norm(block.bn1)
     _identity_norm(block.bn2)
     return "linear start", None, "Tucker-2 of conv_a; conv_b's centre tap"
+
+
+def channel_importance(conv_a: nn.Conv2d, norm: nn.BatchNorm2d | None, conv_b: nn.Conv2d) -> torch.Tensor:
+    """How much each inner channel c of a pair ``conv_a → norm → act → conv_b`` carries, the score ``W(f)`` keeps
+    the top of: ‖conv_b[:, c]‖ · √(γ_c² + β_c²) with a BatchNorm in between, else ‖conv_a[c]‖ · ‖conv_b[:, c]‖.
+
+    Why not ‖conv_a[c]‖ · |γ_c| (magnitude pruning's usual score): a BatchNorm after conv_a divides out the scale of
+    conv_a's filter, so its norm says nothing about the channel. What the channel hands on has mean β_c and spread
+    |γ_c| over the teacher's data (its running statistics), so √(γ_c² + β_c²) is its RMS before the activation,
+    and conv_b's column norm how strongly the consumer reads it."""
+    a, b = conv_a.weight.detach().double(), conv_b.weight.detach().double()
+    reads = b.transpose(0, 1).reshape(b.shape[1], -1).norm(dim=1)
+    if norm is None:
+        return a.reshape(a.shape[0], -1).norm(dim=1) * reads
+    gamma, beta = norm.weight.detach().double(), norm.bias.detach().double()
+    return (gamma.square() + beta.square()).sqrt() * reads
+
+
+@register_initialiser(Thin, reads_between=True)
+def _init_thin(block, convs, between):
+    """``W(f)``: keep the m channels of highest :func:`channel_importance` (ties: the lower index), in their
+    order, with their weights: conv_a's rows (and bias), the BatchNorm's entries (weight, bias, running
+    statistics), conv_b's input columns; conv_b's bias as it is. At f = 1 that is the teacher's pair, exactly.
+    The weight error is the share of the pair's conv weights dropped (conv_a's rows and conv_b's columns).
+    Reconstruction then refits conv_b by least squares on the kept channels (:mod:`cheapconv.reconstruction`)."""
+    a, b = convs
+    norm = next((m for m in between if isinstance(m, nn.BatchNorm2d)), None)
+    mid = block.conv1.out_channels
+    order = torch.sort(-channel_importance(a, norm, b), stable=True).indices
+    keep = order[:mid].sort().values
+    _set(block.conv1, a.weight.detach()[keep])
+    if block.conv1.bias is not None and a.bias is not None:
+        block.conv1.bias.copy_(a.bias.detach()[keep].to(block.conv1.bias))
+    note = ""
+    if isinstance(block.bn, nn.BatchNorm2d):
+        if norm is None:
+            _identity_norm(block.bn)
+            note = "the teacher's BatchNorm between the convs was not found: the block's is the identity"
+        else:
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(block.bn, name).copy_(getattr(norm, name).detach()[keep].to(getattr(block.bn, name)))
+            block.bn.num_batches_tracked.copy_(norm.num_batches_tracked)
+    _set(block.conv2, b.weight.detach()[:, keep])
+    if block.conv2.bias is not None and b.bias is not None:
+        block.conv2.bias.copy_(b.bias.detach().to(block.conv2.bias))
+    dropped = torch.ones(a.out_channels, dtype=torch.bool)
+    dropped[keep] = False
+    wa, wb = a.weight.detach().double(), b.weight.detach().double()
+    lost = wa[dropped].square().sum() + wb[:, dropped].square().sum()
+    error = float((lost / (wa.square().sum() + wb.square().sum()).clamp_min(1e-30)).sqrt())
+    kind = "exact" if mid == a.out_channels else "approximate"
+    return kind, error, note or f"kept {mid} of {a.out_channels} channels by importance"
 
 
 def dilated_corners(block: nn.Conv2d, convs) -> tuple[str, float | None, str]:

@@ -31,6 +31,7 @@ from ..counting import count_macs, count_params
 from ..errors import PolicyMatchError, TraceError
 from ..formatting import human
 from ..fx.analysis import Analysis, ConvSite, FactoredSite, PairSite, analyse, shape_mismatch
+from ..fx.ops import layers_between
 from ..fx.tap import Tap
 from ..fx.tracer import trace
 from ..models.inputs import as_example_batch, example_input_for
@@ -200,11 +201,14 @@ def _pair_entry(pair: PairSite, rule: Rule, analysis: Analysis) -> PlanEntry:
                       shape=f"{pair.a.describe()} + {pair.b.describe()}")
     before = modules_cost([pair.a.conv, *between, pair.b.conv],
                           [pair.a.input_shape, *[None] * len(between), pair.b.input_shape])
-    reason = spec.pair_reason(pair.a.conv, pair.b.conv)
+    layers = layers_between(gm, pair.between)
+    reason = spec.pair_reason_with(pair.a.conv, pair.b.conv, layers)
     if reason is not None:
         entry.action, entry.reason = "cannot", reason
         return _price(entry, before, before)
-    replacement = spec.build_pair(pair.a.conv, pair.b.conv)
+    replacement = spec.build_pair_with(pair.a.conv, pair.b.conv, layers)
+    if spec.reads_between:   # teacher init takes the rebuilt layers' weights (W's BatchNorm) from these
+        entry.between = tuple(str(n.target) for n in pair.between if n.op == "call_module")
     mismatch = shape_mismatch(replacement, pair.a.input_shape, pair.b.output_shape)
     if mismatch is not None:
         entry.action, entry.reason = "cannot", mismatch

@@ -36,6 +36,8 @@ class PlanEntry:
     paper_after: int = 0
     macs_before: int = 0
     macs_after: int = 0
+    #: modules between a pair's convs that the block rebuilds from the teacher's (``W(f)``), else empty
+    between: tuple[str, ...] = ()
 
     @property
     def changes(self) -> bool:
@@ -71,7 +73,8 @@ class Plan:
     @classmethod
     def from_dict(cls, d: dict) -> Plan:
         d = dict(d)
-        d["entries"] = [PlanEntry(**{**e, "convs": tuple(e["convs"])}) for e in d["entries"]]
+        d["entries"] = [PlanEntry(**{**e, "convs": tuple(e["convs"]), "between": tuple(e.get("between", ()))})
+                        for e in d["entries"]]
         d["input_shape"] = tuple(d["input_shape"])
         return cls(**d)
 

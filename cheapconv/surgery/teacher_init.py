@@ -32,7 +32,7 @@ from ..blocks.factorize import compose_factorised
 from ..counting import eval_mode
 from ..errors import UsageError
 from ..fx.analysis import factored_conv, is_factored
-from .block_init import INITIALISERS, dilated_corners
+from .block_init import INITIALISERS, READS_BETWEEN, dilated_corners
 from .plans import PlanEntry
 
 
@@ -47,6 +47,8 @@ class Site:
     entry: PlanEntry
     teacher_convs: tuple[nn.Conv2d, ...]
     student_block: nn.Module
+    #: the teacher's modules between a pair's convs, where the block rebuilds them (``W(f)``; else empty)
+    teacher_between: tuple[nn.Module, ...] = ()
 
     @property
     def teacher_conv(self) -> nn.Conv2d:
@@ -88,6 +90,7 @@ def replaced_sites(student: nn.Module, teacher: nn.Module) -> list[Site]:
     for entry in plan.replaced:
         try:
             convs = tuple(teacher.get_submodule(name) for name in entry.convs)
+            between = tuple(teacher.get_submodule(name) for name in entry.between)
             block = student.get_submodule(entry.convs[0])
         except AttributeError as e:
             raise UsageError(f"The teacher has no layer {entry.layer!r} that the student's plan replaced ({e}). "
@@ -95,7 +98,7 @@ def replaced_sites(student: nn.Module, teacher: nn.Module) -> list[Site]:
         if not all(isinstance(c, nn.Conv2d) for c in convs):
             raise UsageError(f"The teacher's {entry.layer!r} is not a Conv2d ({type(convs[0]).__name__}); pass "
                              "the teacher the student was cheapened from.")
-        sites.append(Site(entry.layer, entry, convs, block))
+        sites.append(Site(entry.layer, entry, convs, block, between))
     return sites
 
 
@@ -155,6 +158,8 @@ def _initialise(site: Site) -> InitRecord:
     record = InitRecord(site.name, site.entry.block or "", "random")
     if type(block) is nn.Conv2d and tuple(block.kernel_size) == (2, 2) and len(site.teacher_convs) == 1:
         kind, error, note = dilated_corners(block, site.teacher_convs)
+    elif type(block) in READS_BETWEEN:
+        kind, error, note = INITIALISERS[type(block)](block, site.teacher_convs, site.teacher_between)
     elif type(block) in INITIALISERS:
         kind, error, note = INITIALISERS[type(block)](block, as_kxk(site.teacher_convs))
         if len(as_kxk(site.teacher_convs)) < len(site.teacher_convs):
@@ -165,7 +170,8 @@ def _initialise(site: Site) -> InitRecord:
         return record
     record.kind, record.note = kind, note
     record.weight_error = error
-    if any(c.bias is not None for c in site.teacher_convs):
+    kept_bias = any(m.bias is not None for m in block.modules() if isinstance(m, nn.Conv2d))
+    if any(c.bias is not None for c in site.teacher_convs) and not kept_bias:
         record.note = "; ".join(filter(None, [note, "the teacher conv's bias is dropped (cheap blocks have none)"]))
     return record
 
