@@ -33,7 +33,7 @@ _EXPORTS = {
     "WideResNet": "models",
     "ReconstructionReport": "reconstruction", "reconstruct": "reconstruction",
     "load": "store.modelfile", "read_recipe": "store.modelfile", "save": "store.modelfile",
-    "create_model": "store.resolve",
+    "create_model": "store.resolve", "load_deployed": "store.deployed",
     "Plan": "surgery.plans", "PlanEntry": "surgery.plans", "plan": "surgery.planner",
     "Policy": "surgery.policy", "Rule": "surgery.policy", "Selector": "surgery.policy",
     "parse_policy": "surgery.policy",

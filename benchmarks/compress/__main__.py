@@ -6,8 +6,13 @@ Resumable: the library lives in ``OUT/library-<runtime>`` (a stopped build conti
 one line of ``benchmarks/results/compress.jsonl`` (a rerun skips it). Stages, each a separate run:
 
     python -m benchmarks.compress --teacher T.pt --out bench-out/compress --runtime torch      # library + budgets
-    python -m benchmarks.compress --teacher T.pt --out bench-out/compress --runtime onnxruntime
+    python -m benchmarks.compress --teacher T.pt --out bench-out/compress --runtime onnxruntime [--batch 32]
+    python -m benchmarks.compress --teacher T.pt --out bench-out/compress --stage fisher    # against the search
     python -m benchmarks.compress --report
+
+A library for another runtime or batch takes the fits of ``library-torch`` where that one is finished (only the
+timings are redone: ``build_library(fits_from=...)``). The ``fisher`` stage (``fisher.py``) compares the 50 %
+student with the Fisher-potential search's winner for the same budget over seeds.
 
 The teacher: ``cheapconv train wrn_16_2 --data fashion-mnist --epochs 3 --precision bf16 --channels-last -b 128``
 (the reproduction study's schedule). Latency figures need a quiet machine: each record keeps the load average.
@@ -29,9 +34,23 @@ from cheapconv.data import get_dataset
 
 from ..common.records import append_record, file_sha, latest_by, read_records
 from ..common.report import say
+from . import fisher
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "compress.jsonl"
 BUDGETS = ("70%", "50%", "30%")
+
+
+def library_dir(args: argparse.Namespace) -> Path:
+    """The runtime's library folder (one per runtime and batch size)."""
+    return args.out / (f"library-{args.runtime}" + (f"-b{args.batch}" if args.batch != 1 else ""))
+
+
+def donor(args: argparse.Namespace) -> Path | None:
+    """The finished eager-torch library whose fits another runtime's library takes (None for that one itself)."""
+    torch_lib = args.out / "library-torch"
+    if library_dir(args) == torch_lib or not (torch_lib / "library.json").is_file():
+        return None
+    return torch_lib
 
 
 def run_budget(teacher: torch.nn.Module, args: argparse.Namespace, budget: str, train, augmented, test) -> dict:
@@ -40,7 +59,7 @@ def run_budget(teacher: torch.nn.Module, args: argparse.Namespace, budget: str, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = cheapconv.compress(teacher, train, budget, train_data=augmented, runtime=args.runtime,
-                                    batch=args.batch, threads=1, library=args.out / f"library-{args.runtime}",
+                                    batch=args.batch, threads=1, library=library_dir(args),
                                     samples=args.samples,
                                     held_out=args.held_out, epochs=args.epochs, val_data=test, repeats=args.repeats,
                                     reconstruct_samples=args.samples, progress=not args.quiet, seed=args.seed)
@@ -74,6 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stage", choices=("budgets", "fisher"), default="budgets")
+    p.add_argument("--fisher-budget", default="50%")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Distillation seeds of --stage fisher.")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--report", action="store_true", help="Print the table from the results file and stop.")
     args = p.parse_args(argv)
@@ -95,13 +117,18 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         library = cheapconv.build_library(teacher, train, runtime=args.runtime, batch=args.batch, threads=1,
                                           samples=args.samples, held_out=args.held_out,
-                                          directory=args.out / f"library-{args.runtime}", progress=not args.quiet,
-                                          seed=args.seed)
+                                          directory=library_dir(args), progress=not args.quiet,
+                                          seed=args.seed, fits_from=donor(args))
         append_record(RESULTS, {"key": f"library {args.runtime} {sha}", "teacher_sha": sha, "runtime": args.runtime,
                                 "seconds": time.perf_counter() - started, "sites": len(library.sites),
                                 "options": sum(len(s.options) - 1 for s in library.sites),
                                 "teacher_latency_ms": library.teacher_latency_ms,
                                 "loadavg": [round(v, 2) for v in os.getloadavg()]})
+    if args.stage == "fisher":
+        augmented = get_dataset("fashion-mnist", "train", in_chans=3, image_size=32)
+        fisher.run(teacher, train, augmented, test, args, args.fisher_budget, RESULTS, set(done), sha,
+                   library=library_dir(args))
+        return
     teacher_eval = cheapconv.evaluate(teacher, test)
     for budget in args.budgets:
         key = f"student {args.runtime} b{args.batch} {budget} {sha} e{args.epochs} s{args.seed}"
