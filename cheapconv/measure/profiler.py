@@ -36,7 +36,7 @@ from ..errors import CheapconvError, TraceError, UsageError
 from ..fx.analysis import analyse
 from ..fx.tracer import trace
 from ..models.inputs import example_input_for, input_shape_of
-from ..store.rebuild import teacher_from_recipe
+from ..store.rebuild import teacher_for_student
 from ..surgery.plans import Plan
 from .accuracy import evaluate_accuracy  # noqa: F401 - lives in .accuracy; the sweeper still imports it from here
 from .chain import Chain, node_steps
@@ -80,7 +80,7 @@ def _rebuild_teacher(student: nn.Module) -> nn.Module | None:
     if not recipe.get("source"):
         return None
 
-    return teacher_from_recipe(recipe)
+    return teacher_for_student(recipe, student)   # built on meta and bounded by the student's weights first
 
 
 def block_timings(student: nn.Module, teacher: nn.Module | None = None, *,

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from ..models.weights import mismatch
 from . import graph_limits
 from .graph_vocab import (
     GETATTR_NAMES,
@@ -48,6 +49,10 @@ from .module_codec import module_types as _module_types  # noqa: F401 - tests ca
 #: 2 records the input size the graph was checked at; 1 (wave 1) is read with the recipe's input size
 FORMAT = 2
 READABLE_FORMATS = (1, 2)
+
+
+class WeightsMismatch(NotDescribable):
+    """The layers a description builds do not hold exactly the weights of its file (found on the meta device)."""
 
 
 # --- functions ----------------------------------------------------------------------------------------------
@@ -223,8 +228,9 @@ def describe_graph_module(gm: fx.GraphModule, input_size: tuple[int, ...] | None
                       "args": _encode_arg(node.args), "kwargs": _encode_arg(node.kwargs)})
     desc = {"format": FORMAT, "class_name": type(gm).__name__, "input_size": [int(d) for d in input_size],
             "modules": modules, "attrs": attrs, "nodes": nodes}
-    state_bytes = graph_limits.tensor_bytes(t for t in state.values())
-    _check_description(desc, max_bytes=max_bytes_for(state_bytes), input_size=None)
+    # the user's own model: its declared sizes are real (a file's are counted by file_checks.real_size)
+    weights = (graph_limits.tensor_bytes(state.values()), sum(t.numel() for t in state.values()))
+    _check_description(desc, max_bytes=max_bytes_for(weights[0]), input_size=None, weights=weights)
     return desc
 
 
@@ -233,7 +239,9 @@ def max_bytes_for(state_bytes: int) -> int:
     return state_bytes + _MAX_INLINE_BYTES + 64 * 2**20
 
 
-def _check_description(desc: Any, *, max_bytes: int, input_size: tuple[int, ...] | None) -> tuple[int, ...]:
+def _check_description(desc: Any, *, max_bytes: int, input_size: tuple[int, ...] | None,
+                       weights: tuple[int, int] | None = None,
+                       expected: dict[str, torch.Tensor] | None = None) -> tuple[int, ...]:
     """Every check of :func:`build_graph_module`, on the meta device; returns the input size checked at."""
     if not isinstance(desc, dict) or desc.get("format") not in READABLE_FORMATS:
         got = desc.get("format") if isinstance(desc, dict) else None
@@ -244,8 +252,26 @@ def _check_description(desc: Any, *, max_bytes: int, input_size: tuple[int, ...]
     input_size = _input_size(desc.get("input_size", input_size))
     with torch.device("meta"):
         meta = _build(desc, max_bytes=max_bytes)
-    graph_limits.dry_run(meta, input_size)
+    if expected is not None:   # the weights must fit the layers before a single real layer is built
+        differences = mismatch(expected, meta.state_dict())
+        if differences:
+            raise WeightsMismatch(differences)
+    if weights is None:   # no file: what the (already capped) description itself declares
+        tensors = [*meta.parameters(), *meta.buffers()]
+        weights = (graph_limits.tensor_bytes(tensors), sum(t.numel() for t in tensors))
+    graph_limits.dry_run(meta, input_size, weight_bytes=weights[0], weight_elements=weights[1])
     return input_size
+
+
+def _check_all_used(desc: dict[str, Any]) -> None:
+    """Refuse modules and attributes that no node calls or reads: they would be built for nothing (an unused
+    32768×32768 Linear is 4 GiB), and the encoder never writes one."""
+    used = {(n.get("op"), n.get("target")) for n in desc["nodes"]
+            if isinstance(n, dict) and isinstance(n.get("target"), str)}
+    for kind, op, names in (("module", "call_module", desc["modules"]), ("attribute", "get_attr", desc["attrs"])):
+        unused = next((name for name in names if (op, name) not in used), None)
+        if unused is not None:
+            raise NotDescribable(f"the {kind} {str(unused)[:80]!r} is described but no node uses it")
 
 
 def _input_size(size: Any) -> tuple[int, ...]:
@@ -258,6 +284,7 @@ def _input_size(size: Any) -> tuple[int, ...]:
 def _build(desc: dict[str, Any], *, max_bytes: int | None) -> fx.GraphModule:
     if len(desc["nodes"]) > _MAX_NODES or len(desc["modules"]) > _MAX_NODES or len(desc["attrs"]) > _MAX_NODES:
         raise NotDescribable(f"more than {_MAX_NODES} nodes, modules or attributes")
+    _check_all_used(desc)
     root: dict[str, Any] = {check_dotted(name, "module"): build_module(spec) for name, spec in desc["modules"].items()}
     inline, attrs = [], {}
     for name, a in desc["attrs"].items():
@@ -307,19 +334,23 @@ def _build(desc: dict[str, Any], *, max_bytes: int | None) -> fx.GraphModule:
     return gm
 
 
-def build_graph_module(desc: Any, *, max_bytes: int | None = None,
-                       input_size: tuple[int, ...] | None = None) -> fx.GraphModule:
+def build_graph_module(desc: Any, *, max_bytes: int | None = None, input_size: tuple[int, ...] | None = None,
+                       expected: dict[str, torch.Tensor] | None = None,
+                       weights: tuple[int, int] | None = None) -> fx.GraphModule:
     """Rebuild a GraphModule from a description (random weights: load the state dict afterwards).
 
-    Everything is checked first on the meta device, where nothing is allocated: the vocabulary, the size of
-    the modules against ``max_bytes`` (default: what the description itself brings plus 80 MiB; :func:`load`
-    passes the size of the file's weights), and a checked dry run at the recorded input size (``input_size``
-    is used for wave-1 descriptions that did not record one). Raises :class:`NotDescribable`.
+    Everything is checked first on the meta device, where nothing is allocated: the vocabulary, that every
+    described module and attribute is used by a node, the size of the modules against ``max_bytes``
+    (default: what the description itself brings plus 80 MiB; :func:`load` passes the size of the file's
+    weights), that the layers have exactly the tensors of ``expected`` (the file's state dict), and a checked
+    dry run at the recorded input size (``input_size`` is used for wave-1 descriptions that did not record
+    one) within budgets derived from ``weights`` (the file's real ``(bytes, elements)``; default: what the
+    description declares). Raises :class:`NotDescribable`.
     """
     if max_bytes is None:
         max_bytes = max_bytes_for(0)
     try:
-        _check_description(desc, max_bytes=max_bytes, input_size=input_size)
+        _check_description(desc, max_bytes=max_bytes, input_size=input_size, weights=weights, expected=expected)
         return _build(desc, max_bytes=None)
     except NotDescribable:
         raise

@@ -42,6 +42,7 @@ from ..models.weights import mismatch
 from ..surgery.plans import Plan
 from ..version import __version__
 from . import graph_codec
+from .file_checks import check_zip, real_size
 from .files import atomic_save, check_writable
 from .rebuild import check_recipe, rebuild_from_recipe, recipe_for_classes
 
@@ -188,6 +189,14 @@ def _read(path: str | Path) -> dict:
     if not torch_like:
         raise FileFormatError(f"Cannot read {str(path)!r}: it is not a torch or cheapconv file (neither a torch zip "
                               "archive nor a legacy torch pickle). Check the path.")
+    if not zipfile.is_zipfile(path):
+        # torch's legacy format allocates each storage at the size the pickle declares before reading it, so
+        # it cannot be bounded by the file; cheapconv never writes it
+        raise UntrustedFileError(
+            f"{str(path)!r} is in torch's legacy (pre-1.6) format, which cheapconv never writes and cannot check "
+            "before loading (it may declare storages far larger than the file). If you trust its origin, pass "
+            "trust=True (--trust on the command line); otherwise re-save it with a current torch.save.")
+    check_zip(path)   # stored records only, sizes within the file: torch never inflates a record for us
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -289,6 +298,7 @@ def _check_payload(payload: dict, path: Path) -> dict:
     bad = next((k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
     if bad is not None:
         raise _malformed(path, f"its state_dict entry {str(bad)[:80]!r} is not a named tensor")
+    real_size(state, where=repr(str(path)))   # refuses layouts whose declared size the file does not hold
     pickled = payload.get("pickled_module")
     if pickled is not None and not (isinstance(pickled, torch.Tensor) and pickled.dtype == torch.uint8):
         raise _malformed(path, "its pickled_module is not a byte tensor")
@@ -350,13 +360,18 @@ def load(path: str | Path, *, trust: bool = False, map_location: str | torch.dev
     state = payload["state_dict"]
     if kind == "graph":
         # a file cannot make us allocate much more than the weights it brings (graph_codec checks on meta)
-        cap = graph_codec.max_bytes_for(sum(t.numel() * t.element_size() for t in state.values()))
+        weights = real_size(state)   # the bytes the file really brings, never the sizes it declares
         try:
             desc = json.loads(payload["architecture"])
-            model = graph_codec.build_graph_module(desc, max_bytes=cap, input_size=recipe.get("input_size"))
+            model = graph_codec.build_graph_module(desc, max_bytes=graph_codec.max_bytes_for(weights[0]),
+                                                   input_size=recipe.get("input_size"), expected=state,
+                                                   weights=weights)
+        except graph_codec.WeightsMismatch as e:
+            raise FileFormatError(f"The weights in {str(path)!r} do not fit its architecture: {e}.") from None
         except (graph_codec.NotDescribable, ValueError, RecursionError) as e:
             raise FileFormatError(f"{str(path)!r} describes a graph this cheapconv refuses to build "
-                                  f"({str(e)[:300]}).") from None
+                                  f"({str(e)[:300]}). The file is damaged or crafted; re-save the model with "
+                                  "cheapconv.save(model, path).") from None
     elif kind == "recipe":
         model = rebuild_from_recipe(recipe, expected=state)
     elif kind == "pickle":

@@ -8,9 +8,11 @@ that model, so a crafted recipe must not be able to make us read other files (a 
 
 * the source must be a zoo *name*, never a path; only the keywords in :data:`SOURCE_KWARGS` are accepted,
   with bounded values; the input size is bounded;
-* a built-in WRN (any depth and width) is first built on the meta device (no memory) and its size checked
-  against :data:`MAX_TEACHER_BYTES`; the student is cheapened first from a storage-less copy of the teacher
-  and must have exactly the tensors the file holds before the real student is built.
+* every source (WRN, torchvision, timm, detectors) is first built on the meta device (no memory); there,
+  ``num_classes`` may not exceed the largest dimension of the file's weights, the teacher may not take more
+  than :func:`teacher_budget` (64 × the bytes the file's weights really hold + 256 MiB, and never more than
+  :data:`MAX_TEACHER_BYTES`), and the student cheapened from it must have exactly the tensors the file
+  holds. Only then is anything built for real. A source that cannot be built on the meta device is refused.
 """
 
 from __future__ import annotations
@@ -25,15 +27,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..counting import materialising_meta_models, throwaway_copy
+from ..counting import materialising_meta_models
 from ..errors import FileFormatError
 from ..models.weights import head_keys
 from ..models.zoo import create_model
 from ..surgery.rewrite import cheapen
+from .file_checks import real_size
 from .graph_limits import tensor_bytes
 
 __all__ = ["MAX_TEACHER_BYTES", "SOURCE_KWARGS", "check_recipe", "rebuild_from_recipe", "recipe_for_classes",
-           "teacher_from_recipe"]
+           "teacher_budget", "teacher_for_student", "teacher_from_recipe"]
 
 #: the largest model a recipe may name (8 GiB of parameters and buffers)
 MAX_TEACHER_BYTES = 8 * 2**30
@@ -83,21 +86,62 @@ def _input_size(recipe: dict) -> tuple[int, int, int] | None:
     return tuple(size)
 
 
-def teacher_from_recipe(recipe: dict) -> nn.Module:
+def teacher_budget(weight_bytes: int) -> int:
+    """The most a teacher rebuilt for a file with ``weight_bytes`` of real weights may take: 64 × those bytes
+    + 256 MiB (a cheapened student is rarely 10× smaller than its teacher), at most :data:`MAX_TEACHER_BYTES`."""
+    return min(MAX_TEACHER_BYTES, 64 * weight_bytes + 256 * 2**20)
+
+
+def _max_classes(state: dict[str, torch.Tensor]) -> int:
+    """The most classes a file's weights can hold: a head of N classes has a dimension of at least N."""
+    return max((d for t in state.values() for d in t.shape), default=1)
+
+
+def _meta_teacher(recipe: dict, *, max_bytes: int = MAX_TEACHER_BYTES, max_classes: int | None = None) -> nn.Module:
+    """The recipe's teacher built on the meta device (no memory), after the checks of the module docstring."""
+    source, kwargs = _source(recipe)
+    classes = kwargs.get("num_classes")
+    if max_classes is not None and classes is not None and classes > max_classes:
+        raise _refuse(f"builds {source!r} with {classes:,} classes, more than the file's weights can hold "
+                      f"(their largest dimension is {max_classes:,})")
+    try:
+        with torch.device("meta"), _quiet():
+            meta = create_model(source, **kwargs)
+    except Exception as e:  # noqa: BLE001 - whatever stops a meta build, nothing real is built instead
+        raise _refuse(f"names {source!r}, which cannot be built on the meta device to be checked before it is "
+                      f"built for real ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+                      ) from None
+    tensors = [*meta.parameters(), *meta.buffers()]
+    if not all(t.is_meta for t in tensors):
+        raise _refuse(f"names {source!r}, whose constructor allocates real memory even on the meta device")
+    size = tensor_bytes(tensors)
+    if size > max_bytes:
+        raise _refuse(f"builds {source!r} with {size / 2**20:,.0f} MiB of parameters (the limit for this file "
+                      f"is {max_bytes / 2**20:,.0f} MiB: 64 × the weights it holds + 256 MiB, at most "
+                      f"{MAX_TEACHER_BYTES / 2**30:.0f} GiB)")
+    return meta
+
+
+def teacher_from_recipe(recipe: dict, *, max_bytes: int = MAX_TEACHER_BYTES,
+                        max_classes: int | None = None) -> nn.Module:
     """The (randomly initialised) zoo model a recipe names, after the checks in the module docstring.
 
-    Built-in WRNs take any depth and width, so their size is checked on the meta device first; torchvision
-    and timm models have the fixed sizes of their registries (with the bounded keywords above).
+    It is built on the meta device first and checked against ``max_bytes`` (callers with a file pass
+    :func:`teacher_budget` of its weights) and ``max_classes`` (the largest dimension of the file's weights);
+    only then is it built for real.
     """
+    _meta_teacher(recipe, max_bytes=max_bytes, max_classes=max_classes)
     source, kwargs = _source(recipe)
-    if source.startswith(("wrn_", "segwrn_")):
-        with torch.device("meta"):
-            meta = create_model(source, **kwargs)
-        size = tensor_bytes([*meta.parameters(), *meta.buffers()])
-        if size > MAX_TEACHER_BYTES:
-            raise _refuse(f"builds {source!r} with {size / 2**30:.1f} GiB of parameters (the limit "
-                          f"is {MAX_TEACHER_BYTES / 2**30:.0f} GiB)")
     return create_model(source, **kwargs)
+
+
+def teacher_for_student(recipe: dict, student: nn.Module) -> nn.Module:
+    """:func:`teacher_from_recipe` for a loaded student (``cheapconv profile`` times its blocks against the
+    teacher its recipe names), bounded by the student's weights: its tensors were built by :func:`load` within
+    the file's caps, so their sizes are real."""
+    state = student.state_dict()
+    return teacher_from_recipe(recipe, max_bytes=teacher_budget(tensor_bytes(state.values())),
+                               max_classes=_max_classes(state))
 
 
 def recipe_for_classes(recipe: dict, state: dict[str, torch.Tensor]) -> dict | None:
@@ -109,8 +153,7 @@ def recipe_for_classes(recipe: dict, state: dict[str, torch.Tensor]) -> dict | N
     may have exactly its tensors again (:func:`check_recipe` decides), and save as a recipe rather than a pickle.
     """
     try:
-        with torch.device("meta"), _quiet():   # only the names and shapes are needed
-            teacher = teacher_from_recipe(recipe)
+        teacher = _meta_teacher(recipe)   # only the names and shapes are needed
         keys = [k for k in head_keys(teacher) if k in state and state[k].dim() >= 1]
     except Exception:  # noqa: BLE001 - a recipe that does not build has no head to read
         return None
@@ -125,25 +168,30 @@ def recipe_for_classes(recipe: dict, state: dict[str, torch.Tensor]) -> dict | N
 
 def check_recipe(recipe: dict, expected: dict[str, torch.Tensor] | None = None) -> None:
     """Raise :class:`FileFormatError` unless :func:`rebuild_from_recipe` would build ``recipe`` within the
-    limits (and, with ``expected``, with exactly those tensor names and shapes). Nothing is cheapened for real."""
-    _checked_teacher(recipe, expected)
+    limits (and, with ``expected``, with exactly those tensor names and shapes). Nothing is built for real.
+    ``expected`` is a model's own state dict here (saving), so its declared sizes are its real ones."""
+    _checked_recipe(recipe, expected, None if expected is None else tensor_bytes(expected.values()))
 
 
 def rebuild_from_recipe(recipe: dict, expected: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """The model a recipe describes: its teacher, cheapened with its policy (random weights).
 
-    ``expected`` (a state dict) is the file's weights: the student rebuilt on the meta device must have
-    exactly these tensor names and shapes before the real one is built.
+    ``expected`` (a state dict) is the file's weights: the teacher is bounded by the bytes they really hold
+    (:func:`teacher_budget`) and the student rebuilt on the meta device must have exactly these tensor names
+    and shapes before anything real is built.
     """
-    teacher, policy, size, leaves = _checked_teacher(recipe, expected)
+    policy, size, leaves = _checked_recipe(recipe, expected, None if expected is None else real_size(expected)[0])
+    source, kwargs = _source(recipe)
+    teacher = create_model(source, **kwargs)
     if not policy:
         return teacher
     with _quiet():
         return cheapen(teacher, policy, input_size=size, leaf_modules=leaves)
 
 
-def _checked_teacher(recipe: dict, expected: dict[str, torch.Tensor] | None):
-    """The recipe's teacher and cheapen arguments, after every check (the student tried on meta tensors)."""
+def _checked_recipe(recipe: dict, expected: dict[str, torch.Tensor] | None, weight_bytes: int | None):
+    """The recipe's cheapen arguments, after every check, all on the meta device (the student is cheapened
+    from the meta teacher and compared with ``expected``, whose real size is ``weight_bytes``)."""
     _source(recipe)
     policy = recipe.get("policy")
     if policy is not None and (not isinstance(policy, str) or len(policy) > 20_000):
@@ -155,16 +203,19 @@ def _checked_teacher(recipe: dict, expected: dict[str, torch.Tensor] | None):
     size = _input_size(recipe)
     if policy and size is None:
         raise _refuse("has a policy but no input size")
-    teacher = teacher_from_recipe(recipe)
+    if expected is None:
+        teacher = _meta_teacher(recipe)
+    else:
+        teacher = _meta_teacher(recipe, max_bytes=teacher_budget(weight_bytes), max_classes=_max_classes(expected))
     if not policy:
         student = teacher
-    else:  # cheapened first on a copy without storage: a policy cannot make us allocate without bound
+    else:  # cheapened on the meta teacher: a policy cannot make us allocate without bound
         # (a teacher that cannot run on meta tensors, such as a detector, records its shapes on a zero-filled
-        # copy: bounded by the teacher, which exists already)
+        # copy: bounded by the teacher's budget, checked above)
         with materialising_meta_models(tensor_bytes([*teacher.parameters(), *teacher.buffers()])), _quiet():
-            student = cheapen(throwaway_copy(teacher, "meta"), policy, input_size=size, leaf_modules=leaves)
+            student = cheapen(teacher, policy, input_size=size, leaf_modules=leaves)
     if expected is not None:
         want = {k: tuple(v.shape) for k, v in expected.items()}
         if {k: tuple(v.shape) for k, v in student.state_dict().items()} != want:
             raise _refuse("builds a model whose tensors differ from the weights in the file")
-    return teacher, policy, size, leaves
+    return policy, size, leaves
