@@ -306,3 +306,13 @@ def test_the_good_file_still_loads_and_runs(good):
     assert model(torch.randn(2, 3, 16, 16)).shape == (2, 4)
     assert zipfile.is_zipfile(good)
     check_zip(good)
+
+
+def test_a_deployed_pt2_with_a_deflated_record_is_refused_before_torch_reads_it(folder):
+    program = torch.export.export(nn.Conv2d(3, 4, 3).eval(), (torch.randn(1, 3, 8, 8),))
+    stored = folder / "conv.pt2"
+    torch.export.save(program, stored)
+    deflated = H.rezipped(folder, stored, "conv_deflated.pt2", deflate="")
+    with pytest.raises(FileFormatError, match="compressed"):
+        cheapconv.load_deployed(deflated)
+    assert cheapconv.load_deployed(stored)(torch.randn(1, 3, 8, 8)).shape == (1, 4, 6, 6)

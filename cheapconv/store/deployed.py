@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import FileFormatError, UsageError
 from ..models.preprocessing import Preprocessing
+from .file_checks import check_zip
 
 __all__ = ["DEPLOYED_SUFFIXES", "DeployedModel", "is_deployed_file", "load_deployed", "read_card"]
 
@@ -134,6 +135,7 @@ def _onnx_runner(path: Path, threads: int | None):
 
 
 def _pt2_runner(path: Path):
+    check_zip(path)   # a .pt2 is a torch zip archive: stored records that fit in the file, nothing inflated
     try:
         program = torch.export.load(str(path))
     except Exception as e:  # noqa: BLE001 - torch raises several types for a file that is not an exported program
