@@ -21,7 +21,7 @@ from .decomposed import FractionSpec, SpatialSVD, SpatialSVDConv, Tucker2, Tucke
 from .grammar import parse_block, valid_block_names
 from .grouped import Grouped, GroupedPointwise
 from .same import SamePadded, pads_at_run_time
-from .side_head import SideHead, side_outputs
+from .side_head import SideHead, SideHeadReached, side_outputs
 from .standard import Dilated2x2, Standard
 from .structured import (
     ACDC,
@@ -41,7 +41,8 @@ __all__ = [
     "ACDC", "ACDCPointwise", "BLOCK_ALIASES", "BLOCK_MODULES", "BLOCK_REGISTRY", "BlockSpec", "Bottleneck",
     "BottleneckSpec", "ConvGeometry", "Dilated2x2", "GroupCount", "Grouped", "GroupedBottleneckSpec",
     "GroupedPointwise", "LowRank", "LowRankFraction", "LowRankPointwise", "SamePadded", "Separable",
-    "SeparablePointwise", "Shuffle", "ShufflePointwise", "SideHead", "Standard", "pads_at_run_time", "parse_block",
+    "SeparablePointwise", "Shuffle", "ShufflePointwise", "SideHead", "SideHeadReached", "Standard",
+    "pads_at_run_time", "parse_block",
     "register_alias", "register_block", "register_module", "side_outputs", "valid_block_names",
     "FractionSpec", "SpatialSVD", "SpatialSVDConv", "TensorTrain", "TensorTrainPointwise", "Tucker", "Tucker2",
     "Tucker2Conv", "TuckerPointwise", "Thin", "ThinSpec", "kept_channels",

@@ -18,7 +18,16 @@ from torch import nn
 
 from .base import register_module
 
-__all__ = ["SideHead", "side_outputs"]
+__all__ = ["SideHead", "SideHeadReached", "side_outputs"]
+
+
+class SideHeadReached(Exception):
+    """Raised by the :class:`SideHead` that :func:`side_outputs` was told to stop at, once its head has run: the
+    rest of the forward (a decoder) is not computed. ``output`` is the head's output."""
+
+    def __init__(self, name: str, output: torch.Tensor):
+        super().__init__(name)
+        self.name, self.output = name, output
 
 
 @register_module
@@ -32,10 +41,13 @@ class SideHead(nn.Module):
         self.name = name
         self.head = nn.Conv2d(in_channels, out_channels, 1, bias=True)
         self._sink: dict[str, torch.Tensor] | None = None
+        self._stop = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._sink is not None:
-            self._sink[self.name] = self.head(x)
+            self._sink[self.name] = out = self.head(x)
+            if self._stop:
+                raise SideHeadReached(self.name, out)
         return x
 
     def extra_repr(self) -> str:
@@ -43,9 +55,12 @@ class SideHead(nn.Module):
 
 
 @contextlib.contextmanager
-def side_outputs(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+def side_outputs(model: nn.Module, *, stop_at: str | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """Within the block, every :class:`SideHead` of ``model`` writes its head's output into the yielded dict
     (keyed by the head's name) on each forward; nothing stays attached afterwards.
+
+    ``stop_at``: the head of that name raises :class:`SideHeadReached` (holding its output) once it has run, so
+    a forward computes only what leads to it (ERFNet's encoder training never runs the decoder).
 
     >>> m = nn.Sequential(nn.Conv2d(3, 8, 3), SideHead("encoder", 8, 5))
     >>> with side_outputs(m) as out:
@@ -56,9 +71,9 @@ def side_outputs(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
     heads = [m for m in model.modules() if isinstance(m, SideHead)]
     sink: dict[str, torch.Tensor] = {}
     for head in heads:
-        head._sink = sink
+        head._sink, head._stop = sink, head.name == stop_at
     try:
         yield sink
     finally:
         for head in heads:
-            head._sink = None
+            head._sink, head._stop = None, False
