@@ -31,6 +31,7 @@ from cheapconv.train.objectives import canonical_name, make_objective
 
 from .app import app, check_outputs, emit, err, out, output_path, save_model, warn, weights_notes
 from .options import Listing, datasets_listed, field_option, given
+from .phases import PHASE, PHASES_FILE, phases_given, run_phased
 
 # ------------------------------------------------------------------------------------------ options
 
@@ -133,8 +134,11 @@ class RunOptions:
     overwrite: bool = _opt(False, "--overwrite", help="Start over even where an unfinished run's checkpoint exists "
                            "(it and its metrics are discarded).")
     trust: bool = TRUST
+    phases: Path = PHASES_FILE
+    phase: list[str] = PHASE
     settings: dict = dataclasses.field(default_factory=dict)   # the DistillConfig fields given
     kept: dict = dataclasses.field(default_factory=dict)       # on --resume, the checkpoint's (see prepare)
+    phase_list: list | None = None                             # the phases given (see prepare), None: one run
 
     def prepare(self, inputs: dict) -> Path:
         """Checks before any work: the augmentation, the output path, outputs that are ``inputs``, the
@@ -143,12 +147,23 @@ class RunOptions:
         from cheapconv.data import augmentation
 
         augmentation(self.augment, "train")   # an unknown --augment fails before any work
+        self.phase_list = phases_given(self.phases, self.phase)   # bad phases too
         output_path(self.output)
         check_outputs(inputs=inputs,   # the default checkpoint as in _prepare_run
                       outputs={"-o/--output": self.output,
                                "--checkpoint": self.checkpoint or self.output.with_suffix(".ckpt")})
+        if self.phase_list is not None:   # each phase checks its own checkpoint (NAME.phaseI.ckpt) before any step
+            return self.checkpoint or self.output.with_suffix(".ckpt")
         ckpt, self.kept = _prepare_run(self.output, self.checkpoint, resume=self.resume, overwrite=self.overwrite)
         return ckpt
+
+    def run(self, teacher, student, train, val, cfg, *, checkpoint: Path):
+        """The training run: in phases where given (:mod:`cheapconv_cli.phases`), else one distill() call."""
+        if self.phase_list is None:
+            return _run(teacher, student, train, val, cfg, checkpoint=checkpoint, resume=self.resume,
+                        overwrite=self.overwrite)
+        return run_phased(teacher, student, train, val, cfg, self.phase_list, checkpoint=checkpoint,
+                          resume=self.resume, overwrite=self.overwrite, is_main=_is_main())
 
     def config(self, **objective):
         """The DistillConfig of these options (the library validates every value): the settings given, else on
@@ -159,7 +174,8 @@ class RunOptions:
     def recorded(self, result) -> dict:
         """What the saved model's training metadata records besides the config: the augmentation strength, and
         the validation figures before the first step and after the last (None where not evaluated)."""
-        return {"augment": self.augment, "start": result.start, "end": result.end}
+        return {"augment": self.augment, "start": result.start, "end": result.end,
+                **({"phases": [p.to_dict() for p in self.phase_list]} if self.phase_list is not None else {})}
 
     def datasets(self, model) -> tuple:
         """The training and test sets, adapted to ``model`` (the adapters are stated once)."""
@@ -389,7 +405,7 @@ def train(
         kwargs["weights_by_position"] = True
     net = load_model(model, weights=weights, num_classes=num_classes or info.num_classes, trust=opts.trust, **kwargs)
     train_set, test_set = opts.datasets(net)
-    result = _run(None, net, train_set, test_set, cfg, checkpoint=ckpt, resume=opts.resume, overwrite=opts.overwrite)
+    result = opts.run(None, net, train_set, test_set, cfg, checkpoint=ckpt)
     _save_and_report(net, opts.output, result, role=model, data=opts.data, cfg=cfg,
                      extra={"teacher": None, **opts.recorded(result)}, trained_on=test_set)
     _say_start_end(result, cfg, start_file=model, output=opts.output)
@@ -409,6 +425,11 @@ def distill_cmd(
     """Distil STUDENT from TEACHER (attention transfer by default) with the teacher's recipe.
 
     Example: cheapconv distill --teacher teacher.pt --student s.pt --data fashion-mnist --loss at -o trained.pt
+
+    Example (ERFNet's two phases, as the Moonshine paper ran them): cheapconv distill -t erfnet.pt -s s.pt
+    --data fashion-mnist-seg --phase 'train=encoder; target=encoder; taps=layers.7,layers.12,layers.16;
+    beta=1000; epochs=150' --phase 'train=all; taps=layers.7,layers.12,layers.16,layers.19,layers.22; beta=600;
+    epochs=150' -o trained.pt   (or --phases FILE, a JSON list of phases)
     """
     ckpt = opts.prepare(inputs={"--teacher": teacher, "--student": student, "--teacher-weights": teacher_weights})
     cfg = opts.config(loss=loss)
@@ -416,7 +437,7 @@ def distill_cmd(
                    **({"weights_by_position": True} if teacher_weights_by_position else {}))
     s = load_model(student, trust=opts.trust, what="student")
     cfg = _recipe_for_start(s, cfg, opts, teacher=t)
-    if loss.needs_taps and _is_main():
+    if loss.needs_taps and _is_main() and opts.phase_list is None:   # (phases: said per phase)
         from cheapconv.surgery.taps import match_taps
 
         tap_names = tuple(getattr(loss, "taps", ()))
@@ -427,7 +448,7 @@ def distill_cmd(
     if getattr(s, "cheapconv_preprocessing", None) is None:   # a student fed as its teacher
         s.cheapconv_preprocessing = getattr(t, "cheapconv_preprocessing", None)
     train_set, test_set = opts.datasets(s)
-    result = _run(t, s, train_set, test_set, cfg, checkpoint=ckpt, resume=opts.resume, overwrite=opts.overwrite)
+    result = opts.run(t, s, train_set, test_set, cfg, checkpoint=ckpt)
     _save_and_report(s, opts.output, result, role=student, data=opts.data, cfg=cfg,
                      extra={"teacher": teacher, **opts.recorded(result)}, trained_on=test_set)
     _say_start_end(result, cfg, start_file=student, output=opts.output)

@@ -84,7 +84,7 @@ def test_encoder_head_is_kept_and_computed_only_when_asked(teacher, student):
     x = torch.randn(1, 3, 32, 64)
     for model in (teacher, student):
         heads = [m for m in model.modules() if isinstance(m, SideHead)]
-        assert len(heads) == 1 and heads[0].head.weight.shape == (20, 128, 1, 1)
+        assert len(heads) == 1 and heads[0].weight.shape == (20, 128, 1, 1)
         with torch.no_grad(), side_outputs(model) as side:
             out = model(x)
         assert side["encoder"].shape == (1, 20, 4, 8) and out.shape == (1, 20, 32, 64)

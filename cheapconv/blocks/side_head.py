@@ -4,8 +4,8 @@ ERFNet trains its encoder first, through a 1×1 output conv on the encoder's fea
 the full network's forward never calls that conv. A head that forward never calls would be dropped from a
 traced student (fx keeps only what forward uses), and the paper counts it. :class:`SideHead` keeps it in the
 graph at no cost: its forward returns its input unchanged, and only inside :func:`side_outputs` does it also
-compute ``head(x)`` and hand it over. It is a registered leaf module, so tracing keeps it whole and the data-only
-file format stores it.
+compute its 1×1 conv and hand the result over. It is a registered leaf module, so tracing keeps it whole and the
+data-only file format stores it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import register_module
@@ -32,20 +33,25 @@ class SideHeadReached(Exception):
 
 @register_module
 class SideHead(nn.Module):
-    """Identity on ``x``; inside :func:`side_outputs` also records ``conv1x1(x)`` (with bias) under ``name``."""
+    """Identity on ``x``; inside :func:`side_outputs` also records a 1×1 conv of ``x`` (``weight``
+    out×in×1×1 and ``bias``) under ``name``."""
 
     def __init__(self, name: str, in_channels: int, out_channels: int):
         super().__init__()
         # recorded so a saved student can be rebuilt from data alone (cheapconv.store.graph_codec)
         self.init_args = dict(name=name, in_channels=in_channels, out_channels=out_channels)
         self.name = name
-        self.head = nn.Conv2d(in_channels, out_channels, 1, bias=True)
+        # the conv's weight and bias held directly, not as an nn.Conv2d: a head off the main path must not be
+        # taken for the first conv (the one that reads the image; input checks read its channels), whatever
+        # order a rebuilt model lists its modules in, nor offered as a site to replace
+        conv = nn.Conv2d(in_channels, out_channels, 1, bias=True)
+        self.weight, self.bias = conv.weight, conv.bias
         self._sink: dict[str, torch.Tensor] | None = None
         self._stop = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._sink is not None:
-            self._sink[self.name] = out = self.head(x)
+            self._sink[self.name] = out = F.conv2d(x, self.weight, self.bias)
             if self._stop:
                 raise SideHeadReached(self.name, out)
         return x

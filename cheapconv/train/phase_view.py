@@ -71,6 +71,12 @@ class PhaseView(nn.Module):
         except AttributeError:   # the model's own attributes: its plan, recipe, preprocessing record, ...
             return getattr(self.__dict__["wrapped"], name)
 
+    @property
+    def module(self) -> nn.Module:
+        """The model itself, where code that unwraps a wrapper looks for it (as for DistributedDataParallel):
+        taps are recorded on the model, so a traced model's hollow containers are handled as they always are."""
+        return self.__dict__["wrapped"]
+
     def forward(self, x: torch.Tensor) -> Any:
         model, target = self.__dict__["wrapped"], self.__dict__["target"]
         if target is None:
