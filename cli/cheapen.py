@@ -23,6 +23,7 @@ from .app import (
     warn,
     weights_notes,
 )
+from .options import round_option
 from .train import preprocessing_note
 
 
@@ -91,6 +92,7 @@ def cheapen(
     calib_steps: int = typer.Option(200, "--calib-steps", min=0,
                                     help="Optimisation steps per replaced block for --calib-data."),
     data_dir: Path = typer.Option(None, "--data-dir", help="Where --calib-data's files are looked for."),
+    round_to: int = round_option(),
 ) -> None:
     """Rewrite MODEL with cheap convolution blocks and write the student; or, with --teacher, start a saved
     student (MODEL) from its teacher again.
@@ -113,6 +115,8 @@ def cheapen(
                        changes_only=changes_only, calib_data=calib_data, calib_samples=calib_samples,
                        calib_steps=calib_steps, data_dir=data_dir, input_size=parse_input_size(input_size))
     the_policy = resolve_policy(block, policy, policy_file, model)
+    if round_to is not None:
+        the_policy = cheapconv.parse_policy(the_policy).rounded(cheapconv.blocks.check_multiple(round_to))
     check_calibration(init, calib_data)
     size = parse_input_size(input_size)
     if not dry_run:

@@ -11,7 +11,7 @@ import typer
 from cheapconv.extensions import FAMILIES
 
 from .app import app, check_outputs, err, literal, literal_table, out, output_path, warn
-from .options import runtime_option
+from .options import round_option, runtime_option
 
 
 @app.command()
@@ -56,6 +56,7 @@ def compress(
     dry_run: bool = typer.Option(False, "--dry-run", help="List the sites and options and the work ahead; build "
                                                           "nothing."),
     seed: int = typer.Option(0, "--seed", help="Calibration split and training seed."),
+    round_to: int = round_option(),
     trust: bool = typer.Option(False, "--trust", help="Allow a model file that needs unpickling (runs its code)."),
 ) -> None:
     """Choose a cheap block (or none) for every site of TEACHER to meet BUDGET as measured, then assemble,
@@ -82,7 +83,7 @@ def compress(
         net = resolve_model(teacher, weights=weights, trust=trust, what="teacher")
     names = [f.strip() for f in families.split(",")] if families else None
     if dry_run:
-        out.print(literal_table(list_sites(net, families=names)))
+        out.print(literal_table(list_sites(net, families=names, round_to=round_to)))
         err.print("Dry run: nothing built.")
         return
     with warnings.catch_warnings(record=True) as caught:
@@ -91,7 +92,7 @@ def compress(
                                     library=library, families=names, samples=samples, held_out=held_out,
                                     steps=steps, max_params=max_params, max_macs=max_macs, rounds=rounds,
                                     epochs=epochs, fold=fold, data_dir=data_dir, seed=seed,
-                                    fits_from=fits_from)
+                                    fits_from=fits_from, round_to=round_to)
     for w in caught:
         warn(str(w.message))
     out.print(literal_table(result.selection.table()))

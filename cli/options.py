@@ -25,7 +25,7 @@ from typer.models import OptionInfo
 
 from cheapconv.extensions import DATASETS, RUNTIMES
 
-__all__ = ["Derived", "Listing", "datasets_listed", "field_option", "given", "runtime_option"]
+__all__ = ["Derived", "Listing", "datasets_listed", "field_option", "given", "round_option", "runtime_option"]
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,15 @@ def runtime_option(what: str = "Where latency is measured", more: str = "") -> L
     """``--runtime`` (default ``torch``), its help listing the runtimes (:data:`~cheapconv.extensions.RUNTIMES`)."""
     return Listing(lambda: f"{what}: {RUNTIMES.describe()}; the model is exported (compiled) once and checked "
                    f"against eager torch before it is timed.{more}", default="torch", param_decls=("--runtime",))
+
+
+def round_option() -> Any:
+    """``--round 8|16``: every block's inner widths (ranks, bottleneck widths, channels per group) rounded to
+    multiples of it, as ``@8`` after a spec does."""
+    return typer.Option(None, "--round", metavar="8|16",
+                        help="Round every block's inner widths (ranks, bottleneck widths, channels per group) to "
+                             "multiples of this, where int8 and tensor-core kernels want them; the same as @8 after "
+                             "a spec (B(2)@8). Dense and depthwise convs stay as they are.")
 
 
 def datasets_listed() -> str:

@@ -20,7 +20,7 @@ from .app import (
     parse_input_size,
     warn,
 )
-from .options import runtime_option
+from .options import round_option, runtime_option
 
 
 def _policy_paths(output: Path, count: int) -> list[Path]:
@@ -129,6 +129,7 @@ def search(
                                                       "code)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files at -o and its <stem>.K "
                                                               "paths."),
+    round_to: int = round_option(),
 ) -> None:
     """Search one block type per residual pair or replaceable conv of MODEL within a budget (BlockSwap).
 
@@ -180,7 +181,7 @@ def search(
                             seed=seed, tolerance=tolerance, batch_size=batch_size, convention=convention,
                             top=max(top, 5), spread_runs=spread_runs, input_size=size,
                             leaf_modules=leaf, progress=tick, runtime=runtime, precision=precision,
-                            fold=fold)
+                            fold=fold, round_to=round_to)
     for w in caught:
         warn(str(w.message))
     if runtime != "torch" and result.metric != "latency":

@@ -12,9 +12,11 @@ from .base import (
     BlockSpec,
     ConvGeometry,
     GroupCount,
+    check_multiple,
     register_alias,
     register_block,
     register_module,
+    rounded,
 )
 from .bottleneck import Bottleneck, BottleneckSpec, GroupedBottleneckSpec
 from .decomposed import FractionSpec, SpatialSVD, SpatialSVDConv, Tucker2, Tucker2Conv
@@ -45,5 +47,5 @@ __all__ = [
     "pads_at_run_time", "parse_block",
     "register_alias", "register_block", "register_module", "side_outputs", "valid_block_names",
     "FractionSpec", "SpatialSVD", "SpatialSVDConv", "TensorTrain", "TensorTrainPointwise", "Tucker", "Tucker2",
-    "Tucker2Conv", "TuckerPointwise", "Thin", "ThinSpec", "kept_channels",
+    "Tucker2Conv", "TuckerPointwise", "Thin", "ThinSpec", "kept_channels", "check_multiple", "rounded",
 ]

@@ -23,6 +23,8 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from ..errors import UsageError
+
 Level = Literal["keep", "conv", "block"]
 
 #: family name (as spelled in policies) -> spec class. Filled by :func:`register_block`.
@@ -41,9 +43,20 @@ def register_module(cls: type[nn.Module]) -> type[nn.Module]:
 
 
 def register_block(cls: type[BlockSpec]) -> type[BlockSpec]:
-    """Class decorator: make a spec family known to the policy grammar and to ``cheapconv blocks``."""
+    """Class decorator: make a spec family known to the policy grammar and to ``cheapconv blocks``.
+
+    The family's own ``__str__`` writes its notation; this adds the rounding suffix (``B(2)@8``) to it, so every
+    family prints (and round-trips) a rounded spec without knowing about rounding."""
     if cls.family in BLOCK_REGISTRY:
         raise ValueError(f"block family {cls.family!r} registered twice")
+    own = cls.__str__   # its own, or one inherited from an unregistered base (FractionSpec)
+    if not getattr(own, "adds_rounding", False):
+        def __str__(self, _own=own) -> str:
+            text = _own(self)
+            return f"{text}@{self.multiple}" if self.multiple > 1 else text
+
+        __str__.adds_rounding = True   # type: ignore[attr-defined]
+        cls.__str__ = __str__          # type: ignore[method-assign]
     BLOCK_REGISTRY[cls.family] = cls
     return cls
 
@@ -129,6 +142,34 @@ class BlockSpec:
     structure: ClassVar[str] = ""
     params: ClassVar[str] = ""
     signature: ClassVar[str] = ""
+    #: whether the family has inner widths (ranks, bottleneck widths, channels per group) that ``@m`` rounds
+    rounds_widths: ClassVar[bool] = False
+
+    #: ``@m`` in the notation (``B(2)@8``): the inner widths rounded to multiples of m, where int8 and
+    #: tensor-core kernels want them (1: as the family's formula gives them)
+    multiple: int = dataclasses.field(default=1, kw_only=True)
+
+    # --- rounding -----------------------------------------------------------------------------------------
+    def round_width(self, width: int, maximum: int) -> int:
+        """``width`` rounded to the nearest multiple of :attr:`multiple` (halves up), at least one multiple and
+        never above ``maximum`` (the full width: a layer narrower than one multiple keeps its full width)."""
+        m = self.multiple
+        if m <= 1:
+            return width
+        return min(max(m, (width + m // 2) // m * m), maximum)
+
+    def round_groups(self, width: int, groups: int) -> int:
+        """The group count of a grouped conv of ``width`` channels with its channels per group rounded (the
+        next multiple of :attr:`multiple` from the rounded width that divides ``width``). Dense (1 group) and
+        depthwise (``width`` groups) convs are left as they are: rounding would make them another block."""
+        if self.multiple <= 1 or groups <= 1 or groups >= width:
+            return groups
+        per = self.round_width(width // groups, width)
+        while width % per:
+            per += self.multiple
+            if per >= width:
+                return 1
+        return width // per
 
     # --- notation -----------------------------------------------------------------------------------------
     def __str__(self) -> str:  # pragma: no cover - every subclass overrides
@@ -173,6 +214,25 @@ class BlockSpec:
 
     def replace(self, **changes) -> BlockSpec:
         return dataclasses.replace(self, **changes)
+
+
+def rounded(spec: BlockSpec, multiple: int | None) -> BlockSpec:
+    """``spec`` with its inner widths rounded to multiples of ``multiple`` (``--round``, ``round_to=``): families
+    without inner widths, and specs that already say their own ``@m``, are returned as they are."""
+    if multiple is None:
+        return spec
+    check_multiple(multiple)
+    if not type(spec).rounds_widths or spec.multiple != 1:
+        return spec
+    return spec.replace(multiple=multiple)
+
+
+def check_multiple(multiple: int) -> int:
+    """A rounding multiple is a whole number of at least 2 (8 or 16 where int8 and tensor-core kernels want)."""
+    if isinstance(multiple, bool) or not isinstance(multiple, int) or not 2 <= multiple <= 1024:
+        raise UsageError(f"Widths round to multiples of a whole number from 2 to 1024 (8 or 16 for int8 and "
+                         f"tensor-core kernels), not {multiple!r}. Pass --round 8 (round_to=8), or leave it out.")
+    return multiple
 
 
 def dense_kxk_reason(conv: nn.Conv2d, what: str) -> str | None:

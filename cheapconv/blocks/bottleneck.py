@@ -63,8 +63,14 @@ class BottleneckSpec(BlockSpec):
         parser.arity("B", args, 1, "B(b)")
         return cls(parser.positive_int(args[0], "the contraction b"))
 
+    rounds_widths = True
+
     def mid_channels(self, conv_b: nn.Conv2d) -> int:
-        return conv_b.out_channels // self.contraction
+        return self.round_width(conv_b.out_channels // self.contraction, conv_b.out_channels)
+
+    def mid_groups(self, mid: int) -> int:
+        """The grouped M→M conv's group count (``@m`` rounds its channels per group)."""
+        return self.round_groups(mid, self.groups.resolve(mid))
 
     def pair_reason(self, conv_a, conv_b):
         for conv in (conv_a, conv_b):
@@ -78,7 +84,7 @@ class BottleneckSpec(BlockSpec):
         mid = self.mid_channels(conv_b)
         if mid < 1:
             return f"contraction {self.contraction} leaves no channels of C_out={conv_b.out_channels}"
-        groups = self.groups.resolve(mid)
+        groups = self.mid_groups(mid)
         if mid % groups:
             return f"{groups} groups do not divide M={mid}"
         return None
@@ -87,7 +93,7 @@ class BottleneckSpec(BlockSpec):
         a, b = ConvGeometry.of(conv_a), ConvGeometry.of(conv_b)
         mid = self.mid_channels(conv_b)
         block = Bottleneck(a.in_channels, b.out_channels, mid, a.kernel_size[0], a.stride, a.padding,
-                           a.dilation, self.groups.resolve(mid))
+                           a.dilation, self.mid_groups(mid))
         return finish(block, a)
 
 

@@ -131,6 +131,7 @@ class Tucker2(FractionSpec):
     scale: float = 0.25
 
     family = "Tucker2"
+    rounds_widths = True
     level = "conv"
     signature = "Tucker2(f)"
     structure = ("Conv1x1 C_in→r1 → Conv k×k r1→r2 (stride s) → Conv1x1 r2→C_out, ranks chosen to keep a "
@@ -142,7 +143,8 @@ class Tucker2(FractionSpec):
         cin, cout = conv.in_channels, conv.out_channels
         k2 = conv.kernel_size[0] * conv.kernel_size[1]
         count = lambda r: cin * r[0] + r[0] * r[1] * k2 + r[1] * cout  # noqa: E731
-        return largest_fitting(count, (cin, cout), self.budget(conv))
+        rank_in, rank_out = largest_fitting(count, (cin, cout), self.budget(conv))
+        return self.round_width(rank_in, cin), self.round_width(rank_out, cout)
 
     def conv_reason(self, conv):
         return dense_kxk_reason(conv, str(self))
@@ -162,6 +164,7 @@ class SpatialSVD(FractionSpec):
     scale: float = 0.5
 
     family = "SVDk"
+    rounds_widths = True
     level = "conv"
     signature = "SVDk(f)"
     structure = "Conv k×1 C_in→r (stride s) → Conv 1×k r→C_out, r chosen to keep a fraction f of the conv's parameters"
@@ -169,7 +172,8 @@ class SpatialSVD(FractionSpec):
 
     def rank(self, conv: nn.Conv2d) -> int:
         k = conv.kernel_size[0]
-        return max(1, math.floor(self.budget(conv) / (k * (conv.in_channels + conv.out_channels))))
+        rank = max(1, math.floor(self.budget(conv) / (k * (conv.in_channels + conv.out_channels))))
+        return self.round_width(rank, k * min(conv.in_channels, conv.out_channels))
 
     def conv_reason(self, conv):
         return dense_kxk_reason(conv, str(self))

@@ -46,7 +46,22 @@ class Parser:
         )
 
     def parse(self) -> BlockSpec:
-        text = self.text
+        """The spec, with its ``@m`` rounding suffix where it has one (``B(2)@8``)."""
+        body, at, suffix = self.text.partition("@")
+        if not at:
+            return self._parse_body(self.text)
+        col = len(body) + 1 + (len(suffix) - len(suffix.lstrip()))
+        multiple = self.positive_int((suffix.strip(), col), "the rounding multiple after '@'")
+        if multiple < 2:
+            raise self.fail(f"rounding to multiples of {multiple} changes nothing; write @8 or @16, or leave it out",
+                            col)
+        spec = self._parse_body(body)
+        if not type(spec).rounds_widths:
+            raise self.fail(f"{spec} has no inner width (rank, bottleneck width or channels per group) to round",
+                            len(body))
+        return spec.replace(multiple=multiple)
+
+    def _parse_body(self, text: str) -> BlockSpec:
         start = len(text) - len(text.lstrip())
         stripped = text.strip()
         if not stripped:

@@ -54,8 +54,14 @@ class Grouped(BlockSpec):
     structure = "GConv k×k C_in→C_in (g groups, stride s) → BN → ReLU → Conv1x1 C_in→C_out"
     params = "N²(k²/g + 1) per conv"
 
+    rounds_widths = True
+
     def __str__(self) -> str:
         return f"G({self.groups})"
+
+    def group_count(self, channels: int) -> int:
+        """Groups for a conv of ``channels`` input channels (``@m`` rounds its channels per group)."""
+        return self.round_groups(channels, self.groups.resolve(channels))
 
     @classmethod
     def from_args(cls, args, parser):
@@ -66,7 +72,7 @@ class Grouped(BlockSpec):
         reason = dense_kxk_reason(conv, str(self))
         if reason:
             return reason
-        groups = self.groups.resolve(conv.in_channels)
+        groups = self.group_count(conv.in_channels)
         if conv.in_channels % groups:
             return f"{groups} groups do not divide C_in={conv.in_channels}"
         return None
@@ -74,7 +80,7 @@ class Grouped(BlockSpec):
     def build_conv(self, conv):
         g = ConvGeometry.of(conv)
         block = GroupedPointwise(g.in_channels, g.out_channels, g.kernel_size[0], g.stride, g.padding,
-                                 g.dilation, self.groups.resolve(g.in_channels))
+                                 g.dilation, self.group_count(g.in_channels))
         return finish(block, g)
 
 

@@ -234,8 +234,11 @@ class LowRank(BlockSpec):
         parser.arity("LR", args, 1, "LR(s) with 0 < s <= 1, e.g. LR(0.25)")
         return cls(parser.fraction(args[0], "the rank scale s"))
 
+    rounds_widths = True
+
     def rank(self, conv: nn.Conv2d) -> int:
-        return max(1, int(self.scale * max(conv.in_channels, conv.out_channels)))
+        top = max(conv.in_channels, conv.out_channels)
+        return self.round_width(max(1, int(self.scale * top)), top)
 
     def conv_reason(self, conv):
         return structured_reason(conv, str(self))
@@ -278,7 +281,8 @@ class LowRankFraction(LowRank):
         cin, cout = conv.in_channels, conv.out_channels
         depthwise = cin * k2 if conv.kernel_size[0] > 1 else 0
         wanted = math.floor((self.scale * cin * cout * k2 - depthwise) / (cin + cout))
-        return max(1, min(wanted, cin, cout))   # above min(C_in, C_out) a rank adds nothing but parameters
+        full = min(cin, cout)                     # above min(C_in, C_out) a rank adds nothing but parameters
+        return self.round_width(max(1, min(wanted, full)), full)
 
 
 @register_block

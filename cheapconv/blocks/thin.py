@@ -153,9 +153,11 @@ class ThinSpec(BlockSpec):
         parser.arity("W", args, 1, "W(f) with 0 < f <= 1, e.g. W(0.5)")
         return cls(parser.fraction(args[0], "the kept fraction f"))
 
+    rounds_widths = True
+
     def mid_channels(self, conv_a: nn.Conv2d) -> int:
         """m, the inner width the thin pair keeps of conv_a's outputs."""
-        return kept_channels(self.fraction, conv_a.out_channels)
+        return self.round_width(kept_channels(self.fraction, conv_a.out_channels), conv_a.out_channels)
 
     def pair_reason(self, conv_a, conv_b):
         return self.pair_reason_with(conv_a, conv_b, _USUAL)

@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ..blocks import BlockSpec
+from ..blocks import BlockSpec, rounded
 from ..counting import count_macs, count_params
 from ..errors import UsageError
 from ..measure.runtimes import check_runtime, measure_in_runtime
@@ -49,7 +49,7 @@ from ..surgery.rewrite import cheapen
 from .budget import Budget, format_cost, parse_budget
 from .result import ScoredConfiguration, SearchResult
 from .scoring import Scorer, fixed_minibatch
-from .space import SearchSpace
+from .space import SearchSpace, parse_candidates
 from .timing import measure_latencies
 
 __all__ = ["sample_configurations", "search"]
@@ -98,7 +98,7 @@ def search(teacher: nn.Module | str, budget: str | float | Budget, *, metric: st
            input_size: tuple[int, ...] | None = None, leaf_modules: Sequence = (),
            latency_batch: int = 1, latency_device: str | torch.device | None = None,
            max_draws: int = 2_000_000, progress: Progress | None = None, runtime: str = "torch",
-           precision: str = "bf16", fold: bool = True) -> SearchResult:
+           precision: str = "bf16", fold: bool = True, round_to: int | None = None) -> SearchResult:
     """BlockSwap search: the best mixed-block student of ``teacher`` within ``budget``, by Fisher potential.
 
     - ``teacher``: a module or a model name (``wrn_40_2``, ``resnet18``, ``timm:resnet26``); its weights do
@@ -123,6 +123,8 @@ def search(teacher: nn.Module | str, budget: str | float | Budget, *, metric: st
       without folding BatchNorm into the convs (in the runtimes that time an exported file).
     - ``precision``: of the Fisher pass, ``"bf16"`` (autocast, the default: it keeps the fp32 ranking at
       ~1.4x the speed) or ``"fp32"``; a device without native bf16 scores in fp32 (noted).
+    - ``round_to``: every candidate's inner widths rounded to multiples of it (``B(2)@8``; see
+      :func:`cheapconv.cheapen`).
 
     Raises :class:`~cheapconv.errors.UsageError` when the budget is outside the reachable range (the message
     gives the range). The winner's policy, applied by :func:`cheapconv.cheapen`, builds a student whose
@@ -140,6 +142,8 @@ def search(teacher: nn.Module | str, budget: str | float | Budget, *, metric: st
     metric = the_budget.metric
     tick = (lambda phase, done, total: progress(phase, done, total)) if progress else (lambda *a: None)
 
+    if round_to:   # every candidate with inner widths rounded, as cheapen(round_to=) builds the winner
+        candidates = [rounded(c, round_to) for c in parse_candidates(candidates)]
     space, latency_conditions = _cost_tables(
         teacher, candidates, metric=metric, input_size=input_size, leaf_modules=leaf_modules,
         model_name=model_name, latency_batch=latency_batch, latency_device=latency_device, tick=tick,

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..blocks import rounded
 from ..errors import UsageError
 from ..measure import block_timings, check_runtime, measure_in_runtime
 from ..progress import ProgressReport
@@ -255,7 +256,8 @@ def _check(runtime: str, batch: int, threads: int, samples: int, held_out: int, 
 def build_library(teacher: nn.Module, data: Dataset | torch.Tensor | str, *, families: Families = None,
                   runtime: str = "torch", batch: int = 1, threads: int = 1, samples: int = 1024,
                   held_out: int = 512, steps: int = 0, directory: str | Path | None = None, progress: bool = True,
-                  fold: bool = True, seed: int = 0, fits_from: str | Path | None = None) -> Library:
+                  fold: bool = True, seed: int = 0, fits_from: str | Path | None = None,
+                  round_to: int | None = None) -> Library:
     """The candidate library of ``teacher``: every replaceable site, every option the ``families`` offer there,
     each fitted alone to the teacher and measured (the module docstring says how).
 
@@ -273,6 +275,8 @@ def build_library(teacher: nn.Module, data: Dataset | torch.Tensor | str, *, fam
     - ``directory``: where the library lives (``library.json`` and ``weights/``), rewritten after every option; a
       rebuild into the same folder with the same settings resumes, one with other settings is refused. None: a new
       temporary folder (not resumable; delete it when done, :attr:`Library.directory` says where).
+    - ``round_to``: every option's inner widths rounded to multiples of it (``B(2)@8``: ranks, bottleneck
+      widths, channels per group; see :func:`cheapconv.cheapen`).
     - ``fits_from``: a finished library of the same teacher, images, families and fitting settings, built for
       another runtime, batch or thread count: its fits and scores are taken and only the timings are done here.
     - ``progress``: a bar on a terminal, a line per ~10 % with the time left in a log.
@@ -285,7 +289,7 @@ def build_library(teacher: nn.Module, data: Dataset | torch.Tensor | str, *, fam
     """
     device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
     _check(runtime, batch, threads, samples, held_out, steps, device)
-    chosen = resolve_families(families)
+    chosen = [(family, tuple(rounded(s, round_to) for s in specs)) for family, specs in resolve_families(families)]
     calibration, held = calibration_split(data, teacher, samples=samples, held_out=held_out, seed=seed)
     shape = tuple(int(v) for v in calibration.shape[1:])
     key = library_key(teacher, calibration, held, chosen, runtime=runtime, batch=batch, threads=threads, fold=fold,

@@ -32,6 +32,7 @@ from rich.table import Table
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..blocks import rounded
 from ..counting import count_macs, count_params
 from ..data import adapt_for_model, get_dataset
 from ..errors import UsageError
@@ -136,11 +137,13 @@ class CompressResult:
         return t
 
 
-def list_sites(teacher: nn.Module, *, families: Any = None, input_shape: tuple[int, ...] | None = None) -> Table:
+def list_sites(teacher: nn.Module, *, families: Any = None, input_shape: tuple[int, ...] | None = None,
+               round_to: int | None = None) -> Table:
     """What a library of ``teacher`` would hold, without fitting or timing anything (``compress --dry-run``): each
     site, its kind, shape and options with their exact parameter and MAC changes, and how many options in all."""
     shape = tuple(input_shape) if input_shape is not None else default_input_size(teacher)
-    sites, notes, _ = find_sites(teacher, resolve_families(families), shape)
+    chosen = [(family, tuple(rounded(s, round_to) for s in specs)) for family, specs in resolve_families(families)]
+    sites, notes, _ = find_sites(teacher, chosen, shape)
     count = sum(len(site.options) - 1 for site in sites)
     size = "×".join(map(str, shape))
     t = Table(title=f"compress: {len(sites)} sites, {count} options to fit and time (input {size})",
@@ -188,7 +191,7 @@ def compress(teacher: nn.Module, data: Dataset | torch.Tensor | str, budget: str
              val_data: Dataset | str | None = None, train_data: Dataset | None = None,
              config: DistillConfig | None = None, fold: bool = True,
              data_dir: str | Path | None = None, progress: bool = True, seed: int = 0,
-             fits_from: str | Path | None = None) -> CompressResult:
+             fits_from: str | Path | None = None, round_to: int | None = None) -> CompressResult:
     """The most accurate student of ``teacher`` that meets ``budget`` (the module docstring has the steps).
 
     - ``budget``: ``"50%"`` of the teacher's figure in ``metric``, ``"2ms"``, ``"300k"`` parameters, or a number in
@@ -199,7 +202,8 @@ def compress(teacher: nn.Module, data: Dataset | torch.Tensor | str, budget: str
       set for distillation where it differs from ``data``).
     - ``library``: a folder to build the library in or reuse (same teacher, data and settings), or a built
       :class:`Library`; None builds one in a temporary folder. ``families``, ``samples``, ``held_out``, ``steps``,
-      ``fits_from`` (another runtime's library whose fits to take): the library's (:func:`build_library`).
+      ``fits_from`` (another runtime's library whose fits to take), ``round_to`` (inner widths rounded to
+      multiples of it: ``B(2)@8``): the library's (:func:`build_library`).
     - ``rounds``, ``tolerance``: the measured-budget loop (:func:`meet_budget`); ``repeats``: timed passes per
       measurement.
     - ``reconstruct_samples``, ``reconstruct_steps``: the sequential reconstruction pass after assembly.
@@ -215,7 +219,7 @@ def compress(teacher: nn.Module, data: Dataset | torch.Tensor | str, budget: str
     lib = library if isinstance(library, Library) else build_library(
         teacher, data, families=families, runtime=runtime, batch=batch, threads=threads, samples=samples,
         held_out=held_out, steps=steps, directory=library, progress=progress, fold=fold, seed=seed,
-        fits_from=fits_from)
+        fits_from=fits_from, round_to=round_to)
     target = parse_budget(budget, lib, metric)
     notes: list[str] = []
     rounds_result = None

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from ..blocks import BlockSpec, parse_block
+from ..blocks import BlockSpec, parse_block, rounded
 from ..blocks.grammar import Parser, split_top_level
 from ..bounded import MiB, read_text
 from ..errors import PolicySyntaxError, UsageError
@@ -132,6 +132,13 @@ class Policy:
             else:
                 patterned.append(i)
         return literal, tuple(patterned)
+
+    def rounded(self, multiple: int | None) -> Policy:
+        """The policy with every rule's inner widths rounded to multiples of ``multiple`` (``--round``); rules
+        whose block has no inner width, or says its own ``@m``, stay as they are."""
+        if multiple is None:
+            return self
+        return Policy(tuple(Rule(rounded(r.block, multiple), r.selector) for r in self.rules))
 
     @property
     def changes_anything(self) -> bool:

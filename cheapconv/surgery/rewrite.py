@@ -54,7 +54,7 @@ def cheapen(model: nn.Module, policy: str | Policy | BlockSpec, *,
             example_input: torch.Tensor | list[torch.Tensor] | None = None,
             input_size: tuple[int, ...] | None = None, strict: bool = False, leaf_modules=(),
             stages: list[str] | None = None, taps: bool = True, model_name: str | None = None,
-            init: str = "random") -> nn.Module:
+            init: str = "random", round_to: int | None = None) -> nn.Module:
     """Return a student: ``model`` with its convolutions replaced by cheap blocks as ``policy`` says.
 
     ``policy`` is a block spec (``"G(4)"``) or rules (``"conv1=keep; layer4.*=BG(2,4); G(4)"``); see
@@ -73,7 +73,9 @@ def cheapen(model: nn.Module, policy: str | Policy | BlockSpec, *,
     ``example_input`` (a batch, or a list of C×H×W images as torchvision's detectors take them) /
     ``input_size`` (C, H, W) set the resolution for MACs (default: the model's native one); ``strict`` turns
     every layer that cannot take its block into an error; ``leaf_modules`` are module classes or names that fx
-    must not trace into.
+    must not trace into. ``round_to`` (8 or 16) rounds every block's inner widths (ranks, bottleneck widths,
+    channels per group) to multiples of it, as ``@8`` after a spec does (``B(2)@8``): where int8 and
+    tensor-core kernels want them.
 
     >>> from cheapconv.models import WideResNet
     >>> student = cheapen(WideResNet(40, 2), "G(4)")
@@ -84,7 +86,7 @@ def cheapen(model: nn.Module, policy: str | Policy | BlockSpec, *,
     if init not in INITS:
         raise UsageError(f"init={init!r} is not a way to start the student: use 'random' (fresh weights, as in the "
                          "papers) or 'teacher' (set from the teacher's convs).")
-    policy = parse_policy(policy)
+    policy = parse_policy(policy).rounded(round_to)
     name = model_name or getattr(model, "cheapconv_source", None) or type(model).__name__
     analysis, found_stages, notes, totals = prepare(model, example_input=example_input, input_size=input_size,
                                                     leaf_modules=leaf_modules, stages=stages)
