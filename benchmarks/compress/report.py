@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+
+from ..common.stats import mean_sd
+
 
 def _pct(value) -> str:
     return f"{100 * value:.2f} %" if isinstance(value, (int, float)) else "-"
@@ -40,4 +44,39 @@ def render(records: list[dict]) -> str:
                      f"{counts['student']['macs'] / counts['teacher']['macs']:.2f} | "
                      f"{_pct(_top1(rec.get('start')))} | {_pct(_top1(rec.get('end')))} | "
                      f"{_pct(rec.get('teacher_top1'))} | {rounds} | {chosen} |")
-    return "\n".join(lines)
+    return "\n".join(lines + fisher_table(records))
+
+
+def fisher_table(records: list[dict]) -> list[str]:
+    """The ``fisher`` stage: compress against the Fisher-search winner at one budget, top-1 after distillation
+    as mean ± sd over seeds, and both students' latency measured side by side with the teacher."""
+    runs: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    latency: dict[tuple, dict] = {}
+    for rec in records:
+        if rec.get("stage") != "fisher":
+            continue
+        setting = (rec["runtime"], rec["batch"], rec["budget"])
+        if "ms" in rec:
+            latency[setting] = rec
+        else:
+            runs[setting][rec["method"]].append(rec)
+    lines: list[str] = []
+    for setting, methods in runs.items():
+        runtime, batch, budget = setting
+        lat = latency.get(setting)
+        lines += ["", f"**{budget} of the teacher's latency, {runtime}, batch {batch}**"
+                      + (f" (latency load average {lat['loadavg'][0]})" if lat else ""), "",
+                  "| student | policy | student ÷ teacher | params | top-1 at step 0 | "
+                  "after distillation (mean ± sd) | seeds |", "|---|---|---:|---:|---:|---:|---|"]
+        for method in ("compress", "search"):
+            recs = sorted(methods.get(method, []), key=lambda r: r["seed"])
+            if not recs:
+                continue
+            ends = [_top1(r["end"]) for r in recs]
+            mean, sd = mean_sd(ends)
+            ratio = f"{lat['ms'][method] / lat['ms']['teacher']:.2f}" if lat else "–"
+            lines.append(f"| {method} | {recs[0]['policy'].replace(chr(10), '; ')} | {ratio} | {recs[0]['params']:,} | "
+                         f"{_pct(_top1(recs[0]['start']))} | {100 * mean:.2f}"
+                         + (f" ± {100 * sd:.2f}" if sd is not None else "") + " % | "
+                         + ", ".join(f"{100 * e:.2f}" for e in ends) + " |")
+    return lines
