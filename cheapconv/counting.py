@@ -177,6 +177,25 @@ def check_input_shape(input_shape) -> None:
                          "Give a smaller image size or batch.")
 
 
+def input_mismatch(model: nn.Module, input_shape: tuple[int, ...] | torch.Size) -> str | None:
+    """Why ``model`` cannot read an input of ``input_shape``, judged by its first convolution (the first in
+    module order): the wrong number of dimensions or of channels; None when that conv takes it (or there is
+    none). A diagnosis for after a forward failed, not a promise that the forward works: a model whose first
+    listed conv is not the first it runs could be misjudged, so callers ask only once the model has failed."""
+    conv = next((m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
+    if conv is None or not conv.in_channels:   # no conv, or a lazy one (in_channels still 0)
+        return None
+    shape, rank = tuple(input_shape), conv.weight.dim()
+    form = ", ".join(["batch", str(conv.in_channels), *["D", "H", "W"][3 - (rank - 2):]])
+    if len(shape) != rank:
+        return (f"an input of shape {shape} has {len(shape)} dimensions, but the model's first conv takes "
+                f"({form})")
+    if shape[1] != conv.in_channels:
+        return (f"the input has {shape[1]} channel(s) (shape {shape}), but the model's first conv takes "
+                f"{conv.in_channels}: ({form})")
+    return None
+
+
 def shape_forward(model: nn.Module, input_shape: tuple[int, ...] | torch.Size, on_retry=None, *,
                   mode=None) -> None:
     """Run ``model`` once on a zero input of ``input_shape`` in eval mode, for its hooks' sake.
@@ -198,6 +217,10 @@ def shape_forward(model: nn.Module, input_shape: tuple[int, ...] | torch.Size, o
                 work(torch.zeros(tuple(input_shape), device="meta", dtype=dtype))
             return
         except Exception:  # noqa: BLE001 - any failure on meta means: measure for real
+            problem = input_mismatch(model, input_shape)
+            if problem is not None:   # a real forward would only fail the same way, after copying the model
+                raise UsageError(f"The model cannot run on this input: {problem}. Give the input shape the model "
+                                 "takes (batch, channels, height, width), e.g. its --input-size.") from None
             if on_retry is not None:
                 on_retry()
         try:

@@ -250,30 +250,30 @@ def check_device(text: str | None, *, option: str = "--device") -> str | None:
 def check_input_size(model, size: tuple[int, int, int] | None, *, what: str = "The model") -> None:
     """Fail with a usage error (exit 2) when ``model`` cannot run on a ``--input-size`` the user gave.
 
-    One forward pass of a single zero image in eval mode, no gradients; the model's train/eval mode is
-    restored."""
+    One forward pass of a single image in eval mode on a storage-less (meta) copy, so a size too large for
+    memory is checked without allocating it (even under --dry-run); a real forward on a copy only for a
+    model that cannot run on meta tensors, and only for an input of at most 2^28 elements."""
     if size is None:
         return
-    import torch
+    from cheapconv.counting import check_input_shape, input_mismatch, shape_forward
 
-    param = next(iter(model.parameters()), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.dtype.is_floating_point else torch.float32
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad(), _quiet_fx():
-            model(torch.zeros((1, *size), device=device, dtype=dtype))
+        check_input_shape((1, *size))
+    except UsageError as e:
+        raise UsageError(f"--input-size {','.join(str(v) for v in size)}: {e}") from None
+    try:
+        with _quiet_fx():
+            shape_forward(model, (1, *size))
     except Exception as e:  # noqa: BLE001 - any failure here is the input size's
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, UsageError):   # shape_forward's diagnosis: quote it without its own advice
+            first = input_mismatch(model, (1, *size)) or first
         c, h, w = size
         native = getattr(model, "default_input_size", None) or \
             (getattr(model, "cheapconv_recipe", None) or {}).get("input_size")
         hint = f" (its own is {','.join(str(v) for v in native)})" if native else ""
         raise UsageError(f"{what} cannot run on --input-size {c},{h},{w}: {first}. Give the C,H,W the model "
                          f"expects{hint}, or leave --input-size out.") from None
-    finally:
-        model.train(was_training)
 
 
 class _quiet_fx:

@@ -1,7 +1,7 @@
 """Entry point of the ``cheapconv`` command: runs the typer app and turns errors into clean exits.
 
-Exit codes: 0 success, 1 failure at run time, 2 usage error, 130 interrupted. No traceback unless
-``--debug``.
+Exit codes: 0 success, 1 failure at run time, 2 usage error (a full disk too: the fix is the user's), 130
+interrupted. No traceback unless ``--debug``.
 """
 
 from __future__ import annotations

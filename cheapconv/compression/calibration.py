@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..data import adapt_for_model, default_workers, get_dataset
+from ..data import adapt_for_model, check_finite, check_finite_batches, default_workers, get_dataset
 from ..errors import UsageError
 
 __all__ = ["calibration_split", "state_sha256", "tensors_sha256"]
@@ -34,11 +34,18 @@ def _images(data: Dataset | torch.Tensor | str, teacher: nn.Module) -> Dataset |
     return data
 
 
-def _gather(data: Dataset | torch.Tensor, indices: list[int]) -> torch.Tensor:
+def _gather(data: Dataset | torch.Tensor, indices: list[int], what: str) -> torch.Tensor:
+    """The items ``indices`` of ``data`` as one float tensor; a batch holding NaN or inf is refused (``what`` names
+    the set in the message)."""
     if isinstance(data, torch.Tensor):
-        return data[indices].float().contiguous()
+        x = data[indices].float().contiguous()
+        check_finite_batches(x, what=what, batch_size=128, items=indices)
+        return x
     loader = DataLoader(Subset(data, indices), batch_size=128, shuffle=False, num_workers=default_workers(data))
-    chunks = [item[0] if isinstance(item, (list, tuple)) else item for item in loader]
+    chunks = []
+    for i, item in enumerate(loader):
+        chunks.append(item[0] if isinstance(item, (list, tuple)) else item)
+        check_finite(chunks[-1], what=f"batch {i + 1} of {what}", items=indices[i * 128:(i + 1) * 128])
     return torch.cat(chunks).float().contiguous() if chunks else torch.empty(0)
 
 
@@ -68,7 +75,8 @@ def calibration_split(data: Dataset | torch.Tensor | str, teacher: nn.Module, *,
                       f"fits on {calib} and scores on {held} others.", stacklevel=3)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     # each set in the data's own order (an ImageFolder reads faster so); which items are in it is random
-    return _gather(data, sorted(order[:calib])), _gather(data, sorted(order[calib:calib + held]))
+    return (_gather(data, sorted(order[:calib]), "the calibration images"),
+            _gather(data, sorted(order[calib:calib + held]), "the held-out images"))
 
 
 def _update(digest, name: str, tensor: torch.Tensor) -> None:

@@ -31,12 +31,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..bounded import MiB, read_text
 from ..store.files import atomic_write
 
 __all__ = ["KEEP", "LIBRARY_FORMAT", "Library", "LibrarySite", "SiteOption"]
 
 KEEP = "keep"
 LIBRARY_FORMAT = 1
+#: the most bytes of library.json read (a library of a few hundred sites with a dozen options each takes ~1 MiB)
+LIBRARY_JSON_LIMIT = 64 * MiB
 
 
 @dataclass
@@ -127,6 +130,10 @@ class Library:
 
     @classmethod
     def load_json(cls, path: str | Path) -> Library:
-        library = cls.from_dict(json.loads(Path(path).read_text()))
+        # read like any file a user names: a regular file of at most LIBRARY_JSON_LIMIT bytes (a FIFO or a huge
+        # file given as a library folder's library.json is a UsageError, never a hang or a multi-GiB read)
+        text = read_text(path, what="the library file", limit=LIBRARY_JSON_LIMIT,
+                         fix="Choose another folder for the library, or delete this one to rebuild it.")
+        library = cls.from_dict(json.loads(text))
         library.directory = Path(path).parent
         return library

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..data import adapt_for_model, default_workers, get_dataset
+from ..data import adapt_for_model, check_finite_batches, default_workers, get_dataset
 from ..errors import CheapconvError, UsageError
 from .exports import EXTRA_HINT, first_line
 
@@ -195,6 +195,7 @@ def calibration_images(data: Dataset | torch.Tensor | str, model: nn.Module, inp
         if tuple(x.shape[1:]) != (c, h, w):
             raise UsageError(f"The {what} images are {'×'.join(map(str, x.shape[1:]))}, but the model is exported "
                              f"at {c}×{h}×{w}. Give data at the model's input size (or --input-size to match it).")
+        check_finite_batches(x, what=f"the {what} images")   # a NaN would make every min/max range NaN
     return calib, held, labels
 
 

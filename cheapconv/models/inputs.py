@@ -76,13 +76,17 @@ def input_shape_of(model: nn.Module, input_shape: tuple[int, ...] | None = None)
     return shape
 
 
-def example_input_for(model: nn.Module, input_size: tuple[int, ...] | None = None) -> torch.Tensor:
-    """A batch-1 zero input at ``input_size`` (C, H, W) or the model's native size."""
+def example_input_for(model: nn.Module, input_size: tuple[int, ...] | None = None, *,
+                      device: str | torch.device | None = None) -> torch.Tensor:
+    """A batch-1 zero input at ``input_size`` (C, H, W) or the model's native size, on the model's device or
+    ``device`` (``"meta"`` for a caller that reads only its shape: nothing is allocated, whatever the size)."""
     size = resolve_input_size(model, input_size)
     param = next(iter(model.parameters()), None)
     kw = dict(device=param.device, dtype=param.dtype) if param is not None else {}
     if param is not None and not param.dtype.is_floating_point:
         kw["dtype"] = torch.float32
+    if device is not None:
+        kw["device"] = device
     return torch.zeros((1, *size), **kw)
 
 

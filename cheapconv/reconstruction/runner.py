@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from ..data import adapt_for_model, data_preprocessing, default_workers, get_dataset
+from ..counting import input_mismatch
+from ..data import adapt_for_model, check_finite, data_preprocessing, default_workers, get_dataset
 from ..errors import UsageError
 from ..models.preprocessing import preprocessing_of
 from ..progress import ProgressReport
@@ -47,8 +48,12 @@ def _batches(data: Dataset | torch.Tensor, samples: int, batch_size: int, seed: 
 
     def batches() -> Iterable[torch.Tensor]:
         loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=workers)
-        for item in loader:
-            yield item[0] if isinstance(item, (list, tuple)) else item
+        for i, item in enumerate(loader):
+            x = item[0] if isinstance(item, (list, tuple)) else item
+            # every pass checks (cheap next to the forwards); the first whole pass, the errors before any fit,
+            # finds a NaN or inf before a block is fitted to it
+            check_finite(x, what=f"calibration batch {i + 1}", items=order[i * batch_size:(i + 1) * batch_size])
+            yield x
 
     return batches, chosen
 
@@ -88,8 +93,8 @@ def _check(samples: int, steps: int, lr: float, batch_size: int, batchnorm: str,
         problems.append(f"batch_size must be at least 1, got {batch_size}")
     if batchnorm not in BATCHNORM_CHOICES:
         problems.append(f"batchnorm must be one of {', '.join(BATCHNORM_CHOICES)}, got {batchnorm!r}")
-    if not cache_mb >= 0:
-        problems.append(f"cache_mb must be 0 or more, got {cache_mb}")
+    if not 0 <= cache_mb < math.inf:
+        problems.append(f"cache_mb must be a finite number, 0 or more, got {cache_mb}")
     if problems:
         raise UsageError("Invalid reconstruction settings: " + "; ".join(problems) + ".")
 
@@ -186,7 +191,7 @@ def reconstruct(student: nn.Module, teacher: nn.Module, data: Dataset | torch.Te
     with _Progress(progress, total=len(sites) + 3) as bar, eval_flags(student, teacher):
         bar.step("checking the sites")
         first = next(iter(batches()))
-        sites = execution_order(student, sites, first.to(dev))
+        sites = _first_forward(student, teacher, sites, first.to(dev))
         bar.step("errors before")
         before = _errors(student, teacher, sites, batches, dev)
         fits = []
@@ -205,6 +210,20 @@ def reconstruct(student: nn.Module, teacher: nn.Module, data: Dataset | torch.Te
     report.peak_site_bytes = max(f.cache_bytes for f in fits)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _first_forward(student: nn.Module, teacher: nn.Module, sites: list[Site], x: torch.Tensor) -> list[Site]:
+    """The sites in run order (one student forward on the first batch, before any fit); a batch the models
+    cannot read (other channels, not N×C×H×W) is a UsageError instead of torch's error from inside a conv."""
+    try:
+        return execution_order(student, sites, x)
+    except RuntimeError:
+        problem = input_mismatch(teacher, tuple(x.shape))
+        if problem is None:
+            raise
+    raise UsageError(f"The calibration images do not fit the teacher: {problem}. Load the data as the teacher is "
+                     "fed (get_dataset(..., in_chans=C) repeats a grayscale channel C times), pass the dataset's "
+                     "name (it is then fed as the model records), or give a tensor of images N×C×H×W.") from None
 
 
 def _record_start(student: nn.Module, report: ReconstructionReport) -> None:

@@ -28,7 +28,11 @@ __all__ = ["DiskFullError", "atomic_save", "atomic_write", "check_writable", "en
 
 
 class DiskFullError(CheapconvError):
-    """A write failed because its file system is full (or the quota is used up); nothing was left behind."""
+    """A write failed because its file system is full (or the quota is used up); nothing was left behind.
+
+    Exit 2 like a usage error: the fix is the user's (free space, or write elsewhere), not a bug."""
+
+    exit_code = 2
 
 
 _DISK_FULL_ERRNOS = {_errno.ENOSPC} | ({_errno.EDQUOT} if hasattr(_errno, "EDQUOT") else set())

@@ -267,6 +267,17 @@ def decide(analysis: Analysis, policy: Policy) -> tuple[list[PlanEntry], dict[in
     return entries, used
 
 
+#: how many rules (or layers) an error message quotes: a generated policy may hold 10,000 rules
+_QUOTED = 5
+
+
+def _quoted(policy: Policy) -> str:
+    """``policy`` as an error message quotes it: its first few rules in quotes, and how many more there are."""
+    rules = policy.rules
+    text = "; ".join(str(r) for r in rules[:_QUOTED])
+    return f"'{text}'" + (f" (and {len(rules) - _QUOTED:,} more rules)" if len(rules) > _QUOTED else "")
+
+
 def build_plan(analysis: Analysis, policy: Policy, *, model_name: str, strict: bool,
                totals_before: dict[str, int], stages: list[str], notes: list[str]) -> Plan:
     entries, used = decide(analysis, policy)
@@ -283,13 +294,14 @@ def build_plan(analysis: Analysis, policy: Policy, *, model_name: str, strict: b
         notes.append(f"{len(unused) - 5:,} more rules match no conv")
     if policy.changes_anything and not any(used[i] for i, r in enumerate(policy.rules) if r.block.level != "keep"):
         raise PolicyMatchError(
-            f"The policy '{policy}' selects nothing in {model_name}: no rule that changes a block matches a "
+            f"The policy {_quoted(policy)} selects nothing in {model_name}: no rule that changes a block matches a "
             f"conv (conv names look like: {names}, ...). {nothing_replaced_advice(analysis)} Run with --dry-run "
             "to list every layer.")
     if policy.changes_anything and not any(e.action == "replace" for e in entries):
         notes.append(f"nothing was replaced in {model_name}. {nothing_replaced_advice(analysis)}")
     if strict and any(e.action == "cannot" for e in entries):
-        rows = "; ".join(f"{e.layer}: {e.reason}" for e in entries if e.action == "cannot")
+        cannot = [f"{e.layer}: {e.reason}" for e in entries if e.action == "cannot"]
+        rows = "; ".join(cannot[:_QUOTED]) + (f"; and {len(cannot) - _QUOTED:,} more" if len(cannot) > _QUOTED else "")
         raise PolicyMatchError(f"Under --strict, every matched layer must take its block, but: {rows}. Change "
                                "those rules, or drop --strict to keep these layers as they are.")
     totals = dict(totals_before)
@@ -323,7 +335,10 @@ def prepare(model: nn.Module, *, example_input: torch.Tensor | list[torch.Tensor
     ``example_input`` is a batch, a C×H×W image or a list of them
     (:func:`~cheapconv.models.inputs.as_example_batch`)."""
     # a detector's natural input, [image], is measured as the batch it stands for
-    example_input = example_input_for(model, input_size) if example_input is None else as_example_batch(example_input)
+    # Only the example's shape is read below (every pass is a shape_forward), so one made here lives on the
+    # meta device: a large input_size (--input-size 3,9000,9000, even under --dry-run) allocates nothing.
+    example_input = example_input_for(model, input_size, device="meta") if example_input is None else \
+        as_example_batch(example_input)
     notes = []
     try:
         work = trace(model, leaf_modules)

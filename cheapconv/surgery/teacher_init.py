@@ -29,7 +29,7 @@ from torch import nn
 
 from ..blocks import SamePadded
 from ..blocks.factorize import compose_factorised
-from ..counting import eval_mode
+from ..counting import count_params, eval_mode
 from ..errors import UsageError
 from ..fx.analysis import factored_conv, is_factored
 from .block_init import INITIALISERS, READS_BETWEEN, dilated_corners
@@ -86,6 +86,7 @@ def replaced_sites(student: nn.Module, teacher: nn.Module) -> list[Site]:
     if plan is None:
         raise UsageError(_no_plan(student))
     _check_same_shapes(student, teacher, [c for entry in plan.replaced for c in entry.convs])
+    _check_same_size(plan, teacher)
     sites = []
     for entry in plan.replaced:
         try:
@@ -131,6 +132,25 @@ def _check_same_shapes(student: nn.Module, teacher: nn.Module, replaced: list[st
         raise UsageError(f"The teacher is not the model the student was cheapened from: {'; '.join(wrong[:3])}"
                          f"{more}. Pass the teacher the student was cheapened from (the same model and number of "
                          "classes, e.g. the file written by cheapconv train).")
+
+
+def _check_same_size(plan, teacher: nn.Module) -> None:
+    """The teacher holds as many values as the one the plan was made from (its ``paper_before``, or that less
+    what tracing dropped, for a teacher saved as a traced graph). Shapes alone miss a deeper teacher that
+    holds every tensor of the student's (WRN-16-1 for a WRN-10-1 student): its outputs at the same names
+    are another network's, and blocks fitted to them would be silently wrong."""
+    totals = plan.totals if isinstance(getattr(plan, "totals", None), dict) else {}
+    before, after = totals.get("paper_before"), totals.get("paper_after")
+    if not isinstance(before, int) or not isinstance(after, int) or before <= 0:
+        return   # a plan without totals (an older file): nothing to compare
+    dropped = before + sum(e.paper_after - e.paper_before for e in plan.entries) - after
+    have = count_params(teacher, "paper")
+    if have in (before, before - dropped):
+        return
+    raise UsageError(f"The teacher is not the model the student was cheapened from: it holds {have:,} values "
+                     f"(weights and BatchNorm statistics), the student's teacher held {before:,} ({plan.model!r}). "
+                     "Pass the teacher the student was cheapened from (the same model, depth, width and number of "
+                     "classes, e.g. the file written by cheapconv train).")
 
 
 def as_kxk(convs: tuple[nn.Conv2d, ...]) -> tuple[nn.Conv2d, ...]:

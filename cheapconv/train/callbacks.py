@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..progress import ProgressReport
-from ..store.files import atomic_write
+from ..store.files import DiskFullError, atomic_write, is_disk_full
 from .start_end import start_line
 
 __all__ = ["Callback", "JsonlLogger", "RichProgress", "RunInfo", "TensorBoardLogger", "truncate_jsonl"]
@@ -70,34 +71,72 @@ class Callback:
 
 
 class JsonlLogger(Callback):
-    """Appends every record to a JSON-lines file (one object per line, flushed at once).
+    """Appends every record to a JSON-lines file (one object per line, written at once).
 
     The file is opened at the first record, so a run that fails before it starts (a usage error on the
     first batch) leaves no file behind and an existing file untouched. ``fresh=True`` starts the file anew
     at that point; ``resume_step=N`` first cuts it back to the records of steps up to N (the resumed
     checkpoint's step: see :func:`truncate_jsonl`), so a resumed run logs every step once.
+
+    A write that fails (a full disk: :class:`~cheapconv.store.files.DiskFullError`) leaves no half line: a file
+    this logger created or started anew is removed, one it appended to is cut back to its last whole record;
+    later records are dropped.
     """
 
     def __init__(self, path: str | Path, *, fresh: bool = False, resume_step: int | None = None) -> None:
         self.path = Path(path)
         self.fresh, self.resume_step = fresh, resume_step
         self._file = None
+        self._created = False   # this run made the file (or started it anew): a failed write removes it
+        self._failed = False
 
     def _open(self) -> None:
+        self._created = self.fresh or not self.path.exists()
         if self.fresh:
-            mode = "w"
+            mode = "wb"
         else:
-            mode = "a"
+            mode = "ab"
             if self.resume_step is not None and self.path.exists():
                 truncate_jsonl(self.path, self.resume_step)
-        self._file = self.path.open(mode, encoding="utf-8")
+        # unbuffered: a failed write is undone at once by the size before it, never flushed again on close
+        self._file = self.path.open(mode, buffering=0)
         self.fresh, self.resume_step = False, None   # later opens (after on_end) append
 
     def on_record(self, record: dict[str, Any]) -> None:
+        if self._failed:
+            return
         if self._file is None:
             self._open()
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        data = (json.dumps(record) + "\n").encode("utf-8")
+        fd = self._file.fileno()
+        size = os.fstat(fd).st_size   # appends go to the end: the whole records written so far
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as e:
+            self._undo(size)
+            if is_disk_full(e):
+                raise DiskFullError(f"No space left for the metrics file {str(self.path)!r}: "
+                                    f"{e.strerror or e}. " + ("It was removed. " if self._created else
+                                                              "Its records up to the last whole one are kept. ")
+                                    + "Free some space there, or write the run's files to another disk, "
+                                    "and run again.") from e
+            raise
+
+    def _undo(self, size: int) -> None:
+        """After a failed write: no half line, and no file this run created (see the class docstring)."""
+        self._failed = True
+        file, self._file = self._file, None
+        try:
+            if not self._created:
+                os.ftruncate(file.fileno(), size)
+        except OSError:
+            pass
+        finally:
+            file.close()
+        if self._created:
+            self.path.unlink(missing_ok=True)
 
     def on_end(self, run: RunInfo) -> None:
         if self._file is not None:

@@ -73,6 +73,11 @@ RESUME_ADJUSTABLE = frozenset({"lr", "grad_clip"})
 FINE_TUNING: dict[str, Any] = {"schedule": "cosine", "grad_clip": 1.0}
 
 
+def _numbers(value: Any) -> tuple[Any, ...]:
+    """``value`` as a tuple of the numbers a field holds (a tuple field such as ``milestones`` holds several)."""
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
 def _setting(default: Any, help: str, **meta: Any) -> Any:
     """A field with its one-line ``help`` (and ``min``, the smallest value, where there is one) in its metadata."""
     return field(default=default, metadata={"help": help, **meta})
@@ -169,7 +174,12 @@ class DistillConfig:
         object.__setattr__(self, "milestones", tuple(float(m) for m in self.milestones))
         if isinstance(self.loss, (str, Mapping)):   # a name or the stored form: the objective (validates it)
             object.__setattr__(self, "loss", make_objective(self.loss))
-        problems = []
+        # NaN passes every `x < 0` test and inf most upper bounds: refuse non-finite numbers in any field first
+        # (a NaN weight_decay would make every weight NaN at the first step)
+        problems = [f"{f.name} must be finite, got {getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                    if any(isinstance(v, float) and not math.isfinite(v) for v in _numbers(getattr(self, f.name)))]
+        if problems:
+            raise UsageError("Invalid training configuration: " + "; ".join(problems) + ".")
         if self.epochs is None and self.max_steps is None:
             problems.append("give epochs or max_steps")
         if self.epochs is not None and self.epochs < 1:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..counting import eval_mode
-from ..data import cap_workers, default_workers
+from ..data import cap_workers, check_finite, default_workers
 from ..errors import UsageError
 from ..surgery.taps import match_taps, record
 from .callbacks import Callback, JsonlLogger, RichProgress, RunInfo, TensorBoardLogger
@@ -123,6 +123,11 @@ class Run:
     def _on_device(self, batches: Iterator[tuple[Tensor, Tensor]]) -> Iterator[tuple[Tensor, Tensor]]:
         dev, fmt, pin = self.device, self.fmt, self.device.type == "cuda"
         for x, y in batches:
+            if x.device.type == "cpu":   # checked where it costs no device sync; the loss guard covers the rest
+                step = self.info.step + 1   # the generator runs when the loop asks for this step's batch
+                in_epoch = step - self.info.epoch * self.steps_per_epoch
+                check_finite(x, what=f"the training batch of step {step} (batch {in_epoch} of epoch "
+                                     f"{self.info.epoch + 1})")
             if pin and not x.is_pinned():
                 x, y = x.pin_memory(), y.pin_memory()  # else the copy waits for the queued step
             yield x.to(dev, non_blocking=True).contiguous(memory_format=fmt), y.to(dev, non_blocking=True)
