@@ -53,8 +53,9 @@ def compress(
     write_front: bool = typer.Option(True, "--front/--no-front", help="Also write the front of other budgets "
                                      "solved from the same library beside the student: s.front.csv and (with "
                                      "matplotlib) s.front.png for -o s.pt."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="List the sites and options and the work ahead; build "
-                                                          "nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the sites and options, and estimate the library's "
+                                                          "build time (two options built now, or the finished "
+                                                          "ones of --library DIR); keep nothing."),
     seed: int = typer.Option(0, "--seed", help="Calibration split and training seed."),
     round_to: int = round_option(),
     trust: bool = typer.Option(False, "--trust", help="Allow a model file that needs unpickling (runs its code)."),
@@ -72,7 +73,7 @@ def compress(
       cheapconv compress teacher.pt --data fashion-mnist --budget 50% --runtime onnxruntime --library lib -o s.pt
     """
     import cheapconv
-    from cheapconv.compression import list_sites
+    from cheapconv.compression import estimate_build, list_sites
 
     output_path(output, required=not dry_run)
     if not dry_run:
@@ -84,7 +85,12 @@ def compress(
     names = [f.strip() for f in families.split(",")] if families else None
     if dry_run:
         out.print(literal_table(list_sites(net, families=names, round_to=round_to)))
-        err.print("Dry run: nothing built.")
+        with err.status("Estimating the build: fitting, scoring and timing two options..."):
+            estimate = estimate_build(net, data, families=names, runtime=runtime, batch=batch, threads=threads,
+                                      samples=samples, held_out=held_out, steps=steps, fold=fold, seed=seed,
+                                      round_to=round_to, directory=library)
+        err.print(literal(estimate.line()), highlight=False)
+        err.print("Dry run: nothing kept.")
         return
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -89,6 +89,9 @@ def test_cli_compress_dry_run_and_an_unreachable_budget(teacher, tmp_path, capsy
     flat = " ".join(out.split())
     assert "sites" in flat and "options to fit and time" in flat and "block1.0.conv1+conv2" in flat
     assert not (tmp_path / "lib").exists()
+    estimate = " ".join(err.split())
+    assert "Estimated library build: about" in estimate and "measured now on" in estimate, err
+    assert "nothing kept" in estimate
     code, _, err = run(capsys, "compress", tmp_path / "t.pt", "--data", DATA, "--budget", "1%", "--metric", "params",
                        "--epochs", "0", "--samples", "64", "--held-out", "32", "--families", "bottleneck",
                        "--library", tmp_path / "lib", "-o", tmp_path / "s.pt")

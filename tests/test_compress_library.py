@@ -175,7 +175,7 @@ def test_a_folder_built_for_other_settings_is_refused(teacher, data, built):
 
 
 def test_a_killed_build_resumes_without_refitting(teacher, data, built, tmp_path, monkeypatch):
-    real = library_module._fit_and_score
+    real = library_module.fit_and_score
     calls = []
 
     def dies_after_three(*args, **kwargs):
@@ -184,14 +184,14 @@ def test_a_killed_build_resumes_without_refitting(teacher, data, built, tmp_path
         calls.append(args[1].name)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(library_module, "_fit_and_score", dies_after_three)
+    monkeypatch.setattr(library_module, "fit_and_score", dies_after_three)
     with pytest.raises(KeyboardInterrupt):
         build_library(teacher, data, directory=tmp_path, **SETTINGS)
     partial = Library.load_json(tmp_path / library_module.LIBRARY_FILE)
     assert sum(o.weights is not None for _, o in _options(partial)) == 3
 
     resumed_calls = []
-    monkeypatch.setattr(library_module, "_fit_and_score",
+    monkeypatch.setattr(library_module, "fit_and_score",
                         lambda *a, **k: resumed_calls.append(a[1].name) or real(*a, **k))
     resumed = build_library(teacher, data, directory=tmp_path, **SETTINGS)
     assert len(resumed_calls) == len(_options(built)) - 3 and not set(resumed_calls) & set(calls)
@@ -293,3 +293,21 @@ def test_efficientnet_lite0_low_rank_library(tmp_path):
     assert {e.layer for e in student.cheapconv_plan.replaced} == set(choice)
     with torch.no_grad():
         assert student.eval()(images[:2]).shape == (2, 10)
+
+
+def test_the_build_estimate_is_measured_and_keeps_nothing(teacher, data, built, tmp_path, monkeypatch):
+    from cheapconv.compression import estimate_build
+
+    fresh = estimate_build(teacher, data, **{k: v for k, v in SETTINGS.items() if k != "progress"})
+    assert fresh.options == fresh.left == len(_options(built)) and fresh.seconds_per_option > 0
+    assert "measured now on" in fresh.basis and "nothing kept" in fresh.basis
+    # a folder holding finished options: their recorded seconds, and nothing built now
+    monkeypatch.setattr(library_module, "fit_and_score", lambda *a, **k: pytest.fail("built an option"))
+    from cheapconv.compression import estimate as estimate_module
+
+    monkeypatch.setattr(estimate_module, "fit_and_score", lambda *a, **k: pytest.fail("built an option"))
+    resumed = estimate_build(teacher, data, directory=built.directory,
+                             **{k: v for k, v in SETTINGS.items() if k != "progress"})
+    seconds = [o.seconds for _, o in _options(built)]
+    assert resumed.left == 0 and resumed.seconds_per_option == pytest.approx(sum(seconds) / len(seconds))
+    assert sorted(p.name for p in built.directory.iterdir()) == ["library.json", "weights"]

@@ -6,6 +6,7 @@ in order and distilled."""
 
 from .assembly import assemble
 from .budgets import METRICS, parse_budget
+from .estimate import BuildEstimate, estimate_build
 from .family import FAMILIES, Family
 from .fronts import DEFAULT_SHARES, Front, front
 from .library import build_library
@@ -15,7 +16,7 @@ from .runner import CompressResult, compress, list_sites
 from .selection import BudgetUnreachableError, Selection, select
 
 __all__ = ["KEEP", "Library", "LibrarySite", "SiteOption",
-           "FAMILIES", "Family", "assemble", "build_library",
+           "FAMILIES", "Family", "assemble", "build_library", "BuildEstimate", "estimate_build",
            "METRICS", "BudgetResult", "BudgetUnreachableError", "DEFAULT_SHARES", "Front", "Round", "Selection",
            "front", "meet_budget", "parse_budget", "select",
            "CompressResult", "compress", "list_sites"]

@@ -51,7 +51,8 @@ from .family import Families, FamilyChoice, resolve_families
 from .library_model import LIBRARY_FORMAT, Library, LibrarySite, SiteOption
 from .scoring import score_option, teacher_outputs
 
-__all__ = ["LIBRARY_FILE", "TIMING_KEYS", "build_library", "key_differences", "library_key", "open_library"]
+__all__ = ["LIBRARY_FILE", "TIMING_KEYS", "build_library", "fit_and_score", "is_finished", "key_differences",
+           "library_key", "open_library"]
 
 #: the library's JSON inside its folder (the fitted weights are in ``weights/`` beside it)
 LIBRARY_FILE = "library.json"
@@ -134,12 +135,14 @@ def _donated(donor: Library | None, site: str, spec: str) -> SiteOption | None:
     for s in donor.sites:
         if s.name == site:
             for o in s.options:
-                if o.spec == spec and _finished(o, donor.directory):
+                if o.spec == spec and is_finished(o, donor.directory):
                     return o
     return None
 
 
-def _finished(option: SiteOption, folder: Path) -> bool:
+def is_finished(option: SiteOption, folder: Path) -> bool:
+    """Whether ``option`` is built in the library at ``folder`` (keep always is; others once their weights are
+    there)."""
     return option.is_keep or (option.weights is not None and (folder / option.weights).is_file())
 
 
@@ -147,7 +150,7 @@ def _merge(found: list[LibrarySite], saved: Library | None, folder: Path) -> lis
     """The sites as found now, each option taken from ``saved`` where it was finished there."""
     if saved is None:
         return found
-    done = {(s.name, o.spec): o for s in saved.sites for o in s.options if _finished(o, folder)}
+    done = {(s.name, o.spec): o for s in saved.sites for o in s.options if is_finished(o, folder)}
     for site in found:
         site.options = [done.get((site.name, o.spec), o) if not o.is_keep else o for o in site.options]
     return found
@@ -188,7 +191,7 @@ def _check_rest_is_teacher(student: nn.Module, teacher: nn.Module, prefix: str) 
         raise RuntimeError(f"cheapconv bug: fitting one site changed tensors outside its block: {changed[:4]}")
 
 
-def _fit_and_score(teacher: nn.Module, site: LibrarySite, option: SiteOption, *, shape: tuple[int, ...],
+def fit_and_score(teacher: nn.Module, site: LibrarySite, option: SiteOption, *, shape: tuple[int, ...],
                    calibration: torch.Tensor, held_out: torch.Tensor, teacher_scores: torch.Tensor, steps: int,
                    seed: int, runtime: str, batch: int, threads: int, fold: bool, device: torch.device,
                    folder: Path, donor: Library | None = None) -> SiteOption:
@@ -311,7 +314,7 @@ def build_library(teacher: nn.Module, data: Dataset | torch.Tensor | str, *, fam
                       input_shape=shape, directory=folder)
     folder.mkdir(parents=True, exist_ok=True)
     library.save_json(folder / LIBRARY_FILE)
-    todo = [(s, o) for s in library.sites for o in s.options if not _finished(o, folder)]
+    todo = [(s, o) for s in library.sites for o in s.options if not is_finished(o, folder)]
     total = sum(len(s.options) - 1 for s in library.sites) + 1
     report = ProgressReport({"library": "Building the candidate library"}, unit="options") if progress else None
     with report if report is not None else contextlib.nullcontext():
@@ -328,7 +331,7 @@ def build_library(teacher: nn.Module, data: Dataset | torch.Tensor | str, *, fam
                 report.tick("library", done, total, "the teacher timed")
         teacher_scores = teacher_outputs(teacher, held) if todo else None
         for site, option in todo:
-            _fit_and_score(teacher, site, option, shape=shape, calibration=calibration, held_out=held,
+            fit_and_score(teacher, site, option, shape=shape, calibration=calibration, held_out=held,
                            teacher_scores=teacher_scores, steps=steps, seed=seed, runtime=runtime, batch=batch,
                            threads=threads, fold=fold, device=device, folder=folder, donor=donor)
             library.save_json(folder / LIBRARY_FILE)
