@@ -7,9 +7,10 @@ the per-site errors.
 """
 
 from .batchnorm import batchnorms, recalibrate
+from .coupled import ReaderFit, refit_readers
 from .report import ReconstructionReport, SiteResult
 from .runner import BATCHNORM_CHOICES, reconstruct
 from .sites import Site, fitting_sites
 
-__all__ = ["BATCHNORM_CHOICES", "ReconstructionReport", "Site", "SiteResult", "batchnorms", "fitting_sites",
-           "recalibrate", "reconstruct"]
+__all__ = ["BATCHNORM_CHOICES", "ReaderFit", "ReconstructionReport", "Site", "SiteResult", "batchnorms",
+           "fitting_sites", "recalibrate", "reconstruct", "refit_readers"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .coupled import group_importance, thin_group, thin_groups, thinned_counts, top_channels
 from .fold import FoldReport, deployable, fold_batchnorm, strip_taps
 from .planner import plan, prepare
 from .plans import Plan, PlanEntry, plan_table, summary_table
@@ -14,5 +15,6 @@ __all__ = [
     "FoldReport", "Plan", "PlanEntry", "Policy", "Rule", "Selector", "apply_plan", "cheapen", "deployable",
     "find_stages", "fold_batchnorm", "insert_taps", "parse_policy", "plan", "plan_table", "prepare",
     "record", "strip_taps", "summary_table", "taps_of",
+    "group_importance", "thin_group", "thin_groups", "thinned_counts", "top_channels",
     "InitRecord", "Site", "init_from_teacher", "replaced_sites", "site_output_errors",
 ]
