@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import cheapconv
+from cheapconv.compression.groups import find_group_sites, group_fraction
 from cheapconv.counting import count_params
 from cheapconv.errors import UsageError
 from cheapconv.fx import channel_groups, trace
@@ -149,6 +150,8 @@ def test_params_and_macs_are_exact(which, fraction, request):
         student = thin_groups(model, choices)
         params, macs = thinned_counts(model, [(g, len(k)) for g, k in choices], (1, 3, 32, 32))
         assert params == count_params(student) < count_params(model)
+        paper, _ = thinned_counts(model, [(g, len(k)) for g, k in choices], (1, 3, 32, 32), "paper")
+        assert paper == count_params(student, "paper") > params
         assert macs == _macs(student, (1, 3, 32, 32)) < _macs(model, (1, 3, 32, 32))
         for g, keep in choices:
             assert all(student.get_submodule(n).weight.shape[0] == len(keep) for n in g.writers)
@@ -234,3 +237,30 @@ def test_bad_choices_are_usage_errors(wrn):
     with pytest.raises(UsageError, match="another model"):
         thin_group(other, group, [0])
     assert wrn.block1[0].conv2.out_channels == group.channels   # the teacher is untouched
+
+
+# ------------------------------------------------------------------------------------------------ compress candidates
+
+def test_group_sites_are_the_streams_priced_exactly(wrn):
+    sites = find_group_sites(wrn, (3, 32, 32))
+    # the stem's outputs and the three streams; the pairs' inner widths are the thin family's, not group sites
+    assert [s.group.writers[0] for s in sites] == ["conv1", "block1.0.conv2", "block2.0.conv2", "block3.0.conv2"]
+    assert all(s.group.coupled for s in sites[1:])
+    last = sites[-1]
+    assert [o.spec for o in last.options] == ["keep", "Wg(0.75)", "Wg(0.5)"]
+    assert [o.kept for o in last.options] == [128, 96, 64]
+    assert "fc" in last.touches and "block3.1.conv1" in last.touches
+    for option in last.options[1:]:
+        student = thin_group(wrn, last.group, top_channels(wrn, last.group, group_fraction(option.spec)))
+        assert option.params == count_params(student) - count_params(wrn)
+        assert option.paper == count_params(student, "paper") - count_params(wrn, "paper")
+        assert option.macs == _macs(student, (1, 3, 32, 32)) - _macs(wrn, (1, 3, 32, 32))
+
+
+def test_group_site_strengths(wrn):
+    sites = find_group_sites(wrn, (3, 32, 32), strengths=["Wg(1)", "Wg(0.5)", "Wg(0.51)"])
+    stem = sites[0]
+    assert [o.spec for o in stem.options] == ["keep", "Wg(0.5)"]     # Wg(1) keeps all; Wg(0.51) keeps 8 again
+    for bad in ("Wg(0)", "Wg(1.5)", "W(0.5)", "Wg(x)"):
+        with pytest.raises(UsageError, match="group width"):
+            group_fraction(bad)

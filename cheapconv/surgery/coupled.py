@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..blocks.thin import kept_channels
-from ..counting import count_macs, count_params, shape_forward
+from ..counting import Convention, count_macs, count_params, shape_forward
 from ..errors import UsageError
 from ..fx.groups import ChannelGroup
 
@@ -140,20 +140,25 @@ def thin_group(model: nn.Module, group: ChannelGroup, keep) -> nn.Module:
     return thin_groups(model, [(group, keep)])
 
 
-def _module_cost(module: nn.Module, out_ch: int, in_ch: int, pixels: int) -> tuple[int, int]:
-    """(trainable params, MACs) of a dense conv, BatchNorm or Linear at the given widths."""
-    trainable = lambda p: p is not None and p.requires_grad   # noqa: E731 - a local predicate
+def _module_cost(module: nn.Module, out_ch: int, in_ch: int, pixels: int, convention: Convention
+                 ) -> tuple[int, int]:
+    """(params in ``convention``, MACs) of a dense conv, BatchNorm or Linear at the given widths."""
+    def counted(p) -> bool:
+        return p is not None and (p.requires_grad or convention == "paper")
+
     if isinstance(module, nn.BatchNorm2d):
-        return (out_ch * trainable(module.weight) + out_ch * trainable(module.bias)), 0
+        stats = 2 * out_ch if convention == "paper" and module.running_mean is not None else 0
+        return out_ch * counted(module.weight) + out_ch * counted(module.bias) + stats, 0
     kernel = module.weight[0, 0].numel() if isinstance(module, nn.Conv2d) else 1
     weights = out_ch * in_ch * kernel
-    return weights * trainable(module.weight) + out_ch * trainable(module.bias), weights * pixels
+    return weights * counted(module.weight) + out_ch * counted(module.bias), weights * pixels
 
 
 def thinned_counts(model: nn.Module, choices: Sequence[tuple[ChannelGroup, int]],
-                   input_shape: tuple[int, ...]) -> tuple[int, int]:
-    """(trainable params, MACs at ``input_shape``) of ``model`` with each ``(group, kept)`` of ``choices`` thinned
-    to ``kept`` channels: exactly what :func:`thin_groups` builds counts, computed from the layers' shapes."""
+                   input_shape: tuple[int, ...], convention: Convention = "trainable") -> tuple[int, int]:
+    """(params in ``convention``, MACs at ``input_shape``) of ``model`` with each ``(group, kept)`` of ``choices``
+    thinned to ``kept`` channels: exactly what :func:`thin_groups` builds counts (:func:`cheapconv.count_params`,
+    :func:`cheapconv.count_macs`), computed from the layers' shapes."""
     widths: dict[str, list[int | None]] = {}    # module -> [out, in]; None: as it is
     for group, kept in choices:
         _check_thinnable(group)
@@ -175,15 +180,15 @@ def thinned_counts(model: nn.Module, choices: Sequence[tuple[ChannelGroup, int]]
     finally:
         for h in handles:
             h.remove()
-    params, macs = count_params(model), count_macs(model, input_shape)
+    params, macs = count_params(model, convention), count_macs(model, input_shape)
     for name, (out_ch, in_ch) in widths.items():
         module = model.get_submodule(name)
         if isinstance(module, nn.BatchNorm2d):
             full = (module.num_features, module.num_features)
         else:
             full = tuple(module.weight.shape[:2])
-        old = _module_cost(module, *full, pixels.get(name, 0))
-        new = _module_cost(module, out_ch or full[0], in_ch or full[1], pixels.get(name, 0))
+        old = _module_cost(module, *full, pixels.get(name, 0), convention)
+        new = _module_cost(module, out_ch or full[0], in_ch or full[1], pixels.get(name, 0), convention)
         params += new[0] - old[0]
         macs += new[1] - old[1]
     return params, macs
