@@ -109,7 +109,8 @@ def _markdown(points: Sequence[SweepPoint], config: dict, notes: Sequence[str]) 
     device = config.get("device", "cpu")
     where = config.get("runtime_info") or "torch eager"
     lines = [f"# Sweep: {config['model']} ({c}×{h}×{w})", "",
-             f"Latency: median of {config['repeats']} passes in {where} on {device}, {config['dtype']}, {layout}, "
+             f"Latency: median of {config['repeats']} passes in {where} on {device}, "
+             f"{config.get('precision', config['dtype'])}, {layout}, "
              f"{config['threads']} thread(s); each student timed side by side with the teacher, "
              "speed-up = the teacher's time measured alongside it (in parentheses) ÷ the student's time. "
              + (f"Students distilled on {config['data']} for {config['epochs']} epochs." if config.get("data")

@@ -36,7 +36,7 @@ from .counting import count_macs, count_params
 from .data import get_dataset
 from .errors import CheapconvError, UsageError
 from .measure.profiler import default_device, evaluate_accuracy, input_shape_of, model_label, parse_dtype
-from .measure.runtimes import ReferenceTimer, check_runtime, describe_runtime
+from .measure.runtimes import ReferenceTimer, check_runtime, describe_precision, describe_runtime
 from .store.files import DiskFullError, atomic_write, is_disk_full
 from .store.modelfile import save
 from .surgery.policy import parse_policy_list as parse_blocks  # noqa: F401 - the sweep's --blocks list
@@ -184,6 +184,7 @@ def sweep(model: nn.Module, blocks: Sequence[str], out_dir: str | Path, *, model
               "fold": bool(fold)}
     check_runtime(runtime, dtype=dtype, channels_last=channels_last)
     config["runtime_info"] = describe_runtime(runtime, threads)
+    config["precision"] = describe_precision(runtime, config["dtype"])
     done = _load_state(out_dir, config)
     if data is not None and distill_fn is None and evaluate_fn is None:
         distill_fn, evaluate_fn = default_hooks(data, epochs, input_size=shape, data_dir=data_dir,

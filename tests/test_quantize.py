@@ -208,4 +208,5 @@ def test_profile_in_onnxruntime_int8(tmp_path, capsys):
                          "--warmup", "0", "--batch", "1", "--threads", "1")
     assert code == 0, err
     assert "int8 static QDQ" in out and "onnxruntime-int8 vs eager, batch 1: check passed" in out
+    assert "float32 input, int8 inside" in " ".join(out.split())
     assert "timed in onnxruntime-int8" in out and "calibrated on 32 random inputs" in err

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from ..formatting import human
 from .latency import SLOWER_MARGIN, Latency
-from .runtimes import describe_runtime
+from .runtimes import describe_precision, describe_runtime
 
 __all__ = ["BlockTiming", "LayerCost", "Profile", "blocks_table", "compare_table", "profile_table"]
 
@@ -96,7 +96,8 @@ class Profile:
         lat = next(iter(self.latency.values()))
         layout = "channels_last" if lat.channels_last else "NCHW"
         where = self.runtime_info or describe_runtime(self.runtime, lat.threads, lat.device)
-        return (f"{where}, {lat.device}, {lat.dtype}, {layout}, {lat.threads} threads, "
+        precision = describe_precision(self.runtime, lat.dtype)
+        return (f"{where}, {lat.device}, {precision}, {layout}, {lat.threads} threads, "
                 f"median of {lat.repeats} after warm-up")
 
     def to_dict(self) -> dict:

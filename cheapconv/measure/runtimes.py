@@ -63,7 +63,8 @@ class Runtime:
     ``what``: one line for tables and help texts; ``title``: what :meth:`describe` calls it; ``modules``: the
     Python modules it needs; ``exports``: it times an exported file (so BatchNorm folding, ``fold``, applies);
     ``fp32_only``: it runs the float32 graph only (no autocast, no channels_last); ``per_block``: it can time a
-    cheap block and the layers it replaced as small graphs of their own.
+    cheap block and the layers it replaced as small graphs of their own; ``precision``: what it computes in where
+    that is not the input's dtype (``"int8"``: float32 in and out, int8 weights and activations inside).
     :meth:`check` raises a :class:`~cheapconv.errors.UsageError` for what else it needs on ``device``;
     :meth:`runner` makes a model runnable (exported or compiled once).
     """
@@ -75,6 +76,7 @@ class Runtime:
     exports: ClassVar[bool] = False
     fp32_only: ClassVar[bool] = False
     per_block: ClassVar[bool] = True
+    precision: ClassVar[str | None] = None
 
     def check(self, device: torch.device) -> None:
         """Raise :class:`~cheapconv.errors.UsageError` when it cannot run on ``device`` (nothing by default)."""
@@ -112,6 +114,13 @@ def check_runtime(runtime: str, *, device: str | torch.device | None = None,
                          "channels_last in the torch or compile runtime, or drop that option.")
     info.check(torch.device(device) if device is not None else default_device())
     return info
+
+
+def describe_precision(runtime: str, dtype: str) -> str:
+    """The precision of a timing for outputs: the input's ``dtype``, and what the runtime computes in where that
+    differs (``'float32 input, int8 inside'``)."""
+    inside = RUNTIMES.get(runtime).precision
+    return dtype if inside is None else f"{dtype} input, {inside} inside"
 
 
 def describe_runtime(runtime: str, threads: int | None = None, device: str | torch.device = "cpu") -> str:

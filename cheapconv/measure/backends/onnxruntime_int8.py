@@ -37,6 +37,7 @@ class OnnxRuntimeInt8(OnnxRuntime):
     """An ONNX Runtime session of the exported graph quantised to int8 (see the module docstring)."""
 
     name, what = "onnxruntime-int8", "ONNX Runtime session of the exported graph quantised to int8 (static QDQ)"
+    precision = "int8"
 
     def describe(self, threads: int, device: torch.device) -> str:
         return (f"{super().describe(threads, device)}; int8 static QDQ, calibrated on {CALIBRATION_IMAGES} random "
