@@ -36,8 +36,11 @@ def groups(args: argparse.Namespace) -> list[tuple[str, str, tuple[int, ...], di
         wrn[name] = Path(file)
     found = [("wrn_16_2", "fashion-mnist", (3, 32, 32), wrn)]
     if args.lite0_teacher and args.lite0_student and args.images:
-        found.append(("efficientnet_lite0", f"imagefolder:{args.images}", (3, 96, 96),
-                      {"teacher": args.lite0_teacher, "LRp(0.5)": args.lite0_student}))
+        lite0 = {"teacher": args.lite0_teacher, "LRp(0.5)": args.lite0_student}
+        for extra in args.lite0_extra:
+            name, _, file = extra.partition("=")
+            lite0[name] = Path(file)
+        found.append(("efficientnet_lite0", f"imagefolder:{args.images}", (3, 96, 96), lite0))
     return found
 
 
@@ -49,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--extra", action="append", default=[], metavar="NAME=FILE", help="Another WRN-16-2 student.")
     p.add_argument("--lite0-teacher", type=Path)
     p.add_argument("--lite0-student", type=Path)
+    p.add_argument("--lite0-extra", action="append", default=[], metavar="NAME=FILE",
+                   help="Another student of the Lite0 teacher.")
     p.add_argument("--images", type=Path, help="The Lite0 journey's ImageFolder.")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--quiet", action="store_true")
