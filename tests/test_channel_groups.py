@@ -264,3 +264,58 @@ def test_group_site_strengths(wrn):
     for bad in ("Wg(0)", "Wg(1.5)", "W(0.5)", "Wg(x)"):
         with pytest.raises(UsageError, match="group width"):
             group_fraction(bad)
+
+
+# ------------------------------------------------------------------------------------------------ depthwise and gates
+
+class _Gated(nn.Module):
+    """expand → BN → ReLU → depthwise → gate x·σ(conv(mean(x))) → project, and a 1-channel spatial gate after it."""
+
+    def __init__(self):
+        super().__init__()
+        self.expand, self.bn = nn.Conv2d(3, 12, 1), nn.BatchNorm2d(12)
+        self.dw = nn.Conv2d(12, 12, 3, padding=1, groups=12)
+        self.reduce, self.gate = nn.Conv2d(12, 4, 1), nn.Conv2d(4, 12, 1)
+        self.project, self.spatial = nn.Conv2d(12, 6, 1), nn.Conv2d(6, 1, 3, padding=1)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x):
+        y = self.dw(F.relu(self.bn(self.expand(x))))
+        y = y * torch.sigmoid(self.gate(F.relu(self.reduce(y.mean((2, 3), keepdim=True)))))
+        z = self.project(y)
+        z = z * self.spatial(z).sigmoid()
+        return self.fc(z.mean((2, 3)))
+
+
+def test_depthwise_and_gates_join_the_group():
+    model = _randomise_norms(_Gated())
+    groups = {g.writers: g for g in channel_groups(trace(model))}
+    inner = groups[("expand", "gate")]
+    assert inner.fixed is None and inner.depthwise == ("dw",) and inner.readers == ("reduce", "project")
+    assert "disagree" in groups[("project", "spatial")].fixed      # a 1-channel gate is no channel of the group
+    x = torch.randn(2, 3, 8, 8)
+    student = thin_group(model, inner, [1, 4, 5, 11])
+    assert student.dw.groups == student.dw.out_channels == 4 and student.gate.out_channels == 4
+    assert student(x).shape == (2, 2)
+    with torch.no_grad():
+        assert torch.equal(thin_group(model, inner, torch.arange(12))(x), model(x))
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_b0"])
+def test_torchvision_depthwise_networks(name):
+    """Inverted residuals (depthwise convs, squeeze-excitation gates, stochastic depth): every expanded width and
+    stream is a group; keep-all is exact and halving every group is counted exactly."""
+    torch.manual_seed(0)
+    model = _randomise_norms(getattr(torchvision.models, name)(num_classes=10))
+    groups = channel_groups(trace(model))
+    free = [g for g in groups if g.fixed is None]
+    assert [g.fixed for g in groups if g.fixed] == ["they are the network's input"]
+    assert sum(len(g.depthwise) for g in free) == sum(
+        1 for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(thin_groups(model, [(g, torch.arange(g.channels)) for g in free])(x), model(x))
+    choices = [(g, top_channels(model, g, 0.5)) for g in free]
+    student = thin_groups(model, choices)
+    params, macs = thinned_counts(model, [(g, len(k)) for g, k in choices], (1, 3, 32, 32))
+    assert params == count_params(student) and macs == _macs(student, (1, 3, 32, 32))

@@ -7,14 +7,17 @@ add, from every BatchNorm that normalises the sum and from every conv (and the c
 
 * every conv (a plain ``nn.Conv2d``, dense, called once) *writes* a new set of channels (its output rows) and
   *reads* the set of its input (its input columns);
-* a residual add joins the sets of its operands;
-* per-channel layers pass the set on unchanged: a ``BatchNorm2d`` (recorded, it is sliced with the channels),
-  activations, dropout, identities, pools;
+* a residual add joins the sets of its operands, and so does an elementwise multiply of two channel tensors (an
+  attention gate ``x * sigmoid(conv(pool(x)))``: the gate's conv writes the same channels);
+* per-channel layers pass the set on unchanged: a ``BatchNorm2d`` and a depthwise conv (recorded, they are sliced
+  with the channels), activations, sigmoids, dropout, drop-path, identities, pools, spatial means;
 * ``flatten``/``view``/``reshape`` to (batch, features) passes the set on to a ``nn.Linear`` (the classifier),
   which reads it as its input columns when its ``in_features`` equal the channels (a global pool before it);
-* anything else that touches a set (a concat, a grouped or depthwise conv, a GroupNorm, a multiply, a module
-  holding convs that fx did not look into, the network input or output) *fixes* it: we cannot follow how that
-  operation maps channels, so the set keeps its width; :attr:`ChannelGroup.fixed` says why.
+* anything else that touches a set (a concat, a grouped conv, a depthwise conv with a channel multiplier, a
+  GroupNorm, a multiply by a parameter, a module holding convs that fx did not look into, the network input or
+  output) *fixes* it: we cannot follow how that operation maps channels, so the set keeps its width;
+  :attr:`ChannelGroup.fixed` says why. Operands whose channel counts differ (a 1-channel spatial gate) fix the
+  joined set too.
 
 In a pre-activation WRN a stage's residual stream is one group: the stem (or the stage's first shortcut and
 conv_b) and every block's conv_b write it, each block's bn1 normalises it, each block's conv_a and the next
@@ -44,14 +47,15 @@ class ChannelGroup:
     """A set of channels that shrinks as one: the module names that write, read and normalise them.
 
     ``writers``: convs whose output rows are these channels; ``readers``: convs (input columns) and the classifier
-    ``nn.Linear`` (input features) that read them; ``norms``: the ``BatchNorm2d`` layers on them; ``fixed``: why
-    the group cannot be thinned, or None."""
+    ``nn.Linear`` (input features) that read them; ``norms``: the ``BatchNorm2d`` layers on them; ``depthwise``:
+    depthwise convs that map each channel to itself; ``fixed``: why the group cannot be thinned, or None."""
 
     channels: int
     writers: tuple[str, ...]
     readers: tuple[str, ...]
     norms: tuple[str, ...]
     fixed: str | None = None
+    depthwise: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -65,16 +69,21 @@ class ChannelGroup:
         return len(self.writers) > 1
 
     def modules(self) -> tuple[str, ...]:
-        """Every module the group's width touches: writers, norms, readers."""
-        return self.writers + self.norms + self.readers
+        """Every module the group's width touches: writers, norms, depthwise convs, readers."""
+        return self.writers + self.norms + self.depthwise + self.readers
 
 
 #: parameter-free modules that act on each channel alone
-_PER_CHANNEL_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.modules.pooling._AvgPoolNd,
+_PER_CHANNEL_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Sigmoid, nn.Hardsigmoid, nn.Tanh,
+                        nn.modules.pooling._AvgPoolNd,
                         nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
                         nn.modules.pooling._AdaptiveMaxPoolNd)
 _PER_CHANNEL_FUNCTIONS = {F.dropout, F.dropout2d, F.avg_pool2d, F.max_pool2d, F.adaptive_avg_pool2d,
-                          F.adaptive_max_pool2d, torch.nn.functional.hardtanh}
+                          F.adaptive_max_pool2d, F.hardtanh, F.sigmoid, F.hardsigmoid, torch.sigmoid, torch.tanh}
+_PER_CHANNEL_METHODS = {"sigmoid", "sigmoid_", "tanh"}
+_MULS = {operator.mul, operator.imul, torch.mul}
+#: reductions that keep the channel axis when they reduce over the spatial axes only
+_REDUCTIONS = {"mean", "amax", "sum"}
 _FLATTENS_FUNCTIONS = {torch.flatten}
 _FLATTENS_METHODS = {"flatten", "view", "reshape"}
 #: methods and attributes that read a tensor's size, not its channels
@@ -90,7 +99,7 @@ class _Sets:
 
     def new(self) -> int:
         self.parent.append(len(self.parent))
-        self.info.append(dict(writers=[], readers=[], norms=[], counts=[], fixed=[]))
+        self.info.append(dict(writers=[], readers=[], norms=[], depthwise=[], counts=[], fixed=[]))
         return len(self.parent) - 1
 
     def find(self, i: int) -> int:
@@ -112,10 +121,14 @@ class _Sets:
         self.info[self.find(i)][key].append(value)
 
 
+def _is_depthwise(conv: nn.Module) -> bool:
+    return type(conv) is nn.Conv2d and conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+
+
 def _conv_reason(conv: nn.Module, calls: int) -> str | None:
     if type(conv) is not nn.Conv2d:
         return f"a {type(conv).__name__} (not a plain nn.Conv2d) reads or writes them"
-    if conv.groups != 1:
+    if conv.groups != 1 and not _is_depthwise(conv):
         return f"a grouped conv (groups={conv.groups}) reads or writes them"
     if calls != 1:
         return f"a conv called {calls} times reads or writes them"
@@ -143,10 +156,28 @@ def _per_channel(gm: nn.Module, node: fx.Node) -> bool:
         if isinstance(m, _PER_CHANNEL_MODULES) or is_activation(gm, node):
             return True
         # drop-path and stochastic depth leaves scale whole samples, not channels
-        return not list(m.children()) and type(m).__name__.lower().startswith("drop")
+        return not list(m.children()) and type(m).__name__.lower().startswith(("drop", "stochastic"))
     if node.op == "call_function" and node.target in _PER_CHANNEL_FUNCTIONS:
         return True
+    if node.op == "call_method" and node.target in _PER_CHANNEL_METHODS:
+        return True
     return is_activation(gm, node)
+
+
+def _spatial_reduction(node: fx.Node) -> str | None:
+    """``x.mean((2, 3), keepdim=True)`` and the like: "channel" (a 4-d tensor, channels kept), "flat" (N×C), or
+    None where the reduction is not over the spatial axes of an N×C×H×W tensor alone."""
+    if not ((node.op == "call_method" and node.target in _REDUCTIONS) or
+            (node.op == "call_function" and node.target in (torch.mean, torch.amax, torch.sum))):
+        return None
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    dims = {dims} if isinstance(dims, int) else set(dims) if isinstance(dims, (tuple, list)) else None
+    if dims is None or not dims <= {2, 3, -1, -2}:
+        return None
+    if keep is True:
+        return "channel"
+    return "flat" if len({d % 4 for d in dims}) == 2 else None
 
 
 def channel_groups(gm: fx.GraphModule) -> list[ChannelGroup]:
@@ -186,6 +217,12 @@ def channel_groups(gm: fx.GraphModule) -> list[ChannelGroup]:
             continue
         what = node.target if node.op == "call_module" else getattr(node.target, "__name__", str(node.target))
         m = module_of(gm, node)
+        if isinstance(m, nn.Conv2d) and first in channel and len(node.all_input_nodes) == 1 and \
+                _is_depthwise(m) and _conv_reason(m, calls[node.target]) is None:
+            channel[node] = channel[first]   # each channel to itself: sliced with the group, like a BatchNorm
+            sets.record(channel[node], "depthwise", node.target)
+            sets.record(channel[node], "counts", (node.target, m.out_channels))
+            continue
         if isinstance(m, nn.Conv2d) and first in channel and len(node.all_input_nodes) == 1:
             reason = _conv_reason(m, calls[node.target])
             out = sets.new()
@@ -209,7 +246,8 @@ def channel_groups(gm: fx.GraphModule) -> list[ChannelGroup]:
             sets.record(channel[node], "norms", node.target)
             sets.record(channel[node], "counts", (node.target, m.num_features))
             continue
-        if is_add(node):
+        if is_add(node) or (node.op == "call_function" and node.target in _MULS) or \
+                (node.op == "call_method" and node.target in ("mul", "mul_")):
             operands = [a for a in node.all_input_nodes if a in channel]
             if operands and len(operands) == len(node.all_input_nodes):
                 root = operands[0]
@@ -224,6 +262,10 @@ def channel_groups(gm: fx.GraphModule) -> list[ChannelGroup]:
             if first in flat:
                 flat[node] = flat[first]
                 continue
+        reduction = _spatial_reduction(node) if first in channel and len(node.all_input_nodes) == 1 else None
+        if reduction is not None:
+            (channel if reduction == "channel" else flat)[node] = channel[first]
+            continue
         if first in channel and _is_flatten(node) and all(a is first or _reads_size(a) for a in node.all_input_nodes):
             flat[node] = channel[first]
             continue
@@ -252,4 +294,5 @@ def _group(info: dict) -> ChannelGroup:
     if fixed is None and not info["writers"]:
         fixed = "no conv writes them"
     return ChannelGroup(min(counts) if counts else 0, tuple(dict.fromkeys(info["writers"])),
-                        tuple(dict.fromkeys(info["readers"])), tuple(dict.fromkeys(info["norms"])), fixed)
+                        tuple(dict.fromkeys(info["readers"])), tuple(dict.fromkeys(info["norms"])), fixed,
+                        tuple(dict.fromkeys(info["depthwise"])))

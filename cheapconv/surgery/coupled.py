@@ -2,9 +2,10 @@
 
 A :class:`cheapconv.fx.groups.ChannelGroup` is a set of channels that can only shrink together (a stage's residual
 stream, or a pair's inner width). :func:`thin_groups` keeps the given channel indices in every writer's output rows
-(and bias), every BatchNorm's entries (affine parameters and running statistics) and every reader's input columns
-(convs and the classifier), on a copy of the model: at keep-all it is the teacher exactly. Several groups can be
-thinned at once; a conv that reads one group and writes another is sliced on both axes.
+(and bias), every BatchNorm's entries (affine parameters and running statistics), every depthwise conv's filters and
+every reader's input columns (convs and the classifier), on a copy of the model: at keep-all it is the teacher
+exactly. Several groups can be thinned at once; a conv that reads one group and writes another is sliced on both
+axes.
 
 Which channels: :func:`group_importance` scores each channel by what the group's BatchNorms let through and what
 its readers read of it,
@@ -106,6 +107,8 @@ def _slice(module: nn.Module, name: str, dim: int, keep: torch.Tensor, channels:
             module.bias = _parameter(module.bias, module.bias[idx])
     if isinstance(module, nn.Linear):
         module.in_features = len(keep)
+    elif module.groups > 1:   # depthwise: one filter per channel, so channels in, out and groups shrink together
+        module.in_channels = module.out_channels = module.groups = len(keep)
     elif dim == 0:
         module.out_channels = len(keep)
     else:
@@ -128,7 +131,7 @@ def thin_groups(model: nn.Module, choices: Choices) -> nn.Module:
     for group, keep in prepared:
         for name in group.writers:
             _slice(student.get_submodule(name), name, 0, keep, group.channels)
-        for name in group.norms:
+        for name in (*group.norms, *group.depthwise):
             _slice(student.get_submodule(name), name, 0, keep, group.channels)
         for name in group.readers:
             _slice(student.get_submodule(name), name, 1, keep, group.channels)
@@ -162,7 +165,7 @@ def thinned_counts(model: nn.Module, choices: Sequence[tuple[ChannelGroup, int]]
     widths: dict[str, list[int | None]] = {}    # module -> [out, in]; None: as it is
     for group, kept in choices:
         _check_thinnable(group)
-        for name in (*group.writers, *group.norms):
+        for name in (*group.writers, *group.norms, *group.depthwise):   # a depthwise conv's weight is C×1×k×k
             widths.setdefault(name, [None, None])[0] = int(kept)
         for name in group.readers:
             widths.setdefault(name, [None, None])[1] = int(kept)
