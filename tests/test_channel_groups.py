@@ -319,3 +319,22 @@ def test_torchvision_depthwise_networks(name):
     student = thin_groups(model, choices)
     params, macs = thinned_counts(model, [(g, len(k)) for g, k in choices], (1, 3, 32, 32))
     assert params == count_params(student) and macs == _macs(student, (1, 3, 32, 32))
+
+
+def test_timm_efficientnet_lite0():
+    """timm's TF-ported Lite0: Conv2dSame (padding computed at run time from the kernel) and BatchNormAct2d
+    (BatchNorm then ReLU6 in one module) are followed; only the image's channels are fixed."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = _randomise_norms(timm.create_model("tf_efficientnet_lite0", num_classes=10))
+    groups = channel_groups(trace(model))
+    free = [g for g in groups if g.fixed is None]
+    assert [g.fixed for g in groups if g.fixed] == ["they are the network's input"]
+    assert free[-1].readers == ("classifier",)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(thin_groups(model, [(g, torch.arange(g.channels)) for g in free])(x), model(x))
+    choices = [(g, top_channels(model, g, 0.5)) for g in free]
+    student = thin_groups(model, choices)
+    params, macs = thinned_counts(model, [(g, len(k)) for g, k in choices], (1, 3, 32, 32))
+    assert params == count_params(student) and macs == _macs(student, (1, 3, 32, 32))

@@ -5,14 +5,16 @@ both operands are the same channels: removing channel c from one writer removes 
 add, from every BatchNorm that normalises the sum and from every conv (and the classifier) that reads it.
 :func:`channel_groups` finds these sets by a union-find over the traced graph:
 
-* every conv (a plain ``nn.Conv2d``, dense, called once) *writes* a new set of channels (its output rows) and
-  *reads* the set of its input (its input columns);
+* every conv (a plain ``nn.Conv2d`` or timm's ``Conv2dSame``, dense, called once) *writes* a new set of channels
+  (its output rows) and *reads* the set of its input (its input columns);
 * a residual add joins the sets of its operands, and so does an elementwise multiply of two channel tensors (an
   attention gate ``x * sigmoid(conv(pool(x)))``: the gate's conv writes the same channels);
-* per-channel layers pass the set on unchanged: a ``BatchNorm2d`` and a depthwise conv (recorded, they are sliced
-  with the channels), activations, sigmoids, dropout, drop-path, identities, pools, spatial means;
-* ``flatten``/``view``/``reshape`` to (batch, features) passes the set on to a ``nn.Linear`` (the classifier),
-  which reads it as its input columns when its ``in_features`` equal the channels (a global pool before it);
+* per-channel layers pass the set on unchanged: a ``BatchNorm2d`` (timm's ``BatchNormAct2d`` too) and a depthwise
+  conv (recorded, they are sliced with the channels), activations, sigmoids, dropout, drop-path, identities, pools,
+  spatial means;
+* ``flatten``/``nn.Flatten``/``view``/``reshape`` to (batch, features) passes the set on to a ``nn.Linear`` (the
+  classifier), which reads it as its input columns when its ``in_features`` equal the channels (a global pool
+  before it);
 * anything else that touches a set (a concat, a grouped conv, a depthwise conv with a channel multiplier, a
   GroupNorm, a multiply by a parameter, a module holding convs that fx did not look into, the network input or
   output) *fixes* it: we cannot follow how that operation maps channels, so the set keeps its width;
@@ -121,12 +123,32 @@ class _Sets:
         self.info[self.find(i)][key].append(value)
 
 
+#: conv subclasses whose forward depends on the channels only through the weight (timm's ``Conv2dSame`` pads from
+#: the kernel, stride and dilation): they are sliced as a plain conv. A weight-standardised conv is not one of them
+_PLAIN_CONV_NAMES = {("timm.layers.conv2d_same", "Conv2dSame"), ("timm.models.layers.conv2d_same", "Conv2dSame")}
+
+
+def _plain_conv(conv: nn.Module) -> bool:
+    cls = type(conv)
+    return cls is nn.Conv2d or (cls.__module__, cls.__name__) in _PLAIN_CONV_NAMES
+
+
+def _plain_norm(norm: nn.Module) -> bool:
+    """A ``BatchNorm2d`` with affine parameters and running statistics, or a subclass that only adds per-channel
+    layers after it (timm's ``BatchNormAct2d``: an activation and a dropout)."""
+    if not (isinstance(norm, nn.BatchNorm2d) and norm.affine and norm.track_running_stats):
+        return False
+    return type(norm) is nn.BatchNorm2d or all(
+        isinstance(c, (nn.Identity, nn.Dropout, nn.Dropout2d, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish,
+                       nn.LeakyReLU, nn.Mish, nn.Sigmoid)) for c in norm.children())
+
+
 def _is_depthwise(conv: nn.Module) -> bool:
-    return type(conv) is nn.Conv2d and conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+    return _plain_conv(conv) and conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
 
 
 def _conv_reason(conv: nn.Module, calls: int) -> str | None:
-    if type(conv) is not nn.Conv2d:
+    if not _plain_conv(conv):
         return f"a {type(conv).__name__} (not a plain nn.Conv2d) reads or writes them"
     if conv.groups != 1 and not _is_depthwise(conv):
         return f"a grouped conv (groups={conv.groups}) reads or writes them"
@@ -240,8 +262,7 @@ def channel_groups(gm: fx.GraphModule) -> list[ChannelGroup]:
             sets.record(flat[first], "counts", (node.target, m.in_features))
             fresh_fixed(node, f"a Linear's outputs ({node.target})")
             continue
-        if type(m) is nn.BatchNorm2d and first in channel and len(node.all_input_nodes) == 1 and \
-                m.affine and m.track_running_stats and calls[node.target] == 1:
+        if _plain_norm(m) and first in channel and len(node.all_input_nodes) == 1 and calls[node.target] == 1:
             channel[node] = channel[first]
             sets.record(channel[node], "norms", node.target)
             sets.record(channel[node], "counts", (node.target, m.num_features))
@@ -265,6 +286,9 @@ def channel_groups(gm: fx.GraphModule) -> list[ChannelGroup]:
         reduction = _spatial_reduction(node) if first in channel and len(node.all_input_nodes) == 1 else None
         if reduction is not None:
             (channel if reduction == "channel" else flat)[node] = channel[first]
+            continue
+        if first in channel and isinstance(m, nn.Flatten) and (m.start_dim, m.end_dim) == (1, -1):
+            flat[node] = channel[first]
             continue
         if first in channel and _is_flatten(node) and all(a is first or _reads_size(a) for a in node.all_input_nodes):
             flat[node] = channel[first]
