@@ -63,6 +63,22 @@ def test_plateau_summary_says_cap_when_the_rule_never_fired(tmp_path):
     assert plateau.summary()["stopped"] == "cap" and plateau.summary()["best_epoch"] == 3
 
 
+def test_a_resumed_phase_keeps_its_earlier_epochs_from_the_metrics_file(tmp_path):
+    """distill's result holds only the epochs its own call ran; the phase's curve comes from the metrics file,
+    each epoch once (a resume cuts the file back to the checkpoint, then replays from there)."""
+    ckpt = tmp_path / "scratch-0.ckpt"
+    metrics = training.metrics_file(ckpt, 2)
+    assert metrics.name == "scratch-0.phase2.metrics.jsonl"
+    points = ((1, 0.1), (2, 0.2), (2, 0.25), (3, 0.3))
+    lines = [{"kind": "step", "epoch": 1}] + [{"kind": "epoch", "epoch": e, "val_miou": v, "loss": 1.0,
+                                                "epoch_time_s": 2.0} for e, v in points]
+    metrics.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    result = argparse.Namespace(steps=30, last={"val_miou": 0.3}, history=[{"epoch": 3}])
+    got = training.phase_summary(training.Phase(epochs=3, name="whole"), result, metrics)
+    assert [pt[:2] for pt in got["curve"]] == [[1, 0.1], [2, 0.25], [3, 0.3]]
+    assert (got["steps"], got["wall_s"], got["val_miou"]) == (30, 6.0, 0.3)
+
+
 @pytest.mark.parametrize("teacher,scratch,at,start", [
     ([0.70], [0.60, 0.62, 0.61], [0.66, 0.67, 0.665], "**Verdict: the claim holds**"),
     ([0.70], [0.60, 0.62, 0.61], [0.55, 0.56, 0.555], "**Verdict: the claim does not hold"),
@@ -92,20 +108,24 @@ def test_latency_sizes_are_multiples_of_eight():
 
 @pytest.mark.slow
 def test_teacher_phases_end_at_the_plateau_and_resume_from_their_files(tmp_path, monkeypatch):
-    """The encoder phase, capped at 3 epochs with a rule no gain can meet, stops after epoch 2 through the
-    callback's stop request; the best (first) epoch's weights are kept; a second call trains nothing."""
+    """Each phase, capped at 3 epochs with a rule no gain can meet, stops after epoch 2 through the callback's
+    stop request; the best (first) epoch's weights are annealed for one epoch from that epoch's lr; a second call
+    trains nothing."""
     from cheapconv.data import get_dataset
 
     full = get_dataset("fashion-mnist-seg", "train", in_chans=1, seed=0)
     data = (part(full, 0, 16, augment=True), part(full, 16, 24, augment=False), part(full, 24, 32, augment=False))
     args = argparse.Namespace(teacher_seed=0, teacher_max_epochs=3, patience=1, min_delta=1.0, batch_size=8,
-                              lr=0.05, weight_decay=2e-4, precision="fp32", device="cpu", quiet=True)
+                              lr=0.05, weight_decay=2e-4, precision="fp32", device="cpu", quiet=True,
+                              teacher_anneal_epochs=1)
     model, fields = training.train_teacher(args, data, tmp_path)
     for p in fields["phases"]:
         assert (p["epochs_run"], p["best_epoch"], p["stopped"]) == (2, 1, "plateau")
-        assert p["steps"] >= 4 and len(p["curve"]) == 2
+        assert p["steps"] >= 4 and len(p["curve"]) == 2 and p["epochs_total"] == 3
+        lr = p["curve_columns"].index("lr")
+        assert p["anneal"]["lr_start"] == p["curve"][0][lr] and p["anneal"]["steps"] == 2
     best = torch.load(tmp_path / "teacher-2.curve.best.pt", weights_only=True)
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in best.items())
+    assert not all(torch.equal(model.state_dict()[k], v) for k, v in best.items())   # annealed from there
     assert 0 <= fields["test_miou"] <= 1 and json.dumps(fields)
 
     def no_training(*a, **kw):

@@ -105,15 +105,20 @@ def curve_section(teacher: dict) -> list[str]:
     lines = ["## The teacher's training", "",
              "Each phase ran until validation mIoU had not improved (by more than "
              f"{100 * teacher['settings']['min_delta']:.1f} points) for {teacher['settings']['patience']} epochs, "
-             f"or for {teacher['settings']['teacher_max_epochs']} epochs at most; the best epoch's weights were kept. "
+             f"or for {teacher['settings']['teacher_max_epochs']} epochs at most; the best epoch's weights were kept "
+             "and then annealed: trained a few epochs more with the lr decayed to 0 from its value at the best epoch. "
              "The encoder phase is scored at 1/8 resolution through the encoder's own output conv.", "",
-             "| phase | epochs run | best epoch | best val mIoU % | ended by | val mIoU % per epoch |",
-             "|---|---:|---:|---:|---|---|"]
+             "| phase | epochs run | best epoch | best val mIoU % | ended by | annealed: epochs, from lr | "
+             "val mIoU % after annealing | val mIoU % per epoch |",
+             "|---|---:|---:|---:|---|---|---:|---|"]
     for p in teacher["phases"]:
         i = p["curve_columns"].index("val_miou")
         per_epoch = " ".join(f"{100 * pt[i]:.1f}" for pt in p["curve"])
+        a = p.get("anneal")
+        annealed = (f"{a['epochs']}, {a['lr_start']:.3g}", f"{100 * a['val_miou']:.2f}") if a else ("none", "")
         lines.append(f"| {p['name']} | {p['epochs_run']} | {p['best_epoch']} | {100 * p['best_val_miou']:.2f} | "
-                     f"{'the plateau rule' if p['stopped'] == 'plateau' else 'the epoch cap'} | {per_epoch} |")
+                     f"{'the plateau rule' if p['stopped'] == 'plateau' else 'the epoch cap'} | {annealed[0]} | "
+                     f"{annealed[1]} | {per_epoch} |")
     return lines
 
 

@@ -6,7 +6,9 @@ offline scenes ``fashion-mnist-seg`` at their native 64×64 (ERFNet's 8× downsa
 
 - ``teacher``: ERFNet from scratch, encoder first (its own 1×1 output conv, labels at 1/8), then the whole
   network, each phase until validation mIoU stops improving for ``--patience`` epochs (at most
-  ``--teacher-max-epochs``); the best epoch's weights are kept, the per-epoch curve recorded;
+  ``--teacher-max-epochs``, the lr decaying over those); the best epoch's weights are kept, then trained
+  ``--teacher-anneal-epochs`` more with the lr decayed to 0 from its value there (a phase the rule stops early
+  would otherwise end at a high lr, where the students' phases end at 0); the per-epoch curve is recorded;
 - ``scratch``: ERFNet-G(N) from random weights in the same two phases, cross-entropy, ``--seeds`` seeds;
 - ``at``: the same with attention transfer from the teacher via :func:`cheapconv.train.erfnet_phases`: layers 7,
   12, 16 at β = 1000 in the encoder phase, 7, 12, 16, 19, 22 at β = 600 in the whole-network phase;
@@ -15,7 +17,8 @@ offline scenes ``fashion-mnist-seg`` at their native 64×64 (ERFNet's 8× downsa
   (``--init-seeds`` seeds);
 - ``--stage latency``: teacher and student side by side at batch 1 in eager torch and ONNX Runtime.
 
-Students train as many epochs per phase as the teacher's phases ran (``--student-epochs`` overrides). Every
+Students train as many epochs per phase as the teacher's phases ran, annealing included (``--student-epochs``
+overrides). Every
 finished run is one JSON line in ``--results`` (``benchmarks/results/erfnet.jsonl``) and is skipped when the
 command runs again; an interrupted run resumes from its checkpoints under ``--work``. Validation (stopping the
 teacher, the curves) uses the last ``--val`` training scenes, held out from training; the table's figures are on
@@ -60,10 +63,11 @@ RESULTS = RESULTS_DIR / "erfnet.jsonl"
 WORK = RESULTS_DIR.parents[1] / "runs" / "erfnet"   # checkpoints and the teacher (/runs/ is ignored by git)
 #: the settings that shape the trained models: records made under others are not mixed with this run's
 SETTINGS = ("data", "block", "subset", "val", "test_subset", "batch_size", "lr", "weight_decay", "precision",
-            "teacher_seed", "teacher_max_epochs", "patience", "min_delta", "student_epochs", "init_epochs",
-            "calib_samples", "calib_steps")
-SMOKE = {"subset": 128, "val": 32, "test_subset": 64, "teacher_max_epochs": 3, "patience": 1, "seeds": 1,
-         "init_seeds": 1, "calib_samples": 32, "calib_steps": 5, "latency_repeats": 3, "latency_sizes": "64x64"}
+            "teacher_seed", "teacher_max_epochs", "patience", "min_delta", "teacher_anneal_epochs",
+            "student_epochs", "init_epochs", "calib_samples", "calib_steps")
+SMOKE = {"subset": 128, "val": 32, "test_subset": 64, "teacher_max_epochs": 3, "patience": 1,
+         "teacher_anneal_epochs": 1, "seeds": 1, "init_seeds": 1, "calib_samples": 32, "calib_steps": 5,
+         "latency_repeats": 3, "latency_sizes": "64x64"}
 
 
 def environment(args) -> dict:
@@ -114,7 +118,7 @@ def student_epochs(args, teacher_record: dict) -> tuple[int, int]:
     if args.student_epochs != "teacher":
         e1, e2 = (int(x) for x in args.student_epochs.split(","))
         return e1, e2
-    e1, e2 = (p["epochs_run"] for p in teacher_record["phases"])
+    e1, e2 = (p["epochs_total"] for p in teacher_record["phases"])
     return e1, e2
 
 
@@ -197,8 +201,10 @@ def estimate(args) -> None:
         for p in r.get("phases", []) if r.get("kind") == "run" else []:
             i = p["curve_columns"].index("epoch_time_s")
             train_s = sum(pt[i] for pt in p["curve"])
-            if p["steps"] and train_s:
-                rate = p["steps"] / train_s
+            cols = p["curve_columns"]   # the teacher's curve has each epoch's last step: a stopped phase ran
+            done = p["curve"][-1][cols.index("step")] if "step" in cols and p["curve"] else p["steps"]   # one more
+            if done and train_s:
+                rate = done / train_s
                 say(f"  {r['key']} {p['name']}: {rate:.2f} steps/s (load average {r['load_avg']}) -> "
                     f"~{steps / rate / 60:.0f} min per real epoch")
 
@@ -225,6 +231,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patience", type=int, default=5, help="epochs without a better validation mIoU that end a "
                    "teacher phase")
     p.add_argument("--min-delta", type=float, default=0.002, help="the mIoU gain that counts as better")
+    p.add_argument("--teacher-anneal-epochs", type=int, default=5, help="epochs each teacher phase's best weights "
+                   "train on, the lr decayed to 0 from its value at the best epoch (0: none)")
     p.add_argument("--student-epochs", default="teacher", help="E1,E2: epochs of the students' phases (default: "
                    "as many as the teacher's phases ran)")
     p.add_argument("--init-epochs", type=int, default=None, help="epochs of the init row's fine-tuning (default: "

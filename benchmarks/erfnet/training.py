@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from cheapconv import DistillConfig, cheapen, create_model, evaluate, reconstruct
-from cheapconv.train import Interrupted, Phase, erfnet_phases, run_phases
+from cheapconv.train import Interrupted, Phase, erfnet_phases, phase_checkpoint, run_phases
 
 from .plateau import Plateau
 
@@ -65,11 +65,24 @@ def scores(model: torch.nn.Module, data, prefix: str) -> dict:
     return {f"{prefix}_miou": round(got["miou"], 5), f"{prefix}_pixel_acc": round(got["pixel_acc"], 5)}
 
 
-def phase_summary(phase: Phase, result, wall: float) -> dict:
-    """A finished phase of a fixed length: its validation curve, steps and time (the time is on a loaded machine
-    unless the record's load average says otherwise)."""
-    curve = [[r["epoch"], r.get("val_miou"), r.get("loss"), r.get("epoch_time_s")] for r in result.history]
-    return {"name": phase.name, "phase": str(phase), "steps": result.steps, "wall_s": round(wall, 1),
+def metrics_file(ckpt: Path, index: int = 1) -> Path:
+    """The metrics file of phase ``index`` of the run checkpointed as ``ckpt`` (beside its checkpoint)."""
+    return phase_checkpoint(ckpt, index).with_suffix(".metrics.jsonl")
+
+
+def phase_summary(phase: Phase, result, metrics: Path) -> dict:
+    """A finished phase of a fixed length: its validation curve (read from the phase's metrics file, so a phase
+    resumed after an interruption keeps its earlier epochs), steps and training time (the epochs' own time,
+    validation excluded, on a machine as loaded as the record's load average says)."""
+    epochs = {}
+    for line in metrics.read_text().splitlines() if metrics.exists() else []:
+        rec = json.loads(line) if line.strip() else {}
+        if rec.get("kind") == "epoch":
+            epochs[rec["epoch"]] = rec   # an epoch replayed by a resume counts once, the later record
+    records = [epochs[k] for k in sorted(epochs)] or result.history
+    curve = [[r["epoch"], r.get("val_miou"), r.get("loss"), r.get("epoch_time_s")] for r in records]
+    return {"name": phase.name, "phase": str(phase), "steps": result.steps,
+            "wall_s": round(sum(r.get("epoch_time_s") or 0.0 for r in records), 1),
             "curve": curve, "curve_columns": ["epoch", "val_miou", "train_loss", "epoch_time_s"],
             "val_miou": result.last.get("val_miou")}
 
@@ -107,9 +120,27 @@ def train_teacher(args, data, work: Path) -> tuple[torch.nn.Module, dict]:
         model.load_state_dict(plateau.best_state())
         summary = {"name": phase.name, "phase": str(phase), **plateau.summary(), "steps": steps,
                    "wall_s": round(time.perf_counter() - t0, 1), "max_epochs": cap}
+        summary["anneal"] = anneal(model, phase, summary, args, (train, val), work / f"teacher-{i}-anneal.ckpt")
+        summary["epochs_total"] = summary["epochs_run"] + (summary["anneal"]["epochs"] if summary["anneal"] else 0)
         torch.save({"state": model.state_dict(), "summary": json.dumps(summary)}, done)
         summaries.append(summary)
     return model, {"phases": summaries, **scores(model, val, "val"), **scores(model, test, "test")}
+
+
+def anneal(model: torch.nn.Module, phase: Phase, summary: dict, args, data, ckpt: Path) -> dict | None:
+    """The phase's best weights trained ``--teacher-anneal-epochs`` more, the lr decayed (cosine) to 0 from its
+    value at the best epoch: a phase stopped by the plateau rule stops at a high lr, where the students' own
+    phases end at 0, which would favour the students. None where the length is 0."""
+    if not args.teacher_anneal_epochs:
+        return None
+    columns = summary["curve_columns"]
+    best = next(pt for pt in summary["curve"] if pt[columns.index("epoch")] == summary["best_epoch"])
+    lr = best[columns.index("lr")]
+    tail = Phase(train=phase.train, taps=phase.taps, beta=phase.beta, target=phase.target,
+                 epochs=args.teacher_anneal_epochs, name=f"{phase.name}, annealed")
+    [result] = run_phases(None, model, data[0], [tail], val_data=data[1],
+                          config=config(args, args.teacher_seed).replace(lr=lr), checkpoint=ckpt, resume=True)
+    return {**phase_summary(tail, result, metrics_file(ckpt)), "epochs": args.teacher_anneal_epochs, "lr_start": lr}
 
 
 def load_teacher(path: Path) -> torch.nn.Module:
@@ -129,16 +160,13 @@ def train_student(mode: str, seed: int, teacher: torch.nn.Module | None, args, d
     student = fresh_student(args.block, seed)
     phases = erfnet_phases(*epochs)
     t0 = time.perf_counter()
+    ckpt = work / f"{mode}-{seed}.ckpt"
     results = run_phases(teacher if mode == "at" else None, student, train, phases, val_data=val,
-                         config=config(args, seed), checkpoint=work / f"{mode}-{seed}.ckpt", resume=True)
+                         config=config(args, seed), checkpoint=ckpt, resume=True)
     wall = time.perf_counter() - t0
-    return {"phases": [phase_summary(p, r, r_wall(r)) for p, r in zip(phases, results, strict=True)],
+    return {"phases": [phase_summary(p, r, metrics_file(ckpt, i))
+                       for i, (p, r) in enumerate(zip(phases, results, strict=True), start=1)],
             "wall_s": round(wall, 1), **scores(student, val, "val"), **scores(student, test, "test")}
-
-
-def r_wall(result) -> float:
-    """A phase's training time from its epoch records (a resumed phase counts only what this attempt ran)."""
-    return sum(r.get("epoch_time_s") or 0.0 for r in result.history)
 
 
 def fine_tune_student(seed: int, teacher: torch.nn.Module, args, data, calib, work: Path, epochs: int) -> dict:
@@ -153,9 +181,10 @@ def fine_tune_student(seed: int, teacher: torch.nn.Module, args, data, calib, wo
     whole = erfnet_phases()[1]
     phase = Phase(train="all", taps=whole.taps, beta=whole.beta, epochs=epochs, name="fine-tuning")
     t0 = time.perf_counter()
+    ckpt = work / f"init-ft-{seed}.ckpt"
     [result] = run_phases(teacher, student, train, [phase], val_data=val, config=config(args, seed, fine_tuning=True),
-                          checkpoint=work / f"init-ft-{seed}.ckpt", resume=True)
+                          checkpoint=ckpt, resume=True)
     wall = time.perf_counter() - t0
-    return {**start, "phases": [phase_summary(phase, result, r_wall(result))], "wall_s": round(wall, 1),
+    return {**start, "phases": [phase_summary(phase, result, metrics_file(ckpt))], "wall_s": round(wall, 1),
             "calib_samples": args.calib_samples, "calib_steps": args.calib_steps,
             **scores(student, val, "val"), **scores(student, test, "test")}

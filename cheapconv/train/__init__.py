@@ -21,7 +21,7 @@ _EXPORTS = {
     "DistillationLoss": "losses", "at_loss": "losses", "attention_map": "losses", "distillation_loss": "losses",
     "kd_loss": "losses",
     "LOSSES": "objectives", "Objective": "objectives",
-    "Phase": "phases", "erfnet_phases": "phases", "run_phases": "phases",
+    "Phase": "phases", "erfnet_phases": "phases", "phase_checkpoint": "phases", "run_phases": "phases",
     "evaluate": "metrics",
 }
 
