@@ -75,13 +75,19 @@ def main(argv: list[str] | None = None) -> None:
         if args.stage == "accuracy":
             for name, file in models.items():
                 key = f"accuracy {group} {name}"
+                if not Path(file).is_file():
+                    say(f"-- {key}: {file} is not there yet (stage students), skipped")
+                    continue
                 if key not in done:
                     say(f"== {key}")
                     append_record(RESULTS, {"key": key, "group": group,
                                             **accuracy_record(f"{group}-{name}", file, data, args.out)})
         else:
             key = f"latency {group} {','.join(models)}"
-            if key in done:
+            missing = [str(f) for f in models.values() if not Path(f).is_file()]
+            if key in done or missing:
+                if missing:
+                    say(f"-- {key}: skipped, not there yet: {', '.join(missing)}")
                 continue
             say(f"== {key}")
             for record in latency_records(list(models), list(models.values()), shape, repeats=args.repeats):
