@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -201,3 +202,42 @@ def test_a_loaded_student_can_be_cheapened_again_and_keeps_its_stages(tmp_path, 
 def test_grayscale_wrn_cheapens_at_its_own_input_size():
     student = cheapconv.cheapen(cheapconv.create_model("wrn_16_2", in_chans=1), "G(4)")
     assert student(torch.randn(1, 1, 32, 32)).shape == (1, 10)
+
+
+def test_a_loaded_graph_keeps_its_module_paths_so_named_stages_are_found(tmp_path):
+    """A graph-format file records each node's module path: a loaded ERFNet (a hollow module tree, no Taps) and
+    its loaded G(N) student are tapped at the paper's layers by name, with the same outputs as before saving."""
+    from cheapconv.fx import module_path_of
+
+    teacher = cheapconv.create_model("erfnet", num_classes=5, in_chans=1).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        student = cheapconv.cheapen(teacher, "G(N)").eval()
+    x = torch.randn(1, 1, 32, 32)
+    stages = ["layers.7", "layers.12", "layers.22"]
+    for i, model in enumerate((teacher, student)):
+        path = tmp_path / f"{i}.pt"
+        assert cheapconv.save(model, path) == "graph"
+        loaded = cheapconv.load(path).eval()
+        if isinstance(model, torch.fx.GraphModule):
+            assert [module_path_of(n) for n in loaded.graph.nodes] == [module_path_of(n) for n in model.graph.nodes]
+        with torch.no_grad(), cheapconv.record(model, stages) as want, cheapconv.record(loaded, stages) as got:
+            model(x)
+            loaded(x)
+        assert len(got) == len(want) == 3
+        assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, want, strict=True))
+
+
+@pytest.mark.parametrize("bad", [["layers.__class__"], "layers.7", [["layers"]], ["a"] * 65, ["os.system("]])
+def test_a_crafted_module_path_is_refused(tmp_path, bad):
+    path = tmp_path / "s.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cheapconv.save(cheapconv.cheapen(cheapconv.create_model("erfnet", num_classes=5, in_chans=1), "G(N)"), path)
+    payload = torch.load(path, weights_only=True)
+    arch = json.loads(payload["architecture"])
+    next(n for n in arch["nodes"] if "path" in n)["path"] = bad
+    payload["architecture"] = json.dumps(arch)
+    torch.save(payload, path)
+    with pytest.raises(FileFormatError):
+        cheapconv.load(path)

@@ -1,8 +1,9 @@
 """A data-only description of an fx GraphModule, so a student loads without unpickling any code.
 
-The description is JSON: the graph's nodes (op, target, arguments) and, for every leaf module the graph
-calls, its type (from an allow-list: ``torch.nn`` layers, cheapconv's blocks, and a few torchvision and timm
-layers that are fully determined by their constructor arguments) and constructor arguments.
+The description is JSON: the graph's nodes (op, target, arguments, and the dotted paths of the modules each ran
+inside, which taps read to find a stage such as ``layers.7`` in the hollow module tree) and, for every leaf
+module the graph calls, its type (from an allow-list: ``torch.nn`` layers, cheapconv's blocks, and a few
+torchvision and timm layers that are fully determined by their constructor arguments) and constructor arguments.
 Tensors (weights, buffers, ``get_attr`` parameters) travel separately in the state dict; the few that are not in
 it (non-persistent buffers such as blur filters and position indices, constants captured by tracing) are
 written into the description as raw bytes of a declared dtype and shape.
@@ -10,7 +11,8 @@ written into the description as raw bytes of a declared dtype and shape.
 Decoding trusts nothing in the description (see the README's "Security model"):
 
 * every name that torch.fx pastes into generated source (node names, placeholder, attribute and module
-  targets, keyword names) must be a plain identifier or a dotted path of identifiers;
+  targets, keyword names) must be a plain identifier or a dotted path of identifiers, and so must each module
+  path (at most 64 per node; they are only compared as strings, never imported);
 * functions, tensor methods and ``getattr`` attributes come from the closed vocabulary of pure tensor
   computations in :mod:`cheapconv.store.graph_vocab`; module types from the allow-list in
   :mod:`cheapconv.store.module_codec`;
@@ -32,6 +34,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from ..fx.tracer import module_path_of
 from ..models.weights import mismatch
 from . import graph_limits
 from .graph_vocab import (
@@ -67,6 +70,7 @@ def encode_function(fn: Any) -> str:
 
 # --- arguments ----------------------------------------------------------------------------------------------
 _MAX_NODES = 100_000
+_MAX_PATH_DEPTH = 64   # modules nested in one another around one node
 _MAX_ARG_DEPTH = 16
 _DTYPES = {str(d).removeprefix("torch."): d for d in (
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.complex64, torch.int64, torch.int32,
@@ -226,6 +230,9 @@ def describe_graph_module(gm: fx.GraphModule, input_size: tuple[int, ...] | None
                 attrs[target]["data"] = base64.b64encode(raw).decode("ascii")
         nodes.append({"name": node.name, "op": node.op, "target": target,
                       "args": _encode_arg(node.args), "kwargs": _encode_arg(node.kwargs)})
+        path = module_path_of(node)
+        if path:   # the modules the node ran inside: how taps find a stage (layers.7) in a graph's hollow tree
+            nodes[-1]["path"] = list(path)
     desc = {"format": FORMAT, "class_name": type(gm).__name__, "input_size": [int(d) for d in input_size],
             "modules": modules, "attrs": attrs, "nodes": nodes}
     # the user's own model: its declared sizes are real (a file's are counted by file_checks.real_size)
@@ -327,6 +334,7 @@ def _build(desc: dict[str, Any], *, max_bytes: int | None) -> fx.GraphModule:
     class_name = str(desc.get("class_name", "Student"))[:100]
     class_name = "".join(ch for ch in class_name if ch.isalnum() or ch == "_").lstrip("0123456789_")
     gm = fx.GraphModule(root, graph, class_name or "Student")
+    _restore_module_paths(gm, desc["nodes"])
     for name in inline:  # values travel in the description, not the state dict: keep them out of it
         parent_name, _, leaf = name.rpartition(".")
         parent = gm.get_submodule(parent_name) if parent_name else gm
@@ -364,6 +372,28 @@ def build_graph_module(desc: Any, *, max_bytes: int | None = None, input_size: t
 #: tensors outside the state dict (non-persistent buffers, traced constants) are written into the
 #: description itself, up to this many bytes in all
 _MAX_INLINE_BYTES = 16 * 2**20
+
+
+def _restore_module_paths(gm: fx.GraphModule, nodes: list[dict[str, Any]]) -> None:
+    """Each node's recorded module path (``"path"``: the dotted names of the modules it ran inside, outermost
+    first) back into its ``nn_module_stack`` meta, as tracing records it, so that stages are found by name in a
+    loaded graph as in the traced one. A path is data: dotted module paths only, never imported."""
+    paths = {n["name"]: n["path"] for n in nodes if "path" in n}
+    for node in gm.graph.nodes:
+        path = paths.get(node.name)
+        if path is None:
+            continue
+        if not isinstance(path, list) or len(path) > _MAX_PATH_DEPTH:
+            raise NotDescribable(f"node {node.name!r} has a malformed module path")
+        stack = {}
+        for p in path:
+            check_dotted(p, "module path")
+            try:
+                kind: type = type(gm.get_submodule(p))
+            except AttributeError:   # a container the graph never calls directly
+                kind = nn.Module
+            stack[p] = (p, kind)
+        node.meta["nn_module_stack"] = stack
 
 
 def _shape(shape: Any) -> tuple[int, ...]:
