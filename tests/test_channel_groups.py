@@ -338,3 +338,14 @@ def test_timm_efficientnet_lite0():
     student = thin_groups(model, choices)
     params, macs = thinned_counts(model, [(g, len(k)) for g, k in choices], (1, 3, 32, 32))
     assert params == count_params(student) and macs == _macs(student, (1, 3, 32, 32))
+
+
+def test_a_thinned_student_saves_and_loads(wrn, tmp_path):
+    groups = _free(wrn)
+    student = thin_groups(wrn, [(g, top_channels(wrn, g, 0.5)) for g in groups])
+    cheapconv.save(student, tmp_path / "thin.pt")
+    loaded = cheapconv.load(tmp_path / "thin.pt").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), student(x))
+    assert count_params(loaded) == count_params(student)

@@ -42,8 +42,9 @@ whose convs read or write it (every site whose price depends on the group's widt
   teacher (logits and attention maps do not depend on channel counts). Options at reduced width have no fitted
   weights in the library, so assembly fits them then.
 * Library and files: group sites would be stored beside the sites (a ``groups`` list, so the key of a library built
-  without them is unchanged; a non-default family ``coupled`` names them), and a student file must record its
-  thinned groups (writers and kept indices) so loading rebuilds the thinned teacher before the policy.
+  without them is unchanged; a non-default family ``coupled`` names them). The student file needs nothing new: the
+  safe format describes the thinned layers as they are (a save/load round trip is exact, tested), though its
+  recipe should name the chosen widths so the selection can be read back.
 """
 
 from __future__ import annotations
