@@ -33,13 +33,14 @@ def measure(args) -> dict:
     """Median, quartiles and minimum (ms) per size, runtime and model; the record's fields."""
     models = {"teacher": fresh_teacher(0).eval(), "student": fresh_student(args.block, 0).eval()}
     out: dict = {"load_avg_before": [round(x, 2) for x in os.getloadavg()], "threads": args.latency_threads,
+                 "device": args.latency_device,
                  "repeats": args.latency_repeats, "batch": 1, "sizes": {}}
     for h, w in parse_sizes(args.latency_sizes):
         runners, labels = [], []
         try:
             for runtime in RUNTIMES:
                 runners += make_runners(list(models.values()), runtime, (1, h, w), threads=args.latency_threads,
-                                        labels=[f"{n} {runtime}" for n in models])
+                                        device=args.latency_device, labels=[f"{n} {runtime}" for n in models])
                 labels += [(runtime, n) for n in models]
             timed = time_side_by_side(runners, (1, 1, h, w), repeats=args.latency_repeats,
                                       threads=args.latency_threads)

@@ -244,6 +244,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-sizes", default="64x64,512x1024", help="HxW list (the study's and the paper's size)")
     p.add_argument("--latency-repeats", type=int, default=30)
     p.add_argument("--latency-threads", type=int, default=1)
+    p.add_argument("--latency-device", default="cpu", help="where latency is measured (ONNX Runtime runs on the CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads for training")
     p.add_argument("--results", type=Path, default=None)
     p.add_argument("--work", type=Path, default=None, help="checkpoints and the trained teacher")
@@ -262,6 +263,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.results = args.results or RESULTS
     args.work = args.work or WORK
     args.only = {x.strip() for x in args.only.split(",") if x.strip()}
+    unknown = args.only - {"teacher", "scratch", "at", "init"}
+    if unknown:
+        p.error(f"--only takes teacher, scratch, at and init; got {', '.join(sorted(unknown))}")
     return args
 
 
