@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One short GPU run (about 5-8 minutes on one H200) that exercises what CPU CI cannot: cheapen on the GPU,
 # distil with AMP (bf16) + channels_last + torch.compile, profile with CUDA-event timing, the throughput of
-# cheapconv.distill against the plain loop, and a compress candidate library built on the GPU. Figures go under
+# cheapconv.distill against the plain loop, a compress candidate library built on the GPU, and ONNX Runtime's GPU
+# execution providers (float32 and int8, where CUDA's is there; the step records which are). Figures go under
 # $OUT (default: gpu-out/), logs included.
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu/check.sh
@@ -60,6 +61,37 @@ json.dump({'seconds': took, 'sites': len(lib.sites), 'options': options, 'teache
            'device': torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'},
           open('$OUT/compress_library.json', 'w'), indent=1)
 print(f'{options} options on {len(lib.sites)} sites in {took:.0f} s')
+"
+# ONNX Runtime on the GPU (issue 29): which execution providers this onnxruntime has, and where CUDA's is there,
+# the teacher and the student (float32 and static int8 files, as export writes them) timed in it side by side
+step ort-gpu $PY -c "
+import json, statistics, time, numpy as np, torch, cheapconv
+try:
+    import onnxruntime as ort
+except ImportError:
+    json.dump({'onnxruntime': None}, open('$OUT/ort_gpu.json', 'w')); print('onnxruntime not installed here'); raise SystemExit
+providers = ort.get_available_providers()
+found = {'onnxruntime': ort.__version__, 'providers': providers, 'timings_ms': {}}
+if 'CUDAExecutionProvider' in providers:
+    data = cheapconv.get_dataset('$DATA', 'train', augment=False)
+    for name in ('teacher', 'student'):
+        model = cheapconv.load('$WORK/teacher.pt' if name == 'teacher' else '$WORK/distilled.pt')
+        cheapconv.export(model, '$WORK/' + name + '.onnx', 'onnx')
+        cheapconv.export(model, '$WORK/' + name + '.int8.onnx', 'onnx', quantize='int8', calib_data=data,
+                         accept_quantization_loss=True)
+    for suffix in ('.onnx', '.int8.onnx'):
+        sessions = {n: ort.InferenceSession('$WORK/' + n + suffix, providers=['CUDAExecutionProvider'])
+                    for n in ('teacher', 'student')}
+        for batch in (1, 32):
+            x = np.random.randn(batch, 3, 32, 32).astype(np.float32)
+            times = {n: [] for n in sessions}
+            for r in range(60):
+                for n, s in sessions.items():
+                    t0 = time.perf_counter(); s.run(None, {s.get_inputs()[0].name: x}); dt = time.perf_counter() - t0
+                    if r >= 10: times[n].append(1000 * dt)
+            found['timings_ms'][suffix + ' b' + str(batch)] = {n: statistics.median(v) for n, v in times.items()}
+json.dump(found, open('$OUT/ort_gpu.json', 'w'), indent=1)
+print(json.dumps(found, indent=1))
 "
 rm -rf "$WORK"
 echo "exit $status" >> "$OUT/summary.txt"
