@@ -31,6 +31,7 @@ _EXPORTS = {
     "measure_side_by_side": "measure.latency",
     "Profile": "measure.profiler", "block_timings": "measure.profiler", "profile": "measure.profiler",
     "WideResNet": "models",
+    "pareto_plot": "plots",
     "ReconstructionReport": "reconstruction", "reconstruct": "reconstruction",
     "load": "store.modelfile", "read_recipe": "store.modelfile", "save": "store.modelfile",
     "create_model": "store.resolve", "load_deployed": "store.deployed",

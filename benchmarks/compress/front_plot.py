@@ -18,7 +18,7 @@ import hashlib
 import statistics
 from collections import defaultdict
 
-from cheapconv.plots import pareto_plot
+from cheapconv import pareto_plot
 
 from ..common.records import RESULTS, read_records
 
