@@ -30,7 +30,8 @@ RESULTS = Path(__file__).resolve().parents[1] / "results" / "int8.jsonl"
 
 def groups(args: argparse.Namespace) -> list[tuple[str, str, tuple[int, ...], dict[str, Path]]]:
     """(group, dataset, input shape, {model name: file}) for each group of models compared with its teacher."""
-    wrn = {"teacher": args.teacher, **{spec: student_path(args.out, spec) for spec in SPECS}}
+    students = {} if args.extras_only else {spec: student_path(args.out, spec) for spec in SPECS}
+    wrn = {"teacher": args.teacher, **students}
     for extra in args.extra:
         name, _, file = extra.partition("=")
         wrn[name] = Path(file)
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--extra", action="append", default=[], metavar="NAME=FILE", help="Another WRN-16-2 student.")
     p.add_argument("--lite0-teacher", type=Path)
     p.add_argument("--lite0-student", type=Path)
+    p.add_argument("--extras-only", action="store_true",
+                   help="The WRN group is the teacher and the --extra students only (a follow-up timing).")
     p.add_argument("--lite0-extra", action="append", default=[], metavar="NAME=FILE",
                    help="Another student of the Lite0 teacher.")
     p.add_argument("--images", type=Path, help="The Lite0 journey's ImageFolder.")
