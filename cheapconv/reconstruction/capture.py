@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["eval_flags", "prefix_input", "prefix_output", "site_outputs"]
+__all__ = ["call_order", "eval_flags", "prefix_input", "prefix_output", "site_outputs"]
 
 
 class _Reached(Exception):
@@ -76,3 +76,23 @@ def eval_flags(*models: nn.Module) -> Iterator[None]:
         for flags in saved:
             for m, flag in flags:
                 m.training = flag
+
+
+def call_order(model: nn.Module, modules: list[nn.Module], example: torch.Tensor) -> list[int]:
+    """The indices of ``modules`` that ``model`` calls in one forward on ``example``, in the order it first calls
+    them (a module never called is left out)."""
+    order: dict[int, int] = {}
+
+    def seen(i: int):
+        def hook(module, args) -> None:   # returns None: a pre-hook's return value would replace the input
+            order.setdefault(i, len(order))
+        return hook
+
+    handles = [m.register_forward_pre_hook(seen(i)) for i, m in enumerate(modules)]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return sorted(order, key=order.get)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..fx.groups import ChannelGroup
-from .capture import eval_flags, prefix_input, prefix_output
+from .capture import call_order, eval_flags, prefix_input, prefix_output
 from .linear import Moments, conv_features, dense_solution
 
 __all__ = ["ReaderFit", "refit_readers"]
@@ -39,24 +39,6 @@ def _fittable(module: nn.Module) -> bool:
         not isinstance(module.padding, str)
 
 
-def _call_order(student: nn.Module, names: list[str], example: torch.Tensor) -> list[str]:
-    order: dict[str, int] = {}
-
-    def seen(name: str):
-        def hook(module, args) -> None:   # returns None: a pre-hook's return value would replace the input
-            order.setdefault(name, len(order))
-        return hook
-
-    handles = [student.get_submodule(n).register_forward_pre_hook(seen(n)) for n in names]
-    try:
-        with torch.no_grad():
-            student(example)
-    finally:
-        for h in handles:
-            h.remove()
-    return sorted((n for n in names if n in order), key=order.get)
-
-
 def refit_readers(student: nn.Module, teacher: nn.Module, choices: Sequence[tuple[ChannelGroup, torch.Tensor]],
                   batches: Callable[[], Iterable[torch.Tensor]]) -> list[ReaderFit]:
     """Refit, in place, every reader of the groups in ``choices`` (the ``(group, keep)`` pairs ``student`` was
@@ -72,7 +54,8 @@ def refit_readers(student: nn.Module, teacher: nn.Module, choices: Sequence[tupl
         if first is None:
             raise ValueError("the calibration data yielded no batch")
         device = next(student.parameters()).device
-        for name in _call_order(student, names, first.to(device)):
+        called = call_order(student, [student.get_submodule(n) for n in names], first.to(device))
+        for name in (names[i] for i in called):
             layer = student.get_submodule(name)
             moments = Moments()
             for x in batches():

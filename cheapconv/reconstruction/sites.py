@@ -17,6 +17,7 @@ from torch import nn
 from ..errors import UsageError
 from ..surgery.plans import PlanEntry
 from ..surgery.teacher_init import replaced_sites
+from .capture import call_order
 
 __all__ = ["Site", "execution_order", "fitting_sites"]
 
@@ -44,22 +45,10 @@ def fitting_sites(student: nn.Module, teacher: nn.Module) -> list[Site]:
 
 def execution_order(student: nn.Module, sites: list[Site], example: torch.Tensor) -> list[Site]:
     """``sites`` sorted by the order in which ``student`` calls their blocks on ``example`` (one forward)."""
-    order: dict[int, int] = {}
-
-    def seen(i: int):
-        def hook(module, args) -> None:   # returns None: a pre-hook's return value would replace the input
-            order.setdefault(i, len(order))
-        return hook
-
-    handles = [s.block.register_forward_pre_hook(seen(i)) for i, s in enumerate(sites)]
-    try:
-        with torch.no_grad():
-            student(example)
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [s.name for i, s in enumerate(sites) if i not in order]
+    order = call_order(student, [s.block for s in sites], example)
+    called = set(order)
+    missing = [s.name for i, s in enumerate(sites) if i not in called]
     if missing:
         raise UsageError(f"The student never calls the blocks of {', '.join(missing)} in forward, so they cannot "
                          "be fitted; was the student changed after cheapen?")
-    return [sites[i] for i in sorted(order, key=order.get)]
+    return [sites[i] for i in order]
