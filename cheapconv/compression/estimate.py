@@ -26,7 +26,6 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..blocks import rounded
 from ..measure import measure_in_runtime
 from .calibration import calibration_split
 from .candidates import find_sites
@@ -74,7 +73,7 @@ def estimate_build(teacher: nn.Module, data: Dataset | torch.Tensor | str, *, fa
     """Estimate the build of the library :func:`build_library` would make with these arguments (see the module
     docstring). Nothing is kept: the teacher is only read and ``directory`` is never written."""
     device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
-    chosen = [(family, tuple(rounded(s, round_to) for s in specs)) for family, specs in resolve_families(families)]
+    chosen = resolve_families(families, round_to=round_to)
     calibration, held = calibration_split(data, teacher, samples=samples, held_out=held_out, seed=seed)
     shape = tuple(int(v) for v in calibration.shape[1:])
     key = library_key(teacher, calibration, held, chosen, runtime=runtime, batch=batch, threads=threads, fold=fold,

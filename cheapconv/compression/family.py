@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..blocks import BlockSpec, parse_block
+from ..blocks import BlockSpec, parse_block, rounded
 from ..blocks.grammar import split_top_level
 from ..errors import UsageError
 from ..extensions import FAMILIES
@@ -103,8 +103,9 @@ FamilyChoice = tuple[Family, tuple[BlockSpec, ...]]
 Families = str | Sequence[str | Family] | Mapping[str, str | Sequence[str | BlockSpec] | None] | None
 
 
-def resolve_families(families: Families = None) -> list[FamilyChoice]:
-    """The families a library uses and the specs of each.
+def resolve_families(families: Families = None, *, round_to: int | None = None) -> list[FamilyChoice]:
+    """The families a library uses and the specs of each (``round_to``: every spec's inner widths rounded to
+    multiples of it, ``B(2)@8``; see :func:`cheapconv.blocks.rounded`).
 
     ``None``: every registered family marked ``default``; a name or a comma-separated string of names
     (``"grouped, low_rank"``); a list of names or :class:`Family` objects; or a mapping name -> strengths
@@ -123,7 +124,7 @@ def resolve_families(families: Families = None) -> list[FamilyChoice]:
     for family, strengths in chosen:
         if any(f.name == family.name for f, _ in out):
             continue
-        out.append((family, tuple(family.specs(strengths))))
+        out.append((family, tuple(rounded(spec, round_to) for spec in family.specs(strengths))))
     return out
 
 

@@ -38,7 +38,6 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..blocks import rounded
 from ..errors import UsageError
 from ..measure import block_timings, check_runtime, measure_in_runtime
 from ..progress import ProgressReport
@@ -292,7 +291,7 @@ def build_library(teacher: nn.Module, data: Dataset | torch.Tensor | str, *, fam
     """
     device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
     _check(runtime, batch, threads, samples, held_out, steps, device)
-    chosen = [(family, tuple(rounded(s, round_to) for s in specs)) for family, specs in resolve_families(families)]
+    chosen = resolve_families(families, round_to=round_to)
     calibration, held = calibration_split(data, teacher, samples=samples, held_out=held_out, seed=seed)
     shape = tuple(int(v) for v in calibration.shape[1:])
     key = library_key(teacher, calibration, held, chosen, runtime=runtime, batch=batch, threads=threads, fold=fold,

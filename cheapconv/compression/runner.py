@@ -32,7 +32,6 @@ from rich.table import Table
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..blocks import rounded
 from ..counting import count_macs, count_params
 from ..data import adapt_for_model, get_dataset
 from ..errors import UsageError
@@ -142,7 +141,7 @@ def list_sites(teacher: nn.Module, *, families: Any = None, input_shape: tuple[i
     """What a library of ``teacher`` would hold, without fitting or timing anything (``compress --dry-run``): each
     site, its kind, shape and options with their exact parameter and MAC changes, and how many options in all."""
     shape = tuple(input_shape) if input_shape is not None else default_input_size(teacher)
-    chosen = [(family, tuple(rounded(s, round_to) for s in specs)) for family, specs in resolve_families(families)]
+    chosen = resolve_families(families, round_to=round_to)
     sites, notes, _ = find_sites(teacher, chosen, shape)
     count = sum(len(site.options) - 1 for site in sites)
     size = "×".join(map(str, shape))
