@@ -31,9 +31,10 @@ def compress(
     library: Path = typer.Option(None, "--library", help="Folder of the candidate library: built there, resumed "
                                                          "after a stop, reused by every budget of the same teacher "
                                                          "and settings (default: a temporary folder)."),
-    fits_from: Path = typer.Option(None, "--fits-from", help="A library of the same teacher, data and families "
-                                   "built for another runtime, batch or thread count: take its fits and scores, "
-                                   "only time the options here."),
+    fits_from: Path = typer.Option(None, "--fits-from", help="A library of the same teacher and data, built for "
+                                   "another runtime, batch or thread count or with fewer families: take the fits "
+                                   "and scores of its options and only time them here; fit only the options it "
+                                   "lacks."),
     families: str = typer.Option(None, "--families", help=f"Candidate families, comma-separated: "
                                                           f"{FAMILIES.describe(last='or')} (default: those marked "
                                                           "default; a family is one file in "

@@ -222,6 +222,27 @@ def test_a_library_for_another_runtime_takes_the_fits_and_only_times(teacher, da
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_a_donor_with_fewer_families_gives_its_options_and_the_rest_are_fitted(teacher, data, built, tmp_path,
+                                                                              monkeypatch):
+    fitted: list[str] = []
+    real = library_module.reconstruct
+    monkeypatch.setattr(library_module, "reconstruct",
+                        lambda student, *a, **k: fitted.append(type(student).__name__) or real(student, *a, **k))
+    more = {**FAMILIES_SMALL, "grouped": "G(4), G(2)"}
+    wider = build_library(teacher, data, directory=tmp_path, fits_from=built.directory, **{**SETTINGS,
+                                                                                           "families": more})
+    donated = {(s.name, o.spec): o for s, o in _options(built)}
+    new = [(s.name, o) for s, o in _options(wider) if (s.name, o.spec) not in donated]
+    assert new and all(o.spec == "G(2)" for _, o in new) and len(fitted) == len(new)
+    for site, option in _options(wider):
+        given = donated.get((site.name, option.spec))
+        if given is not None:
+            assert (option.local_error, option.kl) == (given.local_error, given.kl)
+            assert any("fit and scores from" in n for n in option.notes)
+        else:
+            assert option.kl is not None and not any("fit and scores from" in n for n in option.notes)
+
+
 def test_a_donor_fitted_under_other_settings_is_refused(teacher, data, built, tmp_path):
     with pytest.raises(UsageError, match=r"fitted under other settings.*samples: 64 there, 48 now"):
         build_library(teacher, data, directory=tmp_path, fits_from=built.directory, **{**SETTINGS, "samples": 48})

@@ -31,6 +31,7 @@ import torch
 import cheapconv
 from cheapconv.compression import BudgetUnreachableError
 from cheapconv.data import get_dataset
+from cheapconv.extensions import FAMILIES
 
 from ..common.records import append_record, file_sha, latest_by, read_records
 from ..common.report import say
@@ -40,9 +41,24 @@ RESULTS = Path(__file__).resolve().parents[1] / "results" / "compress.jsonl"
 BUDGETS = ("70%", "50%", "30%")
 
 
+def setting(args: argparse.Namespace) -> str:
+    """The library's setting in names and keys: the runtime, then the batch and the families where not the
+    defaults (``onnxruntime-b32``, ``torch-thin``)."""
+    return "-".join([args.runtime, *([f"b{args.batch}"] if args.batch != 1 else []),
+                     *([args.families.replace(",", "+")] if args.families else [])])
+
+
+def families(args: argparse.Namespace) -> list[str] | None:
+    """The library's families: the defaults, plus those ``--families`` adds."""
+    if not args.families:
+        return None
+    defaults = [e.name for e in FAMILIES.entries() if e.obj.default]
+    return defaults + [f for f in args.families.split(",") if f not in defaults]
+
+
 def library_dir(args: argparse.Namespace) -> Path:
-    """The runtime's library folder (one per runtime and batch size)."""
-    return args.out / (f"library-{args.runtime}" + (f"-b{args.batch}" if args.batch != 1 else ""))
+    """The setting's library folder (one per runtime, batch size and families)."""
+    return args.out / f"library-{setting(args)}"
 
 
 def donor(args: argparse.Namespace) -> Path | None:
@@ -59,15 +75,17 @@ def run_budget(teacher: torch.nn.Module, args: argparse.Namespace, budget: str, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = cheapconv.compress(teacher, train, budget, train_data=augmented, runtime=args.runtime,
+                                    families=families(args),
                                     batch=args.batch, threads=1, library=library_dir(args),
                                     samples=args.samples,
                                     held_out=args.held_out, epochs=args.epochs, val_data=test, repeats=args.repeats,
                                     reconstruct_samples=args.samples, progress=not args.quiet, seed=args.seed)
     seconds = time.perf_counter() - started
-    cheapconv.save(result.student, args.out / f"student-{args.runtime}-{budget.rstrip('%')}.pt")
+    cheapconv.save(result.student, args.out / f"student-{setting(args)}-{budget.rstrip('%')}.pt")
     training = result.training
     return {
-        "budget": budget, "runtime": args.runtime, "batch": args.batch, "threads": 1, "epochs": args.epochs,
+        "budget": budget, "runtime": args.runtime, "batch": args.batch, "families": families(args), "threads": 1,
+        "epochs": args.epochs,
         "choices": {site: spec for site, spec in result.selection.choices.items() if spec != "keep"},
         "predicted_latency_ms": result.selection.predicted_latency_ms,
         "predicted_loss": result.selection.predicted_loss,
@@ -88,6 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runtime", default="torch")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--budgets", nargs="+", default=list(BUDGETS))
+    p.add_argument("--families", default=None,
+                   help="Non-default families to add to the defaults (thin); its own library folder, fits taken "
+                        "from library-torch")
     p.add_argument("--samples", type=int, default=1024)
     p.add_argument("--held-out", type=int, default=512)
     p.add_argument("--epochs", type=int, default=1)
@@ -113,13 +134,15 @@ def main(argv: list[str] | None = None) -> None:
     train = get_dataset("fashion-mnist", "train", in_chans=3, image_size=32, augment=False)
     test = get_dataset("fashion-mnist", "test", in_chans=3, image_size=32)
     done = latest_by(read_records(RESULTS), "key")
-    if f"library {args.runtime} {sha}" not in done:
+    library_key = f"library {setting(args)} {sha}"
+    if library_key not in done:
         started = time.perf_counter()
         library = cheapconv.build_library(teacher, train, runtime=args.runtime, batch=args.batch, threads=1,
                                           samples=args.samples, held_out=args.held_out,
                                           directory=library_dir(args), progress=not args.quiet,
-                                          seed=args.seed, fits_from=donor(args))
-        append_record(RESULTS, {"key": f"library {args.runtime} {sha}", "teacher_sha": sha, "runtime": args.runtime,
+                                          seed=args.seed, fits_from=donor(args), families=families(args))
+        append_record(RESULTS, {"key": library_key, "teacher_sha": sha, "runtime": args.runtime, "batch": args.batch,
+                                "families": families(args),
                                 "seconds": time.perf_counter() - started, "sites": len(library.sites),
                                 "options": sum(len(s.options) - 1 for s in library.sites),
                                 "teacher_latency_ms": library.teacher_latency_ms,
@@ -131,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     teacher_eval = cheapconv.evaluate(teacher, test)
     for budget in args.budgets:
-        key = f"student {args.runtime} b{args.batch} {budget} {sha} e{args.epochs} s{args.seed}"
+        key = f"student {args.runtime} b{args.batch} {budget} {sha} e{args.epochs} s{args.seed}" + (
+            f" +{args.families}" if args.families else "")
         if key in done:
             continue
         say(f"== {key}")

@@ -20,7 +20,9 @@ and strengths, the runtime settings, and the fitting settings), and refused othe
 
 Steps 1 and 2 do not depend on where latency is measured, so a library for another runtime, batch or thread count
 can take its fits and scores from a finished one (``fits_from=``, ``--fits-from DIR``) and only time them: the
-donor's key must match in everything but :data:`TIMING_KEYS`.
+donor's key must match in everything but :data:`TIMING_KEYS` and the families. One option's fit does not depend on
+the other options beside it, so a donor built with fewer families or strengths (the defaults, before a ``thin``
+family is added) gives the options it has, and only the others are fitted here.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ LIBRARY_FILE = "library.json"
 
 #: the parts of a library's key that only its timings depend on (its fits and scores do not)
 TIMING_KEYS = frozenset({"runtime", "batch", "threads", "fold"})
+#: the parts a donor library may differ in (its options are taken one by one, where it has them)
+_DONOR_FREE_KEYS = TIMING_KEYS | {"families"}
 
 
 def library_key(teacher: nn.Module, calibration: torch.Tensor, held_out: torch.Tensor,
@@ -109,20 +113,21 @@ def open_library(directory: str | Path, key: Mapping[str, Any]) -> Library | Non
 
 
 def open_donor(directory: str | Path, key: Mapping[str, Any]) -> Library:
-    """The finished library in ``directory`` whose fits and scores a library for ``key`` can take: built for the
-    same teacher, images, families and fitting settings (anything but :data:`TIMING_KEYS` may not differ)."""
+    """The library in ``directory`` whose fits and scores a library for ``key`` can take: built for the same teacher,
+    images and fitting settings (anything but :data:`TIMING_KEYS` and the families may not differ). Only its
+    finished options are taken."""
     path = Path(directory) / LIBRARY_FILE
     try:
         donor = Library.load_json(path)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UsageError(f"--fits-from {directory}: no candidate library cheapconv can read there ({e}). Name the "
                          "folder of a library built before (its --library DIR).") from None
-    fit_key = {k: v for k, v in key.items() if k not in TIMING_KEYS}
-    differences = key_differences({k: v for k, v in donor.key.items() if k not in TIMING_KEYS}, fit_key)
+    fit_key = {k: v for k, v in key.items() if k not in _DONOR_FREE_KEYS}
+    differences = key_differences({k: v for k, v in donor.key.items() if k not in _DONOR_FREE_KEYS}, fit_key)
     if differences:
         raise UsageError(f"The library in {directory} was fitted under other settings, so its fits do not apply "
                          f"here: {'; '.join(differences)}. Fit this library itself (leave out --fits-from), or "
-                         "build it with the donor's teacher, data, families and fitting settings.")
+                         "build it with the donor's teacher, data and fitting settings.")
     donor.directory = Path(directory)
     return donor
 
@@ -279,8 +284,9 @@ def build_library(teacher: nn.Module, data: Dataset | torch.Tensor | str, *, fam
       temporary folder (not resumable; delete it when done, :attr:`Library.directory` says where).
     - ``round_to``: every option's inner widths rounded to multiples of it (``B(2)@8``: ranks, bottleneck
       widths, channels per group; see :func:`cheapconv.cheapen`).
-    - ``fits_from``: a finished library of the same teacher, images, families and fitting settings, built for
-      another runtime, batch or thread count: its fits and scores are taken and only the timings are done here.
+    - ``fits_from``: a library of the same teacher, images and fitting settings, built for another runtime, batch or
+      thread count, or with other families: the fits and scores of its finished options are taken and only their
+      timings are done here; the options it lacks are fitted here.
     - ``progress``: a bar on a terminal, a line per ~10 % with the time left in a log.
 
     The teacher is never changed. Example::
