@@ -30,6 +30,7 @@ import copy
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -116,7 +117,7 @@ def export(model: nn.Module, path: str | Path, format: Format = "pt2", *,
            input_shape: tuple[int, ...] | None = None, fold: bool = True, atol: float = 1e-4,
            rtol: float = 1e-4, check_batch: int = 3, leaf_modules=(), seed: int = 0, quantize: str | None = None,
            calib_data=None, calib_samples: int = 512, check_samples: int = 500,
-           accept_quantization_loss: bool = False) -> ExportReport:
+           accept_quantization_loss: bool = False, keep_float: Sequence[str] = ()) -> ExportReport:
     """Export ``model`` to ``path`` as ``format`` (``pt2``, ``onnx`` or ``torchscript``), checked first.
 
     ``input_shape`` is (C, H, W) (default: the student's recipe, else the model's native size); the batch
@@ -133,7 +134,9 @@ def export(model: nn.Module, path: str | Path, format: Format = "pt2", *,
     the thresholds there (agreement under 90 %, or over 5 accuracy points lost) nothing is written unless
     ``accept_quantization_loss``; past the lower ones (98 %, 1 point) it warns. ``quantize="dynamic"``
     quantises the linear layers' weights only (no calibration data needed), checked the same way where data is
-    given. The card records the quantisation and the check (``report.quantization``).
+    given. ``keep_float`` (with ``quantize="int8"``): module paths whose layers stay float32 in the int8 file
+    (:func:`~cheapconv.measure.quantization.quantize_onnx`). The card records the quantisation and the check
+    (``report.quantization``).
 
     >>> from cheapconv.models import WideResNet
     >>> report = export(WideResNet(16, 2), "/tmp/wrn.pt2")      # doctest: +SKIP
@@ -150,6 +153,9 @@ def export(model: nn.Module, path: str | Path, format: Format = "pt2", *,
         raise UsageError(f"--quantize {quantize} is not available for {format}: quantisation ({', '.join(MODES)}) is "
                          "ONNX Runtime's, so export with --format onnx." if quantize in MODES else
                          f"Unknown quantisation {quantize!r}; valid: {', '.join(MODES)}.")
+    if keep_float and quantize != "int8":
+        raise UsageError("--keep-float names layers to leave in float32 inside an int8 file: add --quantize int8 "
+                         "(and --calib-data), or leave --keep-float out.")
     if quantize == "int8" and calib_data is None:
         raise UsageError("--quantize int8 calibrates the activations' ranges on real images: give --calib-data (a "
                          "dataset name such as imagefolder:DIR; calib_data= in Python), the data the model is for.")
@@ -204,7 +210,7 @@ def export(model: nn.Module, path: str | Path, format: Format = "pt2", *,
                                    "the difference is acceptable.")
         if quantize is not None:
             report.quantization = _quantize_and_check(tmp, quantize, calib, held, labels, path,
-                                                      accept_quantization_loss)
+                                                      accept_quantization_loss, keep_float)
 
     atomic_write(path, write_and_check, suffix=SUFFIX[format])
     assert report is not None
@@ -212,12 +218,13 @@ def export(model: nn.Module, path: str | Path, format: Format = "pt2", *,
     return report
 
 
-def _quantize_and_check(tmp: str, mode: str, calib, held, labels, path: Path, accept: bool) -> dict:
+def _quantize_and_check(tmp: str, mode: str, calib, held, labels, path: Path, accept: bool,
+                        keep_float: Sequence[str] = ()) -> dict:
     """Quantise the checked float32 file ``tmp`` in place (through a file beside it) and compare the two on the
     held-out images; raise :class:`ExportCheckError` past the refusal thresholds unless ``accept``."""
     quantized = f"{tmp}.{mode}.onnx"
     try:
-        info = quantize_onnx(tmp, quantized, calib, mode=mode)
+        info = quantize_onnx(tmp, quantized, calib, mode=mode, keep_float=keep_float)
         if held is not None:
             fp32, low = LOADERS["onnx"](tmp), LOADERS["onnx"](quantized)
             check = compare_predictions(lambda x: fp32(x)[0], lambda x: low(x)[0], held, labels)

@@ -329,6 +329,9 @@ def export_command(
                                    "imagefolder:DIR): calibration from its training split, the check against float32 "
                                    "on its test split, fed as the model records."),
     calib_samples: int = typer.Option(512, "--calib-samples", min=1, help="Calibration images (--quantize int8)."),
+    keep_float: str = typer.Option(None, "--keep-float", help="With --quantize int8: layers to leave in float32, "
+                                   "comma-separated module paths (blocks.3.0.conv_pwl); keep a whole block, both "
+                                   "convs around a tensor, for that tensor to stay float32."),
     accept_loss: bool = typer.Option(False, "--accept-quantization-loss", help="Write the quantised file even when "
                                      "it agrees with float32 on under 90 % of the held-out images or loses over 5 "
                                      "accuracy points (it is refused otherwise)."),
@@ -364,7 +367,8 @@ def export_command(
         warnings.simplefilter("always")
         report = run_export(model, output, format, input_shape=size, fold=fold, atol=atol, rtol=rtol,
                             quantize=quantize, calib_data=calib_data, calib_samples=calib_samples,
-                            accept_quantization_loss=accept_loss)
+                            accept_quantization_loss=accept_loss,
+                            keep_float=[m.strip() for m in keep_float.split(",") if m.strip()] if keep_float else ())
     if report.fold:
         fused = (f" ({report.bn_ops_kept} with their fused activation kept as an op of its own)"
                  if report.bn_ops_kept else "")

@@ -198,6 +198,18 @@ def test_export_command_and_evaluate_the_int8_file(tmp_path, capsys):
     code, _, err = run(capsys, "export", str(model), "--format", "onnx", "--calib-data", DATA, "-o",
                        str(tmp_path / "x.onnx"))
     assert code == 2 and "--quantize int8" in err
+    code, _, err = run(capsys, "export", str(model), "--format", "onnx", "--keep-float", "conv1", "-o",
+                       str(tmp_path / "x.onnx"))
+    assert code == 2 and "--keep-float" in err and "--quantize int8" in err
+    code, _, err = run(capsys, "export", str(model), "--format", "onnx", "--quantize", "int8", "--calib-data", DATA,
+                       "--calib-samples", "32", "--keep-float", "stem9", "-o", str(tmp_path / "x.onnx"))
+    assert code == 2 and "stem9" in err and "named_modules" in err and "Traceback" not in err
+    code, out, err = run(capsys, "export", str(model), "--format", "onnx", "--quantize", "int8", "--calib-data", DATA,
+                         "--calib-samples", "32", "--keep-float", "block1.0", "-o", str(tmp_path / "k.onnx"))
+    assert code == 0, err
+    card = json.loads((tmp_path / "k.onnx.json").read_text())
+    assert card["quantization"]["float32_modules"] == ["block1.0"] and card["quantization"]["float32_nodes"] >= 2
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def test_profile_in_onnxruntime_int8(tmp_path, capsys):
@@ -210,3 +222,34 @@ def test_profile_in_onnxruntime_int8(tmp_path, capsys):
     assert "int8 static QDQ" in out and "onnxruntime-int8 vs eager, batch 1: check passed" in out
     assert "float32 input, int8 inside" in " ".join(out.split())
     assert "timed in onnxruntime-int8" in out and "calibrated on 32 random inputs" in err
+
+
+def _run_onnx(path, x: torch.Tensor) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+
+
+def test_keep_float_leaves_the_named_modules_in_float32(tmp_path):
+    """The outlier channel ruins per-tensor int8 between conv1 and conv2; with both kept in float32 that tensor is
+    never quantised, so the int8 file's outputs come back close to fp32 (and the head is still quantised). Keeping
+    conv2 alone does not help: conv1's quantised output is quantised for it (the docstring's rule)."""
+    src = tmp_path / "o.onnx"
+    export(_Outlier(), src, "onnx", input_shape=(3, 32, 32))
+    images = torch.rand(32, 3, 32, 32)
+    assert quantize_onnx(src, tmp_path / "all.onnx", images)["activations"].startswith("uint8")
+    info = quantize_onnx(src, tmp_path / "mixed.onnx", images, keep_float=["conv1", "conv2"])
+    assert info["float32_modules"] == ["conv1", "conv2"] and info["float32_nodes"] >= 2
+    fp32 = _run_onnx(src, images)
+    err_all = np.abs(_run_onnx(tmp_path / "all.onnx", images) - fp32).max()
+    err_mixed = np.abs(_run_onnx(tmp_path / "mixed.onnx", images) - fp32).max()
+    assert err_mixed < err_all / 10
+    mixed = onnx.load(str(tmp_path / "mixed.onnx")).graph
+    assert any(n.op_type == "QuantizeLinear" for n in mixed.node)       # the head is still int8
+    assert {n.name for n in mixed.node if n.op_type == "Conv"} and not any(
+        n.op_type == "DequantizeLinear" and n.output[0] in {i for c in mixed.node if c.op_type == "Conv"
+                                                            for i in c.input} for n in mixed.node)
+    with pytest.raises(UsageError, match="no node of the exported graph comes from that module.*conv9|conv9.*no node"):
+        quantize_onnx(src, tmp_path / "x.onnx", images, keep_float=["conv9"])
+    assert not (tmp_path / "x.onnx").exists()

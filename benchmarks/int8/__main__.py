@@ -10,6 +10,7 @@ setting already in ``benchmarks/results/int8.jsonl`` is skipped):
     python -m benchmarks.int8 --stage students --teacher T.pt --out bench-out/int8
     python -m benchmarks.int8 --stage accuracy --teacher T.pt --out bench-out/int8 [--extra compress-50%=S.pt]
     python -m benchmarks.int8 --stage latency  --teacher T.pt --out bench-out/int8 [--extra ...]   # quiet machine
+    python -m benchmarks.int8 --stage gap --teacher T.pt --out bench-out/int8 --lite0-...   # Lite0's int8 loss
     python -m benchmarks.int8 --report
 
 Latency figures need a quiet machine: every record keeps the load average.
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from ..common.records import append_record, latest_by, read_records
 from ..common.report import say
+from .gap import gap_records
 from .measure import accuracy_record, latency_records
 from .students import SPECS, build_students, student_path
 
@@ -47,7 +49,7 @@ def groups(args: argparse.Namespace) -> list[tuple[str, str, tuple[int, ...], di
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.int8", description=__doc__.split("\n")[0])
-    p.add_argument("--stage", choices=("students", "accuracy", "latency"))
+    p.add_argument("--stage", choices=("students", "accuracy", "latency", "gap"))
     p.add_argument("--teacher", type=Path, help="The trained WRN-16-2 teacher file.")
     p.add_argument("--out", type=Path, default=Path("bench-out/int8"))
     p.add_argument("--extra", action="append", default=[], metavar="NAME=FILE", help="Another WRN-16-2 student.")
@@ -75,7 +77,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     done = latest_by(read_records(RESULTS), "key")
     for group, data, shape, models in groups(args):
-        if args.stage == "accuracy":
+        if args.stage == "gap":
+            if group != "wrn_16_2":     # the WRN models lose nothing in int8 (the accuracy table)
+                for key, record in gap_records(models, data, args.out, group, set(done)):
+                    append_record(RESULTS, {"key": key, "group": group, **record})
+        elif args.stage == "accuracy":
             for name, file in models.items():
                 key = f"accuracy {group} {name}"
                 if not Path(file).is_file():

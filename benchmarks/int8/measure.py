@@ -25,15 +25,16 @@ from cheapconv.measure import evaluate_accuracy, make_runners, time_side_by_side
 RUNTIMES = ("onnxruntime", "onnxruntime-int8")
 
 
-def accuracy_record(name: str, model_file: Path, data: str, out: Path) -> dict:
-    """Float32 and int8 ONNX files of one model, and their top-1 on the whole test split of ``data``."""
+def accuracy_record(name: str, model_file: Path, data: str, out: Path, keep_float: list[str] = ()) -> dict:
+    """Float32 and int8 ONNX files of one model, and their top-1 on the whole test split of ``data``
+    (``keep_float``: module paths left in float32 inside the int8 file)."""
     model = cheapconv.load(model_file)
     fp32_path, int8_path = out / f"{name}.onnx", out / f"{name}.int8.onnx"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         cheapconv.export(model, fp32_path, "onnx")
         report = cheapconv.export(model, int8_path, "onnx", quantize="int8", calib_data=data,
-                                  accept_quantization_loss=True)
+                                  accept_quantization_loss=True, keep_float=keep_float)
     figures = {}
     for precision, path in (("fp32", fp32_path), ("int8", int8_path)):
         deployed = cheapconv.load_deployed(path, threads=os.cpu_count())

@@ -49,5 +49,32 @@ def latency_tables(records: list[dict]) -> list[str]:
     return lines
 
 
+def gap_table(records: list[dict]) -> list[str]:
+    """Stage ``gap``: each model's int8 loss with everything quantised (the accuracy stage) beside the same model
+    with the low-rank blocks (the teacher: the layers they replaced) kept in float32."""
+    whole = {r["key"].split(" ", 1)[1]: r for r in records if r["key"].startswith("accuracy ")}
+    rows = [r for r in records if r["key"].startswith("gap ")]
+    if not rows:
+        return []
+    lines = ["| group | model | layers kept in float32 | int8 − fp32, all int8 | int8 − fp32, those kept | "
+             "agreement, all int8 | agreement, those kept |", "|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        name = r["key"].split(" ")[2:-1]
+        base = whole.get(f"{r['group']} {' '.join(name)}")
+
+        def drop(rec):
+            return f"{100 * (rec['top1_int8'] - rec['top1_fp32']):+.2f}" if rec else "-"
+
+        def agreement(rec):
+            return _pct(((rec or {}).get("export_check") or {}).get("check", {}).get("agreement"))
+
+        lines.append(f"| {r['group']} | {' '.join(name)} | {len(r['float32_modules'])} "
+                     f"({r['variant']}) | {drop(base)} | {drop(r)} | {agreement(base)} | {agreement(r)} |")
+    return lines
+
+
 def render(records: list[dict]) -> str:
-    return "\n".join(["## Accuracy", "", *accuracy_table(records), "", "## Latency", *latency_tables(records)])
+    gap = gap_table(records)
+    return "\n".join(["## Accuracy", "", *accuracy_table(records),
+                      *(["", "## Where the Lite0 int8 loss comes from", "", *gap] if gap else []),
+                      "", "## Latency", *latency_tables(records)])

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from ..errors import CheapconvError, UsageError
 from .exports import EXTRA_HINT, first_line
 
 __all__ = ["MODES", "REFUSE_AGREEMENT", "REFUSE_DROP", "WARN_AGREEMENT", "WARN_DROP", "QuantizationCheck",
-           "calibration_images", "compare_predictions", "quantize_onnx"]
+           "calibration_images", "compare_predictions", "module_nodes", "quantize_onnx"]
 
 MODES = ("int8", "dynamic")
 #: the export refuses an int8 file whose top-1 agreement with fp32 on the held-out images is below this ...
@@ -72,14 +72,37 @@ def _input_name(path: str) -> str:
     return onnx.load(path, load_external_data=False).graph.input[0].name
 
 
+def module_nodes(path: str | Path, modules: Sequence[str]) -> dict[str, list[str]]:
+    """The ONNX nodes of ``path`` that each module path of ``modules`` produced (``"blocks.3.0.conv_pwl.up"``: its
+    own nodes and those of the modules inside it), read from the ``namespace`` record torch's exporter writes on
+    every node (``"blocks.3.0.conv_pwl: LowRankPointwise/blocks.3.0.conv_pwl.up: Conv2d/..."``). A module with no
+    node (a typo, a layer folded away, a file exported without the record) maps to an empty list."""
+    import onnx  # optional (export extra)
+
+    found: dict[str, list[str]] = {m: [] for m in modules}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        namespace = next((p.value for p in node.metadata_props if p.key == "namespace"), "")
+        owners = {part.split(": ")[0] for part in namespace.split("/") if ": " in part}
+        for module in modules:
+            if any(o == module or o.startswith(module + ".") for o in owners):
+                found[module].append(node.name)
+    return found
+
+
 def quantize_onnx(src: str | Path, dst: str | Path, calibration: torch.Tensor | np.ndarray | None = None, *,
-                  mode: str = "int8", batch: int = 32) -> dict:
+                  mode: str = "int8", batch: int = 32, keep_float: Sequence[str] = ()) -> dict:
     """Write ``src`` (a float32 ONNX file) quantised to ``dst``; returns what was done, for the deployment card.
 
     ``mode="int8"``: static QDQ quantisation, weights int8 per output channel, activations uint8 per tensor with
     min/max ranges calibrated on ``calibration`` (N×C×H×W, fed as the model is fed), read in batches of
     ``batch``. ``mode="dynamic"``: the linear layers' weights only (no calibration); a graph without
-    MatMul/Gemm is a :class:`~cheapconv.errors.UsageError`, since nothing would change."""
+    MatMul/Gemm is a :class:`~cheapconv.errors.UsageError`, since nothing would change.
+
+    ``keep_float``: module paths of the exported model (``"blocks.3.0.conv_pwl"``) whose nodes stay float32
+    (mixed precision: to find which layers an int8 loss comes from, or to keep them). A tensor stays float32 only
+    where the node writing it and every node reading it are kept: a quantised conv's output is quantised for
+    whoever reads it, so keep a whole block (both convs of a low-rank pair), not only the layer after the tensor.
+    A path that names no node of the graph is a :class:`~cheapconv.errors.UsageError`."""
     q = _ort_quantization()
     src, dst = str(src), str(dst)
     if mode not in MODES:
@@ -118,11 +141,22 @@ def quantize_onnx(src: str | Path, dst: str | Path, calibration: torch.Tensor | 
                 return None if start is None else {name: np.ascontiguousarray(images[start:start + batch])}
 
         def run(model: str, tmp: str) -> dict:
+            nodes = module_nodes(model, keep_float) if keep_float else {}
+            missing = [m for m, names in nodes.items() if not names]
+            if missing:
+                raise UsageError(f"Nothing to keep in float32 for {', '.join(missing)}: no node of the exported "
+                                 "graph comes from that module. Give module paths as the model's named_modules() "
+                                 "names them (blocks.3.0.conv_pwl.up).")
+            excluded = sorted({n for names in nodes.values() for n in names})
             q.quantize_static(model, dst, Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
                               activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
-                              calibrate_method=q.CalibrationMethod.MinMax)
-            return {"mode": "int8", "format": "QDQ", "weights": "int8 per output channel",
+                              calibrate_method=q.CalibrationMethod.MinMax, nodes_to_exclude=excluded)
+            info = {"mode": "int8", "format": "QDQ", "weights": "int8 per output channel",
                     "activations": "uint8 per tensor, min/max calibrated", "calibration_images": int(len(images))}
+            if keep_float:
+                info["float32_modules"] = list(keep_float)
+                info["float32_nodes"] = len(excluded)
+            return info
 
     with tempfile.TemporaryDirectory(prefix="cheapconv-quant-") as tmp, _quiet_root_logger():
         # ONNX Runtime's pre-processing (shape inference, graph optimisation) lets more ops be quantised, and
@@ -134,6 +168,8 @@ def quantize_onnx(src: str | Path, dst: str | Path, calibration: torch.Tensor | 
             pre = src
         try:
             return run(pre, tmp)
+        except CheapconvError:
+            raise
         except Exception as e:  # noqa: BLE001 - ONNX Runtime raises many types; one paragraph for the user
             raise CheapconvError(f"ONNX Runtime could not quantise the exported graph ({mode}): {type(e).__name__}: "
                                  f"{first_line(e)}. Export or time it in float32 (no --quantize; --runtime "

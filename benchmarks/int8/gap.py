@@ -1,0 +1,46 @@
+"""Stage ``gap``: where the EfficientNet-Lite0 students' int8 loss comes from.
+
+The study found the fine-tuned Lite0 teacher holding its accuracy in int8 (+0.4 points) and its low-rank ``LRp``
+students losing 0.6–3.2 points. The suspect: a low-rank pointwise block is two 1×1 convs with nothing between, and
+the narrow tensor between them is quantised per tensor (uint8), as every activation is. The test: quantise each
+model again with its low-rank blocks kept in float32 (``quantize_onnx(keep_float=...)``: both convs, so the narrow
+tensor is never quantised), and the teacher with *the same layers* kept in float32 (the convs those blocks
+replaced), as the control. If the students' gap closes while the teacher's does not move, the low-rank blocks are
+the cause, not the number of layers left in float32.
+
+One record per (model, variant): fp32 and int8 top-1 on the group's test split and the export's agreement check.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cheapconv
+from cheapconv.blocks.structured import LowRankPointwise
+
+from ..common.report import say
+from .measure import accuracy_record
+
+
+def low_rank_paths(model_file: Path) -> list[str]:
+    """The module paths of ``model_file``'s low-rank pointwise blocks (empty for the teacher)."""
+    model = cheapconv.load(model_file)
+    return [name for name, module in model.named_modules() if isinstance(module, LowRankPointwise)]
+
+
+def gap_records(models: dict[str, Path], data: str, out: Path, group: str, done: set[str]):
+    """Yield (key, record) for every model of ``models`` kept whole in int8 and with the students' low-rank block
+    paths in float32 (the teacher: the union of those paths, the layers they replaced)."""
+    paths = {name: low_rank_paths(f) for name, f in models.items() if name != "teacher"}
+    union = sorted({p for ps in paths.values() for p in ps})
+    for name, file in models.items():
+        keep = paths.get(name, union)
+        if not keep:
+            continue
+        key = f"gap {group} {name} low-rank-float"
+        if key in done:
+            continue
+        say(f"== {key}")
+        record = accuracy_record(f"{group}-{name}-lrfloat", file, data, out, keep_float=keep)
+        yield key, {**record, "variant": "low-rank blocks float32" if name != "teacher"
+                    else "the students' low-rank paths float32", "float32_modules": keep}
