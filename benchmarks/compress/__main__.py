@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stage", choices=("budgets", "fisher"), default="budgets")
     p.add_argument("--fisher-budget", default="50%")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Distillation seeds of --stage fisher.")
+    p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2],
+                   help="Distillation seeds of --stage fisher (none: build and time the two starts only).")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--report", action="store_true", help="Print the table from the results file and stop.")
     args = p.parse_args(argv)
