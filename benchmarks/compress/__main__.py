@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.teacher is None:
         p.error("--teacher is required")
-    torch.set_num_threads(1)
+    # every timing pins its own thread count (threads=1 below); training and fitting use all the cores
     args.out.mkdir(parents=True, exist_ok=True)
     teacher = cheapconv.load(args.teacher)
     sha = file_sha(args.teacher)
