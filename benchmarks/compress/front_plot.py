@@ -1,15 +1,17 @@
-"""The compress study's plot: test error against measured batch-1 latency (÷ the teacher's), the compress students
-beside every point of the reproduction study (issue 27: "on the error-against-measured-latency front of everything in
-the reproduction study ... The report plots it").
+"""The compress study's plots: test error against measured latency (÷ the teacher's), the compress students beside
+every point of the reproduction study (issue 27: "on the error-against-measured-latency front of everything in the
+reproduction study ... The report plots it"), one plot per runtime and batch size the students were compressed for.
 
-Both studies' points are ratios to a teacher timed in the same run, eager torch, batch 1, one thread: the
-reproduction study's from its quiet-machine latency records (``kind: latency`` in ``results/reproduce.jsonl``; its
-teacher 2.90 ms), the compress students' from their final side-by-side measurement. Each reproduction point is its
+Both studies' points are ratios to a teacher timed in the same run, one thread. In eager torch at batch 1 the
+reproduction study's points come from its quiet-machine latency records (``kind: latency`` in
+``results/reproduce.jsonl``; its teacher 2.90 ms); in any other runtime or batch from the ``front-latency`` record
+of ``front_latency.py`` (the same architectures timed side by side there). The compress students' come from their
+final side-by-side measurement at their budget's batch. Each reproduction point is its
 student's best recipe (the lowest mean test error over scratch, KD and AT; 3 epochs from scratch, teacher-initialised
 rows 3 epochs from their teacher), each compress point its error after one epoch of distillation. The two teachers
 are separate files trained on the same schedule (90.83 % and 90.49 %), so the plot compares recipes, not one run.
 
-    python -m benchmarks.compress.front_plot      # writes results/compress-error-vs-latency.png
+    python -m benchmarks.compress.front_plot      # writes results/compress-error-vs-latency*.png, prints the fronts
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections import defaultdict
 from cheapconv import pareto_plot
 
 from ..common.records import RESULTS, read_records
+from .report import DEFAULT_FAMILIES
 
 PNG = RESULTS / "compress-error-vs-latency.png"
 
@@ -30,50 +33,100 @@ def _latency_name(record: dict) -> str:
     return record["arch"].removeprefix("wrn_16_2 ") if record["arch"] != "wrn_16_2" else "teacher"
 
 
-def reproduction_points(records: list[dict]) -> dict[str, tuple[float, float]]:
-    """Student -> (latency ÷ teacher, best mean test error %) from the reproduction study's records."""
+def reproduction_errors(records: list[dict]) -> dict[str, float]:
+    """Student -> its best mean test error % (over scratch, KD and AT) in the reproduction study; searched students
+    under their policy's name (``policy:<sha>``), teacher-initialised ones as ``init:<spec>``."""
     errors: dict[tuple[str, str], list[float]] = defaultdict(list)
     for r in records:
         if r.get("kind") == "run" and r["row"] in "12345" and r["schedule"].endswith("/nall/tall"):
             errors[(r["student"], r["mode"])].append(r["test_error"])
-    policies = {f"policy:{hashlib.sha256(chr(10).join(r['rules']).encode()).hexdigest()[:10]}":
-                f"search@{r['budget_of']}" for r in records if r.get("kind") == "search"}
-    latency = {policies.get(n, n): r["batch1_ms"] for r in records if r.get("kind") == "latency"
-               for n in [_latency_name(r)]}
-    teacher_ms = latency["teacher"]
+    return {student: min(statistics.fmean(v) for (s, _), v in errors.items() if s == student)
+            for student in {s for s, _ in errors}}
+
+
+def search_names(records: list[dict]) -> dict[str, str]:
+    """``policy:<sha>`` (the latency records' name of a searched student) -> ``search@<budget>``."""
+    return {f"policy:{hashlib.sha256(chr(10).join(r['rules']).encode()).hexdigest()[:10]}": f"search@{r['budget_of']}"
+            for r in records if r.get("kind") == "search"}
+
+
+def reproduction_latency(reproduce: list[dict], compress: list[dict], runtime: str, batch: int) -> dict | None:
+    """Name -> ms of the reproduction study's models in ``runtime`` at ``batch`` (None where not timed there)."""
+    if (runtime, batch) == ("torch", 1):
+        return {_latency_name(r): r["batch1_ms"] for r in reproduce if r.get("kind") == "latency"}
+    found = [r for r in compress if r["key"] == f"front-latency {runtime} b{batch}"]
+    return dict(found[-1]["ms"]) if found else None
+
+
+def reproduction_points(reproduce: list[dict], compress: list[dict], runtime: str = "torch",
+                        batch: int = 1) -> dict[str, tuple[float, float]]:
+    """Student -> (latency ÷ teacher, best mean test error %) of the reproduction study, in ``runtime`` at
+    ``batch`` (empty where its models were not timed there)."""
+    latency = reproduction_latency(reproduce, compress, runtime, batch)
+    if not latency:
+        return {}
+    names = search_names(reproduce)
+    latency = {names.get(n, n): ms for n, ms in latency.items()}
     points = {}
-    for student in {s for s, _ in errors}:
+    for student, error in reproduction_errors(reproduce).items():
         ms = latency.get(student.removeprefix("init:"))
-        if ms is None:
-            continue
-        best = min(statistics.fmean(v) for (s, _), v in errors.items() if s == student)
-        points[student] = (ms / teacher_ms, best)
+        if ms is not None:
+            points[student] = (ms / latency["teacher"], error)
     return points
 
 
-def compress_points(records: list[dict]) -> dict[str, tuple[float, float]]:
-    """'compress <budget>' -> (measured latency ÷ teacher, test error % after distillation)."""
+def compress_points(records: list[dict], runtime: str = "torch", batch: int = 1) -> dict[str, tuple[float, float]]:
+    """'compress <budget>' -> (measured latency ÷ teacher at ``batch``, test error % after distillation) of the
+    students compressed for ``runtime`` at ``batch``."""
     points = {}
     for r in records:
-        if r["key"].startswith("student") and r.get("student_ms") and r.get("end"):
+        if (r["key"].startswith("student") and r.get("student_ms") and r.get("end") and r["runtime"] == runtime
+                and r.get("batch", 1) == batch):
             end = r["end"].get("top1", r["end"].get("val_top1"))
-            points[f"compress {r['budget']} ({r['runtime']})"] = (r["student_ms"]["1"] / r["teacher_ms"]["1"],
-                                                                   100 * (1 - end))
+            added = [f for f in r.get("families") or [] if f not in DEFAULT_FAMILIES]
+            label = f"compress {r['budget']}" + "".join(f" +{f}" for f in added)
+            points[label] = (r["student_ms"][str(batch)] / r["teacher_ms"][str(batch)], 100 * (1 - end))
     return points
+
+
+def settings(records: list[dict]) -> list[tuple[str, int]]:
+    """The (runtime, batch) settings that compress students were made for."""
+    return sorted({(r["runtime"], r.get("batch", 1)) for r in records
+                   if r["key"].startswith("student") and r.get("student_ms")})
+
+
+def plot_path(runtime: str, batch: int):
+    return PNG if (runtime, batch) == ("torch", 1) else RESULTS / f"compress-error-vs-latency-{runtime}-b{batch}.png"
+
+
+def dominated_by(points: dict[str, tuple[float, float]], name: str) -> list[str]:
+    """The points both faster and more accurate than ``name``'s."""
+    x, y = points[name]
+    return [n for n, (a, b) in points.items() if n != name and a < x and b < y]
 
 
 def main() -> None:
-    points = {**reproduction_points(read_records(RESULTS / "reproduce.jsonl")),
-              **compress_points(read_records(RESULTS / "compress.jsonl"))}
-    labels = sorted(points, key=lambda n: points[n][0])
-    xs = [points[n][0] for n in labels]
-    ys = [points[n][1] for n in labels]
-    pareto_plot(PNG, labels, [("batch-1 latency ÷ teacher (eager torch, 1 thread, measured side by side)", xs,
-                               "test error % (Fashion-MNIST)", ys)],
-                title="compress students (1 epoch) among the reproduction study's points (3 epochs)")
-    for n in labels:
-        print(f"{n:28s} {points[n][0]:.2f}×  {points[n][1]:.2f} %")
-    print(f"wrote {PNG}")
+    reproduce = read_records(RESULTS / "reproduce.jsonl")
+    compress = read_records(RESULTS / "compress.jsonl")
+    for runtime, batch in settings(compress):
+        theirs = reproduction_points(reproduce, compress, runtime, batch)
+        ours = compress_points(compress, runtime, batch)
+        if not theirs:
+            print(f"-- {runtime}, batch {batch}: the reproduction study's models were not timed there "
+                  f"(python -m benchmarks.compress.front_latency --runtime {runtime} --batch {batch})")
+            continue
+        points = {**theirs, **ours}
+        labels = sorted(points, key=lambda n: points[n][0])
+        path = plot_path(runtime, batch)
+        pareto_plot(path, labels, [(f"batch-{batch} latency ÷ teacher ({runtime}, 1 thread, measured side by side)",
+                                    [points[n][0] for n in labels], "test error % (Fashion-MNIST)",
+                                    [points[n][1] for n in labels])],
+                    title=f"compress students (1 epoch) among the reproduction study's points (3 epochs), {runtime}")
+        print(f"## {runtime}, batch {batch} ({path.name})")
+        for n in labels:
+            beaten = dominated_by(points, n) if n in ours else []
+            verdict = ("  beaten by " + ", ".join(beaten)) if beaten else ("  on the front" if n in ours else "")
+            print(f"{n:28s} {points[n][0]:.2f}×  {points[n][1]:.2f} %{verdict}")
 
 
 if __name__ == "__main__":
