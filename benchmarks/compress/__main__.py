@@ -8,6 +8,7 @@ one line of ``benchmarks/results/compress.jsonl`` (a rerun skips it). Stages, ea
     python -m benchmarks.compress --teacher T.pt --out bench-out/compress --runtime torch      # library + budgets
     python -m benchmarks.compress --teacher T.pt --out bench-out/compress --runtime onnxruntime [--batch 32]
     python -m benchmarks.compress --teacher T.pt --out bench-out/compress --stage fisher    # against the search
+    python -m benchmarks.compress --teacher T.pt --out bench-out/compress --runtime R --stage remeasure  # re-time
     python -m benchmarks.compress --report
 
 A library for another runtime or batch takes the fits of ``library-torch`` where that one is finished (only the
@@ -35,7 +36,7 @@ from cheapconv.extensions import FAMILIES
 
 from ..common.records import append_record, file_sha, latest_by, read_records
 from ..common.report import say
-from . import fisher
+from . import fisher, remeasure
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "compress.jsonl"
 BUDGETS = ("70%", "50%", "30%")
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stage", choices=("budgets", "fisher"), default="budgets")
+    p.add_argument("--stage", choices=("budgets", "fisher", "remeasure"), default="budgets")
+    p.add_argument("--remeasure-repeats", type=int, default=60)
     p.add_argument("--fisher-budget", default="50%")
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2],
                    help="Distillation seeds of --stage fisher (none: build and time the two starts only).")
@@ -148,6 +150,9 @@ def main(argv: list[str] | None = None) -> None:
                                 "options": sum(len(s.options) - 1 for s in library.sites),
                                 "teacher_latency_ms": library.teacher_latency_ms,
                                 "loadavg": [round(v, 2) for v in os.getloadavg()]})
+    if args.stage == "remeasure":
+        remeasure.run(teacher, args, setting(args), sha, RESULTS, set(done), args.budgets)
+        return
     if args.stage == "fisher":
         augmented = get_dataset("fashion-mnist", "train", in_chans=3, image_size=32)
         fisher.run(teacher, train, augmented, test, args, args.fisher_budget, RESULTS, set(done), sha,

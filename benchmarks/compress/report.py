@@ -26,17 +26,31 @@ def _runtime(rec: dict) -> str:
     return " + ".join([rec["runtime"], *added])
 
 
+def _setting(rec: dict) -> str:
+    """The setting's name in files and keys (``__main__.setting``): runtime, batch where not 1, added families."""
+    added = [f for f in rec.get("families") or [] if f not in DEFAULT_FAMILIES]
+    batch = rec.get("batch", 1)
+    return "-".join([rec["runtime"], *([f"b{batch}"] if batch != 1 else []), *(["+".join(added)] if added else [])])
+
+
+def _remeasured(records: list[dict]) -> dict[str, dict]:
+    """Setting -> its latest ``remeasure`` record."""
+    return {r["setting"]: r for r in records if r.get("stage") == "remeasure"}
+
+
 def render(records: list[dict]) -> str:
     lines = []
+    again = _remeasured(records)
     for rec in records:
         if rec["key"].startswith("library"):
             lines.append(f"- library ({_runtime(rec)}, batch {rec.get('batch', 1)}): {rec['options']} options on "
                          f"{rec['sites']} sites, built in "
                          f"{rec['seconds'] / 60:.1f} min (load average {rec['loadavg'][0]}); teacher "
                          f"{rec['teacher_latency_ms']:.3f} ms")
-    lines += ["", "| runtime | batch | budget | met | student ÷ teacher, batch 1 | at the budget's batch | params | "
-                  "MACs | top-1 at step 0 | after 1 epoch | teacher | rounds: predicted→measured ms | chosen |",
-              "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    lines += ["", "| runtime | batch | budget | met | student ÷ teacher, batch 1 | at the budget's batch | "
+                  "re-measured, batch 1 / the budget's | params | MACs | top-1 at step 0 | after 1 epoch | teacher | "
+                  "rounds: predicted→measured ms | chosen |",
+              "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for rec in records:
         if not rec["key"].startswith("student"):
             continue
@@ -44,20 +58,25 @@ def render(records: list[dict]) -> str:
             fastest, teacher = rec["reachable_ms"]
             lines.append(f"| {_runtime(rec)} | {rec.get('batch', 1)} | {rec['budget']} | out of reach: the fastest "
                          f"student of this library is predicted at {fastest:.3f} ms ({fastest / teacher:.0%} of the "
-                         "teacher) | | | | | | | | | | |")
+                         "teacher) | | | | | | | | | | | |")
             continue
         batch = str(rec.get("batch", 1))
         ratios = {b: rec["student_ms"][b] / rec["teacher_ms"][b] for b in rec["student_ms"]}
         counts = rec["counts"]
         chosen = ", ".join(f"{site}={spec}" for site, spec in rec["choices"].items())
         rounds = "; ".join(f"{r['predicted']:.2f}→{r['measured']:.2f}" for r in rec.get("rounds", []))
+        ms = again.get(_setting(rec), {}).get("ms", {})
+        redone = " / ".join(f"{ms[b][rec['budget']] / ms[b]['teacher']:.2f}" for b in sorted({"1", batch}, key=int)
+                            if rec["budget"] in ms.get(b, {})) or "–"
         lines.append(f"| {_runtime(rec)} | {batch} | {rec['budget']} | {'yes' if rec['met'] else 'no'} | "
-                     f"{ratios['1']:.2f} | {ratios[batch]:.2f} | "
+                     f"{ratios['1']:.2f} | {ratios[batch]:.2f} | {redone} | "
                      f"{counts['student']['paper'] / counts['teacher']['paper']:.2f} | "
                      f"{counts['student']['macs'] / counts['teacher']['macs']:.2f} | "
                      f"{_pct(_top1(rec.get('start')))} | {_pct(_top1(rec.get('end')))} | "
                      f"{_pct(rec.get('teacher_top1'))} | {rounds} | {chosen} |")
-    return "\n".join(lines + fisher_table(records))
+    notes = [f"- re-measured ({name}): every saved student and the teacher side by side in one loop, "
+             f"{r['repeats']} rounds, load average {r['loadavg'][0]}" for name, r in again.items()]
+    return "\n".join(lines + ([""] + notes if notes else []) + fisher_table(records))
 
 
 def fisher_table(records: list[dict]) -> list[str]:
