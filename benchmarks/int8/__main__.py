@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     for group, data, shape, models in groups(args):
         if args.stage == "gap":
             if group != "wrn_16_2":     # the WRN models lose nothing in int8 (the accuracy table)
-                for key, record in gap_records(models, data, args.out, group, set(done)):
+                for key, record in gap_records(models, data, args.out, group, set(done), shape):
                     append_record(RESULTS, {"key": key, "group": group, **record})
         elif args.stage == "accuracy":
             for name, file in models.items():

@@ -9,11 +9,18 @@ replaced), as the control. If the students' gap closes while the teacher's does 
 the cause, not the number of layers left in float32.
 
 One record per (model, variant): fp32 and int8 top-1 on the group's test split and the export's agreement check.
+Beside it, per student, the statistic that decides how much per-tensor uint8 loses: a tensor's range (max − min,
+what the calibration maps onto 256 levels) over its standard deviation, for each low-rank block's narrow tensor
+(``down``'s output) and for the tensor entering the block (which the teacher's pointwise conv reads too), on the
+calibration images. A larger ratio leaves most values fewer levels.
 """
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
+
+import torch
 
 import cheapconv
 from cheapconv.blocks.structured import LowRankPointwise
@@ -28,7 +35,35 @@ def low_rank_paths(model_file: Path) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, LowRankPointwise)]
 
 
-def gap_records(models: dict[str, Path], data: str, out: Path, group: str, done: set[str]):
+def range_over_std(model_file: Path, data: str, shape: tuple[int, ...], samples: int = 64) -> dict:
+    """Range ÷ standard deviation of each low-rank block's narrow tensor and of the tensor entering it, on
+    ``samples`` calibration images (median and largest over the blocks)."""
+    from cheapconv.measure.quantization import calibration_images
+
+    model = cheapconv.load(model_file).eval()
+    images, _, _ = calibration_images(data, model, shape, samples=samples, check=1)
+    ratios: dict[str, list[float]] = {"narrow": [], "entering": []}
+
+    def ratio(t: torch.Tensor) -> float:
+        t = t.detach().float()
+        return float((t.max() - t.min()) / t.std().clamp_min(1e-12))
+
+    handles = []
+    for module in model.modules():
+        if isinstance(module, LowRankPointwise):
+            handles.append(module.down.register_forward_hook(lambda m, i, o: ratios["narrow"].append(ratio(o))))
+            handles.append(module.register_forward_pre_hook(lambda m, i: ratios["entering"].append(ratio(i[0]))))
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: {"median": statistics.median(v), "max": max(v), "blocks": len(v)} for k, v in ratios.items() if v}
+
+
+def gap_records(models: dict[str, Path], data: str, out: Path, group: str, done: set[str],
+                shape: tuple[int, ...]):
     """Yield (key, record) for every model of ``models`` kept whole in int8 and with the students' low-rank block
     paths in float32 (the teacher: the union of those paths, the layers they replaced)."""
     paths = {name: low_rank_paths(f) for name, f in models.items() if name != "teacher"}
@@ -42,5 +77,7 @@ def gap_records(models: dict[str, Path], data: str, out: Path, group: str, done:
             continue
         say(f"== {key}")
         record = accuracy_record(f"{group}-{name}-lrfloat", file, data, out, keep_float=keep)
+        if name != "teacher":
+            record["range_over_std"] = range_over_std(file, data, shape)
         yield key, {**record, "variant": "low-rank blocks float32" if name != "teacher"
                     else "the students' low-rank paths float32", "float32_modules": keep}

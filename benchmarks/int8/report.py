@@ -49,27 +49,37 @@ def latency_tables(records: list[dict]) -> list[str]:
     return lines
 
 
+def _drop(rec: dict | None) -> str:
+    return f"{100 * (rec['top1_int8'] - rec['top1_fp32']):+.2f}" if rec else "-"
+
+
+def _agreement(rec: dict | None) -> str:
+    return _pct(((rec or {}).get("export_check") or {}).get("check", {}).get("agreement"))
+
+
+def _spread(stats: dict, kind: str) -> str:
+    s = stats.get(kind)
+    return f"{s['median']:.1f}, {s['max']:.1f}" if s else "–"
+
+
 def gap_table(records: list[dict]) -> list[str]:
     """Stage ``gap``: each model's int8 loss with everything quantised (the accuracy stage) beside the same model
-    with the low-rank blocks (the teacher: the layers they replaced) kept in float32."""
+    with the low-rank blocks (the teacher: the layers they replaced) kept in float32, and the range ÷ sd of the
+    students' narrow tensors and of the tensors entering the blocks."""
     whole = {r["key"].split(" ", 1)[1]: r for r in records if r["key"].startswith("accuracy ")}
     rows = [r for r in records if r["key"].startswith("gap ")]
     if not rows:
         return []
     lines = ["| group | model | layers kept in float32 | int8 − fp32, all int8 | int8 − fp32, those kept | "
-             "agreement, all int8 | agreement, those kept |", "|---|---|---|---:|---:|---:|---:|"]
+             "agreement, all int8 | agreement, those kept | range ÷ sd: narrow tensors (median, max) | "
+             "entering the blocks |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        name = r["key"].split(" ")[2:-1]
-        base = whole.get(f"{r['group']} {' '.join(name)}")
-
-        def drop(rec):
-            return f"{100 * (rec['top1_int8'] - rec['top1_fp32']):+.2f}" if rec else "-"
-
-        def agreement(rec):
-            return _pct(((rec or {}).get("export_check") or {}).get("check", {}).get("agreement"))
-
-        lines.append(f"| {r['group']} | {' '.join(name)} | {len(r['float32_modules'])} "
-                     f"({r['variant']}) | {drop(base)} | {drop(r)} | {agreement(base)} | {agreement(r)} |")
+        name = " ".join(r["key"].split(" ")[2:-1])
+        base = whole.get(f"{r['group']} {name}")
+        stats = r.get("range_over_std") or {}
+        lines.append(f"| {r['group']} | {name} | {len(r['float32_modules'])} ({r['variant']}) | {_drop(base)} | "
+                     f"{_drop(r)} | {_agreement(base)} | {_agreement(r)} | {_spread(stats, 'narrow')} | "
+                     f"{_spread(stats, 'entering')} |")
     return lines
 
 
