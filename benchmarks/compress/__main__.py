@@ -9,6 +9,7 @@ one line of ``benchmarks/results/compress.jsonl`` (a rerun skips it). Stages, ea
     python -m benchmarks.compress --teacher T.pt --out bench-out/compress --runtime onnxruntime [--batch 32]
     python -m benchmarks.compress --teacher T.pt --out bench-out/compress --stage fisher    # against the search
     python -m benchmarks.compress --teacher T.pt --out bench-out/compress --runtime R --stage remeasure  # re-time
+    python -m benchmarks.compress --stage lite0 --lite0-teacher T.pt --images DIR --runtime onnxruntime  # Lite0
     python -m benchmarks.compress --report
 
 A library for another runtime or batch takes the fits of ``library-torch`` where that one is finished (only the
@@ -36,7 +37,7 @@ from cheapconv.extensions import FAMILIES
 
 from ..common.records import append_record, file_sha, latest_by, read_records
 from ..common.report import say
-from . import fisher, remeasure
+from . import fisher, lite0, remeasure
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "compress.jsonl"
 BUDGETS = ("70%", "50%", "30%")
@@ -115,7 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stage", choices=("budgets", "fisher", "remeasure"), default="budgets")
+    p.add_argument("--stage", choices=("budgets", "fisher", "remeasure", "lite0"), default="budgets")
+    p.add_argument("--lite0-teacher", type=Path, help="--stage lite0: the fine-tuned EfficientNet-Lite0 file.")
+    p.add_argument("--images", type=Path, help="--stage lite0: its ImageFolder (train/ and val/).")
+    p.add_argument("--lite0-families", default=None, help="--stage lite0: families (default: compress's).")
     p.add_argument("--remeasure-repeats", type=int, default=60)
     p.add_argument("--fisher-budget", default="50%")
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2],
@@ -127,6 +131,12 @@ def main(argv: list[str] | None = None) -> None:
         from .report import render
 
         print(render(read_records(RESULTS)))
+        return
+    if args.stage == "lite0":
+        if args.lite0_teacher is None or args.images is None:
+            p.error("--stage lite0 needs --lite0-teacher and --images")
+        args.out.mkdir(parents=True, exist_ok=True)
+        lite0.run(args, RESULTS, set(latest_by(read_records(RESULTS), "key")))
         return
     if args.teacher is None:
         p.error("--teacher is required")

@@ -76,7 +76,35 @@ def render(records: list[dict]) -> str:
                      f"{_pct(rec.get('teacher_top1'))} | {rounds} | {chosen} |")
     notes = [f"- re-measured ({name}): every saved student and the teacher side by side in one loop, "
              f"{r['repeats']} rounds, load average {r['loadavg'][0]}" for name, r in again.items()]
-    return "\n".join(lines + ([""] + notes if notes else []) + fisher_table(records))
+    return "\n".join(lines + ([""] + notes if notes else []) + fisher_table(records) + lite0_table(records))
+
+
+def lite0_table(records: list[dict]) -> list[str]:
+    """Stage ``lite0``: the fine-tuned EfficientNet-Lite0 compressed at each budget."""
+    rows = [r for r in records if r.get("stage") == "lite0" or r["key"].startswith("lite0 ")]
+    if not rows:
+        return []
+    lines = ["", "**EfficientNet-Lite0 (fine-tuned on the ImageFolder, 96×96)**", ""]
+    for r in rows:
+        if " library " in r["key"]:
+            lines.append(f"- library ({r['runtime']}, batch {r['batch']}): {r['options']} options on {r['sites']} "
+                         f"sites, {r['seconds'] / 60:.1f} min{' (resumed: this run only)' if r['resumed'] else ''} "
+                         f"(load average {r['loadavg'][0]}); teacher {r['teacher_latency_ms']:.3f} ms")
+    lines += ["", "| runtime | batch | budget | met | student ÷ teacher, batch 1 / the budget's | params | MACs | "
+                  "top-1 at step 0 | after 1 epoch | chosen |", "|---|---:|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        if " library " in r["key"]:
+            continue
+        if "unreachable" in r:
+            lines.append(f"| {r['runtime']} | | {r['budget']} | out of reach: {r['unreachable'][:120]} | | | | | | |")
+            continue
+        ratios = " / ".join(f"{r['student_ms'][b] / r['teacher_ms'][b]:.2f}" for b in sorted(r["student_ms"], key=int))
+        counts = r["counts"]
+        lines.append(f"| {r['runtime']} | {r['batch']} | {r['budget']} | {'yes' if r['met'] else 'no'} | {ratios} | "
+                     f"{counts['student']['paper'] / counts['teacher']['paper']:.2f} | "
+                     f"{counts['student']['macs'] / counts['teacher']['macs']:.2f} | {_pct(_top1(r.get('start')))} | "
+                     f"{_pct(_top1(r.get('end')))} | {len(r['choices'])} sites changed |")
+    return lines
 
 
 def fisher_table(records: list[dict]) -> list[str]:
