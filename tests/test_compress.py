@@ -63,6 +63,40 @@ def test_a_latency_budget_is_measured_and_the_student_distilled(teacher, tmp_pat
     assert table.row_count == 4     # params, MACs, batch-1 latency, accuracy start -> end
 
 
+def _fake_timer(first: float, then: float):
+    """A stand-in for compress's side-by-side measurement: the teacher 10 ms, the student ``first``× of it on the
+    first call and ``then``× after; returns it and the list its calls are counted in."""
+    from cheapconv.compression import runner
+
+    calls: list[int] = []
+
+    def measure(teacher, student, lib, batches, **kw):
+        calls.append(1)
+        ratio = first if len(calls) == 1 else then
+        return runner.Measured({b: 10.0 for b in batches}, {b: 10.0 * ratio for b in batches}, "torch", 1)
+
+    return measure, calls
+
+
+def test_a_final_measurement_over_the_budget_is_said(teacher, tmp_path, monkeypatch):
+    """The round met the budget, the measurement after training did not (a fake timer: the same student, 0.80× then
+    1.05× of the teacher against a 100 % budget, which the teacher itself meets, so the library's own timings cannot
+    make it unreachable): the result says so, with both figures; when both are within it, nothing."""
+    from cheapconv.compression import runner
+
+    data = get_dataset(DATA, "train", augment=False)
+    for final, said in ((1.05, True), (0.95, False)):
+        fake, calls = _fake_timer(0.80, final)
+        monkeypatch.setattr(runner, "_measure", fake)
+        result = cheapconv.compress(teacher, data, "100%", library=tmp_path / "lib", epochs=0, **SMALL)
+        assert result.met and len(result.budget.rounds) == 1 and len(calls) == 2
+        notes = [n for n in result.notes if "measured again after training" in n]
+        assert bool(notes) == said
+        if said:
+            lib_ms = result.library.teacher_latency_ms
+            assert f"{1.05 * lib_ms:.3f} ms" in notes[0] and f"{0.80 * lib_ms:.3f} ms" in notes[0]
+
+
 def test_cli_compress_writes_a_student_that_loads(teacher, tmp_path, capsys):
     cheapconv.save(teacher, tmp_path / "t.pt")
     code, out, err = run(capsys, "compress", tmp_path / "t.pt", "--data", DATA, "--budget", "60%", "--metric",
