@@ -121,7 +121,7 @@ def main() -> None:
         pareto_plot(path, labels, [(f"batch-{batch} latency ÷ teacher ({runtime}, 1 thread, measured side by side)",
                                     [points[n][0] for n in labels], "test error % (Fashion-MNIST)",
                                     [points[n][1] for n in labels])],
-                    title=f"compress students (1 epoch) among the reproduction study's points (3 epochs), {runtime}")
+                    title=f"compress (1 epoch), reproduction study (3 epochs): {runtime}, batch {batch}")
         print(f"## {runtime}, batch {batch} ({path.name})")
         for n in labels:
             beaten = dominated_by(points, n) if n in ours else []
