@@ -31,9 +31,8 @@ from pathlib import Path
 import torch
 
 import cheapconv
-from cheapconv.compression import BudgetUnreachableError
+from cheapconv.compression import FAMILIES, BudgetUnreachableError
 from cheapconv.data import get_dataset
-from cheapconv.extensions import FAMILIES
 
 from ..common.records import append_record, file_sha, latest_by, read_records
 from ..common.report import say

@@ -31,7 +31,6 @@ import torch
 import cheapconv
 from cheapconv import DistillConfig
 from cheapconv.measure import measure_in_runtime
-from cheapconv.threads import limited_threads
 
 from ..common.records import append_record
 from ..common.report import say
@@ -42,9 +41,13 @@ def starts(teacher, train, args, budget: str, library: Path) -> dict[str, tuple[
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         began = time.perf_counter()
-        with limited_threads(1):          # the search times its candidates on the threads it is given
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)          # the search times its candidates on the threads it is given
+        try:
             found = cheapconv.search(teacher, budget, metric="latency", runtime=args.runtime, data="fashion-mnist",
                                      seed=args.seed, latency_batch=args.batch)
+        finally:
+            torch.set_num_threads(threads)
         searched_s = time.perf_counter() - began
         policy = "\n".join(found.winner.rules)
         searched = cheapconv.cheapen(teacher, policy, init="teacher")

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 import cheapconv
-from cheapconv.blocks.structured import LowRankPointwise
+from cheapconv.blocks import LowRankPointwise
+from cheapconv.data import adapt_for_model, get_dataset
 
 from ..common.report import say
 from .measure import accuracy_record
@@ -35,13 +36,22 @@ def low_rank_paths(model_file: Path) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, LowRankPointwise)]
 
 
+def calibration_draw(data: str, model, shape: tuple[int, ...], samples: int, seed: int = 0) -> torch.Tensor:
+    """The first ``samples`` images the export's calibration draws from ``data``'s training split (the same seeded
+    permutation, sorted, fed as the model records: ``cheapconv.measure.quantization.calibration_images``)."""
+    _, h, w = shape
+    fit = adapt_for_model(data, model, image_size=h if h == w else None)
+    train = get_dataset(data, "train", augment=False, in_chans=fit.in_chans, image_size=fit.image_size,
+                        preprocessing=fit.preprocessing)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
+    return torch.stack([train[i][0] for i in sorted(order[:samples])]).float()
+
+
 def range_over_std(model_file: Path, data: str, shape: tuple[int, ...], samples: int = 64) -> dict:
     """Range ÷ standard deviation of each low-rank block's narrow tensor and of the tensor entering it, on
     ``samples`` calibration images (median and largest over the blocks)."""
-    from cheapconv.measure.quantization import calibration_images
-
     model = cheapconv.load(model_file).eval()
-    images, _, _ = calibration_images(data, model, shape, samples=samples, check=1)
+    images = calibration_draw(data, model, shape, samples)
     ratios: dict[str, list[float]] = {"narrow": [], "entering": []}
 
     def ratio(t: torch.Tensor) -> float:
