@@ -227,7 +227,7 @@ def compress(teacher: nn.Module, data: Dataset | torch.Tensor | str, budget: str
             candidate = assemble(teacher, lib, selection.choices)
             m = _measure(teacher, candidate, lib, [int(lib.key.get("batch", batch))], repeats=repeats, fold=fold)
             (b,) = m.student_ms
-            return m.student_ms[b] * (lib.teacher_latency_ms or m.teacher_ms[b]) / m.teacher_ms[b]
+            return _normalised_ms(lib, m, b)
 
         rounds_result = meet_budget(lib, target, measured_ms, rounds=rounds, tolerance=tolerance,
                                     max_params=max_params, max_macs=max_macs)
@@ -261,14 +261,20 @@ def compress(teacher: nn.Module, data: Dataset | torch.Tensor | str, budget: str
                                       offset=_offset(rounds_result)))
 
 
+def _normalised_ms(lib: Library, measured: Measured, batch: int) -> float:
+    """The student's measured time at ``batch`` in the library's time scale: its ratio to the teacher timed beside
+    it, times the library's teacher time (the module docstring says why)."""
+    return measured.student_ms[batch] * (lib.teacher_latency_ms or measured.teacher_ms[batch]) / \
+        measured.teacher_ms[batch]
+
+
 def _final_check(lib: Library, measured: Measured, rounds: BudgetResult | None, tolerance: float) -> list[str]:
     """A note where the final side-by-side measurement (after reconstruction and training) puts the student over
     the budget that its round met: one measurement on a busy machine can move by several per cent, and the user
     should know which figure to trust before shipping."""
     if rounds is None or not rounds.met or not rounds.rounds:
         return []
-    b = int(lib.key.get("batch", 1))
-    final = measured.student_ms[b] * (lib.teacher_latency_ms or measured.teacher_ms[b]) / measured.teacher_ms[b]
+    final = _normalised_ms(lib, measured, int(lib.key.get("batch", 1)))
     if final <= rounds.budget * (1 + tolerance):
         return []
     return [f"measured again after training, the student took {final:.3f} ms (normalised to the library's teacher "
