@@ -31,30 +31,28 @@ from pathlib import Path
 import torch
 
 import cheapconv
-from cheapconv.compression import FAMILIES, BudgetUnreachableError
+from cheapconv.compression import BudgetUnreachableError
 from cheapconv.data import get_dataset
 
 from ..common.records import append_record, file_sha, latest_by, read_records
 from ..common.report import say
 from . import fisher, lite0, remeasure
+from .report import DEFAULT_FAMILIES, setting_name
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "compress.jsonl"
 BUDGETS = ("70%", "50%", "30%")
 
 
 def setting(args: argparse.Namespace) -> str:
-    """The library's setting in names and keys: the runtime, then the batch and the families where not the
-    defaults (``onnxruntime-b32``, ``torch-thin``)."""
-    return "-".join([args.runtime, *([f"b{args.batch}"] if args.batch != 1 else []),
-                     *([args.families.replace(",", "+")] if args.families else [])])
+    """The library's setting in names and keys (:func:`.report.setting_name`)."""
+    return setting_name({"runtime": args.runtime, "batch": args.batch, "families": families(args)})
 
 
 def families(args: argparse.Namespace) -> list[str] | None:
     """The library's families: the defaults, plus those ``--families`` adds."""
     if not args.families:
         return None
-    defaults = [e.name for e in FAMILIES.entries() if e.obj.default]
-    return defaults + [f for f in args.families.split(",") if f not in defaults]
+    return [*DEFAULT_FAMILIES, *(f for f in args.families.split(",") if f not in DEFAULT_FAMILIES)]
 
 
 def library_dir(args: argparse.Namespace) -> Path:

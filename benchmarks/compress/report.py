@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from cheapconv.compression import FAMILIES
+
 from ..common.stats import mean_sd
 
-#: the default families (a record's ``families`` lists them with the added ones)
-DEFAULT_FAMILIES = ("grouped", "low_rank", "tucker", "bottleneck")
+#: the families compress uses when none are named (a record's ``families`` lists them with the added ones)
+DEFAULT_FAMILIES = tuple(e.name for e in FAMILIES.entries() if e.obj.default)
 
 
 def _pct(value) -> str:
@@ -26,8 +28,9 @@ def _runtime(rec: dict) -> str:
     return " + ".join([rec["runtime"], *added])
 
 
-def _setting(rec: dict) -> str:
-    """The setting's name in files and keys (``__main__.setting``): runtime, batch where not 1, added families."""
+def setting_name(rec: dict) -> str:
+    """A setting's name in files and keys: its runtime, then its batch where not 1 and the families it adds to the
+    defaults (``onnxruntime-b32``, ``torch-thin``); ``rec`` is a record, or its runtime/batch/families."""
     added = [f for f in rec.get("families") or [] if f not in DEFAULT_FAMILIES]
     batch = rec.get("batch", 1)
     return "-".join([rec["runtime"], *([f"b{batch}"] if batch != 1 else []), *(["+".join(added)] if added else [])])
@@ -65,7 +68,7 @@ def render(records: list[dict]) -> str:
         counts = rec["counts"]
         chosen = ", ".join(f"{site}={spec}" for site, spec in rec["choices"].items())
         rounds = "; ".join(f"{r['predicted']:.2f}→{r['measured']:.2f}" for r in rec.get("rounds", []))
-        ms = again.get(_setting(rec), {}).get("ms", {})
+        ms = again.get(setting_name(rec), {}).get("ms", {})
         redone = " / ".join(f"{ms[b][rec['budget']] / ms[b]['teacher']:.2f}" for b in sorted({"1", batch}, key=int)
                             if rec["budget"] in ms.get(b, {})) or "–"
         lines.append(f"| {_runtime(rec)} | {batch} | {rec['budget']} | {'yes' if rec['met'] else 'no'} | "
