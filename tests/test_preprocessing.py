@@ -4,6 +4,7 @@ metadata, the training data), that it survives save/load and cheapen, that evalu
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 from pathlib import Path
@@ -70,6 +71,25 @@ def test_record_survives_save_load_and_cheapen(tmp_path) -> None:
     assert preprocessing_of(cheapconv.cheapen(loaded, "LRp(0.5)")) == HALF.at_size(32)   # students of students too
     # what it is fed at is also the size it is measured and exported at by default
     assert cheapconv.models.default_input_size(loaded) == (3, 32, 32)
+
+
+def test_deep_copies_of_students_keep_their_records(tmp_path) -> None:
+    # Students are fx graph modules, whose deepcopy rebuilds them from the graph and dropped every cheapconv_*
+    # attribute: a copy lost its recipe (no step-0 evaluation, no classes) and how it must be fed.
+    teacher = cheapconv.create_model("wrn_10_1")
+    teacher.cheapconv_preprocessing = HALF.at_size(32)
+    student = cheapconv.cheapen(teacher, "G(2)", init="teacher")
+    path = tmp_path / "s.pt"
+    cheapconv.save(student, path)
+    for model in (student, cheapconv.load(path)):
+        twin = copy.deepcopy(model)
+        assert preprocessing_of(twin) == HALF.at_size(32)
+        assert twin.cheapconv_recipe == model.cheapconv_recipe
+        assert twin.cheapconv_recipe is not model.cheapconv_recipe          # a copy, not a shared record
+        assert twin.cheapconv_stages == model.cheapconv_stages
+        assert twin.cheapconv_plan.to_dict() == model.cheapconv_plan.to_dict()
+        cheapconv.save(twin, tmp_path / "twin.pt")                          # and it saves as the original did
+        assert cheapconv.read_recipe(tmp_path / "twin.pt") == cheapconv.read_recipe(path)
 
 
 @pytest.mark.parametrize("change", [{"input_size": [3, 10**9, 10**9]}, {"mean": "0.5"}, {"std": [0, 0, 0]},

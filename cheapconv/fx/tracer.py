@@ -48,6 +48,7 @@ from torch import fx, nn
 
 from ..blocks import BLOCK_MODULES
 from ..errors import TraceError
+from .attributes import keep_through_copies
 from .ops import NORM_TYPES
 from .tap import Tap
 
@@ -147,6 +148,7 @@ def trace(model: nn.Module, leaf_modules: Iterable[type | str] = ()) -> fx.Graph
             m.training = flags[name]
     gm.cheapconv_auto_leaves = list(auto)
     gm.cheapconv_trace_notes = notes
+    keep_through_copies(gm)
     return gm
 
 

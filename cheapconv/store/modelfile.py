@@ -35,6 +35,7 @@ from torch import fx, nn
 
 from ..counting import count_state
 from ..errors import FileFormatError, TraceError, UntrustedFileError, UsageError
+from ..fx.attributes import keep_through_copies
 from ..fx.tracer import trace
 from ..models.inputs import default_input_size
 from ..models.preprocessing import Preprocessing, preprocessing_of
@@ -396,4 +397,5 @@ def load(path: str | Path, *, trust: bool = False, map_location: str | torch.dev
     model.cheapconv_preprocessing = Preprocessing.from_dict(record) if record is not None else None
     model.cheapconv_stages = [t.stage for t in model.modules() if type(t).__name__ == "Tap"] or \
         recipe.get("plan", {}).get("stages", [])
+    keep_through_copies(model)
     return model.to(map_location).eval()

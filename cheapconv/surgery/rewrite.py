@@ -15,6 +15,7 @@ from torch import fx, nn
 from ..blocks import BlockSpec
 from ..errors import UsageError
 from ..fx.analysis import Analysis
+from ..fx.attributes import keep_through_copies
 from ..fx.tap import Tap
 from ..models.preprocessing import preprocessing_of
 from .planner import build_plan, prepare
@@ -126,4 +127,5 @@ def cheapen(model: nn.Module, policy: str | Policy | BlockSpec, *,
         shape = tuple(analysis.input_shape)
         explicit = (input_size is not None or example_input is not None) and len(shape) == 3
         student.cheapconv_preprocessing = record.at_size(shape) if explicit else record
+    keep_through_copies(student)
     return student
