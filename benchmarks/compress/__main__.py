@@ -10,6 +10,7 @@ one line of ``benchmarks/results/compress.jsonl`` (a rerun skips it). Stages, ea
     python -m benchmarks.compress --teacher T.pt --out bench-out/compress --stage fisher    # against the search
     python -m benchmarks.compress --teacher T.pt --out bench-out/compress --runtime R --stage remeasure  # re-time
     python -m benchmarks.compress --stage lite0 --lite0-teacher T.pt --images DIR --runtime onnxruntime  # Lite0
+    python -m benchmarks.compress --teacher T.pt --out bench-out/compress --stage build-time   # fresh build, timed
     python -m benchmarks.compress --report
 
 A library for another runtime or batch takes the fits of ``library-torch`` where that one is finished (only the
@@ -36,7 +37,7 @@ from cheapconv.data import get_dataset
 
 from ..common.records import append_record, file_sha, latest_by, read_records
 from ..common.report import say
-from . import fisher, lite0, remeasure
+from . import build_time, fisher, lite0, remeasure
 from .report import DEFAULT_FAMILIES, setting_name
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "compress.jsonl"
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stage", choices=("budgets", "fisher", "remeasure", "lite0"), default="budgets")
+    p.add_argument("--stage", choices=("budgets", "fisher", "remeasure", "lite0", "build-time"), default="budgets")
     p.add_argument("--lite0-teacher", type=Path, help="--stage lite0: the fine-tuned EfficientNet-Lite0 file.")
     p.add_argument("--images", type=Path, help="--stage lite0: its ImageFolder (train/ and val/).")
     p.add_argument("--lite0-families", default=None, help="--stage lite0: families (default: compress's).")
@@ -144,6 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     train = get_dataset("fashion-mnist", "train", in_chans=3, image_size=32, augment=False)
     test = get_dataset("fashion-mnist", "test", in_chans=3, image_size=32)
     done = latest_by(read_records(RESULTS), "key")
+    if args.stage == "build-time":
+        build_time.run(teacher, train, args, sha, RESULTS, set(done))
+        return
     library_key = f"library {setting(args)} {sha}"
     if library_key not in done:
         started = time.perf_counter()

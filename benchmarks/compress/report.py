@@ -36,6 +36,16 @@ def setting_name(rec: dict) -> str:
     return "-".join([rec["runtime"], *([f"b{batch}"] if batch != 1 else []), *(["+".join(added)] if added else [])])
 
 
+def build_time_line(rec: dict) -> str:
+    """Stage ``build-time``: a fresh default library's build time and the median solve per budget."""
+    solves = ", ".join(f"{budget} {'out of reach' if t is None else f'{1000 * t:.0f} ms'}"
+                       for budget, t in rec["solve_seconds"].items())
+    return (f"- fresh library at the defaults ({rec['runtime']}, batch {rec['batch']}, quiet machine: load average "
+            f"{rec['loadavg_before'][0]} before, {rec['loadavg'][0]} after): {rec['options']} options on "
+            f"{rec['sites']} sites built in {rec['seconds'] / 60:.1f} min (target ≤ 15 min); one solve (median of 5): "
+            f"{solves} (target ≤ 5 s)")
+
+
 def _remeasured(records: list[dict]) -> dict[str, dict]:
     """Setting -> its latest ``remeasure`` record."""
     return {r["setting"]: r for r in records if r.get("stage") == "remeasure"}
@@ -50,6 +60,8 @@ def render(records: list[dict]) -> str:
                          f"{rec['sites']} sites, built in "
                          f"{rec['seconds'] / 60:.1f} min (load average {rec['loadavg'][0]}); teacher "
                          f"{rec['teacher_latency_ms']:.3f} ms")
+        if rec.get("stage") == "build-time":
+            lines.append(build_time_line(rec))
     lines += ["", "| runtime | batch | budget | met | student ÷ teacher, batch 1 | at the budget's batch | "
                   "re-measured, batch 1 / the budget's | params | MACs | top-1 at step 0 | after 1 epoch | teacher | "
                   "rounds: predicted→measured ms | chosen |",

@@ -1,0 +1,37 @@
+"""The compress study's build-time stage: its solve timer and its report line (the build itself is the benchmark's
+job, timed on a quiet machine; nothing here times anything against a target)."""
+
+from __future__ import annotations
+
+from benchmarks.compress import build_time
+from benchmarks.compress.report import render
+from cheapconv.compression import KEEP, Library, LibrarySite, SiteOption
+
+
+def small_library() -> Library:
+    """Two sites, each able to save 1 ms of a 3 ms teacher: the fastest student takes 1 ms (33 %)."""
+    sites = [LibrarySite(name, "conv", (name,), options=[
+        SiteOption(KEEP, None),
+        SiteOption("G(2)", f"{name}=G(2)", params=-10, paper=-10, macs=-100, latency_saved_ms=1.0, kl=0.1,
+                   family="G")]) for name in ("a", "b")]
+    return Library(key={}, sites=sites, teacher_latency_ms=3.0, teacher_params=100, teacher_paper=100,
+                   teacher_macs=1000)
+
+
+def test_solve_seconds_times_a_reachable_budget_and_names_an_unreachable_one() -> None:
+    library = small_library()
+    seconds = build_time.solve_seconds(library, "50%", solves=3)
+    assert seconds is not None and 0 < seconds < 60
+    assert build_time.solve_seconds(library, "20%", solves=3) is None
+
+
+def test_the_report_shows_the_build_time_against_its_targets() -> None:
+    record = {"key": "build-time torch b1 abc", "stage": "build-time", "runtime": "torch", "batch": 1,
+              "seconds": 612.0, "sites": 21, "options": 81, "teacher_latency_ms": 3.9,
+              "solve_seconds": {"70%": 0.031, "30%": None}, "loadavg_before": [0.4, 0.5, 0.6],
+              "loadavg": [1.0, 0.9, 0.8]}
+    text = render([record])
+    line = next(line for line in text.splitlines() if line.startswith("- fresh library"))
+    assert "81 options on 21 sites built in 10.2 min" in line
+    assert "70% 31 ms" in line and "30% out of reach" in line
+    assert "load average 0.4 before, 1.0 after" in line
