@@ -6,7 +6,8 @@ Fashion-MNIST images at 96×96; ``examples/pretrained_teacher.sh``) compressed i
 thread, for each ``--budgets``: library (default families, or ``--lite0-families``), exact selection, measured
 budget loop, assembly, reconstruction and one epoch of distillation, all through ``cheapconv.compress`` with the
 data given by name, so the student is fed as the teacher records (its own mean/std, bicubic resize). One record per
-budget (``lite0 <runtime> b<batch> <budget> <teacher sha>``) and one for the library's build time; students saved
+budget (``lite0 <runtime> b<batch> <budget> <teacher sha>``), one for the library's build time and one for the
+teacher's top-1 on the same held-out images; students saved
 as ``OUT/lite0-student-<runtime>-<budget>.pt``. Resumable: the library folder continues, finished budgets are
 skipped. Needs a quiet machine (library timings, the measured loop; the load average is in every record).
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import cheapconv
 from cheapconv.compression import BudgetUnreachableError
+from cheapconv.data import adapt_for_model, get_dataset
 
 from ..common.records import append_record, file_sha
 from ..common.report import say
@@ -34,6 +36,13 @@ def run(args, results: Path, done: set[str]) -> None:
     data = f"imagefolder:{args.images}"
     families = args.lite0_families.split(",") if args.lite0_families else None
     folder = args.out / f"lite0-library-{args.runtime}-b{args.batch}"
+    teacher_key = f"lite0 teacher {sha}"
+    if teacher_key not in done:     # the teacher on the held-out images the students' start and end are read on
+        fit = adapt_for_model(data, teacher)    # fed as compress feeds its students (its recorded preprocessing)
+        held_out = get_dataset(data, "test", in_chans=fit.in_chans, image_size=fit.image_size,
+                               preprocessing=fit.preprocessing)
+        append_record(results, {"key": teacher_key, "stage": "lite0", "teacher_sha": sha,
+                                "top1": cheapconv.evaluate(teacher, held_out)["top1"], "images": len(held_out)})
     todo = [b for b in args.budgets if f"lite0 {args.runtime} b{args.batch} {b} {sha}" not in done]
     if not todo:
         return

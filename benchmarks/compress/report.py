@@ -105,21 +105,26 @@ def lite0_table(records: list[dict]) -> list[str]:
             lines.append(f"- library ({r['runtime']}, batch {r['batch']}): {r['options']} options on {r['sites']} "
                          f"sites, {r['seconds'] / 60:.1f} min{' (resumed: this run only)' if r['resumed'] else ''} "
                          f"(load average {r['loadavg'][0]}); teacher {r['teacher_latency_ms']:.3f} ms")
+    teacher_top1 = {r["teacher_sha"]: r["top1"] for r in rows if r["key"].startswith("lite0 teacher ")}
+    rows = [r for r in rows if not r["key"].startswith("lite0 teacher ")]
     lines += ["", "| runtime | batch | budget | met | student ÷ teacher, batch 1 / the budget's | params | MACs | "
-                  "top-1 at step 0 | after 1 epoch | chosen |", "|---|---:|---|---|---:|---:|---:|---:|---:|---|"]
+                  "top-1 at step 0 | after 1 epoch | teacher | chosen |",
+              "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if " library " in r["key"]:
             continue
         if "unreachable" in r:
-            lines.append(f"| {r['runtime']} | | {r['budget']} | out of reach: {r['unreachable'][:120]} | | | | | | |")
+            lines.append(f"| {r['runtime']} | | {r['budget']} | out of reach: {r['unreachable'][:120]} | | | | | | | |")
             continue
         ratios = " / ".join(f"{r['student_ms'][b] / r['teacher_ms'][b]:.2f}" for b in sorted(r["student_ms"], key=int))
         counts = r["counts"]
         lines.append(f"| {r['runtime']} | {r['batch']} | {r['budget']} | {'yes' if r['met'] else 'no'} | {ratios} | "
                      f"{counts['student']['paper'] / counts['teacher']['paper']:.2f} | "
                      f"{counts['student']['macs'] / counts['teacher']['macs']:.2f} | {_pct(_top1(r.get('start')))} | "
-                     f"{_pct(_top1(r.get('end')))} | {len(r['choices'])} sites changed |")
-    return lines
+                     f"{_pct(_top1(r.get('end')))} | {_pct(teacher_top1.get(r.get('teacher_sha')))} | "
+                     f"{len(r['choices'])} sites changed |")
+    notes = [f"- {r['budget']}: {note}" for r in rows if " library " not in r["key"] for note in r.get("notes") or []]
+    return lines + ([""] + notes if notes else [])
 
 
 def fisher_table(records: list[dict]) -> list[str]:
