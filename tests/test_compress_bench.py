@@ -35,3 +35,27 @@ def test_the_report_shows_the_build_time_against_its_targets() -> None:
     assert "81 options on 21 sites built in 10.2 min" in line
     assert "70% 31 ms" in line and "30% out of reach" in line
     assert "load average 0.4 before, 1.0 after" in line
+
+
+def lite0_record(budget: str, student_ms: float) -> dict:
+    counts = {"student": {"paper": 50, "macs": 40}, "teacher": {"paper": 100, "macs": 100}}
+    return {"key": f"lite0 onnxruntime b1 {budget} sha", "stage": "lite0", "teacher_sha": "sha", "budget": budget,
+            "runtime": "onnxruntime", "batch": 1, "met": True, "notes": [], "choices": {"a": "LRp(0.5)"},
+            "teacher_ms": {"1": 2.0}, "student_ms": {"1": student_ms}, "counts": counts,
+            "start": {"top1": 0.80}, "end": {"top1": 0.79}}
+
+
+def test_the_lite0_table_reads_its_teacher_and_its_own_remeasurement() -> None:
+    records = [{"key": "lite0 teacher sha", "stage": "lite0", "teacher_sha": "sha", "top1": 0.792, "images": 500},
+               lite0_record("90%", 1.84), lite0_record("70%", 1.34),
+               {"key": "remeasure lite0-onnxruntime sha", "stage": "remeasure", "runtime": "onnxruntime", "batch": 1,
+                "setting": "lite0-onnxruntime", "repeats": 60, "loadavg": [1.0, 1.0, 1.0],
+                "ms": {"1": {"teacher": 2.0, "90%": 1.76, "70%": 1.30}}}]
+    lines = render(records).splitlines()
+    row90 = next(line for line in lines if line.startswith("| onnxruntime | 1 | 90% |"))
+    row70 = next(line for line in lines if line.startswith("| onnxruntime | 1 | 70% |"))
+    assert "| 0.92 | 0.88 |" in row90 and "| 79.20 % |" in row90
+    assert "| 0.67 | 0.65 |" in row70
+    remeasured = [line for line in lines if line.startswith("- re-measured (lite0-onnxruntime)")]
+    assert len(remeasured) == 1     # under the Lite0 table only, not the WRN one's notes
+    assert lines.index(remeasured[0]) > lines.index(row70)

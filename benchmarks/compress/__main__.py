@@ -10,6 +10,7 @@ one line of ``benchmarks/results/compress.jsonl`` (a rerun skips it). Stages, ea
     python -m benchmarks.compress --teacher T.pt --out bench-out/compress --stage fisher    # against the search
     python -m benchmarks.compress --teacher T.pt --out bench-out/compress --runtime R --stage remeasure  # re-time
     python -m benchmarks.compress --stage lite0 --lite0-teacher T.pt --images DIR --runtime onnxruntime  # Lite0
+    python -m benchmarks.compress --stage remeasure --lite0-teacher T.pt --runtime onnxruntime  # re-time Lite0's
     python -m benchmarks.compress --teacher T.pt --out bench-out/compress --stage build-time   # fresh build, timed
     python -m benchmarks.compress --report
 
@@ -115,7 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stage", choices=("budgets", "fisher", "remeasure", "lite0", "build-time"), default="budgets")
-    p.add_argument("--lite0-teacher", type=Path, help="--stage lite0: the fine-tuned EfficientNet-Lite0 file.")
+    p.add_argument("--lite0-teacher", type=Path,
+                   help="--stage lite0: the fine-tuned EfficientNet-Lite0 file (with --stage remeasure: re-time "
+                        "its saved students instead of the WRN ones).")
     p.add_argument("--images", type=Path, help="--stage lite0: its ImageFolder (train/ and val/).")
     p.add_argument("--lite0-families", default=None, help="--stage lite0: families (default: compress's).")
     p.add_argument("--remeasure-repeats", type=int, default=60)
@@ -135,6 +138,9 @@ def main(argv: list[str] | None = None) -> None:
             p.error("--stage lite0 needs --lite0-teacher and --images")
         args.out.mkdir(parents=True, exist_ok=True)
         lite0.run(args, RESULTS, set(latest_by(read_records(RESULTS), "key")))
+        return
+    if args.stage == "remeasure" and args.lite0_teacher is not None:   # the Lite0 students, not the WRN ones
+        lite0.remeasure_students(args, RESULTS, set(latest_by(read_records(RESULTS), "key")))
         return
     if args.teacher is None:
         p.error("--teacher is required")

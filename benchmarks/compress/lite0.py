@@ -12,6 +12,7 @@ as ``OUT/lite0-student-<runtime>-<budget>.pt``. Resumable: the library folder co
 skipped. Needs a quiet machine (library timings, the measured loop; the load average is in every record).
 
     python -m benchmarks.compress --stage lite0 --lite0-teacher T.pt --images DIR --out OUT --runtime onnxruntime
+    python -m benchmarks.compress --stage remeasure --lite0-teacher T.pt --out OUT --runtime onnxruntime --budgets ...
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from pathlib import Path
 import cheapconv
 from cheapconv.compression import BudgetUnreachableError
 from cheapconv.data import adapt_for_model, get_dataset
+from cheapconv.models import default_input_size
 
 from ..common.records import append_record, file_sha
 from ..common.report import say
+from . import remeasure
 
 
 def run(args, results: Path, done: set[str]) -> None:
@@ -89,3 +92,16 @@ def run(args, results: Path, done: set[str]) -> None:
             "counts": result.counts, "start": training.start if training else None,
             "end": training.end if training else None, "seconds": time.perf_counter() - started,
             "loadavg": [round(v, 2) for v in os.getloadavg()]})
+
+
+def remeasure_students(args, results: Path, done: set[str]) -> None:
+    """``--stage remeasure --lite0-teacher T``: the saved Lite0 students and their teacher timed again side by side
+    (:mod:`.remeasure`), at the teacher's recorded input size."""
+    teacher = cheapconv.load(args.lite0_teacher)
+    remeasure.run(teacher, args, lite0_setting(args), file_sha(args.lite0_teacher), results, done, args.budgets,
+                  stem=f"lite0-student-{args.runtime}", input_shape=default_input_size(teacher))
+
+
+def lite0_setting(args) -> str:
+    """The Lite0 students' setting in re-measure keys: ``lite0-<runtime>`` (batch 1, the stage's only batch)."""
+    return f"lite0-{args.runtime}"

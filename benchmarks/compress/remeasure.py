@@ -22,16 +22,20 @@ from ..common.records import append_record
 from ..common.report import say
 
 
-def students(out: Path, setting: str, budgets: list[str]) -> dict[str, Path]:
-    """Budget -> saved student file of ``setting`` (those that exist)."""
-    files = {b: out / f"student-{setting}-{b.rstrip('%')}.pt" for b in budgets}
+def students(out: Path, stem: str, budgets: list[str]) -> dict[str, Path]:
+    """Budget -> saved student file ``OUT/<stem>-<budget>.pt`` (those that exist)."""
+    files = {b: out / f"{stem}-{b.rstrip('%')}.pt" for b in budgets}
     return {b: f for b, f in files.items() if f.is_file()}
 
 
-def run(teacher, args, setting: str, sha: str, results: Path, done: set[str], budgets: list[str]) -> None:
-    """Time the teacher and every saved student of ``setting`` side by side (batch 1 and the setting's batch)."""
+def run(teacher, args, setting: str, sha: str, results: Path, done: set[str], budgets: list[str], *,
+        stem: str | None = None, input_shape: tuple[int, ...] = (3, 32, 32)) -> None:
+    """Time the teacher and every saved student of ``setting`` side by side (batch 1 and the setting's batch).
+
+    ``stem``: the students' file names before ``-<budget>.pt`` (default ``student-<setting>``, the WRN study's);
+    ``input_shape``: (C, H, W) they are timed at."""
     key = f"remeasure {setting} {sha}"
-    found = students(args.out, setting, budgets)
+    found = students(args.out, stem or f"student-{setting}", budgets)
     if key in done or not found:
         say(f"-- {key}: " + ("already recorded" if key in done else "no student saved yet"))
         return
@@ -42,7 +46,7 @@ def run(teacher, args, setting: str, sha: str, results: Path, done: set[str], bu
         say(f"== {key}: batch {batch}, {', '.join(names)}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            timed = measure_in_runtime(models, (batch, 3, 32, 32), args.runtime, threads=1,
+            timed = measure_in_runtime(models, (batch, *input_shape), args.runtime, threads=1,
                                        repeats=args.remeasure_repeats)
         ms[str(batch)] = {n: t.median_ms for n, t in zip(names, timed, strict=True)}
         for n in names:

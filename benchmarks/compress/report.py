@@ -90,7 +90,8 @@ def render(records: list[dict]) -> str:
                      f"{_pct(_top1(rec.get('start')))} | {_pct(_top1(rec.get('end')))} | "
                      f"{_pct(rec.get('teacher_top1'))} | {rounds} | {chosen} |")
     notes = [f"- re-measured ({name}): every saved student and the teacher side by side in one loop, "
-             f"{r['repeats']} rounds, load average {r['loadavg'][0]}" for name, r in again.items()]
+             f"{r['repeats']} rounds, load average {r['loadavg'][0]}" for name, r in again.items()
+             if not name.startswith("lite0-")]      # those are under the Lite0 table
     return "\n".join(lines + ([""] + notes if notes else []) + fisher_table(records) + lite0_table(records))
 
 
@@ -107,23 +108,31 @@ def lite0_table(records: list[dict]) -> list[str]:
                          f"(load average {r['loadavg'][0]}); teacher {r['teacher_latency_ms']:.3f} ms")
     teacher_top1 = {r["teacher_sha"]: r["top1"] for r in rows if r["key"].startswith("lite0 teacher ")}
     rows = [r for r in rows if not r["key"].startswith("lite0 teacher ")]
-    lines += ["", "| runtime | batch | budget | met | student ÷ teacher, batch 1 / the budget's | params | MACs | "
-                  "top-1 at step 0 | after 1 epoch | teacher | chosen |",
-              "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    again = _remeasured(records)
+    lines += ["", "| runtime | batch | budget | met | student ÷ teacher, batch 1 / the budget's | "
+                  "re-measured, batch 1 | params | MACs | top-1 at step 0 | after 1 epoch | teacher | chosen |",
+              "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if " library " in r["key"]:
             continue
         if "unreachable" in r:
-            lines.append(f"| {r['runtime']} | | {r['budget']} | out of reach: {r['unreachable'][:120]} | | | | | | | |")
+            lines.append(f"| {r['runtime']} | | {r['budget']} | out of reach: {r['unreachable'][:120]} "
+                         "| | | | | | | | |")
             continue
         ratios = " / ".join(f"{r['student_ms'][b] / r['teacher_ms'][b]:.2f}" for b in sorted(r["student_ms"], key=int))
         counts = r["counts"]
+        ms = again.get(f"lite0-{r['runtime']}", {}).get("ms", {}).get("1", {})
+        redone = f"{ms[r['budget']] / ms['teacher']:.2f}" if r["budget"] in ms else "–"
         lines.append(f"| {r['runtime']} | {r['batch']} | {r['budget']} | {'yes' if r['met'] else 'no'} | {ratios} | "
+                     f"{redone} | "
                      f"{counts['student']['paper'] / counts['teacher']['paper']:.2f} | "
                      f"{counts['student']['macs'] / counts['teacher']['macs']:.2f} | {_pct(_top1(r.get('start')))} | "
                      f"{_pct(_top1(r.get('end')))} | {_pct(teacher_top1.get(r.get('teacher_sha')))} | "
                      f"{len(r['choices'])} sites changed |")
     notes = [f"- {r['budget']}: {note}" for r in rows if " library " not in r["key"] for note in r.get("notes") or []]
+    notes += [f"- re-measured ({name}): every saved student and the teacher side by side in one loop, "
+              f"{r['repeats']} rounds, load average {r['loadavg'][0]}" for name, r in again.items()
+              if name.startswith("lite0-")]
     return lines + ([""] + notes if notes else [])
 
 
