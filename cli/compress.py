@@ -112,8 +112,18 @@ def compress(
         warn(note)
     kind = cheapconv.save(result.student, output)
     err.print(literal(f"Wrote {output} ({kind} format); library in {result.library_dir}."), highlight=False)
+    if result.before_training is not None:     # distillation ended below the start: keep the start too
+        start_path = before_training_path(output)
+        cheapconv.save(result.before_training, start_path)
+        err.print(literal(f"Wrote {start_path}: the student before training, which scored higher."),
+                  highlight=False)
     if write_front:
         written = result.write_front(output.with_suffix(""))
         err.print(literal("Front of other budgets from the same library: " + ", ".join(map(str, written))
                           + ("" if len(written) > 1 else " (no PNG: pip install 'cheapconv[plots]')")),
                   highlight=False)
+
+
+def before_training_path(output: Path) -> Path:
+    """Where the student before training is written beside ``output``: ``STEM.before-training.pt``."""
+    return output.with_name(f"{output.stem}.before-training{output.suffix or '.pt'}")

@@ -131,3 +131,57 @@ def test_cli_compress_dry_run_and_an_unreachable_budget(teacher, tmp_path, capsy
                        "--library", tmp_path / "lib", "-o", tmp_path / "s.pt")
     flat = " ".join(err.split())
     assert code == 2 and "reach" in flat and "Traceback" not in err and not (tmp_path / "s.pt").exists()
+
+
+def _losing_distill(end_top1: float):
+    """A stand-in for distill that moves the student's weights and ends at ``end_top1`` from a start of 0.80."""
+    from cheapconv.train import DistillResult
+
+    def distill(teacher, student, train_set, *, val_data=None, config=None):
+        with torch.no_grad():
+            for p in student.parameters():
+                p.add_(1.0)
+        return DistillResult(student, start={"top1": 0.80, "top5": 1.0, "loss": 0.5, "n": 32},
+                             end={"top1": end_top1, "top5": 1.0, "loss": 0.9, "n": 32})
+
+    return distill
+
+
+def test_a_student_that_training_made_worse_is_kept_from_before_training(teacher, tmp_path, monkeypatch):
+    """Where distillation ends below the start, compress says so and keeps the student from before it (the same
+    architecture, the weights of assembly and reconstruction); where it ends above, it keeps nothing extra."""
+    from cheapconv.compression import runner
+
+    data = get_dataset(DATA, "train", augment=False)
+    for end, kept in ((0.60, True), (0.85, False)):
+        monkeypatch.setattr(runner, "distill", _losing_distill(end))
+        result = cheapconv.compress(teacher, data, "50%", metric="params", library=tmp_path / "lib", epochs=1,
+                                    val_data=get_dataset(DATA, "test"), **SMALL)
+        notes = [n for n in result.notes if "Training ended worse than it started" in n]
+        assert bool(notes) == kept and (result.before_training is not None) == kept
+        if kept:
+            assert "80.00 % → 60.00 %" in notes[0] and "before_training" in notes[0]
+            before, after = result.before_training.state_dict(), result.student.state_dict()
+            assert before.keys() == after.keys()
+            weights = [k for k, v in before.items() if v.is_floating_point()]
+            assert all(torch.allclose(before[k] + 1.0, after[k]) for k in weights
+                       if k in dict(result.student.named_parameters()))
+            assert result.before_training.cheapconv_recipe == result.student.cheapconv_recipe
+
+
+def test_cli_compress_writes_the_student_before_training_beside_a_worse_one(teacher, tmp_path, capsys,
+                                                                               monkeypatch):
+    from cheapconv.compression import runner
+
+    monkeypatch.setattr(runner, "distill", _losing_distill(0.60))
+    cheapconv.save(teacher, tmp_path / "t.pt")
+    code, out, err = run(capsys, "compress", tmp_path / "t.pt", "--data", DATA, "--budget", "60%", "--metric",
+                         "params", "--epochs", "1", "--samples", "64", "--held-out", "32", "--families",
+                         "grouped,bottleneck", "--library", tmp_path / "lib", "-o", tmp_path / "s.pt", "--no-front")
+    assert code == 0, err
+    said = " ".join(err.split())        # the console wraps long lines
+    assert "Training ended worse than it started" in said and "the student before training, which scored" in said
+    start, end = cheapconv.load(tmp_path / "s.before-training.pt"), cheapconv.load(tmp_path / "s.pt")
+    assert cheapconv.count_params(start, "paper") == cheapconv.count_params(end, "paper")
+    pairs = zip(start.state_dict().values(), end.state_dict().values(), strict=True)
+    assert not all(torch.equal(a, b) for a, b in pairs)
