@@ -19,6 +19,7 @@ nothing, can run later, beside other work.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -63,15 +64,10 @@ def starts(teacher, train, args, budget: str, library: Path) -> dict[str, tuple[
                                               "met": compressed.met})}
 
 
-def start_files(args, budget: str) -> dict[str, Path]:
-    """Where the two starts of ``budget`` are saved."""
-    return {m: args.out / f"fisher-{m}-{args.runtime}-b{args.batch}-{budget.rstrip('%')}.pt"
-            for m in ("search", "compress")}
-
-
 def saved_starts(teacher, train, args, budget: str, library: Path) -> dict[str, tuple[torch.nn.Module, dict]]:
     """:func:`starts`, read from ``args.out`` where a run before built them, else built and saved there."""
-    files = start_files(args, budget)
+    files = {m: args.out / f"fisher-{m}-{args.runtime}-b{args.batch}-{budget.rstrip('%')}.pt"
+             for m in ("search", "compress")}
     if all(f.is_file() and f.with_suffix(".json").is_file() for f in files.values()):
         return {m: (cheapconv.load(f), json.loads(f.with_suffix(".json").read_text())) for m, f in files.items()}
     say(f"== building both starts at {budget} ({args.runtime}, batch {args.batch})")
@@ -100,10 +96,8 @@ def run(teacher, train, augmented, test, args, budget: str, results: Path, done:
                                                                       strict=True)},
                                 "loadavg": [round(v, 2) for v in os.getloadavg()]})
     for method, seed in todo:
-        _, made = built[method]
-        # a fresh load, not copy.deepcopy: a deep copy of a graph-stored student drops its cheapconv_recipe (so
-        # the run would not know it starts from its teacher and would skip the step-0 evaluation)
-        student = cheapconv.load(start_files(args, budget)[method])
+        student, made = built[method]
+        student = copy.deepcopy(student)    # keeps its records (recipe: the step-0 evaluation) since cheapconv's fix
         say(f"== {base} {method} seed {seed}")
         config = DistillConfig.fine_tuning(epochs=args.epochs, lr=0.1, progress=not args.quiet, seed=seed)
         with warnings.catch_warnings():

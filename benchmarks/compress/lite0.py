@@ -30,6 +30,7 @@ from cheapconv.models import default_input_size
 from ..common.records import append_record, file_sha
 from ..common.report import say
 from . import remeasure
+from .report import lite0_setting_name
 
 
 def run(args, results: Path, done: set[str]) -> None:
@@ -98,10 +99,5 @@ def remeasure_students(args, results: Path, done: set[str]) -> None:
     """``--stage remeasure --lite0-teacher T``: the saved Lite0 students and their teacher timed again side by side
     (:mod:`.remeasure`), at the teacher's recorded input size."""
     teacher = cheapconv.load(args.lite0_teacher)
-    remeasure.run(teacher, args, lite0_setting(args), file_sha(args.lite0_teacher), results, done, args.budgets,
-                  stem=f"lite0-student-{args.runtime}", input_shape=default_input_size(teacher))
-
-
-def lite0_setting(args) -> str:
-    """The Lite0 students' setting in re-measure keys: ``lite0-<runtime>`` (batch 1, the stage's only batch)."""
-    return f"lite0-{args.runtime}"
+    remeasure.run(teacher, args, lite0_setting_name(args.runtime), file_sha(args.lite0_teacher), results, done,
+                  args.budgets, stem=f"lite0-student-{args.runtime}", input_shape=default_input_size(teacher))

@@ -46,6 +46,16 @@ def build_time_line(rec: dict) -> str:
             f"{solves} (target ≤ 5 s)")
 
 
+def lite0_setting_name(runtime: str) -> str:
+    """The Lite0 students' setting in re-measure keys (batch 1, the stage's only batch): ``lite0-<runtime>``."""
+    return f"lite0-{runtime}"
+
+
+def _remeasure_note(name: str, rec: dict) -> str:
+    return (f"- re-measured ({name}): every saved student and the teacher side by side in one loop, "
+            f"{rec['repeats']} rounds, load average {rec['loadavg'][0]}")
+
+
 def _remeasured(records: list[dict]) -> dict[str, dict]:
     """Setting -> its latest ``remeasure`` record."""
     return {r["setting"]: r for r in records if r.get("stage") == "remeasure"}
@@ -89,9 +99,8 @@ def render(records: list[dict]) -> str:
                      f"{counts['student']['macs'] / counts['teacher']['macs']:.2f} | "
                      f"{_pct(_top1(rec.get('start')))} | {_pct(_top1(rec.get('end')))} | "
                      f"{_pct(rec.get('teacher_top1'))} | {rounds} | {chosen} |")
-    notes = [f"- re-measured ({name}): every saved student and the teacher side by side in one loop, "
-             f"{r['repeats']} rounds, load average {r['loadavg'][0]}" for name, r in again.items()
-             if not name.startswith("lite0-")]      # those are under the Lite0 table
+    notes = [_remeasure_note(name, r) for name, r in again.items()
+             if not name.startswith(lite0_setting_name(""))]      # those are under the Lite0 table
     return "\n".join(lines + ([""] + notes if notes else []) + fisher_table(records) + lite0_table(records))
 
 
@@ -121,7 +130,7 @@ def lite0_table(records: list[dict]) -> list[str]:
             continue
         ratios = " / ".join(f"{r['student_ms'][b] / r['teacher_ms'][b]:.2f}" for b in sorted(r["student_ms"], key=int))
         counts = r["counts"]
-        ms = again.get(f"lite0-{r['runtime']}", {}).get("ms", {}).get("1", {})
+        ms = again.get(lite0_setting_name(r["runtime"]), {}).get("ms", {}).get("1", {})
         redone = f"{ms[r['budget']] / ms['teacher']:.2f}" if r["budget"] in ms else "–"
         lines.append(f"| {r['runtime']} | {r['batch']} | {r['budget']} | {'yes' if r['met'] else 'no'} | {ratios} | "
                      f"{redone} | "
@@ -130,9 +139,7 @@ def lite0_table(records: list[dict]) -> list[str]:
                      f"{_pct(_top1(r.get('end')))} | {_pct(teacher_top1.get(r.get('teacher_sha')))} | "
                      f"{len(r['choices'])} sites changed |")
     notes = [f"- {r['budget']}: {note}" for r in rows if " library " not in r["key"] for note in r.get("notes") or []]
-    notes += [f"- re-measured ({name}): every saved student and the teacher side by side in one loop, "
-              f"{r['repeats']} rounds, load average {r['loadavg'][0]}" for name, r in again.items()
-              if name.startswith("lite0-")]
+    notes += [_remeasure_note(name, r) for name, r in again.items() if name.startswith(lite0_setting_name(""))]
     return lines + ([""] + notes if notes else [])
 
 
