@@ -105,8 +105,9 @@ def compress(
     out.print(literal_table(result.selection.table()))
     if result.budget is not None:
         for i, r in enumerate(result.budget.rounds, 1):
+            again = f", then {r.confirmation:.3f} ms measured again" if r.confirmation is not None else ""
             err.print(f"round {i}: solved for {r.target:.3f} ms, predicted {r.predicted:.3f} ms, measured "
-                      f"{r.measured:.3f} ms", highlight=False)
+                      f"{r.measured:.3f} ms{again}", highlight=False)
     out.print(literal_table(result.table()))
     for note in result.notes:
         warn(note)

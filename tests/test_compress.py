@@ -63,19 +63,36 @@ def test_a_latency_budget_is_measured_and_the_student_distilled(teacher, tmp_pat
     assert table.row_count == 4     # params, MACs, batch-1 latency, accuracy start -> end
 
 
-def _fake_timer(first: float, then: float):
+def _fake_timer(first: float, then: float, loop_calls: int = 2):
     """A stand-in for compress's side-by-side measurement: the teacher 10 ms, the student ``first``× of it on the
-    first call and ``then``× after; returns it and the list its calls are counted in."""
+    first ``loop_calls`` calls (the loop's measurement and its confirmation) and ``then``× after; returns it and
+    the list its calls are counted in."""
     from cheapconv.compression import runner
 
     calls: list[int] = []
 
     def measure(teacher, student, lib, batches, **kw):
         calls.append(1)
-        ratio = first if len(calls) == 1 else then
+        ratio = first if len(calls) <= loop_calls else then
         return runner.Measured({b: 10.0 for b in batches}, {b: 10.0 * ratio for b in batches}, "torch", 1)
 
     return measure, calls
+
+
+def test_a_budget_the_loop_cannot_meet_says_why_it_stopped(teacher, tmp_path, monkeypatch):
+    """Every measurement 3× the teacher against a 100 % budget: one round, then the corrected budget (the budget
+    less twice the teacher's time) is below any student; the result is not met, and its notes say both that and why
+    the loop stopped."""
+    from cheapconv.compression import runner
+
+    fake, calls = _fake_timer(3.0, 3.0)
+    monkeypatch.setattr(runner, "_measure", fake)
+    result = cheapconv.compress(teacher, get_dataset(DATA, "train", augment=False), "100%",
+                                library=tmp_path / "lib", epochs=0, **SMALL)
+    assert not result.met and result.budget is not None and len(result.budget.rounds) == 1
+    assert result.budget.rounds[0].confirmation is None and len(calls) == 2     # the loop's, then the final one
+    assert any("not met as measured" in n for n in result.notes)
+    assert any(n.startswith("stopped: the corrected budget") for n in result.notes)
 
 
 def test_a_final_measurement_over_the_budget_is_said(teacher, tmp_path, monkeypatch):
@@ -89,7 +106,8 @@ def test_a_final_measurement_over_the_budget_is_said(teacher, tmp_path, monkeypa
         fake, calls = _fake_timer(0.80, final)
         monkeypatch.setattr(runner, "_measure", fake)
         result = cheapconv.compress(teacher, data, "100%", library=tmp_path / "lib", epochs=0, **SMALL)
-        assert result.met and len(result.budget.rounds) == 1 and len(calls) == 2
+        assert result.met and len(result.budget.rounds) == 1 and len(calls) == 3    # measured, confirmed, final
+        assert result.budget.rounds[0].confirmation == pytest.approx(result.budget.rounds[0].measured)
         notes = [n for n in result.notes if "measured again after training" in n]
         assert bool(notes) == said
         if said:

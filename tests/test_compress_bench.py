@@ -59,3 +59,26 @@ def test_the_lite0_table_reads_its_teacher_and_its_own_remeasurement() -> None:
     remeasured = [line for line in lines if line.startswith("- re-measured (lite0-onnxruntime)")]
     assert len(remeasured) == 1     # under the Lite0 table only, not the WRN one's notes
     assert lines.index(remeasured[0]) > lines.index(row70)
+
+
+def test_a_second_lite0_run_sits_beside_the_first_with_its_own_remeasurement() -> None:
+    """``--attempt 2``: its rows say "(run 2)" and read their own re-measure record, the first run's rows theirs."""
+    second = {**lite0_record("80%", 1.50), "key": "lite0 onnxruntime b1 80% sha #2", "attempt": 2}
+    records = [lite0_record("80%", 1.60), second,
+               {"key": "remeasure lite0-onnxruntime sha", "stage": "remeasure", "runtime": "onnxruntime", "batch": 1,
+                "setting": "lite0-onnxruntime", "repeats": 60, "loadavg": [1.0, 1.0, 1.0],
+                "ms": {"1": {"teacher": 2.0, "80%": 1.66}}},
+               {"key": "remeasure lite0-onnxruntime-run2 sha", "stage": "remeasure", "runtime": "onnxruntime",
+                "batch": 1, "setting": "lite0-onnxruntime-run2", "repeats": 60, "loadavg": [0.5, 0.5, 0.5],
+                "ms": {"1": {"teacher": 2.0, "80%": 1.56}}}]
+    lines = render(records).splitlines()
+    first = next(line for line in lines if line.startswith("| onnxruntime | 1 | 80% |"))
+    again = next(line for line in lines if line.startswith("| onnxruntime | 1 | 80% (run 2) |"))
+    assert "| 0.80 | 0.83 |" in first and "| 0.75 | 0.78 |" in again
+
+
+def test_the_rounds_column_shows_a_confirming_measurement() -> None:
+    from benchmarks.compress.report import _round
+
+    assert _round({"predicted": 1.5, "measured": 1.62, "confirmation": 1.6}) == "1.50→1.62/1.60"
+    assert _round({"predicted": 1.5, "measured": 1.7, "met": False}) == "1.50→1.70"

@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> None:
                         "its saved students instead of the WRN ones).")
     p.add_argument("--images", type=Path, help="--stage lite0: its ImageFolder (train/ and val/).")
     p.add_argument("--lite0-families", default=None, help="--stage lite0: families (default: compress's).")
+    p.add_argument("--attempt", type=int, default=1,
+                   help="--stage lite0 (and its remeasure): run the budgets again from the same library, kept "
+                        "beside run 1 (records and students marked run N).")
     p.add_argument("--remeasure-repeats", type=int, default=60)
     p.add_argument("--fisher-budget", default="50%")
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2],
@@ -186,7 +189,8 @@ def main(argv: list[str] | None = None) -> None:
             record = run_budget(teacher, args, budget, train,
                                 get_dataset("fashion-mnist", "train", in_chans=3, image_size=32), test)
         except BudgetUnreachableError as e:   # a finding, not a failure: the library's reach
-            record = {"budget": budget, "runtime": args.runtime, "unreachable": str(e),
+            record = {"budget": budget, "runtime": args.runtime, "batch": args.batch, "families": families(args),
+                      "unreachable": str(e),
                       "reachable_ms": list(e.reachable)}
         append_record(RESULTS, {"key": key, "teacher_sha": sha, "teacher_top1": teacher_eval["top1"], **record,
                                 "loadavg": [round(v, 2) for v in os.getloadavg()]})

@@ -10,6 +10,8 @@ budget (``lite0 <runtime> b<batch> <budget> <teacher sha>``), one for the librar
 teacher's top-1 on the same held-out images; students saved
 as ``OUT/lite0-student-<runtime>-<budget>.pt``. Resumable: the library folder continues, finished budgets are
 skipped. Needs a quiet machine (library timings, the measured loop; the load average is in every record).
+``--attempt N`` runs the budgets again from the same library, beside the first run (keys end in `` #N``, students
+are ``lite0-student-<runtime>-run<N>-<budget>.pt``), to see how far one run's measurements can be trusted.
 
     python -m benchmarks.compress --stage lite0 --lite0-teacher T.pt --images DIR --out OUT --runtime onnxruntime
     python -m benchmarks.compress --stage remeasure --lite0-teacher T.pt --out OUT --runtime onnxruntime --budgets ...
@@ -30,7 +32,7 @@ from cheapconv.models import default_input_size
 from ..common.records import append_record, file_sha
 from ..common.report import say
 from . import remeasure
-from .report import lite0_setting_name
+from .report import attempt_suffix, lite0_setting_name
 
 
 def run(args, results: Path, done: set[str]) -> None:
@@ -47,7 +49,8 @@ def run(args, results: Path, done: set[str]) -> None:
                                preprocessing=fit.preprocessing)
         append_record(results, {"key": teacher_key, "stage": "lite0", "teacher_sha": sha,
                                 "top1": cheapconv.evaluate(teacher, held_out)["top1"], "images": len(held_out)})
-    todo = [b for b in args.budgets if f"lite0 {args.runtime} b{args.batch} {b} {sha}" not in done]
+    run_key = attempt_suffix(args.attempt)    # a repeated run's records sit beside the first run's
+    todo = [b for b in args.budgets if f"lite0 {args.runtime} b{args.batch} {b} {sha}{run_key}" not in done]
     if not todo:
         return
     resumed = (folder / "library.json").is_file()
@@ -67,7 +70,7 @@ def run(args, results: Path, done: set[str]) -> None:
                                 "resumed": resumed,
                                 "loadavg": [round(v, 2) for v in os.getloadavg()]})
     for budget in todo:
-        key = f"lite0 {args.runtime} b{args.batch} {budget} {sha}"
+        key = f"lite0 {args.runtime} b{args.batch} {budget} {sha}{run_key}"
         say(f"== {key}")
         started = time.perf_counter()
         try:
@@ -81,11 +84,12 @@ def run(args, results: Path, done: set[str]) -> None:
             append_record(results, {"key": key, "budget": budget, "runtime": args.runtime, "unreachable": str(e),
                                     "loadavg": [round(v, 2) for v in os.getloadavg()]})
             continue
-        cheapconv.save(result.student, args.out / f"lite0-student-{args.runtime}-{budget.rstrip('%')}.pt")
+        cheapconv.save(result.student, args.out / f"{student_stem(args)}-{budget.rstrip('%')}.pt")
         training = result.training
         append_record(results, {
             "key": key, "stage": "lite0", "teacher_sha": sha, "budget": budget, "runtime": args.runtime,
-            "batch": args.batch, "families": families, "met": result.met, "notes": result.notes,
+            "batch": args.batch, "attempt": args.attempt, "repeats": args.repeats, "families": families,
+            "met": result.met, "notes": result.notes,
             "choices": {s: c for s, c in result.selection.choices.items() if c != "keep"},
             "rounds": [vars(r) for r in result.budget.rounds] if result.budget else [],
             "teacher_ms": result.measured.teacher_ms if result.measured else None,
@@ -99,5 +103,11 @@ def remeasure_students(args, results: Path, done: set[str]) -> None:
     """``--stage remeasure --lite0-teacher T``: the saved Lite0 students and their teacher timed again side by side
     (:mod:`.remeasure`), at the teacher's recorded input size."""
     teacher = cheapconv.load(args.lite0_teacher)
-    remeasure.run(teacher, args, lite0_setting_name(args.runtime), file_sha(args.lite0_teacher), results, done,
-                  args.budgets, stem=f"lite0-student-{args.runtime}", input_shape=default_input_size(teacher))
+    remeasure.run(teacher, args, lite0_setting_name(args.runtime, args.attempt), file_sha(args.lite0_teacher),
+                  results, done, args.budgets, stem=student_stem(args), input_shape=default_input_size(teacher))
+
+
+def student_stem(args) -> str:
+    """The saved students' file names before ``-<budget>.pt``: ``lite0-student-<runtime>``, and ``-run<N>`` for a
+    repeated run (``--attempt N``)."""
+    return f"lite0-student-{args.runtime}" + (f"-run{args.attempt}" if args.attempt > 1 else "")

@@ -46,9 +46,15 @@ def build_time_line(rec: dict) -> str:
             f"{solves} (target ≤ 5 s)")
 
 
-def lite0_setting_name(runtime: str) -> str:
-    """The Lite0 students' setting in re-measure keys (batch 1, the stage's only batch): ``lite0-<runtime>``."""
-    return f"lite0-{runtime}"
+def lite0_setting_name(runtime: str, attempt: int = 1) -> str:
+    """The Lite0 students' setting in re-measure keys (batch 1, the stage's only batch): ``lite0-<runtime>``, and
+    ``-run<N>`` after it for a repeated run (``--attempt N``)."""
+    return f"lite0-{runtime}" + (f"-run{attempt}" if attempt > 1 else "")
+
+
+def attempt_suffix(attempt: int) -> str:
+    """What a repeated run (``--attempt N``, N > 1) adds to its records' keys, kept beside the first run's."""
+    return f" #{attempt}" if attempt > 1 else ""
 
 
 def _remeasure_note(name: str, rec: dict) -> str:
@@ -74,7 +80,7 @@ def render(records: list[dict]) -> str:
             lines.append(build_time_line(rec))
     lines += ["", "| runtime | batch | budget | met | student ÷ teacher, batch 1 | at the budget's batch | "
                   "re-measured, batch 1 / the budget's | params | MACs | top-1 at step 0 | after 1 epoch | teacher | "
-                  "rounds: predicted→measured ms | chosen |",
+                  "rounds: predicted→measured(/again) ms | chosen |",
               "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for rec in records:
         if not rec["key"].startswith("student"):
@@ -89,7 +95,7 @@ def render(records: list[dict]) -> str:
         ratios = {b: rec["student_ms"][b] / rec["teacher_ms"][b] for b in rec["student_ms"]}
         counts = rec["counts"]
         chosen = ", ".join(f"{site}={spec}" for site, spec in rec["choices"].items())
-        rounds = "; ".join(f"{r['predicted']:.2f}→{r['measured']:.2f}" for r in rec.get("rounds", []))
+        rounds = "; ".join(_round(r) for r in rec.get("rounds", []))
         ms = again.get(setting_name(rec), {}).get("ms", {})
         redone = " / ".join(f"{ms[b][rec['budget']] / ms[b]['teacher']:.2f}" for b in sorted({"1", batch}, key=int)
                             if rec["budget"] in ms.get(b, {})) or "–"
@@ -102,6 +108,18 @@ def render(records: list[dict]) -> str:
     notes = [_remeasure_note(name, r) for name, r in again.items()
              if not name.startswith(lite0_setting_name(""))]      # those are under the Lite0 table
     return "\n".join(lines + ([""] + notes if notes else []) + fisher_table(records) + lite0_table(records))
+
+
+def _run(rec: dict) -> str:
+    """`` (run N)`` for a repeated run's record, else nothing."""
+    return f" (run {rec['attempt']})" if rec.get("attempt", 1) > 1 else ""
+
+
+def _round(r: dict) -> str:
+    """One round of the measured-budget loop: predicted → measured ms, and the confirming measurement after a slash
+    where there was one (records from before the loop confirmed have none)."""
+    again = f"/{r['confirmation']:.2f}" if r.get("confirmation") is not None else ""
+    return f"{r['predicted']:.2f}→{r['measured']:.2f}{again}"
 
 
 def lite0_table(records: list[dict]) -> list[str]:
@@ -119,26 +137,30 @@ def lite0_table(records: list[dict]) -> list[str]:
     rows = [r for r in rows if not r["key"].startswith("lite0 teacher ")]
     again = _remeasured(records)
     lines += ["", "| runtime | batch | budget | met | student ÷ teacher, batch 1 / the budget's | "
-                  "re-measured, batch 1 | params | MACs | top-1 at step 0 | after 1 epoch | teacher | chosen |",
-              "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+                  "re-measured, batch 1 | params | MACs | top-1 at step 0 | after 1 epoch | teacher | "
+                  "rounds: predicted→measured(/again) ms | chosen |",
+              "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         if " library " in r["key"]:
             continue
         if "unreachable" in r:
             lines.append(f"| {r['runtime']} | | {r['budget']} | out of reach: {r['unreachable'][:120]} "
-                         "| | | | | | | | |")
+                         "| | | | | | | | | |")
             continue
         ratios = " / ".join(f"{r['student_ms'][b] / r['teacher_ms'][b]:.2f}" for b in sorted(r["student_ms"], key=int))
         counts = r["counts"]
-        ms = again.get(lite0_setting_name(r["runtime"]), {}).get("ms", {}).get("1", {})
+        attempt = r.get("attempt", 1)
+        ms = again.get(lite0_setting_name(r["runtime"], attempt), {}).get("ms", {}).get("1", {})
         redone = f"{ms[r['budget']] / ms['teacher']:.2f}" if r["budget"] in ms else "–"
-        lines.append(f"| {r['runtime']} | {r['batch']} | {r['budget']} | {'yes' if r['met'] else 'no'} | {ratios} | "
+        budget = r["budget"] + _run(r)
+        lines.append(f"| {r['runtime']} | {r['batch']} | {budget} | {'yes' if r['met'] else 'no'} | {ratios} | "
                      f"{redone} | "
                      f"{counts['student']['paper'] / counts['teacher']['paper']:.2f} | "
                      f"{counts['student']['macs'] / counts['teacher']['macs']:.2f} | {_pct(_top1(r.get('start')))} | "
                      f"{_pct(_top1(r.get('end')))} | {_pct(teacher_top1.get(r.get('teacher_sha')))} | "
-                     f"{len(r['choices'])} sites changed |")
-    notes = [f"- {r['budget']}: {note}" for r in rows if " library " not in r["key"] for note in r.get("notes") or []]
+                     f"{'; '.join(_round(x) for x in r.get('rounds', []))} | {len(r['choices'])} sites changed |")
+    notes = [f"- {r['budget']}{_run(r)}: {note}" for r in rows if " library " not in r["key"]
+             for note in r.get("notes") or []]
     notes += [_remeasure_note(name, r) for name, r in again.items() if name.startswith(lite0_setting_name(""))]
     return lines + ([""] + notes if notes else [])
 

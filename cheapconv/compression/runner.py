@@ -240,6 +240,7 @@ def compress(teacher: nn.Module, data: Dataset | torch.Tensor | str, budget: str
         rounds_result = meet_budget(lib, target, measured_ms, rounds=rounds, tolerance=tolerance,
                                     max_params=max_params, max_macs=max_macs)
         selection = rounds_result.selection
+        notes += rounds_result.notes     # why the loop stopped, and students a second measurement turned down
         if not rounds_result.met:
             notes.append(f"the budget was not met as measured after {len(rounds_result.rounds)} rounds: the closest "
                          "student is handed back (see budget.rounds)")
@@ -301,7 +302,7 @@ def _final_check(lib: Library, measured: Measured, rounds: BudgetResult | None, 
         return []
     return [f"measured again after training, the student took {final:.3f} ms (normalised to the library's teacher "
             f"time), over the budget of {rounds.budget:.3f} ms (+{tolerance:.0%} allowed) that its last round met at "
-            f"{rounds.rounds[-1].measured:.3f} ms. The architecture is the same, so the two measurements differ by "
+            f"{rounds.rounds[-1].worst:.3f} ms. The architecture is the same, so the two measurements differ by "
             "the machine's noise: time teacher and student again side by side on a quiet machine (cheapconv compare "
             "TEACHER STUDENT --runtime ...), or compress for a budget a few per cent tighter."]
 
@@ -311,5 +312,5 @@ def _offset(rounds: BudgetResult | None) -> float:
     round's when the budget was met, else the round measured lowest (the one returned)."""
     if rounds is None or not rounds.rounds:
         return 0.0
-    r = rounds.rounds[-1] if rounds.met else min(rounds.rounds, key=lambda r: r.measured)
-    return r.measured - r.predicted
+    r = rounds.rounds[-1] if rounds.met else min(rounds.rounds, key=lambda r: r.worst)
+    return r.mean - r.predicted
