@@ -63,11 +63,14 @@ def library_dir(args: argparse.Namespace) -> Path:
 
 
 def donor(args: argparse.Namespace) -> Path | None:
-    """The finished eager-torch library whose fits another runtime's library takes (None for that one itself)."""
-    torch_lib = args.out / "library-torch"
-    if library_dir(args) == torch_lib or not (torch_lib / "library.json").is_file():
-        return None
-    return torch_lib
+    """The finished eager-torch library whose fits another setting's library takes (None for that one itself): the
+    one with the same families where it exists (``library-torch-thin`` for ``--families thin``), else the default
+    one (its fits; the options it lacks are fitted anew)."""
+    same_families = args.out / f"library-{setting_name({'runtime': 'torch', 'families': families(args)})}"
+    for torch_lib in (same_families, args.out / "library-torch"):
+        if library_dir(args) != torch_lib and (torch_lib / "library.json").is_file():
+            return torch_lib
+    return None
 
 
 def run_budget(teacher: torch.nn.Module, args: argparse.Namespace, budget: str, train, augmented, test) -> dict:
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budgets", nargs="+", default=list(BUDGETS))
     p.add_argument("--families", default=None,
                    help="Non-default families to add to the defaults (thin); its own library folder, fits taken "
-                        "from library-torch")
+                        "from library-torch-thin (or library-torch) where it exists")
     p.add_argument("--samples", type=int, default=1024)
     p.add_argument("--held-out", type=int, default=512)
     p.add_argument("--epochs", type=int, default=1)
