@@ -75,6 +75,10 @@ def test_a_second_lite0_run_sits_beside_the_first_with_its_own_remeasurement() -
     first = next(line for line in lines if line.startswith("| onnxruntime | 1 | 80% |"))
     again = next(line for line in lines if line.startswith("| onnxruntime | 1 | 80% (run 2) |"))
     assert "| 0.80 | 0.83 |" in first and "| 0.75 | 0.78 |" in again
+    out_of_reach = {"key": "lite0 onnxruntime b1 50% sha #2", "budget": "50%", "runtime": "onnxruntime",
+                    "attempt": 2, "unreachable": "The budget is out of reach", "loadavg": [1.0, 1.0, 1.0]}
+    lines = render([*records, out_of_reach]).splitlines()
+    assert any(line.startswith("| onnxruntime | | 50% (run 2) | out of reach") for line in lines)
 
 
 def test_the_rounds_column_shows_a_confirming_measurement() -> None:

@@ -32,7 +32,7 @@ from cheapconv.models import default_input_size
 from ..common.records import append_record, file_sha
 from ..common.report import say
 from . import remeasure
-from .report import attempt_suffix, lite0_setting_name
+from .report import attempt_suffix, lite0_setting_name, run_label
 
 
 def run(args, results: Path, done: set[str]) -> None:
@@ -81,7 +81,8 @@ def run(args, results: Path, done: set[str]) -> None:
                                             reconstruct_samples=args.samples, repeats=args.repeats,
                                             progress=not args.quiet, seed=args.seed)
         except BudgetUnreachableError as e:
-            append_record(results, {"key": key, "budget": budget, "runtime": args.runtime, "unreachable": str(e),
+            append_record(results, {"key": key, "budget": budget, "runtime": args.runtime, "attempt": args.attempt,
+                                    "unreachable": str(e),
                                     "loadavg": [round(v, 2) for v in os.getloadavg()]})
             continue
         cheapconv.save(result.student, args.out / f"{student_stem(args)}-{budget.rstrip('%')}.pt")
@@ -110,4 +111,4 @@ def remeasure_students(args, results: Path, done: set[str]) -> None:
 def student_stem(args) -> str:
     """The saved students' file names before ``-<budget>.pt``: ``lite0-student-<runtime>``, and ``-run<N>`` for a
     repeated run (``--attempt N``)."""
-    return f"lite0-student-{args.runtime}" + (f"-run{args.attempt}" if args.attempt > 1 else "")
+    return f"lite0-student-{args.runtime}{run_label(args.attempt)}"

@@ -48,8 +48,13 @@ def build_time_line(rec: dict) -> str:
 
 def lite0_setting_name(runtime: str, attempt: int = 1) -> str:
     """The Lite0 students' setting in re-measure keys (batch 1, the stage's only batch): ``lite0-<runtime>``, and
-    ``-run<N>`` after it for a repeated run (``--attempt N``)."""
-    return f"lite0-{runtime}" + (f"-run{attempt}" if attempt > 1 else "")
+    :func:`run_label` after it for a repeated run."""
+    return f"lite0-{runtime}{run_label(attempt)}"
+
+
+def run_label(attempt: int) -> str:
+    """What a repeated run (``--attempt N``, N > 1) adds to its students' file names and re-measure setting."""
+    return f"-run{attempt}" if attempt > 1 else ""
 
 
 def attempt_suffix(attempt: int) -> str:
@@ -144,7 +149,7 @@ def lite0_table(records: list[dict]) -> list[str]:
         if " library " in r["key"]:
             continue
         if "unreachable" in r:
-            lines.append(f"| {r['runtime']} | | {r['budget']} | out of reach: {r['unreachable'][:120]} "
+            lines.append(f"| {r['runtime']} | | {r['budget']}{_run(r)} | out of reach: {r['unreachable'][:120]} "
                          "| | | | | | | | | |")
             continue
         ratios = " / ".join(f"{r['student_ms'][b] / r['teacher_ms'][b]:.2f}" for b in sorted(r["student_ms"], key=int))
