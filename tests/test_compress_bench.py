@@ -86,3 +86,29 @@ def test_the_rounds_column_shows_a_confirming_measurement() -> None:
 
     assert _round({"predicted": 1.5, "measured": 1.62, "confirmation": 1.6}) == "1.50→1.62/1.60"
     assert _round({"predicted": 1.5, "measured": 1.7, "met": False}) == "1.50→1.70"
+
+
+def test_the_front_shows_the_pruning_baseline_of_the_same_teacher_at_batch_1_only() -> None:
+    from benchmarks.compress.front_plot import dominated_by, pruning_points
+
+    compress = [{"key": "student torch b1 50% aaa e1 s0", "runtime": "torch", "teacher_sha": "aaa"}]
+
+    def student(name: str, seed: int, top1: float, sha: str = "aaa") -> dict:
+        return {"stage": "students", "teacher_sha": sha, "name": name, "seed": seed, "end": {"top1": top1}}
+
+    pruning = [student("tp-l2-0.6", 0, 0.90), student("tp-l2-0.6", 1, 0.92), student("tp-l2-0.45", 0, 0.91),
+               student("tp-l2-0.3", 0, 0.95, sha="other"),   # another teacher file: not this front's
+               {"stage": "latency", "runtime": "torch", "teacher_sha": "aaa",
+                "ms": {"teacher": 4.0, "tp-l2-0.6": 1.6, "tp-l2-0.45": 2.0}},
+               {"stage": "latency", "runtime": "onnxruntime", "teacher_sha": "aaa",
+                "ms": {"teacher": 2.0, "tp-l2-0.6": 0.6, "tp-l2-0.45": 1.0}}]
+    points = pruning_points(pruning, compress, "torch", 1)
+    assert set(points) == {"tp-l2-0.6", "tp-l2-0.45"}
+    assert points["tp-l2-0.6"][0] == 0.4 and abs(points["tp-l2-0.6"][1] - 9.0) < 1e-9   # the mean over seeds
+    assert points["tp-l2-0.45"] == (0.5, 100 * (1 - 0.91))
+    # no compress student was made for ONNX Runtime from this teacher, and pruning students are timed at batch 1
+    assert pruning_points(pruning, compress, "onnxruntime", 1) == {}
+    assert pruning_points(pruning, compress, "torch", 32) == {}
+    # a compress student slower and less accurate than a pruning student is reported as beaten by it
+    front = {**points, "compress 50%": (0.45, 11.4)}
+    assert dominated_by(front, "compress 50%") == ["tp-l2-0.6"]

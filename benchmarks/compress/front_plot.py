@@ -10,6 +10,8 @@ final side-by-side measurement at their budget's batch. Each reproduction point 
 student's best recipe (the lowest mean test error over scratch, KD and AT; 3 epochs from scratch, teacher-initialised
 rows 3 epochs from their teacher), each compress point its error after one epoch of distillation. The two teachers
 are separate files trained on the same schedule (90.83 % and 90.49 %), so the plot compares recipes, not one run.
+At batch 1 the channel-pruning baseline (``tp-*``, ``benchmarks/pruning``) is there too: Torch-Pruning students of
+the compress students' own teacher file, fine-tuned one epoch with the same recipe, each at its mean over seeds.
 
     python -m benchmarks.compress.front_plot      # writes results/compress-error-vs-latency*.png, prints the fronts
 """
@@ -89,6 +91,26 @@ def compress_points(records: list[dict], runtime: str = "torch", batch: int = 1)
     return points
 
 
+def pruning_points(pruning: list[dict], compress: list[dict], runtime: str = "torch",
+                   batch: int = 1) -> dict[str, tuple[float, float]]:
+    """'tp-<importance>-<ratio>' -> (latency ÷ teacher, mean test error % over its seeds) of the channel-pruning
+    baseline (``benchmarks/pruning``, issue 31), for the teacher file the compress students of ``runtime`` were made
+    from. Its students are fine-tuned with the same recipe for the same epochs as a compress student, and timed at
+    batch 1 side by side with that teacher, so they are points of the batch-1 plots only."""
+    shas = {r["teacher_sha"] for r in compress if r["key"].startswith("student") and r["runtime"] == runtime}
+    timed = [r for r in pruning if r.get("stage") == "latency" and r["runtime"] == runtime
+             and r["teacher_sha"] in shas]
+    if batch != 1 or not timed:
+        return {}
+    latency = timed[-1]
+    errors: dict[str, list[float]] = defaultdict(list)
+    for r in pruning:
+        if r.get("stage") == "students" and r["teacher_sha"] == latency["teacher_sha"] and r.get("end"):
+            errors[r["name"]].append(100 * (1 - r["end"].get("top1", r["end"].get("val_top1"))))
+    return {name: (latency["ms"][name] / latency["ms"]["teacher"], statistics.fmean(errs))
+            for name, errs in errors.items() if name in latency["ms"]}
+
+
 def settings(records: list[dict]) -> list[tuple[str, int]]:
     """The (runtime, batch) settings that compress students were made for."""
     return sorted({(r["runtime"], r.get("batch", 1)) for r in records
@@ -108,8 +130,10 @@ def dominated_by(points: dict[str, tuple[float, float]], name: str) -> list[str]
 def main() -> None:
     reproduce = read_records(RESULTS / "reproduce.jsonl")
     compress = read_records(RESULTS / "compress.jsonl")
+    pruning = read_records(RESULTS / "pruning.jsonl")
     for runtime, batch in settings(compress):
-        theirs = reproduction_points(reproduce, compress, runtime, batch)
+        theirs = {**reproduction_points(reproduce, compress, runtime, batch),
+                  **pruning_points(pruning, compress, runtime, batch)}
         ours = compress_points(compress, runtime, batch)
         if not theirs:
             print(f"-- {runtime}, batch {batch}: the reproduction study's models were not timed there "
@@ -121,7 +145,8 @@ def main() -> None:
         pareto_plot(path, labels, [(f"batch-{batch} latency ÷ teacher ({runtime}, 1 thread, measured side by side)",
                                     [points[n][0] for n in labels], "test error % (Fashion-MNIST)",
                                     [points[n][1] for n in labels])],
-                    title=f"compress (1 epoch), reproduction study (3 epochs): {runtime}, batch {batch}")
+                    title=f"compress and Torch-Pruning (1 epoch), reproduction study (3 epochs): {runtime}, "
+                          f"batch {batch}")
         print(f"## {runtime}, batch {batch} ({path.name})")
         for n in labels:
             beaten = dominated_by(points, n) if n in ours else []
