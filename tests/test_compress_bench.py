@@ -112,3 +112,14 @@ def test_the_front_shows_the_pruning_baseline_of_the_same_teacher_at_batch_1_onl
     # a compress student slower and less accurate than a pruning student is reported as beaten by it
     front = {**points, "compress 50%": (0.45, 11.4)}
     assert dominated_by(front, "compress 50%") == ["tp-l2-0.6"]
+
+
+def test_against_pruning_pairs_the_most_accurate_student_of_each_side_within_each_budget() -> None:
+    from benchmarks.compress.front_plot import against_pruning
+
+    ours = {"compress 50%": (0.43, 11.4), "compress 40%": (0.38, 11.5), "compress 70% +thin": (0.68, 9.1)}
+    theirs = {"tp-l2-0.6": (0.39, 9.7), "tp-l2-0.45": (0.51, 9.3)}   # 0.51 is within 50 % + 2 %
+    rows = dict((r.split(" | ")[0].strip("| "), r) for r in against_pruning(ours, theirs)[2:])
+    assert rows["30%"] == "| 30% | none within | none within |  |"
+    assert rows["50%"] == "| 50% | compress 50% (0.43×, 11.40 %) | tp-l2-0.45 (0.51×, 9.30 %) | +2.10 |"
+    assert rows["70%"] == "| 70% | compress 70% +thin (0.68×, 9.10 %) | tp-l2-0.45 (0.51×, 9.30 %) | -0.20 |"

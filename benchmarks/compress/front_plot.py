@@ -127,6 +127,33 @@ def dominated_by(points: dict[str, tuple[float, float]], name: str) -> list[str]
     return [n for n, (a, b) in points.items() if n != name and a < x and b < y]
 
 
+#: the compress study's latency budgets (÷ the teacher's), and the tolerance its "met" allows
+BUDGETS = (0.3, 0.5, 0.7)
+TOLERANCE = 1.02
+
+
+def _cell(point: tuple[str, float, float] | None) -> str:
+    return "none within" if point is None else f"{point[0]} ({point[1]:.2f}×, {point[2]:.2f} %)"
+
+
+def against_pruning(ours: dict[str, tuple[float, float]], pruning: dict[str, tuple[float, float]],
+                    budgets=BUDGETS) -> list[str]:
+    """Markdown rows: for each budget, the most accurate compress student and the most accurate Torch-Pruning
+    student whose measured latency is within it (+2 %), and which of the two is more accurate (error % in
+    points). Either side may have none within a budget."""
+    def best(points):
+        return min(((n, x, y) for n, (x, y) in points.items() if x <= b * TOLERANCE), key=lambda t: t[2],
+                   default=None)
+
+    rows = ["| budget | compress (most accurate within) | Torch-Pruning (most accurate within) | error, compress − "
+            "pruning |", "|---:|---|---|---:|"]
+    for b in budgets:
+        c, t = best(ours), best(pruning)
+        diff = f"{c[2] - t[2]:+.2f}" if c and t else ""
+        rows.append(f"| {b:.0%} | {_cell(c)} | {_cell(t)} | {diff} |")
+    return rows
+
+
 def main() -> None:
     reproduce = read_records(RESULTS / "reproduce.jsonl")
     compress = read_records(RESULTS / "compress.jsonl")
@@ -152,6 +179,10 @@ def main() -> None:
             beaten = dominated_by(points, n) if n in ours else []
             verdict = ("  beaten by " + ", ".join(beaten)) if beaten else ("  on the front" if n in ours else "")
             print(f"{n:28s} {points[n][0]:.2f}×  {points[n][1]:.2f} %{verdict}")
+        tp = pruning_points(pruning, compress, runtime, batch)
+        if tp:
+            print(f"\n{runtime}, batch {batch}, against channel pruning (mean error over seeds):\n")
+            print("\n".join(against_pruning(ours, tp)) + "\n")
 
 
 if __name__ == "__main__":
