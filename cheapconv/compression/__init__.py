@@ -10,12 +10,12 @@ from .estimate import BuildEstimate, estimate_build
 from .family import FAMILIES, Family
 from .fronts import DEFAULT_SHARES, Front, front
 from .library import build_library
-from .library_model import KEEP, Library, LibrarySite, SiteOption
+from .library_model import KEEP, GroupWidth, Library, LibraryGroup, LibrarySite, SiteOption, WidthPrice
 from .measured_budget import BudgetResult, Round, meet_budget
 from .runner import CompressResult, compress, list_sites
 from .selection import BudgetUnreachableError, Selection, select
 
-__all__ = ["KEEP", "Library", "LibrarySite", "SiteOption",
+__all__ = ["KEEP", "GroupWidth", "Library", "LibraryGroup", "LibrarySite", "SiteOption", "WidthPrice",
            "FAMILIES", "Family", "assemble", "build_library", "BuildEstimate", "estimate_build",
            "METRICS", "BudgetResult", "BudgetUnreachableError", "DEFAULT_SHARES", "Front", "Round", "Selection",
            "front", "meet_budget", "parse_budget", "select",

@@ -19,7 +19,7 @@ import re
 
 from ..errors import UsageError
 from ..formatting import human
-from .library_model import Library, SiteOption
+from .library_model import GroupWidth, Library, SiteOption, WidthPrice
 
 __all__ = ["METRICS", "check_metric", "format_value", "option_change", "parse_budget", "teacher_value"]
 
@@ -48,9 +48,9 @@ def teacher_value(library: Library, metric: str) -> float | None:
     return float(library.teacher_paper if metric == "params" else library.teacher_macs)
 
 
-def option_change(option: SiteOption, metric: str) -> float | None:
-    """What choosing ``option`` adds to the student's figure in ``metric`` (negative: cheaper); None for a
-    latency that was not measured."""
+def option_change(option: SiteOption | WidthPrice | GroupWidth, metric: str) -> float | None:
+    """What choosing ``option`` (a site option, its price at a width combination, or a group width) adds to the
+    student's figure in ``metric`` (negative: cheaper); None for a latency that was not measured."""
     if metric == "latency":
         return None if option.latency_saved_ms is None else -option.latency_saved_ms
     return float(option.paper if metric == "params" else option.macs)

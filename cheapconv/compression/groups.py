@@ -1,6 +1,8 @@
 """Coupled widths as compress candidates (issue 31 item 2): the groups a library may thin, and how the selection
-would choose one width per group. The first part is built and tested; the selection is a design, written down here
-before any of it goes into :mod:`.selection`.
+chooses one width per group. Built and tested: the group sites below, the library's data for them
+(:class:`~.library_model.LibraryGroup`, :attr:`~.library_model.SiteOption.at_widths`) and the integer program
+(:mod:`.selection`, exact against brute force). Not built yet: the library builder pricing and scoring them, and the
+assembly; both are designed below.
 
 **What is built.** :func:`find_group_sites` lists a teacher's *group sites*: the channel groups
 (:func:`cheapconv.fx.channel_groups`) that can be thinned and are not a residual pair's inner width (those are the
@@ -11,7 +13,7 @@ stream; in a ResNet the four streams. Each group site offers ``keep`` and ``Wg(f
 teacher with only that group thinned, and :attr:`GroupSite.touches`: the convs of the group, so the library sites
 whose convs read or write it (every site whose price depends on the group's width).
 
-**The selection, designed** (one more kind of variable in the same integer program):
+**The selection** (one more kind of variable in the same integer program; built as designed here):
 
 * Variables. Per group site g and width w ∈ {keep, Wg(f)...}: a binary y[g,w], and Σ_w y[g,w] = 1. A library site
   s whose convs touch groups G_s (at most two: the group its first conv reads, the group its last conv writes; one

@@ -22,6 +22,17 @@ Every site has the option ``keep`` (the teacher's own layers: zero cost change, 
 - ``kl`` and ``agreement``: the teacher with only this option swapped in, against the teacher, on held-out
   images (mean KL divergence of the predictions; top-1 agreement);
 - ``weights``: the file (inside the library folder) of the fitted modules' state dict.
+
+**Coupled widths** (issue 31 item 2). A library may also hold *group sites* (:class:`LibraryGroup`): channel groups
+that shrink together (a stage's residual stream), each with ``keep`` and thinner widths (``Wg(f)``), one width
+chosen per group. A site whose convs read or write a group lists it in :attr:`LibrarySite.touches`, and its options
+are then priced per *width combination* (one width per touched group): the option's own fields at every group's
+``keep``, and :attr:`SiteOption.at_widths` for the other combinations it was priced at (an option with no price
+at a combination cannot be chosen with it). The attribution keeps each layer counted once: a group width carries
+the change of the group's layers that belong to no site (BatchNorms, the classifier; for latency the adds and
+activations of the stream); a conv site's price at a combination is its conv (or option) at those widths against
+the teacher's conv; a pair site's is its option at those widths against its two convs kept at those widths (which
+the conv sites' ``keep`` prices carry). A library without groups is what it was: nothing else changes.
 """
 
 from __future__ import annotations
@@ -34,12 +45,25 @@ from typing import Any
 from ..bounded import MiB, read_text
 from ..store.files import atomic_write
 
-__all__ = ["KEEP", "LIBRARY_FORMAT", "Library", "LibrarySite", "SiteOption"]
+__all__ = ["KEEP", "LIBRARY_FORMAT", "GroupWidth", "Library", "LibraryGroup", "LibrarySite", "SiteOption",
+           "WidthPrice"]
 
 KEEP = "keep"
 LIBRARY_FORMAT = 1
 #: the most bytes of library.json read (a library of a few hundred sites with a dozen options each takes ~1 MiB)
 LIBRARY_JSON_LIMIT = 64 * MiB
+
+
+@dataclass
+class WidthPrice:
+    """An option's changes (as :class:`SiteOption`'s own fields) when the groups its site touches take ``widths``
+    (group site name -> width spec; every touched group named)."""
+
+    widths: dict[str, str]
+    params: int = 0
+    paper: int = 0
+    macs: int = 0
+    latency_saved_ms: float | None = 0.0
 
 
 @dataclass
@@ -59,10 +83,61 @@ class SiteOption:
     family: str = KEEP
     seconds: float = 0.0                   # what fitting and scoring it took
     notes: list[str] = field(default_factory=list)
+    #: its prices at the width combinations of the touched groups other than all-keep (see the module docstring)
+    at_widths: list[WidthPrice] = field(default_factory=list)
 
     @property
     def is_keep(self) -> bool:
         return self.spec == KEEP
+
+    def priced(self, widths: dict[str, str]) -> WidthPrice | None:
+        """This option's price when the touched groups take ``widths`` (None: not priced there). At every
+        group's ``keep`` (or with no groups) it is the option's own fields."""
+        if all(w == KEEP for w in widths.values()):
+            return WidthPrice(dict(widths), self.params, self.paper, self.macs, self.latency_saved_ms)
+        return next((p for p in self.at_widths if p.widths == widths), None)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SiteOption:
+        data = dict(data)
+        data["at_widths"] = [WidthPrice(**p) for p in data.get("at_widths", [])]
+        return cls(**data)
+
+
+@dataclass
+class GroupWidth:
+    """One width of a group site: ``keep`` or ``Wg(f)``, the channels kept, its changes against the teacher
+    (only the layers of the group that belong to no site: see the module docstring), and the loss of the teacher
+    with only this group thinned and its readers refitted (``kl``, ``agreement`` as for a site option)."""
+
+    spec: str
+    kept: int
+    params: int = 0
+    paper: int = 0
+    macs: int = 0
+    latency_saved_ms: float | None = 0.0
+    kl: float = 0.0
+    agreement: float = 1.0
+
+    @property
+    def is_keep(self) -> bool:
+        return self.spec == KEEP
+
+
+@dataclass
+class LibraryGroup:
+    """A group site: channels that shrink together, and the widths it can take (``widths[0]`` is keep)."""
+
+    name: str
+    channels: int
+    layers: tuple[str, ...] = ()          # the modules that write or read the group's channels
+    widths: list[GroupWidth] = field(default_factory=list)
+
+    def width(self, spec: str) -> GroupWidth:
+        for w in self.widths:
+            if w.spec == spec:
+                return w
+        raise KeyError(f"group {self.name} has no width {spec!r}")
 
 
 @dataclass
@@ -74,6 +149,7 @@ class LibrarySite:
     convs: tuple[str, ...]                 # the conv(s) it covers
     shape: str = ""                        # human description, e.g. "32→32 3×3 @32×32"
     options: list[SiteOption] = field(default_factory=list)
+    touches: tuple[str, ...] = ()          # the group sites whose widths its convs read or write
 
     def option(self, spec: str) -> SiteOption:
         for opt in self.options:
@@ -98,6 +174,7 @@ class Library:
     teacher_macs: int = 0
     input_shape: tuple[int, ...] = ()
     format: int = LIBRARY_FORMAT
+    groups: list[LibraryGroup] = field(default_factory=list)
     #: the folder the library was built in or loaded from (the options' ``weights`` are relative to it); not saved
     directory: Path | None = field(default=None, compare=False, repr=False)
 
@@ -117,11 +194,20 @@ class Library:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Library:
         sites = [LibrarySite(name=s["name"], kind=s["kind"], convs=tuple(s["convs"]), shape=s.get("shape", ""),
-                             options=[SiteOption(**o) for o in s["options"]]) for s in data.get("sites", [])]
+                             options=[SiteOption.from_dict(o) for o in s["options"]],
+                             touches=tuple(s.get("touches", ()))) for s in data.get("sites", [])]
+        groups = [LibraryGroup(name=g["name"], channels=g["channels"], layers=tuple(g.get("layers", ())),
+                               widths=[GroupWidth(**w) for w in g["widths"]]) for g in data.get("groups", [])]
         return cls(key=dict(data["key"]), sites=sites, teacher_latency_ms=data.get("teacher_latency_ms"),
                    teacher_params=data.get("teacher_params", 0), teacher_paper=data.get("teacher_paper", 0),
                    teacher_macs=data.get("teacher_macs", 0), input_shape=tuple(data.get("input_shape", ())),
-                   format=data.get("format", LIBRARY_FORMAT))
+                   format=data.get("format", LIBRARY_FORMAT), groups=groups)
+
+    def group(self, name: str) -> LibraryGroup:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(name)
 
     def save_json(self, path: str | Path) -> None:
         """Write the library as JSON atomically (a kill never leaves half a file: the build resumes from it)."""

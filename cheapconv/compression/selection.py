@@ -18,10 +18,20 @@ excludes conv-level options on its convs (``LibrarySite.convs``, where those are
 built either as one block or conv by conv); the predicted figure in the budget's metric is within the budget and
 the optional caps hold; the summed ``kl`` is minimised. The solver's status, objective and optimality gap are
 reported in the :class:`Selection`.
+
+**Coupled widths** (issue 31 item 2). Where the library holds group sites (:class:`LibraryGroup`), each group
+takes one width: a binary per (group, width), exactly one per group. A site touching groups gets one binary per
+(option, width combination) it was priced at, instead of one per option, and *marginal rows* tie it to the groups:
+for each touched group g and width w, the site's binaries whose combination gives g the width w sum to g's binary
+for w. With every group's choice one-hot, these force the site's choice onto the one combination the groups chose,
+so its price is the option's price at those widths: exact for parameters and MACs, the library's additive model for
+latency (corrected by measuring, as without groups). The loss adds each group width's ``kl`` to the options'.
+A library without groups gives the program above, variable for variable.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -30,7 +40,7 @@ from rich.table import Table
 from ..errors import UsageError
 from ..formatting import human, render_plain
 from .budgets import check_metric, format_value, option_change, parse_budget, teacher_value
-from .library_model import KEEP, Library, SiteOption
+from .library_model import KEEP, GroupWidth, Library, SiteOption, WidthPrice
 
 __all__ = ["BudgetUnreachableError", "Selection", "select"]
 
@@ -73,6 +83,13 @@ class Selection:
     teacher_paper: int = 0
     teacher_macs: int = 0
     notes: list[str] = field(default_factory=list)
+    #: the width chosen per group site of the library (group name -> ``keep`` or ``Wg(f)``); empty without groups
+    widths: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def thinned(self) -> dict[str, str]:
+        """The groups thinned (not kept), and their widths."""
+        return {name: spec for name, spec in self.widths.items() if spec != KEEP}
 
     @property
     def chosen(self) -> dict[str, SiteOption]:
@@ -97,20 +114,25 @@ class Selection:
         """The policy that builds this student with :func:`cheapconv.cheapen`: the chosen options' rules, one per
         line, and nothing else, so every layer no rule names keeps the teacher's (``keep`` when all do).
 
-        Each rule names its layer literally (``block1.0.conv1=G(4)``; a pair by its block, ``block1.0=B(2)``)."""
+        Each rule names its layer literally (``block1.0.conv1=G(4)``; a pair by its block, ``block1.0=B(2)``).
+        Where groups are :attr:`thinned`, the policy is for the teacher with those groups thinned (its layers keep
+        their names; the specs are ratios, so they apply at the thinned widths)."""
         rules = [opt.rule for opt in self.chosen.values() if opt.rule]
         return "\n".join(rules) if rules else KEEP
 
     def table(self) -> Table:
         """The non-keep choices, one row each (``str(selection)`` adds :meth:`summary` and the notes)."""
+        groups = f", {len(self.thinned)} of {len(self.widths)} groups thinner" if self.widths else ""
         t = Table(title=f"Selection under {format_value(self.budget, self.metric)} ({self.metric}): "
-                        f"{len(self.chosen)} of {len(self.choices)} sites changed", title_justify="left")
+                        f"{len(self.chosen)} of {len(self.choices)} sites changed{groups}", title_justify="left")
         for col, just in (("site", "left"), ("option", "left"), ("saved ms", "right"), ("params", "right"),
                           ("MACs", "right"), ("KL", "right")):
             t.add_column(col, justify=just)
         for name, opt in self.chosen.items():
             saved = "?" if opt.latency_saved_ms is None else f"{opt.latency_saved_ms:+.3f}"
             t.add_row(name, opt.spec, saved, _signed(opt.paper), _signed(opt.macs), f"{opt.kl:.4f}")
+        for name, spec in self.thinned.items():
+            t.add_row(f"group {name}", spec, "", "", "", "")
         return t
 
     def summary(self) -> str:
@@ -144,48 +166,118 @@ def _gap(gap: float | None) -> str:
 
 # ------------------------------------------------------------------------------------------------- the program
 
+@dataclass(frozen=True)
+class _Var:
+    """One binary of the program: a site's option at a width combination (``widths``: (group, width) per touched
+    group, empty where the site touches none), or a group's width (``site`` None)."""
+
+    site: int | None
+    index: int                                  # the option's index in its site, or the width's in its group
+    widths: tuple[tuple[str, str], ...] = ()
+    group: int | None = None
+
+
 @dataclass
 class _Program:
-    """The variables (one per priceable (site, option)) and the rows every solve shares."""
+    """The variables and the rows every solve shares."""
 
     library: Library
     metric: str
-    variables: list[tuple[int, int]]            # (site index, option index)
-    rows: list[tuple[list[float], float, float]]  # (coefficients, lower, upper): one option per site, exclusions
+    variables: list[_Var]
+    prices: list[WidthPrice | GroupWidth]        # what each variable costs
+    rows: list[tuple[list[float], float, float]]  # (coefficients, lower, upper): one choice per site and group, ...
     notes: list[str]
 
     def coefficients(self, metric: str) -> list[float]:
         """Each variable's change of ``metric`` (0 for a latency not measured: such options are not variables
         when the budget is a latency, and a cap never bounds latency)."""
-        return [option_change(self.option(v), metric) or 0.0 for v in self.variables]
+        return [option_change(p, metric) or 0.0 for p in self.prices]
 
-    def option(self, var: tuple[int, int]) -> SiteOption:
-        site, opt = var
-        return self.library.sites[site].options[opt]
+    def option(self, var: _Var) -> SiteOption:
+        return self.library.sites[var.site].options[var.index]
+
+    def losses(self) -> list[float]:
+        """Each variable's predicted loss: its option's or its group width's ``kl``."""
+        return [self.library.groups[v.group].widths[v.index].kl if v.site is None else self.option(v).kl
+                for v in self.variables]
+
+
+def _combinations(library: Library, touches: tuple[str, ...]) -> list[tuple[tuple[str, str], ...]]:
+    """Every width combination of the groups ``touches`` names (all-keep first; one empty one without groups)."""
+    groups = [library.group(name) for name in touches]
+    return [tuple(zip(touches, specs, strict=True))
+            for specs in itertools.product(*[[w.spec for w in g.widths] for g in groups])]
+
+
+def _check_groups(library: Library) -> None:
+    names = [g.name for g in library.groups]
+    if len(set(names)) != len(names):
+        raise UsageError("The library names a group site twice; rebuild it (its file is not one the builder wrote).")
+    for g in library.groups:
+        if not g.widths or not g.widths[0].is_keep:
+            raise UsageError(f"Group {g.name} of the library has no 'keep' width first; rebuild the library.")
+    for site in library.sites:
+        unknown = [t for t in site.touches if t not in names]
+        if unknown or len(set(site.touches)) != len(site.touches):
+            raise UsageError(f"Site {site.name} of the library touches {', '.join(unknown) or 'a group twice'}, "
+                             "which the library does not list as one group each; rebuild the library.")
 
 
 def _program(library: Library, metric: str) -> _Program:
-    """The structural rows: exactly one option per site, and at most one of a pair's pair-level options and the
-    conv-level options on each of its convs that are sites (a pair is built as one block or conv by conv)."""
+    """The structural rows: exactly one choice per site and per group, the marginal rows tying each site's width
+    combination to its groups' widths, and at most one of a pair's pair-level options and the conv-level options
+    on each of its convs that are sites (a pair is built as one block or conv by conv)."""
     index = {site.name: i for i, site in enumerate(library.sites)}
     if len(index) != len(library.sites):
         raise UsageError("The library names a site twice; rebuild it (its file is not one the builder wrote).")
-    variables: list[tuple[int, int]] = []
+    _check_groups(library)
+    variables: list[_Var] = []
+    prices: list[WidthPrice | GroupWidth] = []
     unpriced: list[str] = []
+    missing = 0
     for i, site in enumerate(library.sites):
         if not site.options or not site.options[0].is_keep:
             raise UsageError(f"Site {site.name} of the library has no 'keep' option first; rebuild the library.")
         for j, opt in enumerate(site.options):
             if not opt.is_keep and not opt.rule:
                 raise UsageError(f"Option {opt.spec} of site {site.name} has no policy rule; rebuild the library.")
-            if metric == "latency" and opt.latency_saved_ms is None:
-                unpriced.append(f"{site.name}={opt.spec}")
+            for combo in _combinations(library, site.touches):
+                price = opt.priced(dict(combo))
+                if price is None:
+                    missing += 1
+                    continue
+                if metric == "latency" and price.latency_saved_ms is None:
+                    if not combo or all(w == KEEP for _, w in combo):
+                        unpriced.append(f"{site.name}={opt.spec}")
+                    else:
+                        missing += 1
+                    continue
+                variables.append(_Var(i, j, combo))
+                prices.append(price)
+    for g, group in enumerate(library.groups):
+        for w, width in enumerate(group.widths):
+            if metric == "latency" and width.latency_saved_ms is None:
+                missing += 1
                 continue
-            variables.append((i, j))
+            variables.append(_Var(None, w, group=g))
+            prices.append(width)
     n = len(variables)
     rows = []
     for i in range(len(library.sites)):
-        rows.append(([1.0 if v[0] == i else 0.0 for v in variables], 1.0, 1.0))
+        rows.append(([1.0 if v.site == i else 0.0 for v in variables], 1.0, 1.0))
+    for g in range(len(library.groups)):
+        rows.append(([1.0 if v.site is None and v.group == g else 0.0 for v in variables], 1.0, 1.0))
+    for i, site in enumerate(library.sites):
+        for name in site.touches:
+            g = next(k for k, group in enumerate(library.groups) if group.name == name)
+            for w, width in enumerate(library.groups[g].widths):
+                row = [0.0] * n
+                for k, v in enumerate(variables):
+                    if v.site == i and dict(v.widths)[name] == width.spec:
+                        row[k] = 1.0
+                    elif v.site is None and v.group == g and v.index == w:
+                        row[k] = -1.0
+                rows.append((row, 0.0, 0.0))
     for i, site in enumerate(library.sites):
         if site.kind != "pair":
             continue
@@ -194,15 +286,19 @@ def _program(library: Library, metric: str) -> _Program:
             if j is None or j == i:
                 continue
             row = [0.0] * n
-            for k, (s, o) in enumerate(variables):
-                if s in (i, j) and not library.sites[s].options[o].is_keep:
+            for k, v in enumerate(variables):
+                if v.site in (i, j) and not library.sites[v.site].options[v.index].is_keep:
                     row[k] = 1.0
             rows.append((row, 0.0, 1.0))
     notes = []
     if unpriced:
         notes.append(f"{len(unpriced)} option(s) have no measured latency and cannot be priced for a latency "
                      f"budget, so they were left out: {', '.join(unpriced[:6])}{', ...' if len(unpriced) > 6 else ''}")
-    return _Program(library, metric, variables, rows, notes)
+    if missing:
+        notes.append(f"{missing} option or group width(s) at some width combination have no price "
+                     f"{'(measured latency) ' if metric == 'latency' else ''}in the library, so they cannot be "
+                     "chosen together")
+    return _Program(library, metric, variables, prices, rows, notes)
 
 
 @dataclass
@@ -299,7 +395,7 @@ def select(library: Library, budget: str | float, *, metric: str = "latency", ma
             if v is not None]
     program = _program(library, metric)
     bounds = [(program.coefficients(metric), limit - teacher_value(library, metric)), *_cap_rows(program, caps)]
-    solved = _solve(program, [program.option(v).kl for v in program.variables], bounds)
+    solved = _solve(program, program.losses(), bounds)
     if solved.x is None:
         if solved.infeasible:
             raise _unreachable(program, limit, caps)
@@ -311,25 +407,31 @@ def select(library: Library, budget: str | float, *, metric: str = "latency", ma
 def _selection(program: _Program, budget: float, solved: _Solved) -> Selection:
     lib = program.library
     options = {site.name: site.options[0] for site in lib.sites}
+    widths = {group.name: group.widths[0].spec for group in lib.groups}
+    picked = [price for price, chosen in zip(program.prices, solved.x, strict=True) if chosen]
     for var, chosen in zip(program.variables, solved.x, strict=True):
-        if chosen:
-            options[lib.sites[var[0]].name] = program.option(var)
-    picked = list(options.values())
-    saved = [o.latency_saved_ms for o in picked]
+        if not chosen:
+            continue
+        if var.site is None:
+            widths[lib.groups[var.group].name] = lib.groups[var.group].widths[var.index].spec
+        else:
+            options[lib.sites[var.site].name] = program.option(var)
+    saved = [p.latency_saved_ms for p in picked]
     latency = (None if lib.teacher_latency_ms is None or None in saved
                else lib.teacher_latency_ms - sum(saved))
+    loss = sum(c for c, chosen in zip(program.losses(), solved.x, strict=True) if chosen)
     notes = list(program.notes)
     if not solved.optimal:
         notes.append(f"the solver stopped before proving optimality ({solved.status}); the gap says how far off the "
                      "selection may be")
     return Selection(
         metric=program.metric, budget=budget, choices={n: o.spec for n, o in options.items()}, options=options,
-        predicted_latency_ms=latency, predicted_params=lib.teacher_params + sum(o.params for o in picked),
-        predicted_paper=lib.teacher_paper + sum(o.paper for o in picked),
-        predicted_macs=lib.teacher_macs + sum(o.macs for o in picked),
-        predicted_loss=sum(o.kl for o in picked), status=solved.status, optimal=solved.optimal,
+        predicted_latency_ms=latency, predicted_params=lib.teacher_params + sum(p.params for p in picked),
+        predicted_paper=lib.teacher_paper + sum(p.paper for p in picked),
+        predicted_macs=lib.teacher_macs + sum(p.macs for p in picked),
+        predicted_loss=loss, status=solved.status, optimal=solved.optimal,
         objective=solved.objective, mip_gap=solved.mip_gap, teacher_latency_ms=lib.teacher_latency_ms,
-        teacher_paper=lib.teacher_paper, teacher_macs=lib.teacher_macs, notes=notes)
+        teacher_paper=lib.teacher_paper, teacher_macs=lib.teacher_macs, notes=notes, widths=widths)
 
 
 def _unreachable(program: _Program, budget: float, caps: list[tuple[str, float]]) -> UsageError:
