@@ -47,6 +47,19 @@ whose convs read or write it (every site whose price depends on the group's widt
   without them is unchanged; a non-default family ``coupled`` names them). The student file needs nothing new: the
   safe format describes the thinned layers as they are (a save/load round trip is exact, tested), though its
   recipe should name the chosen widths so the selection can be read back.
+* Pricing in the builder (the next step; worked out here so it is done once): for each combination c a site needs
+  (the widths of the groups it touches, the others kept), build the intermediate teacher T_c
+  (:func:`cheapconv.surgery.thin_groups`; only shapes matter) and price every option there with
+  :func:`.candidates.find_sites` (changes against T_c's layers, i.e. against keep at c). A conv site's
+  ``at_widths`` price is that plus its conv's change from the teacher to T_c; a pair site's is that alone, its
+  keep carrying only the change of its convs that are not conv sites. A group width's own price is the whole
+  change (:func:`cheapconv.surgery.thinned_counts`, only that group thinned) less the keep prices at that width of
+  every site touching it: what is left is the layers of no site (BatchNorms, the stem conv, the classifier), which
+  is exact as long as no layer outside the sites touches two groups (a conv bridging two streams that no family
+  replaces): such a pair of groups cannot be priced additively, so the later group is left out, with a note.
+  Latency per combination: each option's block and keep-at-c timed side by side with the teacher's layers, as
+  the build does at full width; a group width's own time is the whole teacher with only that group thinned less
+  the touching sites' keep times, measured side by side.
 """
 
 from __future__ import annotations
