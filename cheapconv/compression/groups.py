@@ -112,6 +112,13 @@ class GroupSite:
     group: ChannelGroup
     options: list[GroupOption] = field(default_factory=list)
 
+    def option(self, spec: str) -> GroupOption:
+        """The option of width ``spec`` (a KeyError where the group has none)."""
+        for o in self.options:
+            if o.spec == spec:
+                return o
+        raise KeyError(f"group {self.name} has no width {spec!r}")
+
     @property
     def touches(self) -> tuple[str, ...]:
         """The layers whose input or output width is this group's (its writers, then its readers: convs and the
