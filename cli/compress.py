@@ -39,6 +39,9 @@ def compress(
                                                           f"{FAMILIES.describe(last='or')} (default: those marked "
                                                           "default; a family is one file in "
                                                           "cheapconv/compression/families/)."),
+    groups: str = typer.Option(None, "--groups", help="Coupled widths: also let each channel group (a stage's "
+                               "residual stream, the stem's outputs) shrink to one of these widths, comma-separated "
+                               "(Wg(0.75),Wg(0.5); 'default' for those), chosen with the blocks; off by default."),
     samples: int = typer.Option(1024, "--samples", min=1, help="Calibration images each option is fitted on."),
     held_out: int = typer.Option(512, "--held-out", min=1, help="Other images each option is scored on."),
     steps: int = typer.Option(0, "--fit-steps", min=0, help="Adam steps per option after its closed-form fit."),
@@ -84,6 +87,7 @@ def compress(
     with err.status(f"Loading {teacher}..."):
         net = resolve_model(teacher, weights=weights, trust=trust, what="teacher")
     names = [f.strip() for f in families.split(",")] if families else None
+    widths = _group_widths(groups)
     if dry_run:
         out.print(literal_table(list_sites(net, families=names, round_to=round_to)))
         with err.status("Estimating the build: fitting, scoring and timing two options..."):
@@ -99,7 +103,7 @@ def compress(
                                     library=library, families=names, samples=samples, held_out=held_out,
                                     steps=steps, max_params=max_params, max_macs=max_macs, rounds=rounds,
                                     epochs=epochs, fold=fold, data_dir=data_dir, seed=seed,
-                                    fits_from=fits_from, round_to=round_to)
+                                    fits_from=fits_from, round_to=round_to, groups=widths)
     for w in caught:
         warn(str(w.message))
     out.print(literal_table(result.selection.table()))
@@ -123,6 +127,20 @@ def compress(
         err.print(literal("Front of other budgets from the same library: " + ", ".join(map(str, written))
                           + ("" if len(written) > 1 else " (no PNG: pip install 'cheapconv[plots]')")),
                   highlight=False)
+
+
+def _group_widths(text: str | None) -> list[str] | None:
+    """``--groups``: None (off), the default widths for 'default', else the widths named (each checked)."""
+    from cheapconv.compression.groups import DEFAULT_STRENGTHS, group_fraction
+
+    if not text:
+        return None
+    if text.strip() == "default":
+        return list(DEFAULT_STRENGTHS)
+    widths = [w.strip() for w in text.split(",") if w.strip()]
+    for w in widths:
+        group_fraction(w)        # a UsageError naming the form for a bad width
+    return widths
 
 
 def before_training_path(output: Path) -> Path:

@@ -20,6 +20,7 @@ from ..blocks import BlockSpec, parse_block
 from ..errors import CheapconvError, UsageError
 from ..surgery import cheapen
 from .calibration import state_sha256
+from .group_library import thin_teacher
 from .library_model import KEEP, Library, LibrarySite, SiteOption
 
 __all__ = ["assemble", "chosen_options"]
@@ -88,9 +89,15 @@ def _weights(library: Library, option: SiteOption, site: LibrarySite) -> dict[st
     return state
 
 
-def assemble(teacher: nn.Module, library: Library, choice: Mapping[str, str | BlockSpec | None]) -> nn.Module:
+def assemble(teacher: nn.Module, library: Library, choice: Mapping[str, str | BlockSpec | None], *,
+             widths: Mapping[str, str] | None = None, base: nn.Module | None = None) -> nn.Module:
     """The student that takes, at each site named in ``choice`` (site name -> spec; ``keep``, ``S``, None or a site
     left out: the teacher's own layers), that option of ``library``, with the weights it was fitted to.
+
+    With ``widths`` (:attr:`Selection.widths`) thinning groups of the library, the student is built on ``base``,
+    the teacher with those groups thinned (:func:`~.group_library.thin_teacher`; built here without refitting
+    where not given): a site touching a thinned group has no fitted weights at those widths, so its block starts
+    from ``base``'s layers (``init="teacher"``) and the reconstruction pass after assembly fits it.
 
     The student is built with one policy, ``cheapen(teacher, rules, init="teacher")`` at the library's input shape,
     checked to replace exactly the chosen sites, and every chosen block's fitted tensors are loaded (every key and
@@ -106,9 +113,12 @@ def assemble(teacher: nn.Module, library: Library, choice: Mapping[str, str | Bl
     if library.key.get("teacher") not in (None, state_sha256(teacher)):
         raise UsageError("The teacher is not the one the library was built for (its weights' SHA-256 differs from "
                          "the library's key). Pass the library's teacher, or build a library for this one.")
+    thinned = {g for g, w in (widths or {}).items() if w != KEEP}
+    if thinned and base is None:
+        base = thin_teacher(teacher, library, widths)
     policy = "; ".join(option.rule for _, option in picked) or KEEP
     shape = tuple(library.input_shape) or None
-    student = cheapen(teacher, policy, init="teacher", input_size=shape)
+    student = cheapen(base if thinned else teacher, policy, init="teacher", input_size=shape)
     expected = {site.name: option.spec for site, option in picked}
     done = {e.layer: e.block for e in student.cheapconv_plan.replaced}
     if done != expected:
@@ -117,6 +127,8 @@ def assemble(teacher: nn.Module, library: Library, choice: Mapping[str, str | Bl
     own = student.state_dict()
     loaded: dict[str, torch.Tensor] = {}
     for site, option in picked:
+        if thinned & set(site.touches):      # fitted at the teacher's widths, not these
+            continue
         block = site.convs[0] + "."          # the student's block sits at the first conv it replaced
         state = _weights(library, option, site)
         wanted = {k for k in own if k.startswith(block)}

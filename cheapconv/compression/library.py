@@ -32,7 +32,7 @@ import re
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ from ..surgery import cheapen
 from .calibration import calibration_split, state_sha256, tensors_sha256
 from .candidates import find_sites
 from .family import Families, FamilyChoice, resolve_families
+from .group_library import add_groups
+from .groups import group_fraction
 from .library_model import LIBRARY_FORMAT, Library, LibrarySite, SiteOption
 from .scoring import score_option, teacher_outputs
 
@@ -264,7 +266,7 @@ def build_library(teacher: nn.Module, data: Dataset | torch.Tensor | str, *, fam
                   runtime: str = "torch", batch: int = 1, threads: int = 1, samples: int = 1024,
                   held_out: int = 512, steps: int = 0, directory: str | Path | None = None, progress: bool = True,
                   fold: bool = True, seed: int = 0, fits_from: str | Path | None = None,
-                  round_to: int | None = None) -> Library:
+                  round_to: int | None = None, groups: Sequence[str] | None = None) -> Library:
     """The candidate library of ``teacher``: every replaceable site, every option the ``families`` offer there,
     each fitted alone to the teacher and measured (the module docstring says how).
 
@@ -287,6 +289,9 @@ def build_library(teacher: nn.Module, data: Dataset | torch.Tensor | str, *, fam
     - ``fits_from``: a library of the same teacher, images and fitting settings, built for another runtime, batch or
       thread count, or with other families: the fits and scores of its finished options are taken and only their
       timings are done here; the options it lacks are fitted here.
+    - ``groups``: coupled widths (issue 31): the widths (``["Wg(0.75)", "Wg(0.5)"]``) each channel group of the
+      teacher (a stage's residual stream, the stem's outputs) may be thinned to, one chosen per group by the
+      selection, every site priced and timed at its groups' widths (:mod:`.group_library`); None: no groups.
     - ``progress``: a bar on a terminal, a line per ~10 % with the time left in a log.
 
     The teacher is never changed. Example::
@@ -302,6 +307,8 @@ def build_library(teacher: nn.Module, data: Dataset | torch.Tensor | str, *, fam
     shape = tuple(int(v) for v in calibration.shape[1:])
     key = library_key(teacher, calibration, held, chosen, runtime=runtime, batch=batch, threads=threads, fold=fold,
                       device=device, steps=steps, seed=seed)
+    if groups is not None:      # only then: the key of a library without groups is what it always was
+        key["groups"] = [f"Wg({group_fraction(g):g})" for g in groups]
     folder = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="cheapconv-library-"))
     saved = open_library(folder, key)
     donor = open_donor(fits_from, key) if fits_from is not None else None
@@ -317,6 +324,13 @@ def build_library(teacher: nn.Module, data: Dataset | torch.Tensor | str, *, fam
                       teacher_latency_ms=saved.teacher_latency_ms if saved else None,
                       teacher_params=totals["params"], teacher_paper=totals["paper"], teacher_macs=totals["macs"],
                       input_shape=shape, directory=folder)
+    if saved is not None and saved.groups:      # a finished group stage resumes as it was left
+        library.groups = saved.groups
+        before = {s.name: s for s in saved.sites}
+        for site in library.sites:
+            if site.name in before:      # its groups, and keep's prices at their widths (the options' came along)
+                site.touches = before[site.name].touches
+                site.options[0] = before[site.name].options[0]
     folder.mkdir(parents=True, exist_ok=True)
     library.save_json(folder / LIBRARY_FILE)
     todo = [(s, o) for s in library.sites for o in s.options if not is_finished(o, folder)]
@@ -343,5 +357,26 @@ def build_library(teacher: nn.Module, data: Dataset | torch.Tensor | str, *, fam
             done += 1
             if report is not None:
                 report.tick("library", done, total, f"{site.name} {option.spec}")
+    if groups is not None and not library.groups:
+        _add_groups(teacher, library, chosen, groups, calibration=calibration, held=held, runtime=runtime,
+                    batch=batch, threads=threads, fold=fold, device=device, progress=progress)
     return library
+
+
+def _add_groups(teacher: nn.Module, library: Library, chosen: list[FamilyChoice], groups: Sequence[str], *,
+                calibration: torch.Tensor, held: torch.Tensor, runtime: str, batch: int, threads: int, fold: bool,
+                device: torch.device, progress: bool) -> None:
+    """The group stage (:func:`.group_library.add_groups`), with its own progress bar, saved once it is done (it
+    reruns whole after a kill: a few minutes beside the options)."""
+    report = ProgressReport({"groups": "Scoring and timing coupled widths"}, unit="steps") if progress else None
+    with report if report is not None else contextlib.nullcontext():
+        if report is not None:
+            report.start("groups", 0, 1, "pricing every width combination")
+        notes = add_groups(teacher, library, chosen, calibration=calibration, held_out=held,
+                           teacher_scores=teacher_outputs(teacher, held), strengths=list(groups), runtime=runtime,
+                           batch=batch, threads=threads, fold=fold, device=device,
+                           tick=(lambda d, t, what: report.tick("groups", d, t, what)) if report is not None else None)
+    for note in notes:
+        warnings.warn(note, stacklevel=3)
+    library.save_json(Path(library.directory) / LIBRARY_FILE)
 

@@ -45,9 +45,11 @@ from ..train.fine_tuning import teacher_lr
 from ..train.start_end import StartLostWarning, lost_start_message
 from .assembly import assemble
 from .budgets import check_metric, parse_budget
+from .calibration import calibration_split
 from .candidates import find_sites
 from .family import resolve_families
 from .fronts import Front, front
+from .group_library import thin_teacher
 from .library import build_library
 from .library_model import Library
 from .measured_budget import BudgetResult, meet_budget
@@ -195,7 +197,8 @@ def compress(teacher: nn.Module, data: Dataset | torch.Tensor | str, budget: str
              val_data: Dataset | str | None = None, train_data: Dataset | None = None,
              config: DistillConfig | None = None, fold: bool = True,
              data_dir: str | Path | None = None, progress: bool = True, seed: int = 0,
-             fits_from: str | Path | None = None, round_to: int | None = None) -> CompressResult:
+             fits_from: str | Path | None = None, round_to: int | None = None,
+             groups: list[str] | None = None) -> CompressResult:
     """The most accurate student of ``teacher`` that meets ``budget`` (the module docstring has the steps).
 
     - ``budget``: ``"50%"`` of the teacher's figure in ``metric``, ``"2ms"``, ``"300k"`` parameters, or a number in
@@ -207,7 +210,10 @@ def compress(teacher: nn.Module, data: Dataset | torch.Tensor | str, budget: str
     - ``library``: a folder to build the library in or reuse (same teacher, data and settings), or a built
       :class:`Library`; None builds one in a temporary folder. ``families``, ``samples``, ``held_out``, ``steps``,
       ``fits_from`` (another runtime's library whose fits to take), ``round_to`` (inner widths rounded to
-      multiples of it: ``B(2)@8``): the library's (:func:`build_library`).
+      multiples of it: ``B(2)@8``), ``groups`` (coupled widths: the widths each channel group may be thinned to,
+      ``["Wg(0.75)", "Wg(0.5)"]``): the library's (:func:`build_library`). A student with thinner groups is built
+      on the teacher thinned to them, its readers refitted on the library's calibration images, and is
+      reconstructed against that thinned teacher; it is distilled from the teacher itself.
     - ``rounds``, ``tolerance``: the measured-budget loop (:func:`meet_budget`); ``repeats``: timed passes per
       measurement.
     - ``reconstruct_samples``, ``reconstruct_steps``: the sequential reconstruction pass after assembly.
@@ -226,13 +232,13 @@ def compress(teacher: nn.Module, data: Dataset | torch.Tensor | str, budget: str
     lib = library if isinstance(library, Library) else build_library(
         teacher, data, families=families, runtime=runtime, batch=batch, threads=threads, samples=samples,
         held_out=held_out, steps=steps, directory=library, progress=progress, fold=fold, seed=seed,
-        fits_from=fits_from, round_to=round_to)
+        fits_from=fits_from, round_to=round_to, groups=groups)
     target = parse_budget(budget, lib, metric)
     notes: list[str] = []
     rounds_result = None
     if metric == "latency":
         def measured_ms(selection: Selection) -> float:
-            candidate = assemble(teacher, lib, selection.choices)
+            candidate = assemble(teacher, lib, selection.choices, widths=selection.widths)
             m = _measure(teacher, candidate, lib, [int(lib.key.get("batch", batch))], repeats=repeats, fold=fold)
             (b,) = m.student_ms
             return _normalised_ms(lib, m, b)
@@ -246,8 +252,15 @@ def compress(teacher: nn.Module, data: Dataset | torch.Tensor | str, budget: str
                          "student is handed back (see budget.rounds)")
     else:
         selection = select(lib, target, metric=metric, max_params=max_params, max_macs=max_macs)
-    student = assemble(teacher, lib, selection.choices)
-    report = reconstruct(student, teacher, data, samples=reconstruct_samples, steps=reconstruct_steps,
+    base = teacher
+    if selection.thinned:      # the thinned teacher, its readers refitted on the library's calibration images
+        calibration, _ = calibration_split(data, teacher, samples=int(lib.key.get("samples", samples)),
+                                           held_out=int(lib.key.get("held_out", held_out)), seed=seed)
+        base = thin_teacher(teacher, lib, selection.widths, calibration)
+        notes.append("thinner channel groups: " + ", ".join(f"{g}={w}" for g, w in selection.thinned.items())
+                     + "; the student was built on the teacher thinned to them and reconstructed against it")
+    student = assemble(teacher, lib, selection.choices, widths=selection.widths, base=base)
+    report = reconstruct(student, base, data, samples=reconstruct_samples, steps=reconstruct_steps,
                          progress=progress, seed=seed)
     training = before_training = None
     if epochs > 0:
