@@ -123,3 +123,22 @@ def test_against_pruning_pairs_the_most_accurate_student_of_each_side_within_eac
     assert rows["30%"] == "| 30% | none within | none within |  |"
     assert rows["50%"] == "| 50% | compress 50% (0.43×, 11.40 %) | tp-l2-0.45 (0.51×, 9.30 %) | +2.10 |"
     assert rows["70%"] == "| 70% | compress 70% +thin (0.68×, 9.10 %) | tp-l2-0.45 (0.51×, 9.30 %) | -0.20 |"
+
+
+def test_coupled_widths_are_a_setting_of_their_own_and_show_their_groups() -> None:
+    import argparse
+
+    from benchmarks.compress.__main__ import block_families, families, groups, setting
+    from cheapconv.compression import DEFAULT_GROUP_WIDTHS
+
+    args = argparse.Namespace(families="thin,coupled", runtime="torch", batch=1)
+    assert "coupled" in families(args) and "coupled" not in block_families(args) and "thin" in block_families(args)
+    assert groups(args) == list(DEFAULT_GROUP_WIDTHS) and setting(args) == "torch-thin+coupled"
+    assert groups(argparse.Namespace(families="thin", runtime="torch", batch=1)) is None
+    counts = {"student": {"paper": 30, "macs": 30}, "teacher": {"paper": 100, "macs": 100}}
+    record = {"key": "student torch b1 30% sha e1 s0 +thin,coupled", "budget": "30%", "runtime": "torch", "batch": 1,
+              "families": families(args), "met": True, "choices": {"block1.0.conv1+conv2": "W(0.5)"},
+              "widths": {"block2.0.conv2 (+2 writers)": "Wg(0.5)"}, "teacher_ms": {"1": 4.0},
+              "student_ms": {"1": 1.2}, "counts": counts, "start": {"top1": 0.8}, "end": {"top1": 0.9}}
+    row = next(line for line in render([record]).splitlines() if line.startswith("| torch + thin + coupled |"))
+    assert "group block2.0.conv2 (+2 writers)=Wg(0.5), block1.0.conv1+conv2=W(0.5)" in row

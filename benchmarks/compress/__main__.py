@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 import cheapconv
-from cheapconv.compression import BudgetUnreachableError
+from cheapconv.compression import DEFAULT_GROUP_WIDTHS, BudgetUnreachableError
 from cheapconv.data import get_dataset
 
 from ..common.records import append_record, file_sha, latest_by, read_records
@@ -50,11 +50,27 @@ def setting(args: argparse.Namespace) -> str:
     return setting_name({"runtime": args.runtime, "batch": args.batch, "families": families(args)})
 
 
+#: the pseudo-family that turns on coupled widths (``compress(groups=...)``, issue 31): one width per channel group
+COUPLED = "coupled"
+
+
 def families(args: argparse.Namespace) -> list[str] | None:
-    """The library's families: the defaults, plus those ``--families`` adds."""
+    """The setting's families: the defaults, plus those ``--families`` adds (``coupled`` among them: see
+    :func:`block_families` and :func:`groups`)."""
     if not args.families:
         return None
     return [*DEFAULT_FAMILIES, *(f for f in args.families.split(",") if f not in DEFAULT_FAMILIES)]
+
+
+def block_families(args: argparse.Namespace) -> list[str] | None:
+    """The library's block families: the setting's without ``coupled``."""
+    named = families(args)
+    return None if named is None else [f for f in named if f != COUPLED] or None
+
+
+def groups(args: argparse.Namespace) -> list[str] | None:
+    """The widths each channel group may take (``compress(groups=...)``) where ``--families`` names ``coupled``."""
+    return list(DEFAULT_GROUP_WIDTHS) if COUPLED in (families(args) or []) else None
 
 
 def library_dir(args: argparse.Namespace) -> Path:
@@ -67,7 +83,8 @@ def donor(args: argparse.Namespace) -> Path | None:
     one with the same families where it exists (``library-torch-thin`` for ``--families thin``), else the default
     one (its fits; the options it lacks are fitted anew)."""
     same_families = args.out / f"library-{setting_name({'runtime': 'torch', 'families': families(args)})}"
-    for torch_lib in (same_families, args.out / "library-torch"):
+    same_blocks = args.out / f"library-{setting_name({'runtime': 'torch', 'families': block_families(args)})}"
+    for torch_lib in (same_families, same_blocks, args.out / "library-torch"):
         if library_dir(args) != torch_lib and (torch_lib / "library.json").is_file():
             return torch_lib
     return None
@@ -79,7 +96,7 @@ def run_budget(teacher: torch.nn.Module, args: argparse.Namespace, budget: str, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = cheapconv.compress(teacher, train, budget, train_data=augmented, runtime=args.runtime,
-                                    families=families(args),
+                                    families=block_families(args), groups=groups(args),
                                     batch=args.batch, threads=1, library=library_dir(args),
                                     samples=args.samples,
                                     held_out=args.held_out, epochs=args.epochs, val_data=test, repeats=args.repeats,
@@ -91,6 +108,7 @@ def run_budget(teacher: torch.nn.Module, args: argparse.Namespace, budget: str, 
         "budget": budget, "runtime": args.runtime, "batch": args.batch, "families": families(args), "threads": 1,
         "epochs": args.epochs,
         "choices": {site: spec for site, spec in result.selection.choices.items() if spec != "keep"},
+        "widths": result.selection.thinned,
         "predicted_latency_ms": result.selection.predicted_latency_ms,
         "predicted_loss": result.selection.predicted_loss,
         "gap": result.selection.mip_gap, "met": result.met,
@@ -166,11 +184,14 @@ def main(argv: list[str] | None = None) -> None:
         library = cheapconv.build_library(teacher, train, runtime=args.runtime, batch=args.batch, threads=1,
                                           samples=args.samples, held_out=args.held_out,
                                           directory=library_dir(args), progress=not args.quiet,
-                                          seed=args.seed, fits_from=donor(args), families=families(args))
+                                          seed=args.seed, fits_from=donor(args), families=block_families(args),
+                                          groups=groups(args))
         append_record(RESULTS, {"key": library_key, "teacher_sha": sha, "runtime": args.runtime, "batch": args.batch,
                                 "families": families(args),
                                 "seconds": time.perf_counter() - started, "sites": len(library.sites),
                                 "options": sum(len(s.options) - 1 for s in library.sites),
+                                "groups": {g.name: [w.spec for w in g.widths] for g in library.groups},
+                                "priced_at_widths": sum(len(o.at_widths) for s in library.sites for o in s.options),
                                 "teacher_latency_ms": library.teacher_latency_ms,
                                 "loadavg": [round(v, 2) for v in os.getloadavg()]})
     if args.stage == "remeasure":

@@ -99,7 +99,8 @@ def render(records: list[dict]) -> str:
         batch = str(rec.get("batch", 1))
         ratios = {b: rec["student_ms"][b] / rec["teacher_ms"][b] for b in rec["student_ms"]}
         counts = rec["counts"]
-        chosen = ", ".join(f"{site}={spec}" for site, spec in rec["choices"].items())
+        chosen = ", ".join([*(f"group {g}={w}" for g, w in (rec.get("widths") or {}).items()),
+                            *(f"{site}={spec}" for site, spec in rec["choices"].items())])
         rounds = "; ".join(_round(r) for r in rec.get("rounds", []))
         ms = again.get(setting_name(rec), {}).get("ms", {})
         redone = " / ".join(f"{ms[b][rec['budget']] / ms[b]['teacher']:.2f}" for b in sorted({"1", batch}, key=int)

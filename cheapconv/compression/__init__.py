@@ -9,6 +9,7 @@ from .budgets import METRICS, parse_budget
 from .estimate import BuildEstimate, estimate_build
 from .family import FAMILIES, Family
 from .fronts import DEFAULT_SHARES, Front, front
+from .groups import DEFAULT_STRENGTHS as DEFAULT_GROUP_WIDTHS
 from .library import build_library
 from .library_model import KEEP, GroupWidth, Library, LibraryGroup, LibrarySite, SiteOption, WidthPrice
 from .measured_budget import BudgetResult, Round, meet_budget
@@ -17,6 +18,7 @@ from .selection import BudgetUnreachableError, Selection, select
 
 __all__ = ["KEEP", "GroupWidth", "Library", "LibraryGroup", "LibrarySite", "SiteOption", "WidthPrice",
            "FAMILIES", "Family", "assemble", "build_library", "BuildEstimate", "estimate_build",
-           "METRICS", "BudgetResult", "BudgetUnreachableError", "DEFAULT_SHARES", "Front", "Round", "Selection",
+           "METRICS", "BudgetResult", "DEFAULT_GROUP_WIDTHS",
+           "BudgetUnreachableError", "DEFAULT_SHARES", "Front", "Round", "Selection",
            "front", "meet_budget", "parse_budget", "select",
            "CompressResult", "compress", "list_sites"]
