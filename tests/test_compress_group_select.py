@@ -133,7 +133,10 @@ def test_a_group_is_thinned_only_where_every_touching_site_has_a_price_at_that_w
     assert sel.choices == {"a": KEEP} and sel.thinned == {"s": "Wg(0.5)"}
     assert sel.predicted_latency_ms == pytest.approx(3.0 - 1.0 - 0.2)
     assert sel.predicted_loss == pytest.approx(0.05)
-    assert "group s" in str(sel) and "1 of 1 groups thinner" in str(sel)
+    text = " ".join(str(sel).split())            # the table's title wraps
+    assert "1 of 1 groups thinner" in text
+    assert "│ group s │ Wg(0.5) │ +1.000 │" in text             # the width's own figures
+    assert "│ a │ keep at s=Wg(0.5) │ +0.200 │" in text         # and the site kept at that width
 
 
 def test_a_library_with_groups_round_trips_through_json(tmp_path):

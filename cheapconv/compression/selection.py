@@ -85,6 +85,9 @@ class Selection:
     notes: list[str] = field(default_factory=list)
     #: the width chosen per group site of the library (group name -> ``keep`` or ``Wg(f)``); empty without groups
     widths: dict[str, str] = field(default_factory=dict)
+    #: what each chosen group width and each site's option at the chosen widths costs (the figures the prediction
+    #: adds up); for a site touching no thinned group, its option's own figures
+    prices: dict[str, WidthPrice | GroupWidth] = field(default_factory=dict)
 
     @property
     def thinned(self) -> dict[str, str]:
@@ -128,11 +131,16 @@ class Selection:
         for col, just in (("site", "left"), ("option", "left"), ("saved ms", "right"), ("params", "right"),
                           ("MACs", "right"), ("KL", "right")):
             t.add_column(col, justify=just)
-        for name, opt in self.chosen.items():
-            saved = "?" if opt.latency_saved_ms is None else f"{opt.latency_saved_ms:+.3f}"
-            t.add_row(name, opt.spec, saved, _signed(opt.paper), _signed(opt.macs), f"{opt.kl:.4f}")
-        for name, spec in self.thinned.items():
-            t.add_row(f"group {name}", spec, "", "", "", "")
+        rows = [(name, opt.spec, self.prices.get(name, opt), opt.kl) for name, opt in self.chosen.items()]
+        rows += [(f"group {name}", spec, self.prices[f"group {name}"], self.prices[f"group {name}"].kl)
+                 for name, spec in self.thinned.items() if f"group {name}" in self.prices]
+        # a site that keeps its layers still costs something where its groups are thinner
+        rows += [(name, f"keep at {_widths_text(price.widths)}", price, 0.0) for name, price in self.prices.items()
+                 if name in self.choices and self.options[name].is_keep and isinstance(price, WidthPrice)
+                 and (price.paper or price.macs or price.latency_saved_ms)]
+        for name, spec, price, kl in rows:
+            saved = "?" if price.latency_saved_ms is None else f"{price.latency_saved_ms:+.3f}"
+            t.add_row(name, spec, saved, _signed(price.paper), _signed(price.macs), f"{kl:.4f}")
         return t
 
     def summary(self) -> str:
@@ -149,6 +157,10 @@ class Selection:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _widths_text(widths: dict[str, str]) -> str:
+    return ", ".join(f"{g}={w}" for g, w in widths.items() if w != KEEP)
 
 
 def _signed(n: int) -> str:
@@ -409,13 +421,16 @@ def _selection(program: _Program, budget: float, solved: _Solved) -> Selection:
     options = {site.name: site.options[0] for site in lib.sites}
     widths = {group.name: group.widths[0].spec for group in lib.groups}
     picked = [price for price, chosen in zip(program.prices, solved.x, strict=True) if chosen]
-    for var, chosen in zip(program.variables, solved.x, strict=True):
+    prices: dict[str, WidthPrice | GroupWidth] = {}
+    for var, price, chosen in zip(program.variables, program.prices, solved.x, strict=True):
         if not chosen:
             continue
         if var.site is None:
             widths[lib.groups[var.group].name] = lib.groups[var.group].widths[var.index].spec
+            prices[f"group {lib.groups[var.group].name}"] = price
         else:
             options[lib.sites[var.site].name] = program.option(var)
+            prices[lib.sites[var.site].name] = price
     saved = [p.latency_saved_ms for p in picked]
     latency = (None if lib.teacher_latency_ms is None or None in saved
                else lib.teacher_latency_ms - sum(saved))
@@ -431,7 +446,7 @@ def _selection(program: _Program, budget: float, solved: _Solved) -> Selection:
         predicted_macs=lib.teacher_macs + sum(p.macs for p in picked),
         predicted_loss=loss, status=solved.status, optimal=solved.optimal,
         objective=solved.objective, mip_gap=solved.mip_gap, teacher_latency_ms=lib.teacher_latency_ms,
-        teacher_paper=lib.teacher_paper, teacher_macs=lib.teacher_macs, notes=notes, widths=widths)
+        teacher_paper=lib.teacher_paper, teacher_macs=lib.teacher_macs, notes=notes, widths=widths, prices=prices)
 
 
 def _unreachable(program: _Program, budget: float, caps: list[tuple[str, float]]) -> UsageError:
