@@ -62,8 +62,9 @@ LIBRARY_FILE = "library.json"
 
 #: the parts of a library's key that only its timings depend on (its fits and scores do not)
 TIMING_KEYS = frozenset({"runtime", "batch", "threads", "fold"})
-#: the parts a donor library may differ in (its options are taken one by one, where it has them)
-_DONOR_FREE_KEYS = TIMING_KEYS | {"families"}
+#: the parts a donor library may differ in (its options are taken one by one, where it has them; an option's fit
+#: does not depend on the group widths beside it, which are fitted and timed in a stage of their own)
+_DONOR_FREE_KEYS = TIMING_KEYS | {"families", "groups"}
 
 
 def library_key(teacher: nn.Module, calibration: torch.Tensor, held_out: torch.Tensor,
@@ -116,7 +117,7 @@ def open_library(directory: str | Path, key: Mapping[str, Any]) -> Library | Non
 
 def open_donor(directory: str | Path, key: Mapping[str, Any]) -> Library:
     """The library in ``directory`` whose fits and scores a library for ``key`` can take: built for the same teacher,
-    images and fitting settings (anything but :data:`TIMING_KEYS` and the families may not differ). Only its
+    images and fitting settings (anything but :data:`TIMING_KEYS`, the families and the groups may not differ). Only its
     finished options are taken."""
     path = Path(directory) / LIBRARY_FILE
     try:
