@@ -105,3 +105,16 @@ def test_cli_compress_with_groups(teacher, built, tmp_path, capsys):
     assert code == 2 and "Wg(f) with 0 < f <= 1" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
     assert json.loads((folder / "library.json").read_text())["groups"]
+
+
+def test_a_library_with_groups_takes_its_fits_from_one_without(teacher, tmp_path):
+    data = get_dataset(DATA, "train", augment=False)
+    settings = {"samples": 64, "held_out": 32, "families": ["grouped"], "progress": False}
+    plain = cheapconv.compression.build_library(teacher, data, directory=tmp_path / "plain", **settings)
+    coupled = cheapconv.compression.build_library(teacher, data, directory=tmp_path / "coupled", groups=WIDTHS,
+                                                  fits_from=tmp_path / "plain", **settings)
+    assert coupled.groups and not plain.groups
+    for site in coupled.sites:
+        for option in site.options[1:]:
+            assert option.kl == plain.site(site.name).option(option.spec).kl      # the donor's fit and score
+            assert any(n.startswith("fit and scores from") for n in option.notes)
