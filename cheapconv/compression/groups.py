@@ -1,8 +1,10 @@
 """Coupled widths as compress candidates (issue 31 item 2): the groups a library may thin, and how the selection
-chooses one width per group. Built and tested: the group sites below, the library's data for them
-(:class:`~.library_model.LibraryGroup`, :attr:`~.library_model.SiteOption.at_widths`) and the integer program
-(:mod:`.selection`, exact against brute force). Not built yet: the library builder pricing and scoring them, and the
-assembly; both are designed below.
+chooses one width per group. The design is below, and all of it is built: the group sites (here), the library's
+data for them (:class:`~.library_model.LibraryGroup`, :attr:`~.library_model.SiteOption.at_widths`), the integer
+program (:mod:`.selection`), exact pricing (:mod:`.group_pricing`), scoring, timing and the thinned teacher
+(:mod:`.group_library`), and assembly (:func:`.assembly.assemble` with ``widths``); ``compress(groups=...)`` and
+``cheapconv compress --groups`` use them. One difference from the design: a site's ``keep`` carries no latency at
+thinned widths; the group width's own time (the whole teacher against the teacher with that group thinned) holds it.
 
 **What is built.** :func:`find_group_sites` lists a teacher's *group sites*: the channel groups
 (:func:`cheapconv.fx.channel_groups`) that can be thinned and are not a residual pair's inner width (those are the
@@ -47,7 +49,7 @@ whose convs read or write it (every site whose price depends on the group's widt
   without them is unchanged; a non-default family ``coupled`` names them). The student file needs nothing new: the
   safe format describes the thinned layers as they are (a save/load round trip is exact, tested), though its
   recipe should name the chosen widths so the selection can be read back.
-* Pricing in the builder (the next step; worked out here so it is done once): for each combination c a site needs
+* Pricing in the builder (:mod:`.group_pricing`, :mod:`.group_library`): for each combination c a site needs
   (the widths of the groups it touches, the others kept), build the intermediate teacher T_c
   (:func:`cheapconv.surgery.thin_groups`; only shapes matter) and price every option there with
   :func:`.candidates.find_sites` (changes against T_c's layers, i.e. against keep at c). A conv site's
@@ -57,9 +59,9 @@ whose convs read or write it (every site whose price depends on the group's widt
   every site touching it: what is left is the layers of no site (BatchNorms, the stem conv, the classifier), which
   is exact as long as no layer outside the sites touches two groups (a conv bridging two streams that no family
   replaces): such a pair of groups cannot be priced additively, so the later group is left out, with a note.
-  Latency per combination: each option's block and keep-at-c timed side by side with the teacher's layers, as
-  the build does at full width; a group width's own time is the whole teacher with only that group thinned less
-  the touching sites' keep times, measured side by side.
+  Latency per combination: each option's block timed side by side with the thinned teacher's layers it replaces
+  (what it saves beyond the widths); a group width's own time is the whole teacher against the teacher with only
+  that group thinned, side by side, so the touching sites' keep at that width saves nothing of its own.
 """
 
 from __future__ import annotations
