@@ -33,40 +33,22 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..errors import UsageError
 from ..measure import block_timings, measure_in_runtime
 from ..reconstruction import refit_readers
-from ..reconstruction.capture import eval_flags
 from ..surgery import cheapen, thin_groups, top_channels
 from .family import FamilyChoice
 from .group_pricing import price_groups
 from .groups import DEFAULT_STRENGTHS, GroupSite, find_group_sites, group_fraction
 from .library_model import KEEP, GroupWidth, Library
+from .scoring import kl_and_agreement
 
 __all__ = ["add_groups", "thin_teacher"]
 
 
 def _batches(images: torch.Tensor, size: int = 64) -> Callable[[], list[torch.Tensor]]:
     return lambda: [images[i:i + size] for i in range(0, images.shape[0], size)]
-
-
-def _kl_agreement(model: nn.Module, images: torch.Tensor, teacher_scores: torch.Tensor) -> tuple[float, float]:
-    """Mean KL(teacher ‖ model) of the class distributions and top-1 agreement on ``images``."""
-    device = next(model.parameters()).device
-    kl = agree = 0.0
-    count = start = 0
-    with torch.no_grad(), eval_flags(model):
-        for x in _batches(images)():
-            s = model(x.to(device)).float().cpu()
-            t = teacher_scores[start:start + x.shape[0]]
-            start += x.shape[0]
-            log_t, log_s = F.log_softmax(t, dim=1), F.log_softmax(s, dim=1)
-            kl += float((log_t.exp() * (log_t - log_s)).sum(dim=1).sum())
-            agree += float((t.argmax(dim=1) == s.argmax(dim=1)).sum())
-            count += t.numel() // t.shape[1]
-    return kl / max(count, 1), agree / max(count, 1)
 
 
 def thinned_model(teacher: nn.Module, group_sites: Mapping[str, GroupSite], widths: Mapping[str, str],
@@ -157,7 +139,7 @@ def _score_and_time(teacher, name: str, width: GroupWidth, by_name, calibration,
                     runtime, batch, threads, fold, device) -> None:
     """A thinner width of group ``name``: its loss (readers refitted) and its whole-model time saved."""
     model = thinned_model(teacher, by_name, {name: width.spec}, calibration)
-    width.kl, width.agreement = _kl_agreement(model, held_out, teacher_scores)
+    width.kl, width.agreement = kl_and_agreement(model, held_out, teacher_scores)
     if not math.isfinite(width.kl):
         raise RuntimeError(f"cheapconv bug: group {name} at {width.spec} scored a KL of {width.kl}")
     t, s = measure_in_runtime([teacher, model], (batch, *shape), runtime, device=device, threads=threads, fold=fold)
